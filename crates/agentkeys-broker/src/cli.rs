@@ -1,0 +1,93 @@
+//! The `agentkeys-broker` command line: `serve`, `keys`, `audit`, `migrate`, `config-docs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ServeSettings;
+
+/// AgentKeys broker: an OpenID Connect issuer that mints short-lived, cloud-isolated
+/// credentials tokens for AI agents and the humans who own them.
+#[derive(Debug, Parser)]
+#[command(name = "agentkeys-broker", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeSettings),
+    /// Manage the ES256 signing keys (generate, list, rotate, retire).
+    Keys {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Inspect the audit log.
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print docs/configuration.md, rendered from the settings registry.
+    ConfigDocs,
+}
+
+/// Where the store and the key files live (same meaning as for `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory holding broker.db and keys/.
+    #[arg(long, env = "BROKER_DATA_DIR", default_value = "agentkeys-data", value_name = "DIR", global = true)]
+    pub data_dir: PathBuf,
+    /// Store URL; defaults to the SQLite file broker.db in the data dir.
+    #[arg(long, env = "BROKER_DATABASE_URL", value_name = "URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("broker.db").display()))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the first signing key, active at once. Refuses if a key already signs: use rotate.
+    Generate,
+    /// List keys with their state and publication window.
+    List,
+    /// Add a new key that is published now and starts signing after the overlap; the current
+    /// key keeps signing until then and stays published until its tokens have expired.
+    Rotate {
+        /// Seconds between publishing the new key and signing with it. Must exceed every
+        /// verifier's JWKS cache time (AWS caches for up to an hour).
+        #[arg(long, default_value_t = 3600)]
+        overlap_seconds: u64,
+    },
+    /// Stop a key from signing now. It stays published until its tokens have expired, unless
+    /// --immediately (a compromised key): then it leaves the JWKS at once and its tokens stop
+    /// verifying.
+    Retire {
+        /// The key's kid (see `keys list`).
+        kid: String,
+        #[arg(long)]
+        immediately: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain from the first event; names the first bad event.
+    Verify,
+}

@@ -1,0 +1,307 @@
+//! The settings registry: every setting of `agentkeys-broker serve` is one field here, with its
+//! flag, its `BROKER_*` variable, its default and its help text. `docs/configuration.md` is
+//! rendered from this registry ([`render_markdown`]) and a test keeps the two equal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use agentkeys_types::claims::{AUDIENCE_STS, JWT_TTL_MAX_SECONDS, JWT_TTL_MIN_SECONDS};
+use clap::{Args, CommandFactory};
+
+/// Settings of `agentkeys-broker serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address and port to listen on.
+    #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:8091", value_name = "ADDR",
+          value_parser = parse_listen)]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and the signing keys (created if missing).
+    #[arg(long, env = "BROKER_DATA_DIR", default_value = "agentkeys-data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Issuer URL, byte-exact in every token and in discovery: https, no trailing slash.
+    /// With --dev it defaults to http://<listen>.
+    #[arg(long, env = "BROKER_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+
+    /// Development mode: allows an http issuer on loopback and generates a signing key if none
+    /// exists. Never use in production.
+    #[arg(long, env = "BROKER_DEV", default_value_t = false)]
+    pub dev: bool,
+
+    /// Store URL. Defaults to the SQLite file broker.db in the data dir.
+    #[arg(long, env = "BROKER_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Lifetime of minted JWTs in seconds (60–3600).
+    #[arg(long, env = "BROKER_OIDC_JWT_TTL_SECONDS", default_value_t = 300, value_name = "SECONDS",
+          value_parser = parse_jwt_ttl)]
+    pub oidc_jwt_ttl_seconds: u64,
+
+    /// Audiences a mint may ask for, comma-separated; the first is the default.
+    #[arg(long, env = "BROKER_AUDIENCES", default_value = AUDIENCE_STS, value_name = "LIST",
+          value_delimiter = ',', value_parser = parse_audience)]
+    pub audiences: Vec<String>,
+
+    /// Lifetime of a session in seconds.
+    #[arg(long, env = "BROKER_SESSION_TTL_SECONDS", default_value_t = 43_200, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
+    pub session_ttl_seconds: u64,
+
+    /// Lifetime of a wallet sign-in challenge in seconds.
+    #[arg(long, env = "BROKER_CHALLENGE_TTL_SECONDS", default_value_t = 600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(30..=3600))]
+    pub challenge_ttl_seconds: u64,
+
+    /// Mints allowed per actor per minute.
+    #[arg(long, env = "BROKER_MINT_RATE_PER_MINUTE", default_value_t = 120, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub mint_rate_per_minute: u64,
+
+    /// Mints allowed per actor per hour.
+    #[arg(long, env = "BROKER_MINT_RATE_PER_HOUR", default_value_t = 2000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub mint_rate_per_hour: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "BROKER_BODY_LIMIT_BYTES", default_value_t = 65_536, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub body_limit_bytes: u64,
+
+    /// `Cache-Control: max-age` of the JWKS, in seconds. Keep it below the rotation overlap.
+    #[arg(long, env = "BROKER_JWKS_MAX_AGE_SECONDS", default_value_t = 300, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub jwks_max_age_seconds: u64,
+
+    /// How often the signing keys are reloaded from the store, so a rotation made with
+    /// `agentkeys-broker keys` takes effect without a restart.
+    #[arg(long, env = "BROKER_KEY_REFRESH_SECONDS", default_value_t = 10, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub key_refresh_seconds: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "BROKER_LOG_FORMAT", default_value = "text", value_name = "FORMAT",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| "not an address; use IP:PORT, for example 127.0.0.1:8091".to_owned())
+}
+
+fn parse_jwt_ttl(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (JWT_TTL_MIN_SECONDS..=JWT_TTL_MAX_SECONDS).contains(&n) => Ok(n),
+        _ => Err(format!("use a whole number of seconds from {JWT_TTL_MIN_SECONDS} to {JWT_TTL_MAX_SECONDS}")),
+    }
+}
+
+fn parse_audience(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("each audience is 1–255 characters without spaces, for example sts.amazonaws.com".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A setting that stops start-up: printed as one line naming the setting, the value and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {flag} ({env}) = {value:?}: {fix}")]
+pub struct SettingError {
+    pub flag: String,
+    pub env: String,
+    pub value: String,
+    pub fix: String,
+}
+
+impl SettingError {
+    fn new(id: &str, value: impl Into<String>, fix: impl Into<String>) -> Self {
+        let (flag, env) = flag_and_env(id);
+        Self { flag, env, value: value.into(), fix: fix.into() }
+    }
+}
+
+fn flag_and_env(id: &str) -> (String, String) {
+    let cmd = crate::cli::Cli::command();
+    let serve = cmd.find_subcommand("serve");
+    let arg = serve.and_then(|s| s.get_arguments().find(|a| a.get_id() == id));
+    match arg {
+        Some(a) => (
+            format!("--{}", a.get_long().unwrap_or(id)),
+            a.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default(),
+        ),
+        None => (format!("--{id}"), String::new()),
+    }
+}
+
+/// Turns a clap parse error about one value into a [`SettingError`] line; other clap errors
+/// (help, unknown flags) are left to clap.
+pub fn setting_error_from_clap(err: &clap::Error) -> Option<SettingError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(err.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let arg = match err.get(ContextKind::InvalidArg)? {
+        ContextValue::String(s) => s.clone(),
+        _ => return None,
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    // "--listen <ADDR>" → "listen"
+    let long = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or_default().replace('-', "_");
+    let fix = match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(v)) => format!("use one of: {}", v.join(", ")),
+        _ => {
+            // clap keeps the value parser's own message as the error's source; its text ends
+            // the rendered error's first line.
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default().to_owned();
+            first.rsplit_once(": ").map(|(_, m)| m.to_owned()).unwrap_or(first)
+        }
+    };
+    Some(SettingError::new(&long, value, fix))
+}
+
+/// What `serve` runs with after every cross-setting rule has been checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub issuer: Issuer,
+    pub dev: bool,
+    pub database_url: String,
+    pub jwt_ttl_seconds: i64,
+    pub audiences: Vec<String>,
+    pub session_ttl_seconds: i64,
+    pub challenge_ttl_seconds: i64,
+    pub mint_rate_per_minute: u64,
+    pub mint_rate_per_hour: u64,
+    pub body_limit_bytes: usize,
+    pub jwks_max_age_seconds: u64,
+    pub key_refresh_seconds: u64,
+    pub log_json: bool,
+}
+
+/// The issuer URL and the parts of it SIWE needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    /// Byte-exact, no trailing slash.
+    pub url: String,
+    /// `host[:port]`, the EIP-4361 domain.
+    pub authority: String,
+}
+
+impl Issuer {
+    pub fn parse(url: &str, dev: bool) -> Result<Self, String> {
+        let rest = if let Some(rest) = url.strip_prefix("https://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            if !dev {
+                return Err("the issuer must be https (AWS refuses other issuers); http is only allowed with --dev".into());
+            }
+            let host = rest.split([':', '/']).next().unwrap_or_default();
+            if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+                return Err("an http issuer must be on loopback (127.0.0.1, localhost or [::1])".into());
+            }
+            rest
+        } else {
+            return Err("the issuer is an absolute URL such as https://broker.example.com".into());
+        };
+        if url.ends_with('/') {
+            return Err("remove the trailing slash: verifiers compare iss byte for byte".into());
+        }
+        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+            return Err("the issuer may not contain a query, fragment, user info or spaces".into());
+        }
+        let authority = rest.split('/').next().unwrap_or_default().to_owned();
+        if authority.is_empty() || authority.parse::<axum::http::uri::Authority>().is_err() {
+            return Err("the issuer has no valid host".into());
+        }
+        Ok(Self { url: url.to_owned(), authority })
+    }
+}
+
+
+impl ServeSettings {
+    /// Applies the rules that involve more than one setting.
+    pub fn resolve(self) -> Result<Settings, SettingError> {
+        let issuer_text = match (&self.issuer, self.dev) {
+            (Some(url), _) => url.clone(),
+            (None, true) => format!("http://{}", self.listen),
+            (None, false) => {
+                return Err(SettingError::new(
+                    "issuer",
+                    "",
+                    "set the public https URL of this broker, or pass --dev for a local http issuer",
+                ));
+            }
+        };
+        let issuer = Issuer::parse(&issuer_text, self.dev).map_err(|fix| SettingError::new("issuer", &issuer_text, fix))?;
+        if self.mint_rate_per_hour < self.mint_rate_per_minute {
+            return Err(SettingError::new(
+                "mint_rate_per_hour",
+                self.mint_rate_per_hour.to_string(),
+                "the hourly limit must be at least the per-minute limit",
+            ));
+        }
+        let database_url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("broker.db").display()));
+        if !database_url.starts_with("sqlite:") {
+            return Err(SettingError::new("database_url", &database_url, "use sqlite://PATH (PostgreSQL is not supported yet)"));
+        }
+        Ok(Settings {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            issuer,
+            dev: self.dev,
+            database_url,
+            jwt_ttl_seconds: self.oidc_jwt_ttl_seconds as i64,
+            audiences: self.audiences,
+            session_ttl_seconds: self.session_ttl_seconds as i64,
+            challenge_ttl_seconds: self.challenge_ttl_seconds as i64,
+            mint_rate_per_minute: self.mint_rate_per_minute,
+            mint_rate_per_hour: self.mint_rate_per_hour,
+            body_limit_bytes: self.body_limit_bytes as usize,
+            jwks_max_age_seconds: self.jwks_max_age_seconds,
+            key_refresh_seconds: self.key_refresh_seconds,
+            log_json: self.log_format == "json",
+        })
+    }
+}
+
+/// `docs/configuration.md`, rendered from the registry.
+pub fn render_markdown() -> String {
+    let cmd = crate::cli::Cli::command();
+    let mut out = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from crates/agentkeys-broker/src/config.rs by \
+         `agentkeys-broker config-docs`; a test keeps it equal. Do not edit by hand. -->\n\n\
+         Every setting of `agentkeys-broker serve` is a flag and an environment variable; the flag \
+         wins. A bad value stops start-up with one line naming the setting, the value and the fix.\n\n\
+         | flag | environment | default | meaning |\n|---|---|---|---|\n",
+    );
+    let serve = cmd.find_subcommand("serve").cloned().unwrap_or_default();
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" {
+            continue;
+        }
+        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+        let default = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let default = if default.is_empty() { "—".to_owned() } else { format!("`{default}`") };
+        let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+        let value = arg.get_value_names().and_then(|v| v.first()).map(|v| format!(" {v}")).unwrap_or_default();
+        out.push_str(&format!("| `--{long}{value}` | {env} | {default} | {} |\n", help.replace('\n', " ")));
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! Extractors: our JSON body (so bad JSON gets our error envelope) and the bearer session
+//! (handlers never parse headers).
+
+use agentkeys_store::Session;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::body::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::session::token_hash;
+use crate::state::AppState;
+
+/// `axum::Json` with rejections mapped to [`ApiError`].
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text())),
+        JsonRejection::JsonDataError(e) => ApiError::Unprocessable { kind: "invalid_field", message: e.body_text() },
+        JsonRejection::BytesRejection(e) => bytes_rejection(e),
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+fn bytes_rejection(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::BadRequest(format!("could not read the body: {}", e.body_text()))
+    }
+}
+
+/// A JSON body that may be absent: an empty body means `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !is_json(&headers) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&body);
+        serde_path_to_error::deserialize(de).map(OptionalJson).map_err(|e| {
+            let inner = e.inner();
+            if inner.is_data() {
+                ApiError::Unprocessable { kind: "invalid_field", message: format!("invalid body at `{}`: {inner}", e.path()) }
+            } else {
+                ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
+            }
+        })
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+/// The bearer token of the request, if the header is well-formed.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A live session: the bearer token names a stored session that is neither expired nor
+/// revoked. Checked against the store on every request, so revocation is immediate.
+#[derive(Debug, Clone)]
+pub struct AuthSession(pub Session);
+
+impl FromRequestParts<AppState> for AuthSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(ApiError::Unauthenticated)?;
+        if !crate::session::looks_like_token(token) {
+            return Err(ApiError::Unauthenticated);
+        }
+        let session = state.store.session(&token_hash(token)).await?.ok_or(ApiError::Unauthenticated)?;
+        let now = state.clock.now();
+        if session.revoked_at.is_some() || session.expires_at <= now {
+            return Err(ApiError::Unauthenticated);
+        }
+        Ok(AuthSession(session))
+    }
+}

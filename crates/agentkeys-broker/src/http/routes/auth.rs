@@ -1,0 +1,117 @@
+//! Wallet sign-in (EIP-4361 / EIP-191).
+
+use agentkeys_store::{Challenge, NewAuditEvent, Session};
+use agentkeys_types::api::{SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest};
+use agentkeys_types::{OmniAccount, WalletAddress};
+use axum::extract::State;
+use serde_json::json;
+
+use crate::clock::rfc3339;
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::session::{new_token, random_id, session_ref};
+use crate::state::AppState;
+use crate::wallet::{self, SignInError};
+
+pub const AUDIT_KIND: &str = "sign_in.wallet";
+
+/// Start a wallet sign-in: returns the EIP-4361 message to sign.
+#[utoipa::path(post, path = "/v1/auth/wallet/challenge", tag = "auth",
+    request_body = WalletChallengeRequest,
+    responses(
+        (status = 200, body = WalletChallengeResponse),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 422, body = agentkeys_types::ErrorBody)))]
+pub async fn wallet_challenge(
+    State(state): State<AppState>,
+    Json(req): Json<WalletChallengeRequest>,
+) -> Result<axum::Json<WalletChallengeResponse>, ApiError> {
+    let address: WalletAddress =
+        req.address.parse().map_err(|e| ApiError::BadRequest(format!("address: {e}")))?;
+    let chain_id = req.chain_id.unwrap_or(1);
+    if chain_id == 0 {
+        return Err(ApiError::BadRequest("chain_id must be a positive EIP-155 chain id".into()));
+    }
+    let now = state.clock.now();
+    let expires_at = now + state.settings.challenge_ttl_seconds;
+    let message = wallet::message(&state.settings.issuer, &address, chain_id, &wallet::nonce(), now, expires_at)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("building the SIWE message: {e}")))?;
+    let challenge = Challenge { id: random_id(), address: address.to_string(), message, created_at: now, expires_at };
+    state.store.insert_challenge(challenge.clone()).await?;
+    Ok(axum::Json(WalletChallengeResponse {
+        challenge_id: challenge.id,
+        message: challenge.message,
+        expires_at: rfc3339(expires_at),
+    }))
+}
+
+/// Finish a wallet sign-in with the signature over the challenge message.
+#[utoipa::path(post, path = "/v1/auth/wallet/verify", tag = "auth",
+    request_body = WalletVerifyRequest,
+    responses(
+        (status = 200, body = SessionIssued),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 401, body = agentkeys_types::ErrorBody)))]
+pub async fn wallet_verify(
+    State(state): State<AppState>,
+    Json(req): Json<WalletVerifyRequest>,
+) -> Result<axum::Json<SessionIssued>, ApiError> {
+    // Shape checks first, so a typo does not burn the challenge.
+    let signature = wallet::parse_signature(&req.signature)
+        .ok_or_else(|| ApiError::BadRequest("signature must be 0x followed by 130 hex digits (65 bytes)".into()))?;
+    if req.challenge_id.len() != 32 || !req.challenge_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest("challenge_id must be the 32-hex id returned by the challenge".into()));
+    }
+    let now = state.clock.now();
+    let challenge = state.store.take_challenge(&req.challenge_id).await?;
+    let verified = match &challenge {
+        None => Err(SignInError::UnknownChallenge),
+        Some(c) => wallet::verify(c, &signature, now),
+    };
+    let wallet = match verified {
+        Ok(w) => w,
+        Err(reason) => {
+            metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed").increment(1);
+            let address = challenge.as_ref().map(|c| c.address.clone());
+            let event = NewAuditEvent {
+                time: now,
+                kind: AUDIT_KIND.into(),
+                actor: address.as_deref().and_then(|a| a.parse().ok()).map(|w| OmniAccount::for_wallet(&w).to_string()),
+                master: None,
+                outcome: "failed".into(),
+                details: json!({"reason": reason.to_string(), "address": address, "challenge_id": req.challenge_id}),
+            };
+            state.store.append_audit(event).await?;
+            return Err(ApiError::SignInFailed(reason.to_string()));
+        }
+    };
+    let omni = OmniAccount::for_wallet(&wallet);
+    let token = new_token();
+    let expires_at = now + state.settings.session_ttl_seconds;
+    let session = Session {
+        token_hash: token.hash.clone(),
+        kind: "master".into(),
+        omni: omni.to_string(),
+        wallet: Some(wallet.to_string()),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    let event = NewAuditEvent {
+        time: now,
+        kind: AUDIT_KIND.into(),
+        actor: Some(omni.to_string()),
+        master: Some(omni.to_string()),
+        outcome: "ok".into(),
+        details: json!({"wallet": wallet.as_str(), "session": session_ref(&token.hash), "expires_at": expires_at}),
+    };
+    state.store.create_session(session, event).await?;
+    metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "ok").increment(1);
+    tracing::info!(omni = %omni, session = session_ref(&token.hash), "sign_in.wallet.ok");
+    Ok(axum::Json(SessionIssued {
+        session_token: token.token,
+        expires_at: rfc3339(expires_at),
+        omni_account: omni.to_string(),
+        wallet: Some(wallet.to_string()),
+    }))
+}

@@ -1,0 +1,5 @@
+pub mod auth;
+pub mod mint;
+pub mod oidc;
+pub mod ops;
+pub mod session;

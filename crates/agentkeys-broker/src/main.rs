@@ -1,0 +1,45 @@
+use std::process::ExitCode;
+
+use agentkeys_broker::cli::{Cli, Command};
+use agentkeys_broker::config::setting_error_from_clap;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(setting) = setting_error_from_clap(&e) {
+                eprintln!("agentkeys-broker: {setting}");
+                return ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentkeys-broker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(settings) => match settings.resolve() {
+            Ok(settings) => {
+                agentkeys_broker::commands::init_tracing(settings.log_json);
+                runtime.block_on(agentkeys_broker::run(settings))
+            }
+            Err(e) => {
+                eprintln!("agentkeys-broker: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        other => runtime.block_on(agentkeys_broker::commands::run(other)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentkeys-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
+
+use agentkeys_store::{GateOutcome, NewAuditEvent, Session};
+use agentkeys_types::api::MintRequest;
+use agentkeys_types::aws_tags::AwsSessionTags;
+use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::metrics::mint_denied;
+use crate::session::{random_id, session_ref};
+use crate::state::AppState;
+
+/// Audit kind of every mint attempt.
+pub const AUDIT_KIND: &str = "mint";
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: String,
+    aud: &'a str,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    jti: String,
+    agentkeys_user_wallet: &'a str,
+    agentkeys_actor_omni: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agentkeys_scope: Option<&'a str>,
+    #[serde(rename = "https://aws.amazon.com/tags")]
+    aws_tags: AwsSessionTags,
+    #[serde(rename = "https://aws.amazon.com/roles", skip_serializing_if = "Option::is_none")]
+    aws_roles: Option<&'a str>,
+}
+
+/// A signed token, not yet released.
+pub struct Minted {
+    pub jwt: String,
+    pub expires_at: i64,
+    pub wallet: String,
+    pub actor_omni: String,
+}
+
+/// `arn:aws:iam::<12 digits>:role/<path/name>` or the account-less `arn:aws:iam:::role/<name>`
+/// of S3-compatible clouds (Ceph RGW). Other partitions (`aws-cn`, `aws-us-gov`) too.
+pub fn valid_role_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let partition_ok = matches!(partition, "aws" | "aws-cn" | "aws-us-gov");
+    let account_ok = account.is_empty() || (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()));
+    let Some(name) = resource.strip_prefix("role/") else { return false };
+    let name_ok = !name.is_empty()
+        && name.len() <= 512
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+        && !name.ends_with('/');
+    partition_ok && account_ok && name_ok
+}
+
+fn denied_event(now: i64, session: Option<&Session>, reason: &str, mut details: serde_json::Value) -> NewAuditEvent {
+    details["reason"] = json!(reason);
+    NewAuditEvent {
+        time: now,
+        kind: AUDIT_KIND.into(),
+        actor: session.map(|s| s.omni.clone()),
+        master: session.map(master_of),
+        outcome: "denied".into(),
+        details,
+    }
+}
+
+fn master_of(s: &Session) -> String {
+    // Agents arrive with pairing; today every session is its own master.
+    s.omni.clone()
+}
+
+/// Records a refusal durably, then returns the error to send. If even the audit write fails
+/// the caller gets a 500: a gate failure must not go unrecorded.
+pub async fn deny(state: &AppState, session: Option<&Session>, reason: &'static str, error: ApiError) -> ApiError {
+    mint_denied(reason);
+    let now = state.clock.now();
+    let details = json!({ "session": session.map(|s| session_ref(&s.token_hash).to_owned()) });
+    match state.store.append_audit(denied_event(now, session, reason, details)).await {
+        Ok(_) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
+            error
+        }
+        Err(e) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
+            ApiError::internal(e)
+        }
+    }
+}
+
+/// Gates 3–5 for an authenticated session, then the signed token.
+pub async fn mint(state: &AppState, session: &Session, request: &MintRequest) -> Result<Minted, ApiError> {
+    let now = state.clock.now();
+    let settings = &state.settings;
+
+    // Gate 3: intent.
+    let audience = match request.audience.as_deref() {
+        None => settings.audiences.first().map(String::as_str).unwrap_or(claims::AUDIENCE_STS),
+        Some(a) if settings.audiences.iter().any(|x| x == a) => a,
+        Some(_) => {
+            let e = ApiError::Forbidden {
+                kind: "audience_not_allowed",
+                message: format!("that audience is not in the broker's allow-list ({})", settings.audiences.join(", ")),
+            };
+            return Err(deny(state, Some(session), "audience_not_allowed", e).await);
+        }
+    };
+    if let Some(arn) = request.role_arn.as_deref()
+        && !valid_role_arn(arn)
+    {
+        let e = ApiError::BadRequest(
+            "role_arn must look like arn:aws:iam::123456789012:role/NAME (or arn:aws:iam:::role/NAME)".into(),
+        );
+        return Err(deny(state, Some(session), "invalid_role_arn", e).await);
+    }
+
+    // Claims, checked against AWS's tag contract before anything is signed.
+    let wallet = session.wallet.as_deref().unwrap_or(&session.omni);
+    let subject_id = session.wallet.as_deref().unwrap_or(&session.omni);
+    let tags = match AwsSessionTags::new([(claims::USER_WALLET, wallet), (claims::ACTOR_OMNI, session.omni.as_str())]) {
+        Ok(t) => t,
+        Err(e) => {
+            let e = ApiError::Unprocessable { kind: "invalid_session_tag", message: e.to_string() };
+            return Err(deny(state, Some(session), "invalid_session_tag", e).await);
+        }
+    };
+    let jti = random_id();
+    let exp = now + settings.jwt_ttl_seconds;
+    let claims = Claims {
+        iss: &settings.issuer.url,
+        sub: claims::master_subject(subject_id),
+        aud: audience,
+        iat: now,
+        nbf: now - NBF_BACKDATE_SECONDS,
+        exp,
+        jti: jti.clone(),
+        agentkeys_user_wallet: wallet,
+        agentkeys_actor_omni: &session.omni,
+        agentkeys_scope: None,
+        aws_tags: tags,
+        aws_roles: request.role_arn.as_deref(),
+    };
+
+    let Some(signer) = state.keys.current().signer(now) else {
+        let e = ApiError::Unavailable("no active signing key; see `agentkeys-broker keys list`".into());
+        return Err(deny(state, Some(session), "no_signing_key", e).await);
+    };
+    let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
+    let jwt = signer.sign_jwt(&body).map_err(ApiError::internal)?;
+
+    // Gates 4 and 5: rate limit and the durable audit event, one transaction. The token is
+    // released only after that commit.
+    let details = json!({
+        "jti": jti, "aud": audience, "exp": exp, "kid": signer.kid(),
+        "role_arn": request.role_arn, "session": session_ref(&session.token_hash),
+    });
+    let on_allow = NewAuditEvent {
+        time: now,
+        kind: AUDIT_KIND.into(),
+        actor: Some(session.omni.clone()),
+        master: Some(master_of(session)),
+        outcome: "ok".into(),
+        details,
+    };
+    let on_deny = denied_event(now, Some(session), "rate_limited", json!({"session": session_ref(&session.token_hash)}));
+    let gate = state.store.rate_limited_append(&session.omni, &state.mint_windows, now, on_allow, on_deny).await;
+    match gate {
+        Ok(GateOutcome::Allowed { .. }) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
+            metrics::counter!(crate::metrics::MINTS, "outcome" => "ok").increment(1);
+            Ok(Minted { jwt, expires_at: exp, wallet: wallet.to_owned(), actor_omni: session.omni.clone() })
+        }
+        Ok(GateOutcome::Limited { retry_after, .. }) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
+            mint_denied("rate_limited");
+            Err(ApiError::RateLimited { retry_after })
+        }
+        Err(e) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
+            mint_denied("audit_failed");
+            Err(ApiError::internal(anyhow::Error::new(e).context("mint audit append failed; token withheld")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_role_arn;
+
+    #[test]
+    fn role_arns() {
+        for ok in [
+            "arn:aws:iam::123456789012:role/agentkeys-data",
+            "arn:aws:iam::123456789012:role/path/to/name",
+            "arn:aws:iam:::role/agentkeys-data",
+            "arn:aws-cn:iam::123456789012:role/x",
+        ] {
+            assert!(valid_role_arn(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "arn:aws:iam::123:role/x",
+            "arn:aws:iam::123456789012:user/x",
+            "arn:aws:s3:::bucket",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam::123456789012:role/a b",
+            "arn:evil:iam::123456789012:role/x",
+        ] {
+            assert!(!valid_role_arn(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Session tokens: `aks_` + 43 base64url characters (256 random bits). Only their SHA-256 is
+//! stored; the token itself is returned once, at sign-in.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+pub const TOKEN_PREFIX: &str = "aks_";
+const TOKEN_BYTES: usize = 32;
+const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 43;
+
+/// A new session token and its hash.
+pub struct NewToken {
+    pub token: String,
+    pub hash: String,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken").field("hash", &self.hash).finish_non_exhaustive()
+    }
+}
+
+pub fn new_token() -> NewToken {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = token_hash(&token);
+    NewToken { token, hash }
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Cheap shape check before touching the store.
+pub fn looks_like_token(token: &str) -> bool {
+    token.len() == TOKEN_LEN
+        && token.starts_with(TOKEN_PREFIX)
+        && token[TOKEN_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A short, non-secret reference to a session for audit details and logs.
+pub fn session_ref(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
+/// A random identifier (challenge ids, JWT ids): 128 bits, hex.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_prefixed_random_and_hashed() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a.token, b.token);
+        assert!(looks_like_token(&a.token), "{}", a.token.len());
+        assert_eq!(a.hash, token_hash(&a.token));
+        assert_eq!(a.hash.len(), 64);
+        assert!(!format!("{a:?}").contains(&a.token), "Debug never prints the token");
+        assert!(!looks_like_token("aks_short"));
+        assert!(!looks_like_token(&a.token.replace("aks_", "xyz_")));
+    }
+}

@@ -1,0 +1,45 @@
+//! Application state shared by every handler.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use agentkeys_store::{RateWindow, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::keys::KeyRing;
+
+/// Cheap to clone; everything lives behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    /// All persistence (sessions, challenges, rate limits, audit, key records).
+    pub store: Arc<dyn Store>,
+    /// The only source of wall time.
+    pub clock: Arc<dyn Clock>,
+    pub keys: KeyRing,
+    pub metrics: PrometheusHandle,
+    /// Mint rate-limit windows, from the settings.
+    pub mint_windows: Vec<RateWindow>,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let mint_windows = vec![
+            RateWindow { seconds: 60, limit: settings.mint_rate_per_minute },
+            RateWindow { seconds: 3600, limit: settings.mint_rate_per_hour },
+        ];
+        let keys = KeyRing::new(settings.data_dir.clone());
+        Self(Arc::new(Inner { settings, store, clock, keys, metrics: crate::metrics::handle(), mint_windows }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,93 @@
+//! The AgentKeys store: everything the broker persists, behind one [`Store`] trait.
+//!
+//! Backends implement the trait once each (SQLite here; PostgreSQL later) and pass the same
+//! conformance tests. Every method that changes state and must be audited takes its audit
+//! event, so the change and its event commit in one transaction. Time is always an argument:
+//! the store never reads a clock.
+
+pub mod audit;
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<()>;
+
+    // -- wallet challenges: single use --
+    async fn insert_challenge(&self, challenge: Challenge) -> Result<()>;
+    /// Removes and returns the challenge. A second call for the same id returns `None`.
+    async fn take_challenge(&self, id: &str) -> Result<Option<Challenge>>;
+
+    // -- sessions --
+    /// Stores a new session and its sign-in audit event atomically.
+    async fn create_session(&self, session: Session, event: NewAuditEvent) -> Result<u64>;
+    async fn session(&self, token_hash: &str) -> Result<Option<Session>>;
+    /// Marks a session revoked; returns whether a live session was revoked.
+    async fn revoke_session(&self, token_hash: &str, now: i64, event: NewAuditEvent) -> Result<bool>;
+
+    // -- the mint gate --
+    /// Counts one use against every window for `actor` and appends `on_allow`, or, if any
+    /// window is full, appends `on_deny` and reports when to retry. One transaction.
+    async fn rate_limited_append(
+        &self,
+        actor: &str,
+        windows: &[RateWindow],
+        now: i64,
+        on_allow: NewAuditEvent,
+        on_deny: NewAuditEvent,
+    ) -> Result<GateOutcome>;
+
+    // -- audit --
+    /// Appends one event durably; returns its seq.
+    async fn append_audit(&self, event: NewAuditEvent) -> Result<u64>;
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn audit_events(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>>;
+
+    // -- signing keys --
+    async fn insert_signing_key(&self, key: SigningKeyRecord, event: NewAuditEvent) -> Result<()>;
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Sets `retired_at` / `withdrawn_at` of one key; `Conflict` if the key is unknown.
+    async fn update_signing_key(
+        &self,
+        kid: &str,
+        retired_at: Option<i64>,
+        withdrawn_at: Option<i64>,
+        event: NewAuditEvent,
+    ) -> Result<()>;
+
+    /// Deletes challenges and sessions that expired before `before`.
+    async fn purge_expired(&self, before: i64) -> Result<u64>;
+}
+
+/// Opens the backend a URL names. Only `sqlite://` exists today.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

@@ -1,0 +1,100 @@
+//! Rows and values that cross the [`crate::Store`] boundary.
+
+use serde::{Deserialize, Serialize};
+
+/// A pending wallet sign-in: the exact message the wallet must sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub id: String,
+    pub address: String,
+    pub message: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Hex SHA-256 of the bearer token; the token itself is never stored.
+    pub token_hash: String,
+    /// `master` or `agent`.
+    pub kind: String,
+    pub omni: String,
+    pub wallet: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("token_hash", &format_args!("{}…", self.token_hash.get(..8).unwrap_or_default()))
+            .field("kind", &self.kind)
+            .field("omni", &self.omni)
+            .field("wallet", &self.wallet)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
+}
+
+/// An audit event before the store gives it a place in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    pub time: i64,
+    pub kind: String,
+    /// Omni of the actor, when known.
+    pub actor: Option<String>,
+    /// Omni of the master the event concerns, when known.
+    pub master: Option<String>,
+    /// `ok`, or `denied` / `failed` with the reason in `details`.
+    pub outcome: String,
+    pub details: serde_json::Value,
+}
+
+/// A stored audit event. `hash = SHA-256(prev_hash ‖ canonical(event))`, see [`crate::audit`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub seq: u64,
+    pub time: i64,
+    pub kind: String,
+    pub actor: Option<String>,
+    pub master: Option<String>,
+    pub outcome: String,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The public half and the lifecycle of a signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    /// RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// Public JWK as JSON (with `x5c`).
+    pub public_jwk: String,
+    /// Base64 DER of a self-signed certificate over the key.
+    pub certificate: String,
+    pub created_at: i64,
+    /// When the key may start signing; it is published from `created_at`.
+    pub activates_at: i64,
+    /// When it was told to stop signing, if ever.
+    pub retired_at: Option<i64>,
+    /// When it was pulled from the JWKS at once (compromise), if ever.
+    pub withdrawn_at: Option<i64>,
+}
+
+/// One fixed window of a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    pub seconds: i64,
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateOutcome {
+    /// Allowed; the audit event has this seq.
+    Allowed { seq: u64 },
+    /// A window is full; retry after this many seconds.
+    Limited { retry_after: i64, window_seconds: i64, seq: u64 },
+}
