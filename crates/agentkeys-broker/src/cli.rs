@@ -46,7 +46,13 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Directory holding broker.db and keys/.
-    #[arg(long, env = "BROKER_DATA_DIR", default_value = "agentkeys-data", value_name = "DIR", global = true)]
+    #[arg(
+        long,
+        env = "BROKER_DATA_DIR",
+        default_value = "agentkeys-data",
+        value_name = "DIR",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Store URL; defaults to the SQLite file broker.db in the data dir.
     #[arg(long, env = "BROKER_DATABASE_URL", value_name = "URL", global = true)]

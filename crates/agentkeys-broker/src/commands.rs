@@ -12,7 +12,9 @@ use crate::keys::{self, KeyState, Lifecycle, MAX_PUBLISHED_KEYS};
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -34,13 +36,19 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { store, command } => run_keys(&store, command, clock.now()).await,
-        Command::Audit { store, command: AuditCommand::Verify } => verify_audit(&store).await,
+        Command::Audit {
+            store,
+            command: AuditCommand::Verify,
+        } => verify_audit(&store).await,
     }
 }
 
 async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn agentkeys_store::Store>> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    agentkeys_store::open(&args.database_url()).await.with_context(|| format!("opening {}", args.database_url()))
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    agentkeys_store::open(&args.database_url())
+        .await
+        .with_context(|| format!("opening {}", args.database_url()))
 }
 
 pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyhow::Result<()> {
@@ -49,9 +57,16 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
     let out = &mut std::io::stdout();
     match command {
         KeysCommand::List => {
-            writeln!(out, "{:<44}  {:<11}  {:<20}  {:<20}  published until", "kid", "state", "created", "signs from")?;
+            writeln!(
+                out,
+                "{:<44}  {:<11}  {:<20}  {:<20}  published until",
+                "kid", "state", "created", "signs from"
+            )?;
             for r in lifecycle.records() {
-                let until = lifecycle.published_until(r).map(rfc3339).unwrap_or_else(|| "(while active)".into());
+                let until = lifecycle
+                    .published_until(r)
+                    .map(rfc3339)
+                    .unwrap_or_else(|| "(while active)".into());
                 writeln!(
                     out,
                     "{:<44}  {:<11}  {:<20}  {:<20}  {until}",
@@ -64,7 +79,10 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
         }
         KeysCommand::Generate => {
             if let Some(active) = lifecycle.active(now) {
-                bail!("key {} is already active; use `agentkeys-broker keys rotate` to replace it", active.kid);
+                bail!(
+                    "key {} is already active; use `agentkeys-broker keys rotate` to replace it",
+                    active.kid
+                );
             }
             let r = keys::create(store.as_ref(), &args.data_dir, now, now, "key.generate").await?;
             writeln!(out, "generated {} (active now)", r.kid)?;
@@ -76,9 +94,28 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                      leaves the JWKS (`keys list` shows when) or withdraw one with `keys retire KID --immediately`"
                 );
             }
-            let activates_at = now + overlap_seconds as i64;
-            let r = keys::create(store.as_ref(), &args.data_dir, now, activates_at, "key.rotate").await?;
-            writeln!(out, "generated {}: published now, signs from {}", r.kid, rfc3339(activates_at))?;
+            // Strictly after every existing key, so "newest" is never a tie.
+            let latest = lifecycle
+                .records()
+                .iter()
+                .map(|r| r.activates_at)
+                .max()
+                .unwrap_or(i64::MIN);
+            let activates_at = (now + overlap_seconds as i64).max(latest + 1);
+            let r = keys::create(
+                store.as_ref(),
+                &args.data_dir,
+                now,
+                activates_at,
+                "key.rotate",
+            )
+            .await?;
+            writeln!(
+                out,
+                "generated {}: published now, signs from {}",
+                r.kid,
+                rfc3339(activates_at)
+            )?;
         }
         KeysCommand::Retire { kid, immediately } => {
             let Some(r) = lifecycle.records().iter().find(|r| r.kid == kid) else {
@@ -89,21 +126,47 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                 bail!("key {kid} is already out of the JWKS");
             }
             let is_active = state == KeyState::Active;
-            let successor = lifecycle.records().iter().any(|o| o.kid != kid && lifecycle.state(o, now) == KeyState::Pending);
+            let successor = lifecycle
+                .records()
+                .iter()
+                .any(|o| o.kid != kid && lifecycle.state(o, now) == KeyState::Pending);
             if is_active && !immediately && !successor {
-                bail!("key {kid} is the only key that can sign; run `keys rotate` first so tokens keep flowing");
+                bail!(
+                    "key {kid} is the only key that can sign; run `keys rotate` first so tokens keep flowing"
+                );
             }
             let retired_at = Some(r.retired_at.unwrap_or(now).min(now));
-            let (withdrawn_at, kind) = if immediately { (Some(now), "key.withdraw") } else { (None, "key.retire") };
+            let (withdrawn_at, kind) = if immediately {
+                (Some(now), "key.withdraw")
+            } else {
+                (None, "key.retire")
+            };
             let event = keys::key_event(now, kind, &kid, serde_json::json!({}));
-            store.update_signing_key(&kid, retired_at, withdrawn_at, event).await?;
+            store
+                .update_signing_key(&kid, retired_at, withdrawn_at, event)
+                .await?;
             let after = Lifecycle::new(store.signing_keys().await?);
-            match after.records().iter().find(|r| r.kid == kid).and_then(|r| after.published_until(r)) {
-                Some(t) if !immediately => writeln!(out, "retired {kid}: no longer signs; published until {}", rfc3339(t))?,
-                _ => writeln!(out, "withdrew {kid}: removed from the JWKS now; its tokens no longer verify")?,
+            match after
+                .records()
+                .iter()
+                .find(|r| r.kid == kid)
+                .and_then(|r| after.published_until(r))
+            {
+                Some(t) if !immediately => writeln!(
+                    out,
+                    "retired {kid}: no longer signs; published until {}",
+                    rfc3339(t)
+                )?,
+                _ => writeln!(
+                    out,
+                    "withdrew {kid}: removed from the JWKS now; its tokens no longer verify"
+                )?,
             }
             if is_active {
-                writeln!(out, "warning: {kid} was the active key; mints fail until a pending key activates")?;
+                writeln!(
+                    out,
+                    "warning: {kid} was the active key; mints fail until a pending key activates"
+                )?;
             }
         }
     }
@@ -119,9 +182,15 @@ async fn verify_audit(args: &StoreArgs) -> anyhow::Result<()> {
         let Some(last) = page.last() else { break };
         after = last.seq;
         for event in &page {
-            verifier.check(event).map_err(|e| anyhow::anyhow!("audit chain broken: {e}"))?;
+            verifier
+                .check(event)
+                .map_err(|e| anyhow::anyhow!("audit chain broken: {e}"))?;
         }
     }
-    println!("audit chain ok: {} events, head {}", verifier.verified(), verifier.head_hash());
+    println!(
+        "audit chain ok: {} events, head {}",
+        verifier.verified(),
+        verifier.head_hash()
+    );
     Ok(())
 }

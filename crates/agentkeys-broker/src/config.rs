@@ -17,7 +17,12 @@ pub struct ServeSettings {
     pub listen: SocketAddr,
 
     /// Directory for the SQLite database and the signing keys (created if missing).
-    #[arg(long, env = "BROKER_DATA_DIR", default_value = "agentkeys-data", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "BROKER_DATA_DIR",
+        default_value = "agentkeys-data",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// Issuer URL, byte-exact in every token and in discovery: https, no trailing slash.
@@ -87,20 +92,26 @@ pub struct ServeSettings {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| "not an address; use IP:PORT, for example 127.0.0.1:8091".to_owned())
+    s.parse()
+        .map_err(|_| "not an address; use IP:PORT, for example 127.0.0.1:8091".to_owned())
 }
 
 fn parse_jwt_ttl(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(n) if (JWT_TTL_MIN_SECONDS..=JWT_TTL_MAX_SECONDS).contains(&n) => Ok(n),
-        _ => Err(format!("use a whole number of seconds from {JWT_TTL_MIN_SECONDS} to {JWT_TTL_MAX_SECONDS}")),
+        _ => Err(format!(
+            "use a whole number of seconds from {JWT_TTL_MIN_SECONDS} to {JWT_TTL_MAX_SECONDS}"
+        )),
     }
 }
 
 fn parse_audience(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("each audience is 1–255 characters without spaces, for example sts.amazonaws.com".into());
+        return Err(
+            "each audience is 1–255 characters without spaces, for example sts.amazonaws.com"
+                .into(),
+        );
     }
     Ok(s.to_owned())
 }
@@ -118,7 +129,12 @@ pub struct SettingError {
 impl SettingError {
     fn new(id: &str, value: impl Into<String>, fix: impl Into<String>) -> Self {
         let (flag, env) = flag_and_env(id);
-        Self { flag, env, value: value.into(), fix: fix.into() }
+        Self {
+            flag,
+            env,
+            value: value.into(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -129,7 +145,9 @@ fn flag_and_env(id: &str) -> (String, String) {
     match arg {
         Some(a) => (
             format!("--{}", a.get_long().unwrap_or(id)),
-            a.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default(),
+            a.get_env()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         ),
         None => (format!("--{id}"), String::new()),
     }
@@ -139,7 +157,10 @@ fn flag_and_env(id: &str) -> (String, String) {
 /// (help, unknown flags) are left to clap.
 pub fn setting_error_from_clap(err: &clap::Error) -> Option<SettingError> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if !matches!(err.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
         return None;
     }
     let arg = match err.get(ContextKind::InvalidArg)? {
@@ -151,7 +172,12 @@ pub fn setting_error_from_clap(err: &clap::Error) -> Option<SettingError> {
         _ => String::new(),
     };
     // "--listen <ADDR>" → "listen"
-    let long = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or_default().replace('-', "_");
+    let long = arg
+        .trim_start_matches('-')
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default()
+        .replace('-', "_");
     let fix = match err.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(v)) => format!("use one of: {}", v.join(", ")),
         _ => {
@@ -159,7 +185,10 @@ pub fn setting_error_from_clap(err: &clap::Error) -> Option<SettingError> {
             // the rendered error's first line.
             let rendered = err.render().to_string();
             let first = rendered.lines().next().unwrap_or_default().to_owned();
-            first.rsplit_once(": ").map(|(_, m)| m.to_owned()).unwrap_or(first)
+            first
+                .rsplit_once(": ")
+                .map(|(_, m)| m.to_owned())
+                .unwrap_or(first)
         }
     };
     Some(SettingError::new(&long, value, fix))
@@ -204,7 +233,9 @@ impl Issuer {
             }
             let host = rest.split([':', '/']).next().unwrap_or_default();
             if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-                return Err("an http issuer must be on loopback (127.0.0.1, localhost or [::1])".into());
+                return Err(
+                    "an http issuer must be on loopback (127.0.0.1, localhost or [::1])".into(),
+                );
             }
             rest
         } else {
@@ -220,10 +251,12 @@ impl Issuer {
         if authority.is_empty() || authority.parse::<axum::http::uri::Authority>().is_err() {
             return Err("the issuer has no valid host".into());
         }
-        Ok(Self { url: url.to_owned(), authority })
+        Ok(Self {
+            url: url.to_owned(),
+            authority,
+        })
     }
 }
-
 
 impl ServeSettings {
     /// Applies the rules that involve more than one setting.
@@ -239,7 +272,8 @@ impl ServeSettings {
                 ));
             }
         };
-        let issuer = Issuer::parse(&issuer_text, self.dev).map_err(|fix| SettingError::new("issuer", &issuer_text, fix))?;
+        let issuer = Issuer::parse(&issuer_text, self.dev)
+            .map_err(|fix| SettingError::new("issuer", &issuer_text, fix))?;
         if self.mint_rate_per_hour < self.mint_rate_per_minute {
             return Err(SettingError::new(
                 "mint_rate_per_hour",
@@ -252,7 +286,11 @@ impl ServeSettings {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("broker.db").display()));
         if !database_url.starts_with("sqlite:") {
-            return Err(SettingError::new("database_url", &database_url, "use sqlite://PATH (PostgreSQL is not supported yet)"));
+            return Err(SettingError::new(
+                "database_url",
+                &database_url,
+                "use sqlite://PATH (PostgreSQL is not supported yet)",
+            ));
         }
         Ok(Settings {
             listen: self.listen,
@@ -291,17 +329,35 @@ pub fn render_markdown() -> String {
         if long == "help" {
             continue;
         }
-        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
         let default = arg
             .get_default_values()
             .iter()
             .map(|v| v.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(",");
-        let default = if default.is_empty() { "—".to_owned() } else { format!("`{default}`") };
-        let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
-        let value = arg.get_value_names().and_then(|v| v.first()).map(|v| format!(" {v}")).unwrap_or_default();
-        out.push_str(&format!("| `--{long}{value}` | {env} | {default} | {} |\n", help.replace('\n', " ")));
+        let default = if default.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("`{default}`")
+        };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let value = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "| `--{long}{value}` | {env} | {default} | {} |\n",
+            help.replace('\n', " ")
+        ));
     }
     out
 }

@@ -36,7 +36,10 @@ pub const PUBLICATION_MARGIN_SECONDS: i64 = 300;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {0} is readable by group or others; run `chmod 600 {0}`")]
     Permissions(PathBuf),
     #[error("key file {0} is not a P-256 PKCS#8 key")]
@@ -73,7 +76,9 @@ pub fn generate(now: i64, activates_at: i64) -> Result<NewKey, KeyError> {
     let certificate = self_signed_certificate(&pkcs8)?;
     let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_ec_der(&pkcs8), Algorithm::ES256)
         .map_err(|e| KeyError::Generate(e.to_string()))?;
-    let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let kid = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
@@ -100,17 +105,24 @@ fn self_signed_certificate(pkcs8: &[u8]) -> Result<String, KeyError> {
     let mut params = rcgen::CertificateParams::new(vec!["agentkeys-broker".to_owned()])
         .map_err(|e| KeyError::Generate(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "agentkeys-broker signing key");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "agentkeys-broker signing key");
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-    let cert = params.self_signed(&key).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
     Ok(STANDARD.encode(cert.der()))
 }
 
 /// Writes the private key file, 0600, never overwriting.
 pub fn write_private_key(data_dir: &Path, kid: &str, pkcs8: &[u8]) -> Result<PathBuf, KeyError> {
     let dir = key_dir(data_dir);
-    fs::create_dir_all(&dir).map_err(|source| KeyError::Io { path: dir.clone(), source })?;
+    fs::create_dir_all(&dir).map_err(|source| KeyError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
     let path = key_path(data_dir, kid);
     let mut f = fs::OpenOptions::new()
@@ -118,18 +130,32 @@ pub fn write_private_key(data_dir: &Path, kid: &str, pkcs8: &[u8]) -> Result<Pat
         .create_new(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|source| KeyError::Io { path: path.clone(), source })?;
-    f.write_all(pkcs8).and_then(|_| f.sync_all()).map_err(|source| KeyError::Io { path: path.clone(), source })?;
+        .map_err(|source| KeyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    f.write_all(pkcs8)
+        .and_then(|_| f.sync_all())
+        .map_err(|source| KeyError::Io {
+            path: path.clone(),
+            source,
+        })?;
     Ok(path)
 }
 
 fn read_private_key(data_dir: &Path, kid: &str) -> Result<SigningKey, KeyError> {
     let path = key_path(data_dir, kid);
-    let meta = fs::metadata(&path).map_err(|source| KeyError::Io { path: path.clone(), source })?;
+    let meta = fs::metadata(&path).map_err(|source| KeyError::Io {
+        path: path.clone(),
+        source,
+    })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(KeyError::Permissions(path));
     }
-    let pkcs8 = fs::read(&path).map_err(|source| KeyError::Io { path: path.clone(), source })?;
+    let pkcs8 = fs::read(&path).map_err(|source| KeyError::Io {
+        path: path.clone(),
+        source,
+    })?;
     SigningKey::from_pkcs8(kid, &pkcs8).ok_or(KeyError::Malformed(path))
 }
 
@@ -144,14 +170,26 @@ pub async fn create(
     let key = generate(now, activates_at)?;
     // The file first: a record without its file would be a published key nobody can sign with.
     write_private_key(data_dir, &key.record.kid, &key.pkcs8)?;
-    let event = key_event(now, audit_kind, &key.record.kid, serde_json::json!({"activates_at": activates_at}));
+    let event = key_event(
+        now,
+        audit_kind,
+        &key.record.kid,
+        serde_json::json!({"activates_at": activates_at}),
+    );
     store.insert_signing_key(key.record.clone(), event).await?;
     Ok(key.record)
 }
 
 pub fn key_event(now: i64, kind: &str, kid: &str, mut details: serde_json::Value) -> NewAuditEvent {
     details["kid"] = serde_json::Value::String(kid.to_owned());
-    NewAuditEvent { time: now, kind: kind.to_owned(), actor: None, master: None, outcome: "ok".into(), details }
+    NewAuditEvent {
+        time: now,
+        kind: kind.to_owned(),
+        actor: None,
+        master: None,
+        outcome: "ok".into(),
+        details,
+    }
 }
 
 // ---- lifecycle ---------------------------------------------------------------------------
@@ -186,7 +224,11 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     pub fn new(mut records: Vec<SigningKeyRecord>) -> Self {
-        records.sort_by(|a, b| b.activates_at.cmp(&a.activates_at).then(b.created_at.cmp(&a.created_at)));
+        records.sort_by(|a, b| {
+            b.activates_at
+                .cmp(&a.activates_at)
+                .then(b.created_at.cmp(&a.created_at))
+        });
         Self { records }
     }
 
@@ -207,7 +249,10 @@ impl Lifecycle {
             .filter(|o| o.activates_at > r.activates_at)
             .map(|o| o.activates_at)
             .min();
-        [superseded, r.retired_at, r.withdrawn_at].into_iter().flatten().min()
+        [superseded, r.retired_at, r.withdrawn_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// End of publication: withdrawn at once, or signing end plus the longest token lifetime.
@@ -215,7 +260,8 @@ impl Lifecycle {
         if let Some(w) = r.withdrawn_at {
             return Some(w);
         }
-        self.signing_ends(r).map(|end| end + JWT_TTL_MAX_SECONDS as i64 + PUBLICATION_MARGIN_SECONDS)
+        self.signing_ends(r)
+            .map(|end| end + JWT_TTL_MAX_SECONDS as i64 + PUBLICATION_MARGIN_SECONDS)
     }
 
     pub fn state(&self, r: &SigningKeyRecord, now: i64) -> KeyState {
@@ -226,17 +272,27 @@ impl Lifecycle {
         if now < r.activates_at {
             return KeyState::Pending;
         }
-        if self.signing_ends(r).is_none_or(|t| now < t) { KeyState::Active } else { KeyState::Retiring }
+        if self.signing_ends(r).is_none_or(|t| now < t) {
+            KeyState::Active
+        } else {
+            KeyState::Retiring
+        }
     }
 
     pub fn active(&self, now: i64) -> Option<&SigningKeyRecord> {
-        self.records.iter().find(|r| self.state(r, now) == KeyState::Active)
+        self.records
+            .iter()
+            .find(|r| self.state(r, now) == KeyState::Active)
     }
 
     /// Published keys, the active key first, then newest first.
     pub fn published(&self, now: i64) -> Vec<&SigningKeyRecord> {
         let active = self.active(now).map(|r| r.kid.clone());
-        let mut keys: Vec<_> = self.records.iter().filter(|r| self.state(r, now) != KeyState::Unpublished).collect();
+        let mut keys: Vec<_> = self
+            .records
+            .iter()
+            .filter(|r| self.state(r, now) != KeyState::Unpublished)
+            .collect();
         keys.sort_by_key(|r| (Some(&r.kid) != active.as_ref(), -r.activates_at));
         keys
     }
@@ -265,7 +321,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,7 +331,11 @@ impl SigningKey {
     pub fn from_pkcs8(kid: &str, pkcs8: &[u8]) -> Option<Self> {
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).ok()?;
         let header = serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
-        Some(Self { kid: kid.to_owned(), pair, header: URL_SAFE_NO_PAD.encode(header.to_string()) })
+        Some(Self {
+            kid: kid.to_owned(),
+            pair,
+            header: URL_SAFE_NO_PAD.encode(header.to_string()),
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -318,7 +380,9 @@ pub struct Loaded {
 impl Loaded {
     /// The key to sign with at `now`, if it is loaded.
     pub fn signer(&self, now: i64) -> Option<Arc<SigningKey>> {
-        self.lifecycle.active(now).and_then(|r| self.signers.get(&r.kid).cloned())
+        self.lifecycle
+            .active(now)
+            .and_then(|r| self.signers.get(&r.kid).cloned())
     }
 }
 
@@ -326,12 +390,18 @@ impl KeyRing {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
-            inner: RwLock::new(Arc::new(Loaded { lifecycle: Lifecycle::new(vec![]), signers: HashMap::new() })),
+            inner: RwLock::new(Arc::new(Loaded {
+                lifecycle: Lifecycle::new(vec![]),
+                signers: HashMap::new(),
+            })),
         }
     }
 
     pub fn current(&self) -> Arc<Loaded> {
-        self.inner.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.inner
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Re-reads the records and loads private keys of every key that signs now or will.
@@ -369,7 +439,9 @@ impl KeyRing {
 
 /// Whether the public JWK's x/y are this uncompressed point.
 fn jwk_matches(public_jwk: &str, point: &[u8]) -> bool {
-    let Ok(jwk) = serde_json::from_str::<serde_json::Value>(public_jwk) else { return false };
+    let Ok(jwk) = serde_json::from_str::<serde_json::Value>(public_jwk) else {
+        return false;
+    };
     if point.len() != 65 {
         return false;
     }
@@ -433,7 +505,9 @@ mod tests {
         assert_eq!(jwk.common.x509_chain.as_ref().map(|c| c.len()), Some(1));
         let signer = SigningKey::from_pkcs8(&key.record.kid, &key.pkcs8).unwrap();
         assert!(jwk_matches(&key.record.public_jwk, signer.public_point()));
-        let token = signer.sign_jwt(br#"{"sub":"x","exp":99999999999}"#).unwrap();
+        let token = signer
+            .sign_jwt(br#"{"sub":"x","exp":99999999999}"#)
+            .unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(key.record.kid.as_str()));
         let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
@@ -443,7 +517,8 @@ mod tests {
         let data = jsonwebtoken::decode::<serde_json::Value>(&token, &dk, &v).unwrap();
         assert_eq!(data.claims["sub"], "x");
         // A different key's JWK does not verify it.
-        let other: Jwk = serde_json::from_str(&generate(10, 10).unwrap().record.public_jwk).unwrap();
+        let other: Jwk =
+            serde_json::from_str(&generate(10, 10).unwrap().record.public_jwk).unwrap();
         let dk = jsonwebtoken::DecodingKey::from_jwk(&other).unwrap();
         assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &dk, &v).is_err());
     }
@@ -453,10 +528,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = generate(0, 0).unwrap();
         let path = write_private_key(dir.path(), &key.record.kid, &key.pkcs8).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(read_private_key(dir.path(), &key.record.kid).is_ok());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_private_key(dir.path(), &key.record.kid), Err(KeyError::Permissions(_))));
-        assert!(write_private_key(dir.path(), &key.record.kid, &key.pkcs8).is_err(), "never overwrites");
+        assert!(matches!(
+            read_private_key(dir.path(), &key.record.kid),
+            Err(KeyError::Permissions(_))
+        ));
+        assert!(
+            write_private_key(dir.path(), &key.record.kid, &key.pkcs8).is_err(),
+            "never overwrites"
+        );
     }
 }

@@ -38,7 +38,14 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
     }
     if state.keys.current().signer(now).is_none() {
         if state.settings.dev && state.keys.current().lifecycle.records().is_empty() {
-            let key = keys::create(state.store.as_ref(), &state.settings.data_dir, now, now, "key.generate").await?;
+            let key = keys::create(
+                state.store.as_ref(),
+                &state.settings.data_dir,
+                now,
+                now,
+                "key.generate",
+            )
+            .await?;
             tracing::warn!(kid = %key.kid, "keys.generated_for_dev");
             state.keys.reload(state.store.as_ref(), now).await?;
         } else {
@@ -55,14 +62,17 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
 /// Reloads keys and purges expired rows in the background.
 pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(state.settings.key_refresh_seconds));
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(state.settings.key_refresh_seconds));
         tick.tick().await;
         let mut last_purge = state.clock.now();
         loop {
             tick.tick().await;
             let now = state.clock.now();
             match state.keys.reload(state.store.as_ref(), now).await {
-                Ok(problems) => problems.iter().for_each(|p| tracing::error!(error = %p, "keys.load_failed")),
+                Ok(problems) => problems
+                    .iter()
+                    .for_each(|p| tracing::error!(error = %p, "keys.load_failed")),
                 Err(e) => tracing::error!(error = %e, "keys.reload_failed"),
             }
             if now - last_purge >= 3600 {
@@ -80,7 +90,9 @@ pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
     let state = prepare(settings, Arc::new(SystemClock)).await?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let maintenance = spawn_maintenance(state.clone());
     tracing::info!(
         listen = %listener.local_addr()?,

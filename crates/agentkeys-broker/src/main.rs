@@ -15,7 +15,10 @@ fn main() -> ExitCode {
             e.exit();
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agentkeys-broker: cannot start the async runtime: {e}");

@@ -30,7 +30,10 @@ struct Claims<'a> {
     agentkeys_scope: Option<&'a str>,
     #[serde(rename = "https://aws.amazon.com/tags")]
     aws_tags: AwsSessionTags,
-    #[serde(rename = "https://aws.amazon.com/roles", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "https://aws.amazon.com/roles",
+        skip_serializing_if = "Option::is_none"
+    )]
     aws_roles: Option<&'a str>,
 }
 
@@ -46,22 +49,37 @@ pub struct Minted {
 /// of S3-compatible clouds (Ceph RGW). Other partitions (`aws-cn`, `aws-us-gov`) too.
 pub fn valid_role_arn(arn: &str) -> bool {
     let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return false;
     };
     let partition_ok = matches!(partition, "aws" | "aws-cn" | "aws-us-gov");
-    let account_ok = account.is_empty() || (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()));
-    let Some(name) = resource.strip_prefix("role/") else { return false };
+    let account_ok =
+        account.is_empty() || (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()));
+    let Some(name) = resource.strip_prefix("role/") else {
+        return false;
+    };
     let name_ok = !name.is_empty()
         && name.len() <= 512
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
         && !name.ends_with('/');
     partition_ok && account_ok && name_ok
 }
 
-fn denied_event(now: i64, session: Option<&Session>, reason: &str, mut details: serde_json::Value) -> NewAuditEvent {
+fn denied_event(
+    now: i64,
+    session: Option<&Session>,
+    reason: &str,
+    mut details: serde_json::Value,
+) -> NewAuditEvent {
     details["reason"] = json!(reason);
     NewAuditEvent {
         time: now,
@@ -80,11 +98,20 @@ fn master_of(s: &Session) -> String {
 
 /// Records a refusal durably, then returns the error to send. If even the audit write fails
 /// the caller gets a 500: a gate failure must not go unrecorded.
-pub async fn deny(state: &AppState, session: Option<&Session>, reason: &'static str, error: ApiError) -> ApiError {
+pub async fn deny(
+    state: &AppState,
+    session: Option<&Session>,
+    reason: &'static str,
+    error: ApiError,
+) -> ApiError {
     mint_denied(reason);
     let now = state.clock.now();
     let details = json!({ "session": session.map(|s| session_ref(&s.token_hash).to_owned()) });
-    match state.store.append_audit(denied_event(now, session, reason, details)).await {
+    match state
+        .store
+        .append_audit(denied_event(now, session, reason, details))
+        .await
+    {
         Ok(_) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
             error
@@ -97,18 +124,29 @@ pub async fn deny(state: &AppState, session: Option<&Session>, reason: &'static 
 }
 
 /// Gates 3–5 for an authenticated session, then the signed token.
-pub async fn mint(state: &AppState, session: &Session, request: &MintRequest) -> Result<Minted, ApiError> {
+pub async fn mint(
+    state: &AppState,
+    session: &Session,
+    request: &MintRequest,
+) -> Result<Minted, ApiError> {
     let now = state.clock.now();
     let settings = &state.settings;
 
     // Gate 3: intent.
     let audience = match request.audience.as_deref() {
-        None => settings.audiences.first().map(String::as_str).unwrap_or(claims::AUDIENCE_STS),
+        None => settings
+            .audiences
+            .first()
+            .map(String::as_str)
+            .unwrap_or(claims::AUDIENCE_STS),
         Some(a) if settings.audiences.iter().any(|x| x == a) => a,
         Some(_) => {
             let e = ApiError::Forbidden {
                 kind: "audience_not_allowed",
-                message: format!("that audience is not in the broker's allow-list ({})", settings.audiences.join(", ")),
+                message: format!(
+                    "that audience is not in the broker's allow-list ({})",
+                    settings.audiences.join(", ")
+                ),
             };
             return Err(deny(state, Some(session), "audience_not_allowed", e).await);
         }
@@ -125,10 +163,16 @@ pub async fn mint(state: &AppState, session: &Session, request: &MintRequest) ->
     // Claims, checked against AWS's tag contract before anything is signed.
     let wallet = session.wallet.as_deref().unwrap_or(&session.omni);
     let subject_id = session.wallet.as_deref().unwrap_or(&session.omni);
-    let tags = match AwsSessionTags::new([(claims::USER_WALLET, wallet), (claims::ACTOR_OMNI, session.omni.as_str())]) {
+    let tags = match AwsSessionTags::new([
+        (claims::USER_WALLET, wallet),
+        (claims::ACTOR_OMNI, session.omni.as_str()),
+    ]) {
         Ok(t) => t,
         Err(e) => {
-            let e = ApiError::Unprocessable { kind: "invalid_session_tag", message: e.to_string() };
+            let e = ApiError::Unprocessable {
+                kind: "invalid_session_tag",
+                message: e.to_string(),
+            };
             return Err(deny(state, Some(session), "invalid_session_tag", e).await);
         }
     };
@@ -150,7 +194,8 @@ pub async fn mint(state: &AppState, session: &Session, request: &MintRequest) ->
     };
 
     let Some(signer) = state.keys.current().signer(now) else {
-        let e = ApiError::Unavailable("no active signing key; see `agentkeys-broker keys list`".into());
+        let e =
+            ApiError::Unavailable("no active signing key; see `agentkeys-broker keys list`".into());
         return Err(deny(state, Some(session), "no_signing_key", e).await);
     };
     let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
@@ -170,13 +215,26 @@ pub async fn mint(state: &AppState, session: &Session, request: &MintRequest) ->
         outcome: "ok".into(),
         details,
     };
-    let on_deny = denied_event(now, Some(session), "rate_limited", json!({"session": session_ref(&session.token_hash)}));
-    let gate = state.store.rate_limited_append(&session.omni, &state.mint_windows, now, on_allow, on_deny).await;
+    let on_deny = denied_event(
+        now,
+        Some(session),
+        "rate_limited",
+        json!({"session": session_ref(&session.token_hash)}),
+    );
+    let gate = state
+        .store
+        .rate_limited_append(&session.omni, &state.mint_windows, now, on_allow, on_deny)
+        .await;
     match gate {
         Ok(GateOutcome::Allowed { .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
             metrics::counter!(crate::metrics::MINTS, "outcome" => "ok").increment(1);
-            Ok(Minted { jwt, expires_at: exp, wallet: wallet.to_owned(), actor_omni: session.omni.clone() })
+            Ok(Minted {
+                jwt,
+                expires_at: exp,
+                wallet: wallet.to_owned(),
+                actor_omni: session.omni.clone(),
+            })
         }
         Ok(GateOutcome::Limited { retry_after, .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
@@ -186,7 +244,9 @@ pub async fn mint(state: &AppState, session: &Session, request: &MintRequest) ->
         Err(e) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
             mint_denied("audit_failed");
-            Err(ApiError::internal(anyhow::Error::new(e).context("mint audit append failed; token withheld")))
+            Err(ApiError::internal(
+                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
+            ))
         }
     }
 }

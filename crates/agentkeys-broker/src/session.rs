@@ -18,7 +18,9 @@ pub struct NewToken {
 
 impl std::fmt::Debug for NewToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewToken").field("hash", &self.hash).finish_non_exhaustive()
+        f.debug_struct("NewToken")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,7 +40,9 @@ pub fn token_hash(token: &str) -> String {
 pub fn looks_like_token(token: &str) -> bool {
     token.len() == TOKEN_LEN
         && token.starts_with(TOKEN_PREFIX)
-        && token[TOKEN_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && token[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A short, non-secret reference to a session for audit details and logs.
@@ -65,7 +69,10 @@ mod tests {
         assert!(looks_like_token(&a.token), "{}", a.token.len());
         assert_eq!(a.hash, token_hash(&a.token));
         assert_eq!(a.hash.len(), 64);
-        assert!(!format!("{a:?}").contains(&a.token), "Debug never prints the token");
+        assert!(
+            !format!("{a:?}").contains(&a.token),
+            "Debug never prints the token"
+        );
         assert!(!looks_like_token("aks_short"));
         assert!(!looks_like_token(&a.token.replace("aks_", "xyz_")));
     }

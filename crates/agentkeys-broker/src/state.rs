@@ -29,11 +29,24 @@ pub struct Inner {
 impl AppState {
     pub fn new(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let mint_windows = vec![
-            RateWindow { seconds: 60, limit: settings.mint_rate_per_minute },
-            RateWindow { seconds: 3600, limit: settings.mint_rate_per_hour },
+            RateWindow {
+                seconds: 60,
+                limit: settings.mint_rate_per_minute,
+            },
+            RateWindow {
+                seconds: 3600,
+                limit: settings.mint_rate_per_hour,
+            },
         ];
         let keys = KeyRing::new(settings.data_dir.clone());
-        Self(Arc::new(Inner { settings, store, clock, keys, metrics: crate::metrics::handle(), mint_windows }))
+        Self(Arc::new(Inner {
+            settings,
+            store,
+            clock,
+            keys,
+            metrics: crate::metrics::handle(),
+            mint_windows,
+        }))
     }
 }
 

@@ -30,10 +30,15 @@ pub fn message(
     expires_at: i64,
 ) -> Result<String, String> {
     let ts = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t).map(siwe::TimeStamp::from).map_err(|e| e.to_string())
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map(siwe::TimeStamp::from)
+            .map_err(|e| e.to_string())
     };
     let msg = siwe::Message {
-        domain: issuer.authority.parse().map_err(|e: axum::http::uri::InvalidUri| e.to_string())?,
+        domain: issuer
+            .authority
+            .parse()
+            .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?,
         address: address.bytes(),
         statement: Some(STATEMENT.to_owned()),
         uri: iri_string::types::UriString::from_str(&issuer.url).map_err(|e| e.to_string())?,
@@ -59,13 +64,24 @@ pub fn parse_signature(s: &str) -> Option<[u8; 65]> {
 
 /// Checks an answer to a challenge that was just taken from the store (so it is single use
 /// whatever the outcome). Returns the signing wallet.
-pub fn verify(challenge: &Challenge, signature: &[u8; 65], now: i64) -> Result<WalletAddress, SignInError> {
+pub fn verify(
+    challenge: &Challenge,
+    signature: &[u8; 65],
+    now: i64,
+) -> Result<WalletAddress, SignInError> {
     if now >= challenge.expires_at {
         return Err(SignInError::Expired);
     }
-    let msg: siwe::Message = challenge.message.parse().map_err(|_| SignInError::UnknownChallenge)?;
-    msg.verify_eip191(signature).map_err(|_| SignInError::WrongSigner)?;
-    challenge.address.parse().map_err(|_| SignInError::WrongSigner)
+    let msg: siwe::Message = challenge
+        .message
+        .parse()
+        .map_err(|_| SignInError::UnknownChallenge)?;
+    msg.verify_eip191(signature)
+        .map_err(|_| SignInError::WrongSigner)?;
+    challenge
+        .address
+        .parse()
+        .map_err(|_| SignInError::WrongSigner)
 }
 
 /// A SIWE nonce: alphanumeric, at least 8 characters (EIP-4361); 128 bits here.

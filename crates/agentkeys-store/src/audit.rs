@@ -85,13 +85,19 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned() }
+        Self {
+            next_seq: 1,
+            prev_hash: GENESIS_HASH.to_owned(),
+        }
     }
 }
 
 impl ChainVerifier {
     pub fn check(&mut self, event: &AuditEvent) -> Result<(), ChainBreak> {
-        let fail = |reason: &str| ChainBreak { seq: event.seq, reason: reason.to_owned() };
+        let fail = |reason: &str| ChainBreak {
+            seq: event.seq,
+            reason: reason.to_owned(),
+        };
         if event.seq != self.next_seq {
             return Err(ChainBreak {
                 seq: self.next_seq,
@@ -110,7 +116,9 @@ impl ChainVerifier {
             details: event.details.clone(),
         };
         if chain_hash(&self.prev_hash, &canonical(event.seq, &new)) != event.hash {
-            return Err(fail("its content does not match its hash (modified after it was written)"));
+            return Err(fail(
+                "its content does not match its hash (modified after it was written)",
+            ));
         }
         self.next_seq += 1;
         self.prev_hash = event.hash.clone();
@@ -192,6 +200,9 @@ mod tests {
         let mut v = ChainVerifier::default();
         v.check(&events[0]).unwrap();
         let gap = v.check(&events[2]).unwrap_err();
-        assert_eq!(gap.seq, 2, "a deleted event is named by the seq that is missing");
+        assert_eq!(
+            gap.seq, 2,
+            "a deleted event is named by the seq that is missing"
+        );
     }
 }

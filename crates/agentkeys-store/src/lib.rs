@@ -47,7 +47,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_session(&self, session: Session, event: NewAuditEvent) -> Result<u64>;
     async fn session(&self, token_hash: &str) -> Result<Option<Session>>;
     /// Marks a session revoked; returns whether a live session was revoked.
-    async fn revoke_session(&self, token_hash: &str, now: i64, event: NewAuditEvent) -> Result<bool>;
+    async fn revoke_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<bool>;
 
     // -- the mint gate --
     /// Counts one use against every window for `actor` and appends `on_allow`, or, if any

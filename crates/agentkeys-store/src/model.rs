@@ -28,7 +28,10 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("token_hash", &format_args!("{}…", self.token_hash.get(..8).unwrap_or_default()))
+            .field(
+                "token_hash",
+                &format_args!("{}…", self.token_hash.get(..8).unwrap_or_default()),
+            )
             .field("kind", &self.kind)
             .field("omni", &self.omni)
             .field("wallet", &self.wallet)
@@ -96,5 +99,9 @@ pub enum GateOutcome {
     /// Allowed; the audit event has this seq.
     Allowed { seq: u64 },
     /// A window is full; retry after this many seconds.
-    Limited { retry_after: i64, window_seconds: i64, seq: u64 },
+    Limited {
+        retry_after: i64,
+        window_seconds: i64,
+        seq: u64,
+    },
 }

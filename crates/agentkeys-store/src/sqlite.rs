@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
-    AuditEvent, Challenge, GateOutcome, NewAuditEvent, RateWindow, Result, Session, SigningKeyRecord, Store,
-    StoreError,
+    AuditEvent, Challenge, GateOutcome, NewAuditEvent, RateWindow, Result, Session,
+    SigningKeyRecord, Store, StoreError,
 };
 
 /// Most operations one commit carries; bounds the latency a large burst adds to its first caller.
@@ -38,7 +38,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let conn = SqliteConnection::connect_with(&options).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -48,7 +51,10 @@ impl SqliteStore {
 
     async fn write(&self, op: Op) -> Result<Output> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(Job { op, reply }).await.map_err(|_| StoreError::WriterGone)?;
+        self.writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 }
@@ -60,11 +66,28 @@ enum Op {
     InsertChallenge(Challenge),
     TakeChallenge(String),
     CreateSession(Session, NewAuditEvent),
-    RevokeSession { token_hash: String, now: i64, event: NewAuditEvent },
-    RateLimitedAppend { actor: String, windows: Vec<RateWindow>, now: i64, on_allow: NewAuditEvent, on_deny: NewAuditEvent },
+    RevokeSession {
+        token_hash: String,
+        now: i64,
+        event: NewAuditEvent,
+    },
+    RateLimitedAppend {
+        actor: String,
+        windows: Vec<RateWindow>,
+        now: i64,
+        on_allow: NewAuditEvent,
+        on_deny: NewAuditEvent,
+    },
     InsertKey(SigningKeyRecord, NewAuditEvent),
-    UpdateKey { kid: String, retired_at: Option<i64>, withdrawn_at: Option<i64>, event: NewAuditEvent },
-    Purge { before: i64 },
+    UpdateKey {
+        kid: String,
+        retired_at: Option<i64>,
+        withdrawn_at: Option<i64>,
+        event: NewAuditEvent,
+    },
+    Purge {
+        before: i64,
+    },
 }
 
 enum Output {
@@ -131,7 +154,9 @@ async fn commit_batch(conn: &mut SqliteConnection, jobs: Vec<Job>) {
             tracing::error!(error = %e, "store.commit_failed");
             let message = e.to_string();
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Conflict(format!("commit failed: {message}"))));
+                let _ = reply.send(Err(StoreError::Conflict(format!(
+                    "commit failed: {message}"
+                ))));
             }
             // Jobs never reached (the failure came before their turn) are dropped here; their
             // callers see `WriterGone` and answer 500, which is right: nothing was written.
@@ -144,12 +169,22 @@ async fn read_head(conn: &mut SqliteConnection) -> Result<Head> {
         .fetch_optional(&mut *conn)
         .await?;
     Ok(match row {
-        Some(row) => Head { seq: row.get::<i64, _>(0) as u64, hash: row.get(1) },
-        None => Head { seq: 0, hash: GENESIS_HASH.to_owned() },
+        Some(row) => Head {
+            seq: row.get::<i64, _>(0) as u64,
+            hash: row.get(1),
+        },
+        None => Head {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        },
     })
 }
 
-async fn append(conn: &mut SqliteConnection, head: &mut Head, event: &NewAuditEvent) -> Result<u64> {
+async fn append(
+    conn: &mut SqliteConnection,
+    head: &mut Head,
+    event: &NewAuditEvent,
+) -> Result<u64> {
     let seq = head.seq + 1;
     let hash = chain_hash(&head.hash, &canonical(seq, event));
     sqlx::query(
@@ -216,7 +251,11 @@ async fn apply(conn: &mut SqliteConnection, head: &mut Head, op: Op) -> Result<O
             .await?;
             Ok(Output::Seq(append(conn, head, &event).await?))
         }
-        Op::RevokeSession { token_hash, now, event } => {
+        Op::RevokeSession {
+            token_hash,
+            now,
+            event,
+        } => {
             let done = sqlx::query(
                 "UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL AND expires_at > ?",
             )
@@ -232,7 +271,13 @@ async fn apply(conn: &mut SqliteConnection, head: &mut Head, op: Op) -> Result<O
             }
             Ok(Output::Flag(done))
         }
-        Op::RateLimitedAppend { actor, windows, now, on_allow, on_deny } => {
+        Op::RateLimitedAppend {
+            actor,
+            windows,
+            now,
+            on_allow,
+            on_deny,
+        } => {
             for w in &windows {
                 let start = now - now.rem_euclid(w.seconds);
                 let used: i64 = sqlx::query_scalar(
@@ -287,16 +332,25 @@ async fn apply(conn: &mut SqliteConnection, head: &mut Head, op: Op) -> Result<O
             append(conn, head, &event).await?;
             Ok(Output::Unit)
         }
-        Op::UpdateKey { kid, retired_at, withdrawn_at, event } => {
-            let n = sqlx::query("UPDATE signing_keys SET retired_at = ?, withdrawn_at = ? WHERE kid = ?")
-                .bind(retired_at)
-                .bind(withdrawn_at)
-                .bind(&kid)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+        Op::UpdateKey {
+            kid,
+            retired_at,
+            withdrawn_at,
+            event,
+        } => {
+            let n = sqlx::query(
+                "UPDATE signing_keys SET retired_at = ?, withdrawn_at = ? WHERE kid = ?",
+            )
+            .bind(retired_at)
+            .bind(withdrawn_at)
+            .bind(&kid)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
             if n == 0 {
-                return Err(StoreError::Conflict(format!("no signing key with kid {kid}")));
+                return Err(StoreError::Conflict(format!(
+                    "no signing key with kid {kid}"
+                )));
             }
             append(conn, head, &event).await?;
             Ok(Output::Unit)
@@ -369,8 +423,20 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn revoke_session(&self, token_hash: &str, now: i64, event: NewAuditEvent) -> Result<bool> {
-        match self.write(Op::RevokeSession { token_hash: token_hash.to_owned(), now, event }).await? {
+    async fn revoke_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<bool> {
+        match self
+            .write(Op::RevokeSession {
+                token_hash: token_hash.to_owned(),
+                now,
+                event,
+            })
+            .await?
+        {
             Output::Flag(done) => Ok(done),
             _ => Err(unexpected()),
         }
@@ -384,7 +450,13 @@ impl Store for SqliteStore {
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
     ) -> Result<GateOutcome> {
-        let op = Op::RateLimitedAppend { actor: actor.to_owned(), windows: windows.to_vec(), now, on_allow, on_deny };
+        let op = Op::RateLimitedAppend {
+            actor: actor.to_owned(),
+            windows: windows.to_vec(),
+            now,
+            on_allow,
+            on_deny,
+        };
         match self.write(op).await? {
             Output::Gate(g) => Ok(g),
             _ => Err(unexpected()),
@@ -419,7 +491,8 @@ impl Store for SqliteStore {
                     outcome: r.get(5),
                     // A row whose details no longer parse was tampered with; keep the raw text
                     // so verification reports it as a hash mismatch rather than failing here.
-                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+                    details: serde_json::from_str(&details)
+                        .unwrap_or(serde_json::Value::String(details)),
                     prev_hash: r.get(7),
                     hash: r.get(8),
                 })
@@ -462,7 +535,15 @@ impl Store for SqliteStore {
         withdrawn_at: Option<i64>,
         event: NewAuditEvent,
     ) -> Result<()> {
-        match self.write(Op::UpdateKey { kid: kid.to_owned(), retired_at, withdrawn_at, event }).await? {
+        match self
+            .write(Op::UpdateKey {
+                kid: kid.to_owned(),
+                retired_at,
+                withdrawn_at,
+                event,
+            })
+            .await?
+        {
             Output::Unit => Ok(()),
             _ => Err(unexpected()),
         }

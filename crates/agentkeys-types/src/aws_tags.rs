@@ -41,14 +41,17 @@ pub enum TagError {
 
 /// `\p{L}` and `\p{N}` (approximated by Unicode alphanumerics), `\p{Z}` and `_ . : / = + - @`.
 fn allowed_char(c: char) -> bool {
-    c.is_alphanumeric() || is_separator(c) || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+    c.is_alphanumeric()
+        || is_separator(c)
+        || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
 }
 
 /// Unicode category Z (space, line and paragraph separators). Tabs and newlines are not in it.
 fn is_separator(c: char) -> bool {
     matches!(
         c,
-        ' ' | '\u{00A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{2028}' | '\u{2029}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
+        ' ' | '\u{00A0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200A}' | '\u{2028}' | '\u{2029}' | '\u{202F}' | '\u{205F}' | '\u{3000}'
     )
 }
 
@@ -70,10 +73,14 @@ impl AwsSessionTags {
                 return Err(TagError::KeyCharset(key.to_owned()));
             }
             if value.chars().count() > MAX_VALUE_CHARS {
-                return Err(TagError::ValueLength { key: key.to_owned() });
+                return Err(TagError::ValueLength {
+                    key: key.to_owned(),
+                });
             }
             if !value.chars().all(allowed_char) {
-                return Err(TagError::ValueCharset { key: key.to_owned() });
+                return Err(TagError::ValueCharset {
+                    key: key.to_owned(),
+                });
             }
             if !lower_keys.insert(key.to_lowercase()) {
                 return Err(TagError::DuplicateKey(key.to_owned()));
@@ -84,7 +91,10 @@ impl AwsSessionTags {
                 return Err(TagError::TooMany(principal_tags.len()));
             }
         }
-        Ok(Self { principal_tags, transitive_tag_keys })
+        Ok(Self {
+            principal_tags,
+            transitive_tag_keys,
+        })
     }
 }
 
@@ -96,13 +106,22 @@ mod tests {
     #[test]
     fn accepts_the_tags_the_broker_emits() {
         let t = AwsSessionTags::new([
-            ("agentkeys_user_wallet", "0x8ba1f109551bd432803012645ac136ddd64dba72"),
-            ("agentkeys_actor_omni", "caf843f7f6b17c15fb43e8f6b2ae2e850045497ba7fb6a58b9d930ba6c158824"),
+            (
+                "agentkeys_user_wallet",
+                "0x8ba1f109551bd432803012645ac136ddd64dba72",
+            ),
+            (
+                "agentkeys_actor_omni",
+                "caf843f7f6b17c15fb43e8f6b2ae2e850045497ba7fb6a58b9d930ba6c158824",
+            ),
             ("agentkeys_scope", "0xabc/inbox/"),
         ])
         .unwrap();
         let json = serde_json::to_value(&t).unwrap();
-        assert_eq!(json["principal_tags"]["agentkeys_scope"], serde_json::json!(["0xabc/inbox/"]));
+        assert_eq!(
+            json["principal_tags"]["agentkeys_scope"],
+            serde_json::json!(["0xabc/inbox/"])
+        );
         assert_eq!(json["transitive_tag_keys"].as_array().unwrap().len(), 3);
     }
 
@@ -113,19 +132,34 @@ mod tests {
         type Case<'a> = (Vec<(&'a str, &'a str)>, fn(&TagError) -> bool);
         let cases: Vec<Case> = vec![
             (vec![("", "v")], |e| matches!(e, TagError::KeyLength(_))),
-            (vec![(&long_key, "v")], |e| matches!(e, TagError::KeyLength(_))),
-            (vec![("k", &long_value)], |e| matches!(e, TagError::ValueLength { .. })),
-            (vec![("AWS:thing", "v")], |e| matches!(e, TagError::ReservedPrefix(_))),
+            (vec![(&long_key, "v")], |e| {
+                matches!(e, TagError::KeyLength(_))
+            }),
+            (vec![("k", &long_value)], |e| {
+                matches!(e, TagError::ValueLength { .. })
+            }),
+            (vec![("AWS:thing", "v")], |e| {
+                matches!(e, TagError::ReservedPrefix(_))
+            }),
             (vec![("k*", "v")], |e| matches!(e, TagError::KeyCharset(_))),
-            (vec![("k", "a,b")], |e| matches!(e, TagError::ValueCharset { .. })),
-            (vec![("k", "line\nbreak")], |e| matches!(e, TagError::ValueCharset { .. })),
-            (vec![("Key", "1"), ("kEY", "2")], |e| matches!(e, TagError::DuplicateKey(_))),
+            (vec![("k", "a,b")], |e| {
+                matches!(e, TagError::ValueCharset { .. })
+            }),
+            (vec![("k", "line\nbreak")], |e| {
+                matches!(e, TagError::ValueCharset { .. })
+            }),
+            (vec![("Key", "1"), ("kEY", "2")], |e| {
+                matches!(e, TagError::DuplicateKey(_))
+            }),
         ];
         for (tags, expected) in cases {
             let err = AwsSessionTags::new(tags.clone()).unwrap_err();
             assert!(expected(&err), "{tags:?} gave {err:?}");
         }
-        assert!(AwsSessionTags::new(vec![("k", "")]).is_ok(), "an empty value is allowed");
+        assert!(
+            AwsSessionTags::new(vec![("k", "")]).is_ok(),
+            "an empty value is allowed"
+        );
     }
 
     #[test]

@@ -51,7 +51,10 @@ impl OmniAccount {
 impl FromStr for OmniAccount {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Self(s.to_owned()))
         } else {
             Err(IdentityError::BadOmni)
@@ -145,10 +148,15 @@ mod tests {
     #[test]
     fn omni_is_sha256_of_the_concatenation() {
         // Independent computation: sha256("agentkeysevm0x00…01") done by hand below.
-        let w: WalletAddress = "0x0000000000000000000000000000000000000001".parse().unwrap();
+        let w: WalletAddress = "0x0000000000000000000000000000000000000001"
+            .parse()
+            .unwrap();
         let mut h = Sha256::new();
         h.update(b"agentkeysevm0x0000000000000000000000000000000000000001");
-        assert_eq!(OmniAccount::for_wallet(&w).as_str(), hex::encode(h.finalize()));
+        assert_eq!(
+            OmniAccount::for_wallet(&w).as_str(),
+            hex::encode(h.finalize())
+        );
         assert_eq!(OmniAccount::for_wallet(&w).as_str().len(), 64);
     }
 
@@ -164,10 +172,18 @@ mod tests {
 
     #[test]
     fn wallet_parsing_canonicalises_case_and_rejects_garbage() {
-        let w: WalletAddress = "0x8BA1f109551bD432803012645Ac136ddd64DBA72".parse().unwrap();
+        let w: WalletAddress = "0x8BA1f109551bD432803012645Ac136ddd64DBA72"
+            .parse()
+            .unwrap();
         assert_eq!(w.as_str(), "0x8ba1f109551bd432803012645ac136ddd64dba72");
         assert_eq!(w.bytes()[0], 0x8b);
-        for bad in ["", "0x", "8ba1f109551bd432803012645ac136ddd64dba72", "0x123", "0xzz"] {
+        for bad in [
+            "",
+            "0x",
+            "8ba1f109551bd432803012645ac136ddd64dba72",
+            "0x123",
+            "0xzz",
+        ] {
             assert!(bad.parse::<WalletAddress>().is_err(), "{bad}");
         }
     }

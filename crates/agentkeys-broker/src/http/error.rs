@@ -65,7 +65,9 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Self::Unprocessable { kind, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -80,7 +82,10 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(error = %format!("{cause:#}"), "http.internal_error");
         }
-        let body = ErrorBody { error: kind.to_owned(), message: self.to_string() };
+        let body = ErrorBody {
+            error: kind.to_owned(),
+            message: self.to_string(),
+        };
         let mut response = (status, Json(body)).into_response();
         if let Self::RateLimited { retry_after } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())

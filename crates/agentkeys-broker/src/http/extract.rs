@@ -2,12 +2,12 @@
 //! (handlers never parse headers).
 
 use agentkeys_store::Session;
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -31,8 +31,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text())),
-        JsonRejection::JsonDataError(e) => ApiError::Unprocessable { kind: "invalid_field", message: e.body_text() },
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => ApiError::Unprocessable {
+            kind: "invalid_field",
+            message: e.body_text(),
+        },
         JsonRejection::BytesRejection(e) => bytes_rejection(e),
         other => ApiError::BadRequest(other.body_text()),
     }
@@ -54,22 +59,36 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let headers = req.headers().clone();
-        let body = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
         if body.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(OptionalJson(T::default()));
         }
         if !is_json(&headers) {
             return Err(ApiError::UnsupportedMediaType);
         }
+        // serde would also accept an array for a struct; the API takes objects only.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::Unprocessable {
+                kind: "invalid_field",
+                message: "the body must be a JSON object".into(),
+            });
+        }
         let de = &mut serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(de).map(OptionalJson).map_err(|e| {
-            let inner = e.inner();
-            if inner.is_data() {
-                ApiError::Unprocessable { kind: "invalid_field", message: format!("invalid body at `{}`: {inner}", e.path()) }
-            } else {
-                ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
-            }
-        })
+        serde_path_to_error::deserialize(de)
+            .map(OptionalJson)
+            .map_err(|e| {
+                let inner = e.inner();
+                if inner.is_data() {
+                    ApiError::Unprocessable {
+                        kind: "invalid_field",
+                        message: format!("invalid body at `{}`: {inner}", e.path()),
+                    }
+                } else {
+                    ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
+                }
+            })
     }
 }
 
@@ -80,7 +99,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .map(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false)
 }
@@ -100,12 +120,19 @@ pub struct AuthSession(pub Session);
 impl FromRequestParts<AppState> for AuthSession {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthenticated)?;
         if !crate::session::looks_like_token(token) {
             return Err(ApiError::Unauthenticated);
         }
-        let session = state.store.session(&token_hash(token)).await?.ok_or(ApiError::Unauthenticated)?;
+        let session = state
+            .store
+            .session(&token_hash(token))
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
         let now = state.clock.now();
         if session.revoked_at.is_some() || session.expires_at <= now {
             return Err(ApiError::Unauthenticated);

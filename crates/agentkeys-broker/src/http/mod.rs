@@ -36,7 +36,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -59,13 +62,18 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .split_for_parts();
     let spec = openapi.clone();
     let router = router
-        .route("/openapi.json", axum::routing::get(move || async move { axum::Json(spec) }))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(spec) }),
+        )
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(axum::middleware::map_response(envelope_for_bare_errors))
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
         .layer(TraceLayer::new_for_http());
     (router, openapi)
 }
@@ -88,7 +96,9 @@ async fn envelope_for_bare_errors(response: Response) -> Response {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.into_response(),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.into_response(),
-        StatusCode::NOT_FOUND => ApiError::NotFound("no such route; see /openapi.json".into()).into_response(),
+        StatusCode::NOT_FOUND => {
+            ApiError::NotFound("no such route; see /openapi.json".into()).into_response()
+        }
         s if s.is_client_error() => {
             let message = s.canonical_reason().unwrap_or("bad request").to_owned();
             ApiError::BadRequest(message).into_response()
@@ -103,5 +113,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -1,7 +1,9 @@
 //! Wallet sign-in (EIP-4361 / EIP-191).
 
 use agentkeys_store::{Challenge, NewAuditEvent, Session};
-use agentkeys_types::api::{SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest};
+use agentkeys_types::api::{
+    SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest,
+};
 use agentkeys_types::{OmniAccount, WalletAddress};
 use axum::extract::State;
 use serde_json::json;
@@ -26,17 +28,34 @@ pub async fn wallet_challenge(
     State(state): State<AppState>,
     Json(req): Json<WalletChallengeRequest>,
 ) -> Result<axum::Json<WalletChallengeResponse>, ApiError> {
-    let address: WalletAddress =
-        req.address.parse().map_err(|e| ApiError::BadRequest(format!("address: {e}")))?;
+    let address: WalletAddress = req
+        .address
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("address: {e}")))?;
     let chain_id = req.chain_id.unwrap_or(1);
     if chain_id == 0 {
-        return Err(ApiError::BadRequest("chain_id must be a positive EIP-155 chain id".into()));
+        return Err(ApiError::BadRequest(
+            "chain_id must be a positive EIP-155 chain id".into(),
+        ));
     }
     let now = state.clock.now();
     let expires_at = now + state.settings.challenge_ttl_seconds;
-    let message = wallet::message(&state.settings.issuer, &address, chain_id, &wallet::nonce(), now, expires_at)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("building the SIWE message: {e}")))?;
-    let challenge = Challenge { id: random_id(), address: address.to_string(), message, created_at: now, expires_at };
+    let message = wallet::message(
+        &state.settings.issuer,
+        &address,
+        chain_id,
+        &wallet::nonce(),
+        now,
+        expires_at,
+    )
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("building the SIWE message: {e}")))?;
+    let challenge = Challenge {
+        id: random_id(),
+        address: address.to_string(),
+        message,
+        created_at: now,
+        expires_at,
+    };
     state.store.insert_challenge(challenge.clone()).await?;
     Ok(axum::Json(WalletChallengeResponse {
         challenge_id: challenge.id,
@@ -57,10 +76,13 @@ pub async fn wallet_verify(
     Json(req): Json<WalletVerifyRequest>,
 ) -> Result<axum::Json<SessionIssued>, ApiError> {
     // Shape checks first, so a typo does not burn the challenge.
-    let signature = wallet::parse_signature(&req.signature)
-        .ok_or_else(|| ApiError::BadRequest("signature must be 0x followed by 130 hex digits (65 bytes)".into()))?;
+    let signature = wallet::parse_signature(&req.signature).ok_or_else(|| {
+        ApiError::BadRequest("signature must be 0x followed by 130 hex digits (65 bytes)".into())
+    })?;
     if req.challenge_id.len() != 32 || !req.challenge_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest("challenge_id must be the 32-hex id returned by the challenge".into()));
+        return Err(ApiError::BadRequest(
+            "challenge_id must be the 32-hex id returned by the challenge".into(),
+        ));
     }
     let now = state.clock.now();
     let challenge = state.store.take_challenge(&req.challenge_id).await?;
@@ -76,7 +98,10 @@ pub async fn wallet_verify(
             let event = NewAuditEvent {
                 time: now,
                 kind: AUDIT_KIND.into(),
-                actor: address.as_deref().and_then(|a| a.parse().ok()).map(|w| OmniAccount::for_wallet(&w).to_string()),
+                actor: address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok())
+                    .map(|w| OmniAccount::for_wallet(&w).to_string()),
                 master: None,
                 outcome: "failed".into(),
                 details: json!({"reason": reason.to_string(), "address": address, "challenge_id": req.challenge_id}),
@@ -106,7 +131,8 @@ pub async fn wallet_verify(
         details: json!({"wallet": wallet.as_str(), "session": session_ref(&token.hash), "expires_at": expires_at}),
     };
     state.store.create_session(session, event).await?;
-    metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "ok").increment(1);
+    metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "ok")
+        .increment(1);
     tracing::info!(omni = %omni, session = session_ref(&token.hash), "sign_in.wallet.ok");
     Ok(axum::Json(SessionIssued {
         session_token: token.token,

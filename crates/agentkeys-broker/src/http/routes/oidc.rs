@@ -27,7 +27,10 @@ pub fn discovery(issuer: &str) -> Value {
     responses((status = 200, description = "Discovery document", body = Object)))]
 pub async fn openid_configuration(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CACHE_CONTROL, format!("public, max-age={}", state.settings.jwks_max_age_seconds))],
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", state.settings.jwks_max_age_seconds),
+        )],
         Json(discovery(&state.settings.issuer.url)),
     )
 }
@@ -38,5 +41,11 @@ pub async fn openid_configuration(State(state): State<AppState>) -> impl IntoRes
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     let now = state.clock.now();
     let body = state.keys.current().lifecycle.jwks(now);
-    ([(header::CACHE_CONTROL, format!("public, max-age={}", state.settings.jwks_max_age_seconds))], Json(body))
+    (
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", state.settings.jwks_max_age_seconds),
+        )],
+        Json(body),
+    )
 }

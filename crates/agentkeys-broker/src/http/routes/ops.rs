@@ -11,7 +11,9 @@ use crate::state::AppState;
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Readiness: the store answers and an active signing key is loaded.
@@ -21,12 +23,26 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let store_ok = state.store.ping().await.is_ok();
     let key_ok = state.keys.current().signer(state.clock.now()).is_some();
     let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
-    let status = if store_ok && key_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { status: word(store_ok && key_ok), store: word(store_ok), signing_key: word(key_ok) }))
+    let status = if store_ok && key_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            status: word(store_ok && key_ok),
+            store: word(store_ok),
+            signing_key: word(key_ok),
+        }),
+    )
 }
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }

@@ -19,7 +19,11 @@ pub async fn whoami(AuthSession(s): AuthSession) -> axum::Json<WhoAmI> {
     axum::Json(WhoAmI {
         omni_account: s.omni,
         wallet: s.wallet,
-        kind: if s.kind == "agent" { ActorKind::Agent } else { ActorKind::Master },
+        kind: if s.kind == "agent" {
+            ActorKind::Agent
+        } else {
+            ActorKind::Master
+        },
         expires_at: rfc3339(s.expires_at),
     })
 }
@@ -27,7 +31,10 @@ pub async fn whoami(AuthSession(s): AuthSession) -> axum::Json<WhoAmI> {
 /// Revoke the bearer's session.
 #[utoipa::path(post, path = "/v1/session/logout", tag = "session", security(("bearer" = [])),
     responses((status = 204, description = "Revoked"), (status = 401, body = agentkeys_types::ErrorBody)))]
-pub async fn logout(State(state): State<AppState>, AuthSession(s): AuthSession) -> Result<StatusCode, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    AuthSession(s): AuthSession,
+) -> Result<StatusCode, ApiError> {
     let now = state.clock.now();
     let event = NewAuditEvent {
         time: now,
@@ -37,6 +44,9 @@ pub async fn logout(State(state): State<AppState>, AuthSession(s): AuthSession) 
         outcome: "ok".into(),
         details: json!({"session": session_ref(&s.token_hash)}),
     };
-    state.store.revoke_session(&s.token_hash, now, event).await?;
+    state
+        .store
+        .revoke_session(&s.token_hash, now, event)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

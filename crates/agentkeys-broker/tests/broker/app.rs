@@ -1,0 +1,234 @@
+//! `TestApp`: one running broker per test, and the helpers every test uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentkeys_broker::clock::{Clock, ManualClock};
+use agentkeys_broker::config::{Issuer, Settings};
+use agentkeys_broker::state::AppState;
+use agentkeys_types::api::{SessionIssued, WalletChallengeResponse};
+use alloy_signer::SignerSync;
+use alloy_signer_local::PrivateKeySigner;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub struct TestApp {
+    pub url: String,
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+/// Settings as `serve --dev` would resolve them, with overrides.
+pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        issuer: Issuer::parse(url, true).unwrap(),
+        dev: true,
+        database_url: format!("sqlite://{}", dir.join("broker.db").display()),
+        jwt_ttl_seconds: 300,
+        audiences: vec!["sts.amazonaws.com".into(), "gcp-wif".into()],
+        session_ttl_seconds: 43_200,
+        challenge_ttl_seconds: 600,
+        mint_rate_per_minute: 1000,
+        mint_rate_per_hour: 10_000,
+        body_limit_bytes: 65_536,
+        jwks_max_age_seconds: 300,
+        key_refresh_seconds: 1,
+        log_json: false,
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut s = settings(dir.path(), &url);
+        tweak(&mut s);
+        let clock = Arc::new(ManualClock::new(agentkeys_broker::clock::SystemClock.now()));
+        let state = agentkeys_broker::prepare(s, clock.clone()).await.unwrap();
+        let server = tokio::spawn(agentkeys_broker::http::serve(
+            listener,
+            state.clone(),
+            std::future::pending(),
+        ));
+        let server = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        Self {
+            url,
+            state,
+            clock,
+            http: reqwest::Client::new(),
+            dir,
+            _server: server,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn challenge(&self, address: &str) -> WalletChallengeResponse {
+        let r = self
+            .post_json("/v1/auth/wallet/challenge", json!({"address": address}))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    pub async fn verify(&self, challenge_id: &str, signature: &str) -> reqwest::Response {
+        self.post_json(
+            "/v1/auth/wallet/verify",
+            json!({"challenge_id": challenge_id, "signature": signature}),
+        )
+        .await
+    }
+
+    /// A full wallet sign-in with a fresh random key.
+    pub async fn sign_in(&self) -> (PrivateKeySigner, SessionIssued) {
+        let wallet = PrivateKeySigner::random();
+        let session = self.sign_in_as(&wallet).await;
+        (wallet, session)
+    }
+
+    pub async fn sign_in_as(&self, wallet: &PrivateKeySigner) -> SessionIssued {
+        let c = self.challenge(&wallet.address().to_string()).await;
+        let r = self
+            .verify(&c.challenge_id, &sign(wallet, &c.message))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    pub async fn mint(&self, token: &str, body: Option<Value>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/mint-oidc-jwt", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Mints and returns the JWT, asserting success.
+    pub async fn mint_jwt(&self, token: &str) -> String {
+        let r = self.mint(token, None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["jwt"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn jwks(&self) -> Value {
+        self.get("/.well-known/jwks.json")
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Reloads the key ring now (the maintenance task does it every few seconds in `serve`).
+    pub async fn reload_keys(&self) {
+        self.state
+            .keys
+            .reload(self.state.store.as_ref(), self.clock.now())
+            .await
+            .unwrap();
+    }
+
+    pub async fn audit(&self) -> Vec<agentkeys_store::AuditEvent> {
+        self.state.store.audit_events(0, 10_000).await.unwrap()
+    }
+}
+
+/// EIP-191 `personal_sign` of the message, as 0x + 130 hex.
+pub fn sign(wallet: &PrivateKeySigner, message: &str) -> String {
+    let sig = wallet.sign_message_sync(message.as_bytes()).unwrap();
+    format!("0x{}", hex::encode(sig.as_bytes()))
+}
+
+/// Verifies a token the way a relying party would: JWKS fetched from the broker over HTTP,
+/// key chosen by `kid`, ES256 only, issuer and audience checked.
+pub async fn verify_jwt(app: &TestApp, token: &str, audience: &str) -> Result<Value, String> {
+    let discovery: Value = app
+        .get("/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jwks_uri = discovery["jwks_uri"].as_str().unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .http
+        .get(jwks_uri)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let kid = header.kid.ok_or("no kid")?;
+    let jwk = jwks
+        .find(&kid)
+        .ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[audience]);
+    v.set_issuer(&[discovery["issuer"].as_str().unwrap()]);
+    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "sub", "aud"]);
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .map(|d| d.claims)
+        .map_err(|e| e.to_string())
+}
+
+/// The error envelope of a response, asserting its shape.
+pub async fn error_of(r: reqwest::Response) -> (StatusCode, String, String) {
+    let status = r.status();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        ct.starts_with("application/json"),
+        "{status}: content-type {ct}"
+    );
+    let body: Value = r.json().await.unwrap();
+    let kind = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error kind in {body}"))
+        .to_owned();
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
+        .to_owned();
+    assert!(!message.is_empty());
+    (status, kind, message)
+}

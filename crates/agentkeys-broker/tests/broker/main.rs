@@ -1,0 +1,12 @@
+//! In-process HTTP tests of the broker: the real router served on a port-0 listener, a real
+//! SQLite store in a temp dir, real secp256k1 wallets, and tokens checked by jsonwebtoken
+//! against the JWKS fetched over HTTP. One test binary for the crate.
+
+mod app;
+mod audit;
+mod bad_input;
+mod docs;
+mod mint;
+mod rate_limit;
+mod rotation;
+mod sign_in;

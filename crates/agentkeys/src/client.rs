@@ -1,0 +1,360 @@
+//! A small typed client for the broker's HTTP API (SPEC §4). Request and response bodies are the
+//! shared types of `agentkeys_types::api`; every failure becomes an [`Error`] that tells the
+//! user what to do.
+
+use std::time::Duration;
+
+use agentkeys_types::ErrorBody;
+use agentkeys_types::api::{
+    MintRequest, MintResponse, SessionIssued, WalletChallengeRequest, WalletChallengeResponse,
+    WalletVerifyRequest, WhoAmI,
+};
+use reqwest::{Method, RequestBuilder, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::config::SecretToken;
+use crate::error::{Error, Result, RetryAfter};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest broker message shown to the user.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+pub struct BrokerClient {
+    base: String,
+    profile: String,
+    http: reqwest::Client,
+}
+
+impl BrokerClient {
+    /// `base_url` must already be normalised (see [`crate::config::normalize_broker_url`]);
+    /// `profile` only names the profile in error messages.
+    pub fn new(base_url: &str, profile: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("agentkeys/", env!("CARGO_PKG_VERSION")))
+            // A bearer token must not follow a redirect to another origin.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self {
+            base: base_url.to_owned(),
+            profile: profile.to_owned(),
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn wallet_challenge(
+        &self,
+        req: &WalletChallengeRequest,
+    ) -> Result<WalletChallengeResponse> {
+        let rb = self
+            .request(Method::POST, "/v1/auth/wallet/challenge")
+            .json(req);
+        self.send_json(rb, None).await
+    }
+
+    pub async fn wallet_verify(&self, req: &WalletVerifyRequest) -> Result<SessionIssued> {
+        let rb = self
+            .request(Method::POST, "/v1/auth/wallet/verify")
+            .json(req);
+        self.send_json(rb, None).await
+    }
+
+    pub async fn whoami(&self, token: &SecretToken) -> Result<WhoAmI> {
+        let rb = self
+            .request(Method::GET, "/v1/session")
+            .bearer_auth(token.expose());
+        self.send_json(rb, Some(&self.profile)).await
+    }
+
+    pub async fn logout(&self, token: &SecretToken) -> Result<()> {
+        let rb = self
+            .request(Method::POST, "/v1/session/logout")
+            .bearer_auth(token.expose());
+        self.send(rb, Some(&self.profile)).await.map(drop)
+    }
+
+    pub async fn mint(&self, token: &SecretToken, req: &MintRequest) -> Result<MintResponse> {
+        let rb = self
+            .request(Method::POST, "/v1/mint-oidc-jwt")
+            .bearer_auth(token.expose())
+            .json(&mint_body(req));
+        self.send_json(rb, Some(&self.profile)).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header(header::ACCEPT, "application/json")
+    }
+
+    /// Sends and returns the body of a 2xx answer; anything else becomes an [`Error`].
+    /// `session_profile` is set on calls authenticated by the saved session, so a 401 means
+    /// "sign in again" rather than "wrong signature".
+    async fn send(&self, rb: RequestBuilder, session_profile: Option<&str>) -> Result<Vec<u8>> {
+        let resp = rb.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?
+            .to_vec();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(error_from_response(
+                &self.base,
+                status,
+                retry_after.as_deref(),
+                &body,
+                session_profile,
+            ))
+        }
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        rb: RequestBuilder,
+        session_profile: Option<&str>,
+    ) -> Result<T> {
+        let body = self.send(rb, session_profile).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::BrokerProtocol {
+            url: self.base.clone(),
+            detail: format!("the response body is not the expected JSON ({e})"),
+        })
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        let detail = if e.is_timeout() {
+            "the request timed out".to_owned()
+        } else if e.is_connect() {
+            // The innermost cause ("Connection refused", "dns error", ...) is the useful part.
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("connection failed ({cause})")
+        } else {
+            e.without_url().to_string()
+        };
+        Error::BrokerUnreachable {
+            url: self.base.clone(),
+            detail,
+        }
+    }
+}
+
+/// The mint body with absent fields left out, so an empty intent is `{}`.
+fn mint_body(req: &MintRequest) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    if let Some(a) = &req.audience {
+        map.insert("audience".into(), a.clone().into());
+    }
+    if let Some(r) = &req.role_arn {
+        map.insert("role_arn".into(), r.clone().into());
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Turns a non-2xx answer into an [`Error`]. Pure, so the mapping is unit-tested.
+pub(crate) fn error_from_response(
+    base_url: &str,
+    status: StatusCode,
+    retry_after: Option<&str>,
+    body: &[u8],
+    session_profile: Option<&str>,
+) -> Error {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Error::RateLimited {
+            retry_after: retry_after.and_then(RetryAfter::parse),
+        };
+    }
+    if status == StatusCode::UNAUTHORIZED
+        && let Some(profile) = session_profile
+    {
+        return Error::SessionRejected {
+            profile: profile.to_owned(),
+        };
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(eb) => Error::Broker {
+            status: status.as_u16(),
+            kind: sanitize(&eb.error, 64),
+            message: sanitize(&eb.message, MAX_MESSAGE_CHARS),
+        },
+        Err(_) => Error::BrokerProtocol {
+            url: base_url.to_owned(),
+            detail: format!(
+                "HTTP {status} without the JSON error body{}",
+                if status == StatusCode::NOT_FOUND {
+                    " (wrong URL, or an older broker?)"
+                } else {
+                    ""
+                }
+            ),
+        },
+    }
+}
+
+/// Keeps a broker-provided string to one printable line of bounded length.
+fn sanitize(s: &str, max_chars: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max_chars)
+        .collect();
+    if s.chars().count() > max_chars {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:8091";
+
+    fn body(kind: &str, msg: &str) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody {
+            error: kind.into(),
+            message: msg.into(),
+        })
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn maps_401_on_session_calls_to_login_again() {
+        let e = error_from_response(
+            URL,
+            StatusCode::UNAUTHORIZED,
+            None,
+            &body("unauthenticated", "x"),
+            Some("p"),
+        );
+        assert!(
+            matches!(e, Error::SessionRejected { ref profile } if profile == "p"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("login wallet --key-file"));
+    }
+
+    #[test]
+    fn maps_401_on_sign_in_to_the_broker_message() {
+        let e = error_from_response(
+            URL,
+            StatusCode::UNAUTHORIZED,
+            None,
+            &body(
+                "unauthenticated",
+                "The signature does not match the challenge.",
+            ),
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "the broker refused the request (401 unauthenticated): The signature does not match the challenge."
+        );
+    }
+
+    #[test]
+    fn maps_429_with_retry_after() {
+        let e = error_from_response(
+            URL,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("17"),
+            &body("rate_limited", "slow"),
+            Some("p"),
+        );
+        assert!(
+            matches!(
+                e,
+                Error::RateLimited {
+                    retry_after: Some(RetryAfter::Seconds(17))
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("retry in 17 seconds"));
+    }
+
+    #[test]
+    fn maps_403_to_broker_message() {
+        let e = error_from_response(
+            URL,
+            StatusCode::FORBIDDEN,
+            None,
+            &body("audience_not_allowed", "The audience x is not allowed."),
+            Some("p"),
+        );
+        assert!(matches!(e, Error::Broker { status: 403, .. }));
+        assert!(e.to_string().contains("The audience x is not allowed."));
+    }
+
+    #[test]
+    fn non_json_errors_are_protocol_errors() {
+        let e = error_from_response(URL, StatusCode::NOT_FOUND, None, b"<html>nope</html>", None);
+        assert!(matches!(e, Error::BrokerProtocol { .. }));
+        assert!(e.to_string().contains("404"));
+    }
+
+    #[test]
+    fn broker_messages_are_made_one_safe_line() {
+        let evil = format!("line1\nline2\x1b[31m{}", "x".repeat(2000));
+        let e = error_from_response(
+            URL,
+            StatusCode::BAD_REQUEST,
+            None,
+            &body("bad\nkind", &evil),
+            None,
+        );
+        let s = e.to_string();
+        assert!(!s.contains('\n') && !s.contains('\x1b'), "{s:?}");
+        assert!(s.chars().count() < 700);
+    }
+
+    #[test]
+    fn mint_body_leaves_out_absent_fields() {
+        assert_eq!(mint_body(&MintRequest::default()), serde_json::json!({}));
+        let r = MintRequest {
+            audience: None,
+            role_arn: Some("arn:aws:iam::1:role/x".into()),
+        };
+        assert_eq!(
+            mint_body(&r),
+            serde_json::json!({"role_arn": "arn:aws:iam::1:role/x"})
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_names_the_url() {
+        // Bind then drop: nothing listens on this port afterwards.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let base = format!("http://127.0.0.1:{port}");
+        let c = BrokerClient::new(&base, "default").expect("client");
+        let e = c
+            .whoami(&SecretToken::new("t".into()))
+            .await
+            .expect_err("must fail");
+        assert!(matches!(e, Error::BrokerUnreachable { .. }), "{e:?}");
+        let s = e.to_string();
+        assert!(
+            s.contains(&base) && s.contains("AGENTKEYS_BROKER_URL"),
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! End to end: the real `agentkeys-broker` binary in `--dev` mode on a free loopback port, driven
+//! by the real `agentkeys` binary.
+//!
+//! Cargo does not build other packages' binaries for this test, so build the broker first:
+//!
+//! ```text
+//! cargo build -p agentkeys-broker && cargo test -p agentkeys --test cli_e2e
+//! ```
+//!
+//! The broker binary is looked up next to this test executable (`target/<profile>/`), or taken
+//! from `AGENTKEYS_BROKER_BIN`. A missing broker fails the test; it is never skipped.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use agentkeys_types::{OmniAccount, WalletAddress};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn broker_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENTKEYS_BROKER_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "AGENTKEYS_BROKER_BIN={} is not a file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/cli_e2e-<hash> → target/<profile>/
+    let dir = exe
+        .parent()
+        .and_then(|deps| {
+            if deps.ends_with("deps") {
+                deps.parent()
+            } else {
+                Some(deps)
+            }
+        })
+        .expect("test executable has a parent directory");
+    let bin = dir.join(format!("agentkeys-broker{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the broker binary {} does not exist: build it first with `cargo build -p agentkeys-broker` \
+         (same profile and CARGO_TARGET_DIR as this test), or set AGENTKEYS_BROKER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// The broker process; killed when dropped, so a failing test leaves nothing running.
+struct Broker {
+    child: Child,
+    url: String,
+    port: u16,
+    log: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `serve` flags.
+    fn start_with(extra: &[&str]) -> Self {
+        let bin = broker_bin();
+        let data = tempfile::tempdir().expect("tempdir");
+        let log = data.path().join("broker.log");
+        let log_file = fs::File::create(&log).expect("log file");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data.path().join("data"))
+            .args(extra)
+            .env_remove("BROKER_ISSUER")
+            .env_remove("BROKER_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut broker = Broker {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+            _data: data,
+        };
+        broker.wait_healthy();
+        broker
+    }
+
+    fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the broker exited during start-up ({status}); its output:\n{}",
+                    self.logs()
+                );
+            }
+            if http_get_status(self.port, "/healthz") == Some(200) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the broker did not answer 200 on {}/healthz within {HEALTH_TIMEOUT:?}; its output:\n{}",
+                    self.url,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status code of a plain HTTP/1.1 GET, or None if there is no answer yet.
+fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// The `agentkeys` binary with an isolated config dir and home.
+struct Cli {
+    home: tempfile::TempDir,
+    broker_url: String,
+}
+
+impl Cli {
+    fn new(broker_url: &str) -> Self {
+        Cli {
+            home: tempfile::tempdir().expect("tempdir"),
+            broker_url: broker_url.to_owned(),
+        }
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.home.path().join("config")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_agentkeys"))
+            .args(args)
+            .env("AGENTKEYS_BROKER_URL", &self.broker_url)
+            .env("AGENTKEYS_CONFIG_DIR", self.config_dir())
+            .env("HOME", self.home.path())
+            .env_remove("AGENTKEYS_PROFILE")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run agentkeys")
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`agentkeys {}` failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs and requires failure with `code`; returns stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "`agentkeys {}` should exit {code}:\nstdout: {}\nstderr: {stderr}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout on failure: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one line on stderr: {stderr:?}"
+        );
+        stderr
+    }
+}
+
+fn jwt_payload(jwt: &str) -> serde_json::Value {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWS compact token has 3 parts: {jwt}");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .expect("payload is base64url");
+    serde_json::from_slice(&bytes).expect("payload is JSON")
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+#[test]
+fn wallet_login_whoami_token_logout() {
+    let broker = Broker::start();
+    let cli = Cli::new(&broker.url);
+    let key = cli.home.path().join("wallet.key");
+    let key_s = key.to_str().expect("utf-8 path");
+
+    // key generate: prints the address; file 0600; never overwritten without --force.
+    let address = cli
+        .ok(&["key", "generate", "--out", key_s])
+        .trim()
+        .to_owned();
+    let wallet: WalletAddress = address.parse().expect("generate prints an address");
+    assert_eq!(address, wallet.as_str(), "printed lowercase");
+    #[cfg(unix)]
+    assert_eq!(mode(&key), 0o600);
+    let err = cli.fails(&["key", "generate", "--out", key_s], 1);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        cli.ok(&["key", "address", "--key-file", key_s]).trim(),
+        address
+    );
+
+    // login wallet
+    let out = cli.ok(&["login", "wallet", "--key-file", key_s]);
+    let omni = OmniAccount::for_wallet(&wallet);
+    assert!(
+        out.contains(wallet.as_str()) && out.contains(omni.as_str()),
+        "{out}"
+    );
+    let session_file = cli.config_dir().join("profiles/default/session.json");
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&session_file), 0o600);
+        assert_eq!(mode(session_file.parent().expect("dir")), 0o700);
+    }
+
+    // whoami
+    let out = cli.ok(&["whoami"]);
+    assert!(out.contains(wallet.as_str()), "{out}");
+    let me: serde_json::Value = serde_json::from_str(&cli.ok(&["whoami", "--json"])).expect("json");
+    assert_eq!(me["wallet"], wallet.as_str());
+    assert_eq!(me["omni_account"], omni.as_str());
+    assert_eq!(me["kind"], "master");
+
+    // token
+    let out = cli.ok(&["token"]);
+    assert_eq!(out.lines().count(), 1, "just the JWT: {out:?}");
+    let jwt = out.trim();
+    let claims = jwt_payload(jwt);
+    assert_eq!(claims["agentkeys_user_wallet"], wallet.as_str(), "{claims}");
+    assert_eq!(
+        claims["sub"],
+        format!("agentkeys:user:{wallet}"),
+        "{claims}"
+    );
+    assert_eq!(claims["agentkeys_actor_omni"], omni.as_str(), "{claims}");
+    assert_eq!(claims["aud"], "sts.amazonaws.com", "{claims}");
+    assert_eq!(claims["iss"], broker.url, "{claims}");
+    assert!(
+        claims.get("https://aws.amazon.com/roles").is_none(),
+        "{claims}"
+    );
+    // The session token appears in no output.
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&session_file).expect("read session"))
+            .expect("json");
+    let session_token = saved["session_token"]
+        .as_str()
+        .expect("token saved")
+        .to_owned();
+    assert!(!jwt.contains(&session_token));
+
+    // token --role-arn pins the role; a non-allowed audience is the broker's 403, shown.
+    let arn = "arn:aws:iam::123456789012:role/agentkeys-data";
+    let claims = jwt_payload(cli.ok(&["token", "--role-arn", arn]).trim());
+    assert_eq!(claims["https://aws.amazon.com/roles"], arn, "{claims}");
+    let err = cli.fails(
+        &["token", "--audience", "not-an-allowed-audience.example"],
+        1,
+    );
+    assert!(err.contains("403"), "{err}");
+
+    // logout, with a copy of the session kept to show the broker revoked it.
+    let copy = fs::read(&session_file).expect("copy session");
+    let out = cli.ok(&["logout"]);
+    assert!(out.to_lowercase().contains("signed out"), "{out}");
+    assert!(!session_file.exists(), "logout deletes the saved session");
+
+    // token now fails: no saved session.
+    let err = cli.fails(&["token"], 3);
+    assert!(
+        err.contains("agentkeys login wallet --key-file") && err.contains("again"),
+        "{err}"
+    );
+
+    // Restoring the old session does not help: the broker answers 401 and we say log in again.
+    fs::write(&session_file, &copy).expect("restore");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&session_file, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let err = cli.fails(&["token"], 3);
+    assert!(
+        err.contains("agentkeys login wallet --key-file") && err.contains("again"),
+        "{err}"
+    );
+    let err = cli.fails(&["whoami"], 3);
+    assert!(err.contains("again"), "{err}");
+
+    // And signing in again works.
+    cli.ok(&["login", "wallet", "--key-file", key_s]);
+    jwt_payload(cli.ok(&["token"]).trim());
+
+    // The broker never logged the session token or the JWT.
+    let logs = broker.logs();
+    assert!(
+        !logs.contains(&session_token),
+        "session token in broker logs"
+    );
+    assert!(!logs.contains(jwt), "JWT in broker logs");
+}
+
+#[test]
+fn rate_limit_says_when_to_retry() {
+    let broker = Broker::start_with(&["--mint-rate-per-minute", "1"]);
+    let cli = Cli::new(&broker.url);
+    let key = cli.home.path().join("k");
+    let key_s = key.to_str().expect("utf-8 path");
+    cli.ok(&["key", "generate", "--out", key_s]);
+    cli.ok(&["login", "wallet", "--key-file", key_s]);
+    cli.ok(&["token"]);
+    let err = cli.fails(&["token"], 5);
+    assert!(
+        err.contains("rate limiting") && err.contains("retry in"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_broker_is_named() {
+    let port = free_port(); // nothing listens here after the listener is dropped
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = Cli::new(&url);
+    let key = cli.home.path().join("k");
+    let key_s = key.to_str().expect("utf-8 path");
+    cli.ok(&["key", "generate", "--out", key_s]);
+    let err = cli.fails(&["login", "wallet", "--key-file", key_s], 4);
+    assert!(
+        err.contains(&url) && err.contains("AGENTKEYS_BROKER_URL"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn loose_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let cli = Cli::new("http://127.0.0.1:9");
+    let key = cli.home.path().join("k");
+    let key_s = key.to_str().expect("utf-8 path");
+    cli.ok(&["key", "generate", "--out", key_s]);
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = cli.fails(&["login", "wallet", "--key-file", key_s], 1);
+    assert!(err.contains(&format!("chmod 600 {key_s}")), "{err}");
+}
