@@ -2,6 +2,9 @@
 //! SQLite store in a temp dir, real secp256k1 wallets, and tokens checked by jsonwebtoken
 //! against the JWKS fetched over HTTP. One test binary for the crate.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod app;
 mod audit;
 mod bad_input;

@@ -72,7 +72,7 @@ async fn rotation_overlaps_then_retires_the_old_key() {
     // its tokens stop verifying.
     app.clock.advance(3600 + PUBLICATION_MARGIN_SECONDS);
     let last = kids(&app.jwks().await);
-    assert_eq!(last, [new_kid.clone()]);
+    assert_eq!(last, std::slice::from_ref(&new_kid));
     let err = verify_jwt(&app, &old_token, "sts.amazonaws.com")
         .await
         .unwrap_err();

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's whole test suite: formatting, lints, every Rust test (unit, in-process HTTP,
+# end-to-end with the real binaries), and the independent relying-party test in Python.
+#
+#   scripts/test.sh
+#
+# Needs: Rust (stable) and python3 with venv. Everything else it fetches from crates.io / PyPI.
+# Exits non-zero on the first failure.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, HTTP, end-to-end)"
+cargo test --workspace --locked
+
+step "relying-party test (PyJWT against a running broker)"
+AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
+AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
+  tests/relying_party/run.sh
+
+step "all tests passed"
