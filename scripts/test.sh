@@ -29,4 +29,7 @@ AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
 AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
   tests/relying_party/run.sh
 
+step "README walkthrough (runs the documented commands against a fresh broker)"
+scripts/check-readme.sh
+
 step "all tests passed"

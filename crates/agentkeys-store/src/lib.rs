@@ -28,8 +28,12 @@ pub enum StoreError {
     WriterGone,
     #[error("unsupported database URL {0:?}: use sqlite://PATH")]
     UnsupportedUrl(String),
+    /// The operation contradicts what is stored (unknown key, duplicate id).
     #[error("{0}")]
     Conflict(String),
+    /// The transaction holding this write could not commit; nothing of it was written.
+    #[error("commit failed: {0}")]
+    Commit(String),
 }
 
 #[async_trait]

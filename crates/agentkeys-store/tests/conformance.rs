@@ -1,0 +1,238 @@
+//! What every `Store` backend must do. Runs on SQLite today; a new backend runs the same
+//! functions (call them with its `Arc<dyn Store>`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use agentkeys_store::audit::ChainVerifier;
+use agentkeys_store::{
+    Challenge, GateOutcome, NewAuditEvent, RateWindow, Session, SigningKeyRecord, SqliteStore, Store, StoreError,
+};
+use serde_json::json;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = agentkeys_store::open(&Self::url_in(&dir)).await.unwrap();
+        Self { dir, store }
+    }
+
+    fn url_in(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}", dir.path().join("store.db").display())
+    }
+
+    fn url(&self) -> String {
+        Self::url_in(&self.dir)
+    }
+}
+
+fn event(kind: &str, n: i64) -> NewAuditEvent {
+    NewAuditEvent {
+        time: 1_700_000_000 + n,
+        kind: kind.into(),
+        actor: Some("actor".into()),
+        master: Some("master".into()),
+        outcome: "ok".into(),
+        details: json!({ "n": n }),
+    }
+}
+
+fn challenge(id: &str, expires_at: i64) -> Challenge {
+    Challenge { id: id.into(), address: "0xabc".into(), message: "sign me".into(), created_at: 0, expires_at }
+}
+
+fn session(hash: &str, expires_at: i64) -> Session {
+    Session {
+        token_hash: hash.into(),
+        kind: "master".into(),
+        omni: "omni".into(),
+        wallet: Some("0xabc".into()),
+        created_at: 0,
+        expires_at,
+        revoked_at: None,
+    }
+}
+
+async fn verify_chain(store: &dyn Store) -> u64 {
+    let mut v = ChainVerifier::default();
+    for e in store.audit_events(0, 1_000_000).await.unwrap() {
+        v.check(&e).unwrap();
+    }
+    v.verified()
+}
+
+#[tokio::test]
+async fn challenges_are_single_use() {
+    let f = Fixture::new().await;
+    f.store.insert_challenge(challenge("c1", 100)).await.unwrap();
+    assert_eq!(f.store.take_challenge("c1").await.unwrap(), Some(challenge("c1", 100)));
+    assert_eq!(f.store.take_challenge("c1").await.unwrap(), None);
+    assert_eq!(f.store.take_challenge("never").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_failing_operation_fails_alone_inside_a_shared_commit() {
+    let f = Fixture::new().await;
+    f.store.insert_challenge(challenge("dup", 100)).await.unwrap();
+    // Queue several writes at once so they share a batch; the duplicate fails, the rest commit.
+    let s = f.store.clone();
+    let (a, b, c) = tokio::join!(
+        s.insert_challenge(challenge("dup", 100)),
+        s.append_audit(event("x", 1)),
+        s.insert_challenge(challenge("fresh", 100)),
+    );
+    assert!(a.is_err());
+    assert_eq!(b.unwrap(), 1);
+    c.unwrap();
+    assert!(f.store.take_challenge("fresh").await.unwrap().is_some());
+
+    // An unknown key update is refused and its audit event is rolled back with it.
+    let err = f.store.update_signing_key("nope", Some(1), None, event("key.retire", 2)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)));
+    assert_eq!(verify_chain(f.store.as_ref()).await, 1);
+}
+
+#[tokio::test]
+async fn sessions_are_stored_with_their_event_and_revoked_once() {
+    let f = Fixture::new().await;
+    let seq = f.store.create_session(session("h1", 1000), event("sign_in", 1)).await.unwrap();
+    assert_eq!(seq, 1);
+    let got = f.store.session("h1").await.unwrap().unwrap();
+    assert_eq!(got, session("h1", 1000));
+    assert!(f.store.revoke_session("h1", 10, event("logout", 2)).await.unwrap());
+    assert!(!f.store.revoke_session("h1", 11, event("logout", 3)).await.unwrap(), "already revoked");
+    assert_eq!(f.store.session("h1").await.unwrap().unwrap().revoked_at, Some(10));
+    assert_eq!(verify_chain(f.store.as_ref()).await, 2, "the no-op revocation wrote no event");
+
+    // A duplicate session hash fails without writing its event.
+    assert!(f.store.create_session(session("h1", 1000), event("sign_in", 4)).await.is_err());
+    assert_eq!(verify_chain(f.store.as_ref()).await, 2);
+}
+
+#[tokio::test]
+async fn rate_limits_count_allowed_uses_per_window() {
+    let f = Fixture::new().await;
+    let windows = [RateWindow { seconds: 60, limit: 2 }, RateWindow { seconds: 3600, limit: 3 }];
+    let t0 = 1_800_000_000 - 1_800_000_000 % 3600;
+    let gate = |now: i64, actor: &'static str| {
+        let store = f.store.clone();
+        async move { store.rate_limited_append(actor, &windows, now, event("mint", now), event("mint.denied", now)).await.unwrap() }
+    };
+    assert!(matches!(gate(t0, "a").await, GateOutcome::Allowed { .. }));
+    assert!(matches!(gate(t0 + 1, "a").await, GateOutcome::Allowed { .. }));
+    assert_eq!(
+        gate(t0 + 20, "a").await,
+        GateOutcome::Limited { retry_after: 40, window_seconds: 60, seq: 3 },
+        "the denial is audited too"
+    );
+    assert!(matches!(gate(t0 + 20, "b").await, GateOutcome::Allowed { .. }), "actors are independent");
+    assert!(matches!(gate(t0 + 60, "a").await, GateOutcome::Allowed { .. }), "a new minute");
+    match gate(t0 + 61, "a").await {
+        GateOutcome::Limited { retry_after, window_seconds, .. } => {
+            assert_eq!((retry_after, window_seconds), (3600 - 61, 3600));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(gate(t0 + 3600, "a").await, GateOutcome::Allowed { .. }), "a new hour");
+    let events = f.store.audit_events(0, 100).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["mint", "mint", "mint.denied", "mint", "mint", "mint.denied", "mint"]);
+}
+
+#[tokio::test]
+async fn concurrent_appends_form_one_gapless_chain() {
+    let f = Fixture::new().await;
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                seqs.push(store.append_audit(event("burst", t * 100 + i)).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (1..=500).collect::<Vec<u64>>());
+    assert_eq!(verify_chain(f.store.as_ref()).await, 500);
+}
+
+#[tokio::test]
+async fn two_processes_sharing_the_file_extend_the_same_chain() {
+    // The broker and the `keys` command both write: each store must read the head inside its
+    // own write transaction.
+    let f = Fixture::new().await;
+    let other = SqliteStore::open(&f.url()).await.unwrap();
+    let (a, b) = tokio::join!(
+        async {
+            for i in 0..50 {
+                f.store.append_audit(event("a", i)).await.unwrap();
+            }
+        },
+        async {
+            for i in 0..50 {
+                other.append_audit(event("b", i)).await.unwrap();
+            }
+        }
+    );
+    let _ = (a, b);
+    assert_eq!(verify_chain(f.store.as_ref()).await, 100);
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let f = Fixture::new().await;
+    f.store.create_session(session("h", 99), event("sign_in", 1)).await.unwrap();
+    let key = SigningKeyRecord {
+        kid: "k1".into(),
+        public_jwk: "{}".into(),
+        certificate: "MII".into(),
+        created_at: 1,
+        activates_at: 2,
+        retired_at: None,
+        withdrawn_at: None,
+    };
+    f.store.insert_signing_key(key.clone(), event("key.generate", 2)).await.unwrap();
+    f.store.update_signing_key("k1", Some(5), None, event("key.retire", 3)).await.unwrap();
+    let url = f.url();
+    drop(f.store);
+
+    let reopened = agentkeys_store::open(&url).await.unwrap();
+    assert!(reopened.session("h").await.unwrap().is_some());
+    let keys = reopened.signing_keys().await.unwrap();
+    assert_eq!(keys, vec![SigningKeyRecord { retired_at: Some(5), ..key }]);
+    reopened.append_audit(event("after", 4)).await.unwrap();
+    assert_eq!(verify_chain(reopened.as_ref()).await, 4, "the chain continues from the stored head");
+}
+
+#[tokio::test]
+async fn purge_removes_only_expired_rows() {
+    let f = Fixture::new().await;
+    f.store.insert_challenge(challenge("old", 10)).await.unwrap();
+    f.store.insert_challenge(challenge("new", 1000)).await.unwrap();
+    f.store.create_session(session("old", 10), event("s", 1)).await.unwrap();
+    f.store.create_session(session("new", 1000), event("s", 2)).await.unwrap();
+    assert_eq!(f.store.purge_expired(500).await.unwrap(), 2);
+    assert!(f.store.take_challenge("old").await.unwrap().is_none());
+    assert!(f.store.take_challenge("new").await.unwrap().is_some());
+    assert!(f.store.session("old").await.unwrap().is_none());
+    assert!(f.store.session("new").await.unwrap().is_some());
+    assert_eq!(verify_chain(f.store.as_ref()).await, 2, "audit events are never purged");
+}
+
+#[tokio::test]
+async fn only_sqlite_urls_open() {
+    let err = agentkeys_store::open("postgres://localhost/x").await.err().unwrap();
+    assert!(matches!(err, StoreError::UnsupportedUrl(_)));
+}
