@@ -154,9 +154,7 @@ async fn commit_batch(conn: &mut SqliteConnection, jobs: Vec<Job>) {
             tracing::error!(error = %e, "store.commit_failed");
             let message = e.to_string();
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Conflict(format!(
-                    "commit failed: {message}"
-                ))));
+                let _ = reply.send(Err(StoreError::Commit(message.clone())));
             }
             // Jobs never reached (the failure came before their turn) are dropped here; their
             // callers see `WriterGone` and answer 500, which is right: nothing was written.
