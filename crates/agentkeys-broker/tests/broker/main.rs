@@ -7,6 +7,7 @@
 
 mod app;
 mod audit;
+mod binary;
 mod bad_input;
 mod docs;
 mod mint;
