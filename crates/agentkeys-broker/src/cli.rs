@@ -33,6 +33,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print the cloud-side documents that make the cloud trust this broker (SPEC §5.3).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Create or upgrade the database schema, then exit.
     Migrate {
         #[command(flatten)]
@@ -96,4 +101,40 @@ pub enum KeysCommand {
 pub enum AuditCommand {
     /// Recompute the hash chain from the first event; names the first bad event.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// AWS (or an S3-compatible cloud): the OIDC provider registration, the role trust policy
+    /// and the bucket policy, as JSON.
+    Aws(PolicyAwsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PolicyAwsArgs {
+    /// The broker's issuer URL, exactly as in its tokens.
+    #[arg(long, env = "BROKER_ISSUER", value_name = "URL")]
+    pub issuer: String,
+    /// AWS account id (12 digits). Empty for account-less clouds such as Ceph RGW.
+    #[arg(long, value_name = "ID")]
+    pub account: String,
+    /// The bucket whose prefixes the sessions get.
+    #[arg(long, value_name = "NAME")]
+    pub bucket: String,
+    /// The role the clients assume.
+    #[arg(long, value_name = "NAME")]
+    pub role_name: String,
+    /// Also allow the grant-scope prefix (`agentkeys_scope`), for agents minting under grants.
+    #[arg(long)]
+    pub with_grants: bool,
+    /// Write every tag value out instead of `${aws:PrincipalTag/…}` (for clouds that cannot
+    /// substitute policy variables in resources, e.g. Ceph RGW 16): TAG=VALUE, repeatable.
+    #[arg(long, value_name = "TAG=VALUE")]
+    pub expand: Vec<String>,
+    /// One JSON document on stdout instead of the annotated sections.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write provider.json, trust-policy.json and bucket-policy.json (compact) here.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }

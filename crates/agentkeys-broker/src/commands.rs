@@ -5,7 +5,7 @@ use std::io::Write;
 use agentkeys_store::audit::ChainVerifier;
 use anyhow::{Context, bail};
 
-use crate::cli::{AuditCommand, Command, KeysCommand, StoreArgs};
+use crate::cli::{AuditCommand, Command, KeysCommand, PolicyAwsArgs, PolicyCommand, StoreArgs};
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::keys::{self, KeyState, Lifecycle, MAX_PUBLISHED_KEYS};
 
@@ -30,6 +30,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", crate::config::render_markdown());
             Ok(())
         }
+        Command::Policy {
+            command: PolicyCommand::Aws(args),
+        } => policy_aws(&args),
         Command::Migrate { store } => {
             open(&store).await?;
             println!("store at {} is up to date", store.database_url());
@@ -192,5 +195,78 @@ async fn verify_audit(args: &StoreArgs) -> anyhow::Result<()> {
         verifier.verified(),
         verifier.head_hash()
     );
+    Ok(())
+}
+
+fn policy_aws(args: &PolicyAwsArgs) -> anyhow::Result<()> {
+    use crate::policy::{AwsInputs, BucketPolicy, aws_bundle, provider_command, trust_policy};
+    let mut inputs = AwsInputs::new(&args.issuer, &args.account, &args.bucket, &args.role_name)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if args.with_grants {
+        inputs = inputs.with_scope();
+    }
+    let mut bundle = aws_bundle(&inputs);
+    if !args.expand.is_empty() {
+        let mut values = Vec::new();
+        for pair in &args.expand {
+            let Some((tag, value)) = pair.split_once('=') else {
+                bail!(
+                    "--expand takes TAG=VALUE, for example agentkeys_user_wallet=0xabc…; got {pair:?}"
+                );
+            };
+            if !inputs.prefix_tags.iter().any(|t| t == tag) {
+                bail!(
+                    "--expand: {tag:?} is not a prefix tag here ({})",
+                    inputs.prefix_tags.join(", ")
+                );
+            }
+            values.push((tag.to_owned(), value.to_owned()));
+        }
+        bundle["bucket_policy"] = BucketPolicy::expanded(&inputs, &values);
+    }
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, value) in [
+            ("provider.json", &bundle["oidc_provider"]),
+            ("trust-policy.json", &bundle["role"]["trust_policy"]),
+            ("bucket-policy.json", &bundle["bucket_policy"]),
+        ] {
+            // Compact: some S3-compatible clouds reject policy JSON with whitespace.
+            std::fs::write(dir.join(name), serde_json::to_string(value)?)
+                .with_context(|| format!("writing {}", dir.join(name).display()))?;
+        }
+    }
+    let out = &mut std::io::stdout();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&bundle)?)?;
+        return Ok(());
+    }
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    writeln!(
+        out,
+        "# 1. Register the broker as an OIDC provider ({})",
+        inputs.provider_arn()
+    )?;
+    writeln!(out, "{}\n", provider_command(&inputs))?;
+    writeln!(
+        out,
+        "# 2. Role {}: REPLACE its trust policy with this one (never add the broker beside",
+        inputs.role_arn()
+    )?;
+    writeln!(
+        out,
+        "#    an IAM-user principal). The role must carry no S3 permission of its own:"
+    )?;
+    writeln!(
+        out,
+        "#    IAM unions allows, so a broad s3:* grant on the role undoes the isolation."
+    )?;
+    writeln!(out, "{}\n", pretty(&trust_policy(&inputs)))?;
+    writeln!(
+        out,
+        "# 3. Bucket policy for {}: each session reaches only the prefixes its tags name.",
+        inputs.bucket
+    )?;
+    writeln!(out, "{}", pretty(&bundle["bucket_policy"]))?;
     Ok(())
 }

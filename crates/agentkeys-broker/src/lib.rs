@@ -9,6 +9,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod mint;
+pub mod policy;
 pub mod session;
 pub mod state;
 pub mod wallet;

@@ -17,31 +17,75 @@ fn broker() -> Command {
 /// Runs to completion and returns (exit code, stderr).
 fn run(c: &mut Command) -> (i32, String) {
     let out = c.stdout(Stdio::null()).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &[&str])> = vec![
-        (vec!["--listen", "nowhere"], vec![], &["--listen", "BROKER_LISTEN", "\"nowhere\"", "IP:PORT"]),
-        (vec![], vec![("BROKER_LISTEN", "1.2.3.4")], &["--listen", "BROKER_LISTEN", "\"1.2.3.4\""]),
-        (vec!["--oidc-jwt-ttl-seconds", "7200"], vec![], &["BROKER_OIDC_JWT_TTL_SECONDS", "\"7200\"", "60 to 3600"]),
-        (vec![], vec![("BROKER_MINT_RATE_PER_MINUTE", "0")], &["--mint-rate-per-minute", "\"0\""]),
-        (vec!["--log-format", "xml"], vec![], &["--log-format", "\"xml\"", "text, json"]),
-        (vec!["--issuer", "https://broker.example.com/"], vec![], &["BROKER_ISSUER", "trailing slash"]),
-        (vec!["--issuer", "http://broker.example.com"], vec![], &["BROKER_ISSUER", "https"]),
-        (vec!["--issuer", "ftp://x"], vec![], &["BROKER_ISSUER", "absolute URL"]),
+    // (flags, environment, words the one-line message must contain)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--listen", "nowhere"],
+            vec![],
+            &["--listen", "BROKER_LISTEN", "\"nowhere\"", "IP:PORT"],
+        ),
+        (
+            vec![],
+            vec![("BROKER_LISTEN", "1.2.3.4")],
+            &["--listen", "BROKER_LISTEN", "\"1.2.3.4\""],
+        ),
+        (
+            vec!["--oidc-jwt-ttl-seconds", "7200"],
+            vec![],
+            &["BROKER_OIDC_JWT_TTL_SECONDS", "\"7200\"", "60 to 3600"],
+        ),
+        (
+            vec![],
+            vec![("BROKER_MINT_RATE_PER_MINUTE", "0")],
+            &["--mint-rate-per-minute", "\"0\""],
+        ),
+        (
+            vec!["--log-format", "xml"],
+            vec![],
+            &["--log-format", "\"xml\"", "text, json"],
+        ),
+        (
+            vec!["--issuer", "https://broker.example.com/"],
+            vec![],
+            &["BROKER_ISSUER", "trailing slash"],
+        ),
+        (
+            vec!["--issuer", "http://broker.example.com"],
+            vec![],
+            &["BROKER_ISSUER", "https"],
+        ),
+        (
+            vec!["--issuer", "ftp://x"],
+            vec![],
+            &["BROKER_ISSUER", "absolute URL"],
+        ),
         (vec![], vec![], &["BROKER_ISSUER", "--dev"]),
     ];
     for (args, env, expected) in cases {
         let mut c = broker();
-        c.arg("serve").arg("--data-dir").arg(dir.path()).args(&args).envs(env.iter().copied());
+        c.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .envs(env.iter().copied());
         let (code, stderr) = run(&mut c);
         assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
         for word in expected {
-            assert!(stderr.contains(word), "{args:?} {env:?}: {stderr:?} lacks {word}");
+            assert!(
+                stderr.contains(word),
+                "{args:?} {env:?}: {stderr:?} lacks {word}"
+            );
         }
     }
 }
@@ -50,22 +94,45 @@ fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
 fn production_mode_refuses_to_start_without_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = broker();
-    c.args(["serve", "--issuer", "https://broker.example.com", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    c.args([
+        "serve",
+        "--issuer",
+        "https://broker.example.com",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir.path());
     let (code, stderr) = run(&mut c);
     assert_ne!(code, 0);
-    assert!(stderr.contains("agentkeys-broker keys generate"), "{stderr}");
+    assert!(
+        stderr.contains("agentkeys-broker keys generate"),
+        "{stderr}"
+    );
 
     // With a key it gets past that point (and is stopped by the test right after it listens).
-    let (code, _) = run(broker().args(["keys", "generate", "--data-dir"]).arg(dir.path()));
+    let (code, _) = run(broker()
+        .args(["keys", "generate", "--data-dir"])
+        .arg(dir.path()));
     assert_eq!(code, 0);
     let mut child = broker()
-        .args(["serve", "--issuer", "https://broker.example.com", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--issuer",
+            "https://broker.example.com",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.try_wait().unwrap().is_none(), "the broker should be running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the broker should be running"
+    );
     child.kill().unwrap();
     let _ = child.wait();
 }
@@ -73,19 +140,35 @@ fn production_mode_refuses_to_start_without_a_key() {
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = broker()
-        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "broker did not listen");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "broker did not listen"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
