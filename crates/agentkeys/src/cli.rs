@@ -1,20 +1,25 @@
 //! Command-line interface. The doc comments are the `--help` text.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::aws::{DEFAULT_DURATION, MAX_DURATION, MIN_DURATION};
 use crate::config::DEFAULT_PROFILE;
+use crate::isolation::DEFAULT_OTHER_PREFIX;
 
-/// AgentKeys client: sign in to an AgentKeys broker and mint short-lived OIDC tokens for cloud
-/// federation.
+/// AgentKeys client: sign in to an AgentKeys broker, mint short-lived OIDC tokens, and trade
+/// them for temporary cloud credentials (no AWS credentials needed).
 #[derive(Debug, Parser)]
 #[command(
     name = "agentkeys",
     version,
     propagate_version = true,
     after_help = "Exit status: 0 ok, 1 error, 2 usage error, 3 sign-in required, \
-                  4 broker unreachable, 5 rate limited."
+                  4 broker unreachable, 5 rate limited, 6 STS or S3 refused or unreachable, \
+                  7 verify-isolation FAIL. `exec` exits with the command's status \
+                  (127 not found, 126 not runnable)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -83,6 +88,137 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// Temporary AWS credentials: mint a token pinned to a role and call STS
+    /// AssumeRoleWithWebIdentity with it (unsigned: no AWS credentials needed).
+    #[command(subcommand)]
+    Aws(AwsCommand),
+
+    /// Run a command with temporary AWS credentials for a role in its environment.
+    ///
+    /// Sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+    /// AWS_DEFAULT_REGION and AGENTKEYS_USER_WALLET (the prefix the credentials may use), and
+    /// removes inherited AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE,
+    /// AWS_CONTAINER_* and other variables that would point an SDK at other credentials. The
+    /// client replaces itself with the command, so the command's exit status is the exit
+    /// status, and signals sent to this process reach the command. The credentials are not
+    /// refreshed: pick --duration to cover the command's run time.
+    #[command(
+        override_usage = "agentkeys exec [OPTIONS] --role-arn <ARN> -- <CMD> [ARGS]...",
+        after_help = "Example: agentkeys exec --role-arn arn:aws:iam::123456789012:role/data \
+                      -- sh -c 'aws s3 ls \"s3://bucket/$AGENTKEYS_USER_WALLET/\"'"
+    )]
+    Exec {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        #[command(flatten)]
+        duration: DurationArg,
+
+        /// The command and its arguments, after `--`.
+        #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,
+              allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+        command: Vec<OsString>,
+    },
+
+    /// The acceptance test of the cloud setup: with the signed-in session's credentials, list
+    /// the session's own prefix (must succeed) and another prefix (must be denied).
+    ///
+    /// Prints each step and a verdict. PASS exits 0; FAIL says what is likely wrong: both
+    /// listings succeeded (the role still has a broad S3 grant, or the bucket policy allows more
+    /// than the tagged prefixes), or both were denied (the token lacks the tags claim, the trust
+    /// policy lacks sts:TagSession, or the bucket policy does not name this role).
+    VerifyIsolation {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        /// The bucket whose policy confines sessions to their prefixes.
+        #[arg(long, value_name = "BUCKET")]
+        bucket: String,
+
+        /// S3 endpoint for S3-compatible clouds such as Ceph RGW (path-style addressing is used
+        /// then). Default: AWS S3 in the region.
+        #[arg(long, env = "AGENTKEYS_S3_ENDPOINT", value_name = "URL")]
+        s3_endpoint: Option<String>,
+
+        /// A prefix that is not the session's; listing it must be denied.
+        #[arg(long, value_name = "PREFIX", default_value = DEFAULT_OTHER_PREFIX)]
+        other_prefix: String,
+    },
+}
+
+/// Which role to assume, and where STS is.
+#[derive(Debug, Clone, Args)]
+pub struct StsArgs {
+    /// The IAM role to assume; the minted token is pinned to it.
+    #[arg(long, env = "AGENTKEYS_ROLE_ARN", value_name = "ARN")]
+    pub role_arn: String,
+
+    /// STS endpoint for S3-compatible clouds such as Ceph RGW (e.g. http://127.0.0.1:17480).
+    /// Default: AWS STS in the region.
+    #[arg(long, env = "AGENTKEYS_STS_ENDPOINT", value_name = "URL")]
+    pub sts_endpoint: Option<String>,
+
+    /// AWS region. Default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DurationArg {
+    /// Lifetime of the credentials in seconds (900–43200; the role's maximum session duration
+    /// may be lower).
+    #[arg(long = "duration", value_name = "SECONDS", default_value_t = DEFAULT_DURATION,
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_DURATION)..=i64::from(MAX_DURATION)))]
+    pub secs: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// Print temporary AWS credentials for a role, as JSON or as shell `export` lines.
+    ///
+    /// `eval "$(agentkeys aws credentials --role-arn ARN --format env)"` sets
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+    /// AWS_DEFAULT_REGION and AGENTKEYS_USER_WALLET in the current shell.
+    Credentials {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        #[command(flatten)]
+        duration: DurationArg,
+
+        /// `json`: {"Version":1,"AccessKeyId",…,"Expiration"}; `env`: shell export lines,
+        /// values single-quoted.
+        #[arg(long, value_enum, default_value_t = CredentialFormat::Json)]
+        format: CredentialFormat,
+
+        /// Audience of the token; must be in the broker's allow-list and accepted by the
+        /// cloud's OIDC provider (default: the broker's, sts.amazonaws.com).
+        #[arg(long, value_name = "AUDIENCE")]
+        audience: Option<String>,
+    },
+
+    /// Print credentials in the AWS `credential_process` format, for ~/.aws/config:
+    /// `credential_process = agentkeys aws credential-process --role-arn ARN`.
+    ///
+    /// Credentials are cached (0600 file under the profile directory, one per broker, role,
+    /// endpoint and region) until 5 minutes before they expire; a cached answer calls neither
+    /// the broker nor STS. `agentkeys logout` deletes the cache.
+    CredentialProcess {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        #[command(flatten)]
+        duration: DurationArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CredentialFormat {
+    /// Shell `export` lines.
+    Env,
+    /// The AWS credential_process JSON document.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +286,86 @@ mod tests {
         .expect("parse");
         assert_eq!(cli.global.profile, "p");
         assert_eq!(cli.global.broker_url.as_deref(), Some("http://x"));
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_dashes() {
+        let cli = Cli::try_parse_from([
+            "agentkeys",
+            "exec",
+            "--role-arn",
+            "arn:aws:iam:::role/r",
+            "--",
+            "aws",
+            "s3",
+            "ls",
+            "--profile",
+            "x",
+        ])
+        .expect("parse");
+        let Command::Exec {
+            sts,
+            duration,
+            command,
+        } = cli.command
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(sts.role_arn, "arn:aws:iam:::role/r");
+        assert_eq!(duration.secs, DEFAULT_DURATION);
+        assert_eq!(command, ["aws", "s3", "ls", "--profile", "x"]);
+        assert_eq!(
+            cli.global.profile, DEFAULT_PROFILE,
+            "--profile after -- is CMD's"
+        );
+        // A command is required.
+        assert!(Cli::try_parse_from(["agentkeys", "exec", "--role-arn", "a", "--"]).is_err());
+    }
+
+    #[test]
+    fn duration_is_bounded() {
+        let parse = |d: &str| {
+            Cli::try_parse_from([
+                "agentkeys",
+                "aws",
+                "credential-process",
+                "--role-arn",
+                "r",
+                "--duration",
+                d,
+            ])
+        };
+        assert!(parse("899").is_err());
+        assert!(parse("43201").is_err());
+        assert!(parse("900").is_ok());
+        assert!(parse("43200").is_ok());
+    }
+
+    #[test]
+    fn credentials_defaults() {
+        let cli = Cli::try_parse_from(["agentkeys", "aws", "credentials", "--role-arn", "r"])
+            .expect("parse");
+        let Command::Aws(AwsCommand::Credentials {
+            format, duration, ..
+        }) = cli.command
+        else {
+            panic!("not aws credentials")
+        };
+        assert_eq!(format, CredentialFormat::Json);
+        assert_eq!(duration.secs, 3600);
+        let cli = Cli::try_parse_from([
+            "agentkeys",
+            "verify-isolation",
+            "--role-arn",
+            "r",
+            "--bucket",
+            "b",
+        ])
+        .expect("parse");
+        let Command::VerifyIsolation { other_prefix, .. } = cli.command else {
+            panic!("not verify-isolation")
+        };
+        assert_eq!(other_prefix, "0xdeadbeef/");
     }
 
     #[test]

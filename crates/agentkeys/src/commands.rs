@@ -1,17 +1,25 @@
 //! What each subcommand does. Output goes to the writer given to [`run`] (stdout in the
 //! binary); errors are returned, never printed here.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::Path;
 
-use agentkeys_types::api::{MintRequest, WalletChallengeRequest, WalletVerifyRequest, WhoAmI};
+use agentkeys_types::api::{
+    MintRequest, MintResponse, WalletChallengeRequest, WalletVerifyRequest, WhoAmI,
+};
 use alloy_signer::Signer;
 
-use crate::cli::{Cli, Command, GlobalArgs, KeyCommand, LoginCommand};
+use crate::aws::{self, AwsCredentials, StsTarget};
+use crate::cache::{self, CacheKey, CredentialCache, Miss};
+use crate::cli::{
+    AwsCommand, Cli, Command, CredentialFormat, GlobalArgs, KeyCommand, LoginCommand, StsArgs,
+};
 use crate::client::BrokerClient;
 use crate::config::{self, DEFAULT_BROKER_URL, Profile, SavedSession};
 use crate::error::{Error, Result};
-use crate::keyfile;
+use crate::isolation;
+use crate::{exec, keyfile};
 
 /// Largest sign-in message this client agrees to sign.
 const MAX_SIWE_MESSAGE: usize = 8 * 1024;
@@ -39,6 +47,36 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             role_arn,
             json,
         } => token(&ctx()?, MintRequest { audience, role_arn }, json, out).await,
+        Command::Aws(AwsCommand::Credentials {
+            sts,
+            duration,
+            format,
+            audience,
+        }) => aws_credentials(&ctx()?, &sts, duration.secs, format, audience, out).await,
+        Command::Aws(AwsCommand::CredentialProcess { sts, duration }) => {
+            aws_credential_process(&ctx()?, &sts, duration.secs, out).await
+        }
+        Command::Exec {
+            sts,
+            duration,
+            command,
+        } => exec_command(&ctx()?, &sts, duration.secs, command).await,
+        Command::VerifyIsolation {
+            sts,
+            bucket,
+            s3_endpoint,
+            other_prefix,
+        } => {
+            verify_isolation(
+                &ctx()?,
+                &sts,
+                &bucket,
+                s3_endpoint.as_deref(),
+                &other_prefix,
+                out,
+            )
+            .await
+        }
     }
 }
 
@@ -243,6 +281,8 @@ async fn whoami(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {
 
 async fn logout(ctx: &Context, local: bool, out: &mut dyn Write) -> Result<()> {
     let profile = ctx.profile()?;
+    // Cached AWS credentials belong to the session: they go with it, whatever happens below.
+    CredentialCache::new(profile.dir()).clear()?;
     let Some(saved) = profile.load_session()? else {
         return emit(
             out,
@@ -290,6 +330,237 @@ async fn token(ctx: &Context, req: MintRequest, json: bool, out: &mut dyn Write)
         emit(out, &to_json(&minted)?)
     } else {
         emit(out, &format!("{}\n", minted.jwt))
+    }
+}
+
+/// `--role-arn`, `--sts-endpoint` and `--region`, checked.
+fn sts_target(a: &StsArgs) -> Result<StsTarget> {
+    let role_arn = a.role_arn.trim().to_owned();
+    aws::check_role_arn(&role_arn)?;
+    let endpoint = a
+        .sts_endpoint
+        .as_deref()
+        .map(|e| aws::normalize_endpoint(e, "--sts-endpoint"))
+        .transpose()?;
+    Ok(StsTarget {
+        role_arn,
+        region: aws::region_from_env(a.region.as_deref())?,
+        endpoint,
+    })
+}
+
+/// A token from the signed-in session, pinned to the role.
+async fn mint_for_role(
+    ctx: &Context,
+    role_arn: &str,
+    audience: Option<String>,
+) -> Result<MintResponse> {
+    let profile = ctx.profile()?;
+    let saved = profile.require_session()?;
+    let client = ctx.broker_for_session(&saved)?;
+    let req = MintRequest {
+        audience,
+        role_arn: Some(role_arn.to_owned()),
+    };
+    client.mint(&saved.session_token, &req).await
+}
+
+/// Mint, then STS.
+async fn fetch_credentials(
+    ctx: &Context,
+    target: &StsTarget,
+    duration: u32,
+    audience: Option<String>,
+) -> Result<(AwsCredentials, MintResponse)> {
+    let minted = mint_for_role(ctx, &target.role_arn, audience).await?;
+    let name = aws::session_name(&minted.actor_omni);
+    let creds = aws::assume_role_with_web_identity(target, &name, &minted.jwt, duration).await?;
+    Ok((creds, minted))
+}
+
+async fn aws_credentials(
+    ctx: &Context,
+    sts: &StsArgs,
+    duration: u32,
+    format: CredentialFormat,
+    audience: Option<String>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let target = sts_target(sts)?;
+    let (creds, minted) = fetch_credentials(ctx, &target, duration, audience).await?;
+    match format {
+        CredentialFormat::Json => emit(out, &aws::render_json(&creds)?),
+        CredentialFormat::Env => emit(
+            out,
+            &aws::render_env(&creds, &target.region, &minted.wallet),
+        ),
+    }
+}
+
+async fn aws_credential_process(
+    ctx: &Context,
+    sts: &StsArgs,
+    duration: u32,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let target = sts_target(sts)?;
+    let profile = ctx.profile()?;
+    let saved = profile.require_session()?;
+    // Only checks which broker the session belongs to; no request yet.
+    let client = ctx.broker_for_session(&saved)?;
+    let key = CacheKey {
+        broker_url: client.base_url().to_owned(),
+        role_arn: target.role_arn.clone(),
+        sts_endpoint: target.endpoint.clone(),
+        region: target.region.clone(),
+    };
+    let session = cache::session_fingerprint(&saved.session_token);
+    let cache = CredentialCache::new(profile.dir());
+    match cache.load(&key, &session, aws::now_unix()) {
+        Ok(hit) => return emit(out, &aws::render_json(&hit.credentials)?),
+        Err(Miss::Corrupt(reason)) => eprintln!(
+            "agentkeys: note: ignoring the cached credentials in {} ({reason}); fetching new ones",
+            cache.path(&key).display()
+        ),
+        Err(Miss::Absent | Miss::Stale | Miss::Other) => {}
+    }
+    let (creds, minted) = fetch_credentials(ctx, &target, duration, None).await?;
+    if let Err(e) = cache.store(&key, &session, &creds, &minted.wallet) {
+        // The credentials are good; only the next call will be slower.
+        eprintln!("agentkeys: warning: cannot cache the credentials: {e}");
+    }
+    emit(out, &aws::render_json(&creds)?)
+}
+
+async fn exec_command(
+    ctx: &Context,
+    sts: &StsArgs,
+    duration: u32,
+    command: Vec<OsString>,
+) -> Result<()> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(Error::InvalidInput(
+            "no command given; usage: agentkeys exec --role-arn ARN -- CMD [ARGS…]".to_owned(),
+        ));
+    };
+    let target = sts_target(sts)?;
+    let (creds, minted) = fetch_credentials(ctx, &target, duration, None).await?;
+    let cmd = exec::command(program, args, &creds, &target.region, &minted.wallet);
+    // Returns only if the command could not be started.
+    Err(exec::exec(cmd))
+}
+
+/// Writes the start of a step line and flushes it, so a slow network call shows where it is.
+fn step(out: &mut dyn Write, text: &str) -> Result<()> {
+    emit(out, &format!("{text} ... "))
+}
+
+async fn verify_isolation(
+    ctx: &Context,
+    sts: &StsArgs,
+    bucket: &str,
+    s3_endpoint: Option<&str>,
+    other_prefix: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let target = sts_target(sts)?;
+    let s3_endpoint = s3_endpoint
+        .map(|e| aws::normalize_endpoint(e, "--s3-endpoint"))
+        .transpose()?;
+    if bucket.trim().is_empty() || bucket.contains('/') {
+        return Err(Error::InvalidInput(format!(
+            "invalid --bucket {bucket:?}: give the bucket name only, without s3:// or a prefix"
+        )));
+    }
+    if other_prefix.is_empty() {
+        return Err(Error::InvalidInput(
+            "--other-prefix must not be empty (default: 0xdeadbeef/)".to_owned(),
+        ));
+    }
+    let s3_label = s3_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("AWS S3 ({})", target.region));
+    emit(
+        out,
+        &format!(
+            "role:   {}\nSTS:    {} (region {})\nS3:     {s3_label}, bucket {bucket}\n",
+            target.role_arn,
+            target.endpoint_label(),
+            target.region
+        ),
+    )?;
+
+    step(out, "1/4 mint a token pinned to the role")?;
+    let minted = match mint_for_role(ctx, &target.role_arn, None).await {
+        Ok(m) => m,
+        Err(e) => {
+            emit(
+                out,
+                "FAILED\nFAIL: the broker did not mint a token (error below)\n",
+            )?;
+            return Err(e);
+        }
+    };
+    emit(
+        out,
+        &format!(
+            "ok (wallet {}, actor {})\n",
+            minted.wallet, minted.actor_omni
+        ),
+    )?;
+
+    step(out, "2/4 STS AssumeRoleWithWebIdentity")?;
+    let name = aws::session_name(&minted.actor_omni);
+    let creds =
+        match aws::assume_role_with_web_identity(&target, &name, &minted.jwt, aws::MIN_DURATION)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                emit(
+                    out,
+                    "FAILED\nFAIL: STS did not issue credentials (error below)\n",
+                )?;
+                return Err(e);
+            }
+        };
+    emit(
+        out,
+        &format!(
+            "ok (session {name}, key {}, expires {})\n",
+            creds.access_key_id,
+            creds.expiration_rfc3339()
+        ),
+    )?;
+
+    let own_prefix = format!("{}/", minted.wallet);
+    if other_prefix == own_prefix {
+        return Err(Error::InvalidInput(format!(
+            "--other-prefix {other_prefix} is this session's own prefix; name someone else's"
+        )));
+    }
+    let s3 = isolation::s3_client(&creds, &target.region, s3_endpoint.as_deref());
+    step(
+        out,
+        &format!("3/4 list s3://{bucket}/{own_prefix} (own prefix, must succeed)"),
+    )?;
+    let own = isolation::list_prefix(&s3, bucket, &own_prefix).await;
+    emit(out, &format!("{}\n", own.describe()))?;
+    step(
+        out,
+        &format!("4/4 list s3://{bucket}/{other_prefix} (another prefix, must be denied)"),
+    )?;
+    let other = isolation::list_prefix(&s3, bucket, other_prefix).await;
+    emit(out, &format!("{}\n", other.describe()))?;
+
+    let verdict = isolation::verdict(&own, &other, bucket);
+    let text = verdict.text(other_prefix);
+    emit(out, &format!("{text}\n"))?;
+    if verdict.passed() {
+        Ok(())
+    } else {
+        let why = text.strip_prefix("FAIL: ").unwrap_or(&text).to_owned();
+        Err(Error::IsolationFailed(why))
     }
 }
 

@@ -11,6 +11,14 @@ pub const EXIT_LOGIN_REQUIRED: i32 = 3;
 pub const EXIT_UNREACHABLE: i32 = 4;
 /// Exit status when the broker rate-limited the request.
 pub const EXIT_RATE_LIMITED: i32 = 5;
+/// Exit status when the cloud (STS or S3) refused a request or could not be reached.
+pub const EXIT_CLOUD: i32 = 6;
+/// Exit status of `verify-isolation` when the check ran and isolation does not hold.
+pub const EXIT_ISOLATION_FAILED: i32 = 7;
+/// Exit status of `exec` when the command exists but cannot be run (as in POSIX shells).
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit status of `exec` when the command is not found (as in POSIX shells).
+pub const EXIT_COMMAND_NOT_FOUND: i32 = 127;
 
 /// The command to suggest whenever a session is missing or rejected.
 pub const LOGIN_HINT: &str = "agentkeys login wallet --key-file <FILE>";
@@ -96,6 +104,49 @@ pub enum Error {
 
     #[error("could not sign the sign-in message: {0}")]
     Signing(String),
+
+    /// STS answered `AssumeRoleWithWebIdentity` with an error. Error codes are shown when there
+    /// are some but never relied on: Ceph RGW answers every refusal with a bare 403.
+    #[error(
+        "STS at {endpoint} refused AssumeRoleWithWebIdentity for {role_arn} ({detail}); {hint}likely \
+         causes: the broker's issuer is not registered as an OIDC provider in that account (or the \
+         provider's client IDs lack the token's audience), the role's trust policy does not match \
+         the token (Federated principal, aud/sub conditions), the trust policy lacks \
+         sts:TagSession, or the role ARN is wrong; see docs/cloud-setup.md",
+        hint = sts_hint(.code.as_deref(), .message.as_deref())
+    )]
+    StsRefused {
+        endpoint: String,
+        role_arn: String,
+        /// HTTP status, code and message of the answer, as one short text.
+        detail: String,
+        code: Option<String>,
+        message: Option<String>,
+    },
+
+    /// No usable answer from STS or S3 (connection failed, timed out, unreadable reply).
+    #[error(
+        "cannot reach {service} at {endpoint}: {detail}; check the network, or the endpoint given \
+         with {flag}"
+    )]
+    CloudUnreachable {
+        service: &'static str,
+        endpoint: String,
+        flag: &'static str,
+        detail: String,
+    },
+
+    /// `verify-isolation` ran and the verdict is FAIL.
+    #[error("isolation check failed: {0}")]
+    IsolationFailed(String),
+
+    /// `exec` could not start the command.
+    #[error("cannot run `{program}`: {source}; check the command name and PATH")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -115,6 +166,12 @@ impl Error {
             | Error::SessionForOtherBroker { .. } => EXIT_LOGIN_REQUIRED,
             Error::BrokerUnreachable { .. } => EXIT_UNREACHABLE,
             Error::RateLimited { .. } => EXIT_RATE_LIMITED,
+            Error::StsRefused { .. } | Error::CloudUnreachable { .. } => EXIT_CLOUD,
+            Error::IsolationFailed(_) => EXIT_ISOLATION_FAILED,
+            Error::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                EXIT_COMMAND_NOT_FOUND
+            }
+            Error::Exec { .. } => EXIT_CANNOT_EXECUTE,
             _ => EXIT_FAILURE,
         }
     }
@@ -150,6 +207,26 @@ fn retry_text(retry_after: &Option<RetryAfter>) -> String {
         Some(RetryAfter::Seconds(n)) => format!("retry in {n} seconds"),
         Some(RetryAfter::Date(d)) => format!("retry after {d}"),
         None => "wait a minute and retry".to_owned(),
+    }
+}
+
+/// A first, more specific cause when STS named one (AWS does; RGW does not).
+fn sts_hint(code: Option<&str>, message: Option<&str>) -> &'static str {
+    let message = message.unwrap_or_default();
+    match code.unwrap_or_default() {
+        "ExpiredTokenException" => {
+            "the broker's token had expired when STS checked it (is this machine's clock right?); "
+        }
+        "IDPCommunicationError" => {
+            "STS could not fetch the broker's discovery document or JWKS from the issuer URL \
+             (it must be reachable from the cloud over https); "
+        }
+        "IDPRejectedClaim" => "the identity provider rejected a claim of the token; ",
+        "ValidationError" if message.contains("DurationSeconds") => {
+            "--duration is longer than the role's maximum session duration; "
+        }
+        "RegionDisabledException" => "STS is not activated in this region (try --region); ",
+        _ => "",
     }
 }
 
@@ -241,6 +318,60 @@ mod tests {
     }
 
     #[test]
+    fn sts_refusal_names_the_likely_causes_without_a_code() {
+        // Ceph RGW: a bare 403, no error code (FINDINGS quirk 6).
+        let e = Error::StsRefused {
+            endpoint: "http://127.0.0.1:17480".into(),
+            role_arn: "arn:aws:iam:::role/r".into(),
+            detail: "HTTP 403, no error code".into(),
+            code: None,
+            message: None,
+        };
+        let s = e.to_string();
+        for needle in [
+            "http://127.0.0.1:17480",
+            "arn:aws:iam:::role/r",
+            "HTTP 403",
+            "OIDC provider",
+            "trust policy",
+            "sts:TagSession",
+            "role ARN is wrong",
+        ] {
+            assert!(s.contains(needle), "{needle}: {s}");
+        }
+        assert_eq!(e.exit_code(), EXIT_CLOUD);
+
+        // A code, when there is one, adds a first cause.
+        let e = Error::StsRefused {
+            endpoint: "e".into(),
+            role_arn: "r".into(),
+            detail: "HTTP 400 ValidationError".into(),
+            code: Some("ValidationError".into()),
+            message: Some("The requested DurationSeconds exceeds the MaxSessionDuration".into()),
+        };
+        assert!(e.to_string().contains("--duration is longer"), "{e}");
+    }
+
+    #[test]
+    fn exec_errors_use_shell_exit_codes() {
+        let e = Error::Exec {
+            program: "nope".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(e.exit_code(), EXIT_COMMAND_NOT_FOUND);
+        assert!(e.to_string().contains("`nope`"), "{e}");
+        let e = Error::Exec {
+            program: "x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(e.exit_code(), EXIT_CANNOT_EXECUTE);
+        assert_eq!(
+            Error::IsolationFailed("x".into()).exit_code(),
+            EXIT_ISOLATION_FAILED
+        );
+    }
+
+    #[test]
     fn every_message_is_one_line() {
         let all = [
             Error::BrokerUnreachable {
@@ -276,6 +407,24 @@ mod tests {
             Error::CorruptState {
                 path: "s".into(),
                 reason: "r".into(),
+            },
+            Error::StsRefused {
+                endpoint: "e".into(),
+                role_arn: "r".into(),
+                detail: "HTTP 403".into(),
+                code: Some("ExpiredTokenException".into()),
+                message: None,
+            },
+            Error::CloudUnreachable {
+                service: "STS",
+                endpoint: "e".into(),
+                flag: "--sts-endpoint",
+                detail: "d".into(),
+            },
+            Error::IsolationFailed("x".into()),
+            Error::Exec {
+                program: "p".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
             },
         ];
         for e in all {

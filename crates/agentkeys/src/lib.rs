@@ -1,15 +1,22 @@
 //! The AgentKeys client: sign in to a broker with a wallet key, keep the session in a profile,
-//! and mint short-lived OIDC JWTs for cloud federation (SPEC §8).
+//! mint short-lived OIDC JWTs for cloud federation, and trade them for temporary AWS credentials
+//! with an unsigned STS call of its own (SPEC §8).
 //!
 //! The binary `agentkeys` is a thin wrapper over [`run`]; every failure is one [`Error`].
 
+pub mod aws;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod exec;
 mod fsutil;
+pub mod isolation;
 pub mod keyfile;
+#[cfg(test)]
+mod testutil;
 
 pub use cli::Cli;
 pub use commands::run;

@@ -412,3 +412,242 @@ fn loose_key_file_is_refused() {
     let err = cli.fails(&["login", "wallet", "--key-file", key_s], 1);
     assert!(err.contains(&format!("chmod 600 {key_s}")), "{err}");
 }
+
+/// A stand-in for STS: answers each connection with the same `AssumeRoleWithWebIdentity`
+/// success, `answers` times, then stops listening. Joining gives the request bodies.
+struct FakeSts {
+    url: String,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl FakeSts {
+    const ANSWER: &'static str = r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>ASIAFAKE</AccessKeyId><SecretAccessKey>fake'secret</SecretAccessKey><SessionToken>fake-token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
+
+    fn start(answers: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let handle = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for _ in 0..answers {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut reader = std::io::BufReader::new(stream);
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    use std::io::BufRead;
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                bodies.push(String::from_utf8_lossy(&body).into_owned());
+                let mut stream = reader.into_inner();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    Self::ANSWER.len(),
+                    Self::ANSWER
+                );
+            }
+            bodies
+        });
+        FakeSts { url, handle }
+    }
+
+    fn bodies(self) -> Vec<String> {
+        self.handle.join().expect("fake STS thread")
+    }
+}
+
+fn form_value<'a>(body: &'a str, name: &str) -> &'a str {
+    body.split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{name} not in {body}"))
+}
+
+#[test]
+fn aws_credentials_credential_process_and_exec_against_a_fake_sts() {
+    let broker = Broker::start();
+    let cli = Cli::new(&broker.url);
+    let key = cli.home.path().join("k");
+    let key_s = key.to_str().expect("utf-8 path");
+    let wallet = cli
+        .ok(&["key", "generate", "--out", key_s])
+        .trim()
+        .to_owned();
+    cli.ok(&["login", "wallet", "--key-file", key_s]);
+    let omni = OmniAccount::for_wallet(&wallet.parse::<WalletAddress>().expect("wallet"));
+
+    // Four STS calls are expected: credentials (env), credentials (json), credential-process
+    // (cache miss) and exec. After that nothing listens.
+    let sts = FakeSts::start(4);
+    let sts_url = sts.url.clone();
+    let arn = "arn:aws:iam:::role/agentkeys-data";
+    let common = [
+        "--role-arn",
+        arn,
+        "--sts-endpoint",
+        &sts_url,
+        "--region",
+        "eu-west-1",
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(common.iter())
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run_ok = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli.ok(&refs)
+    };
+
+    let env = run_ok(with(&["aws", "credentials", "--format", "env"]));
+    assert!(
+        env.contains("export AWS_ACCESS_KEY_ID='ASIAFAKE'\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains("export AWS_SECRET_ACCESS_KEY='fake'\\''secret'\n"),
+        "{env}"
+    );
+    assert!(env.contains("export AWS_REGION='eu-west-1'\n"), "{env}");
+    assert!(
+        env.contains(&format!("export AGENTKEYS_USER_WALLET='{wallet}'\n")),
+        "{env}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok(with(&["aws", "credentials"]))).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"Version": 1, "AccessKeyId": "ASIAFAKE", "SecretAccessKey": "fake'secret",
+                           "SessionToken": "fake-token", "Expiration": "2099-01-01T00:00:00Z"})
+    );
+
+    // credential-process: the first call fills the cache (0600), the second is served from it.
+    let first = run_ok(with(&["aws", "credential-process"]));
+    let cache_dir = cli.config_dir().join("profiles/default/aws-credentials");
+    let files: Vec<PathBuf> = fs::read_dir(&cache_dir)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    assert_eq!(mode(&files[0]), 0o600);
+
+    // exec: the command sees the credentials and its exit code is ours.
+    let mut exec_args = with(&["exec"]);
+    exec_args.extend(
+        [
+            "--",
+            "sh",
+            "-c",
+            "test \"$AWS_SESSION_TOKEN\" = fake-token && test \"$AWS_DEFAULT_REGION\" = eu-west-1 \
+             && echo \"wallet=$AGENTKEYS_USER_WALLET\" && exit 7",
+        ]
+        .map(str::to_owned),
+    );
+    let refs: Vec<&str> = exec_args.iter().map(String::as_str).collect();
+    let out = cli.run(&refs);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("wallet={wallet}\n")
+    );
+
+    // All four STS answers are used: the fake STS is gone. A cache hit needs neither STS nor the
+    // broker.
+    let bodies = sts.bodies();
+    assert_eq!(bodies.len(), 4);
+    let second = run_ok(with(&["aws", "credential-process"]));
+    assert_eq!(first, second);
+    drop(broker);
+    assert_eq!(run_ok(with(&["aws", "credential-process"])), first);
+
+    // What STS was asked: the role, a unique session name, a token pinned to the role.
+    let mut names = std::collections::HashSet::new();
+    for body in &bodies {
+        assert_eq!(form_value(body, "Action"), "AssumeRoleWithWebIdentity");
+        assert_eq!(
+            form_value(body, "RoleArn"),
+            "arn%3Aaws%3Aiam%3A%3A%3Arole%2Fagentkeys-data"
+        );
+        assert_eq!(form_value(body, "DurationSeconds"), "3600");
+        let name = form_value(body, "RoleSessionName");
+        assert!(
+            name.starts_with(&format!("agentkeys-{}-", &omni.as_str()[..16])) && name.len() <= 64,
+            "{name}"
+        );
+        names.insert(name.to_owned());
+        let claims = jwt_payload(form_value(body, "WebIdentityToken"));
+        assert_eq!(claims["https://aws.amazon.com/roles"], arn, "{claims}");
+        assert_eq!(claims["agentkeys_user_wallet"], wallet.as_str(), "{claims}");
+    }
+    assert_eq!(names.len(), 4, "session names are unique: {names:?}");
+
+    // logout --local deletes the cache with the session.
+    cli.ok(&["logout", "--local"]);
+    assert!(!cache_dir.exists());
+    let err = cli.fails(&refs_of(&with(&["aws", "credential-process"])), 3);
+    assert!(err.contains("login wallet"), "{err}");
+}
+
+fn refs_of(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn sts_refusal_and_bad_input_are_explained() {
+    let broker = Broker::start();
+    let cli = Cli::new(&broker.url);
+    let key = cli.home.path().join("k");
+    let key_s = key.to_str().expect("utf-8 path");
+    cli.ok(&["key", "generate", "--out", key_s]);
+    cli.ok(&["login", "wallet", "--key-file", key_s]);
+
+    // Nothing listens on the STS endpoint.
+    let sts = format!("http://127.0.0.1:{}", free_port());
+    let err = cli.fails(
+        &[
+            "aws",
+            "credentials",
+            "--role-arn",
+            "arn:aws:iam:::role/r",
+            "--sts-endpoint",
+            &sts,
+        ],
+        6,
+    );
+    assert!(
+        err.contains(&sts) && err.contains("--sts-endpoint"),
+        "{err}"
+    );
+
+    // A role ARN that is not one is refused before anything is minted.
+    let err = cli.fails(&["exec", "--role-arn", "nope", "--", "true"], 1);
+    assert!(err.contains("--role-arn"), "{err}");
+    let err = cli.fails(
+        &[
+            "aws",
+            "credentials",
+            "--role-arn",
+            "arn:aws:iam:::role/r",
+            "--sts-endpoint",
+            "ftp://x",
+        ],
+        1,
+    );
+    assert!(err.contains("--sts-endpoint"), "{err}");
+}
