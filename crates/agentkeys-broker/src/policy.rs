@@ -113,7 +113,10 @@ pub fn trust_policy(i: &AwsInputs) -> Value {
             "Action": ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"],
             "Condition": {
                 "StringEquals": { format!("{}:aud", i.provider_host()): i.audience },
-                "Null": { format!("aws:RequestTag/{ACTOR_OMNI}"): "false" }
+                // "The tag is present". AWS reads `Null: {key: "false"}` the same way, but
+                // Ceph RGW 16 evaluates every Null condition as "absent", which would admit
+                // untagged tokens and refuse tagged ones; StringLike "*" means the same on both.
+                "StringLike": { format!("aws:RequestTag/{ACTOR_OMNI}"): "*" }
             }
         }]
     })
