@@ -272,8 +272,12 @@ mod tests {
             "sts.amazonaws.com"
         );
         assert_eq!(
-            s["Condition"]["Null"]["aws:RequestTag/agentkeys_actor_omni"],
-            "false"
+            s["Condition"]["StringLike"]["aws:RequestTag/agentkeys_actor_omni"],
+            "*"
+        );
+        assert!(
+            s["Condition"].get("Null").is_none(),
+            "Ceph RGW misreads Null conditions"
         );
     }
 
