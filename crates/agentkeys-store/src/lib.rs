@@ -21,9 +21,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Database(#[from] rusqlite::Error),
+    #[error("cannot prepare the store: {0}")]
+    Migrate(String),
     #[error("the store's writer has stopped")]
     WriterGone,
     #[error("unsupported database URL {0:?}: use sqlite://PATH")]

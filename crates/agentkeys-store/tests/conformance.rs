@@ -119,7 +119,7 @@ async fn sessions_are_stored_with_their_event_and_revoked_once() {
 async fn rate_limits_count_allowed_uses_per_window() {
     let f = Fixture::new().await;
     let windows = [RateWindow { seconds: 60, limit: 2 }, RateWindow { seconds: 3600, limit: 3 }];
-    let t0 = 1_800_000_000 - 1_800_000_000 % 3600;
+    let t0 = 1_800_000_000; // a multiple of 3600: windows start here
     let gate = |now: i64, actor: &'static str| {
         let store = f.store.clone();
         async move { store.rate_limited_append(actor, &windows, now, event("mint", now), event("mint.denied", now)).await.unwrap() }

@@ -2,7 +2,6 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::Connection;
 
 use crate::app::{TestApp, error_of};
 
@@ -13,9 +12,12 @@ fn count(events: &[agentkeys_store::AuditEvent], kind: &str, outcome: &str) -> u
         .count()
 }
 
-async fn raw_db(app: &TestApp) -> sqlx::SqliteConnection {
-    let url = format!("sqlite://{}", app.data_dir().join("broker.db").display());
-    sqlx::SqliteConnection::connect(&url).await.unwrap()
+/// A second, independent connection to the broker's database, as an attacker or a failing
+/// disk would see it.
+fn raw_db(app: &TestApp) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(app.data_dir().join("broker.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db
 }
 
 #[tokio::test]
@@ -88,13 +90,11 @@ async fn every_sign_in_and_mint_is_one_audit_event() {
 async fn no_durable_audit_event_means_no_jwt() {
     let app = TestApp::start().await;
     let (_, s) = app.sign_in().await;
-    let mut db = raw_db(&app).await;
-    sqlx::raw_sql(
+    let db = raw_db(&app);
+    db.execute_batch(
         "CREATE TRIGGER refuse_mint_audit BEFORE INSERT ON audit_events WHEN NEW.kind = 'mint'
          BEGIN SELECT RAISE(ABORT, 'simulated audit failure'); END;",
     )
-    .execute(&mut db)
-    .await
     .unwrap();
 
     let r = app.mint(&s.session_token, None).await;
@@ -114,10 +114,7 @@ async fn no_durable_audit_event_means_no_jwt() {
         0
     );
 
-    sqlx::raw_sql("DROP TRIGGER refuse_mint_audit")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    db.execute_batch("DROP TRIGGER refuse_mint_audit").unwrap();
     assert_eq!(
         app.mint(&s.session_token, None).await.status(),
         StatusCode::OK
@@ -146,10 +143,8 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("audit chain ok: 6 events"));
 
-    let mut db = raw_db(&app).await;
-    sqlx::raw_sql("UPDATE audit_events SET details = '{\"aud\":\"forged\"}' WHERE seq = 4")
-        .execute(&mut db)
-        .await
+    let db = raw_db(&app);
+    db.execute_batch("UPDATE audit_events SET details = '{\"aud\":\"forged\"}' WHERE seq = 4")
         .unwrap();
     let bad = verify();
     assert!(!bad.status.success());
@@ -157,13 +152,8 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
     assert!(stderr.contains("seq 4"), "{stderr}");
 
     // A deleted event is found too.
-    sqlx::raw_sql("UPDATE audit_events SET details = (SELECT details FROM audit_events WHERE seq = 5) WHERE seq = 4")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    sqlx::raw_sql("DELETE FROM audit_events WHERE seq = 3")
-        .execute(&mut db)
-        .await
+    db.execute_batch("UPDATE audit_events SET details = (SELECT details FROM audit_events WHERE seq = 5) WHERE seq = 4").unwrap();
+    db.execute_batch("DELETE FROM audit_events WHERE seq = 3")
         .unwrap();
     let stderr = String::from_utf8_lossy(&verify().stderr).into_owned();
     assert!(stderr.contains("seq 3"), "{stderr}");

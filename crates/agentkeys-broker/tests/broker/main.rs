@@ -7,8 +7,8 @@
 
 mod app;
 mod audit;
-mod binary;
 mod bad_input;
+mod binary;
 mod docs;
 mod mint;
 mod rate_limit;
