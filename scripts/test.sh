@@ -4,7 +4,8 @@
 #
 #   scripts/test.sh
 #
-# Needs: Rust (stable) and python3 with venv. Everything else it fetches from crates.io / PyPI.
+# Needs: Rust (stable), python3 with venv, and root for apt (Ceph RGW for the isolation test).
+# Everything else it fetches from crates.io, PyPI and Debian.
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -28,6 +29,11 @@ step "relying-party test (PyJWT against a running broker)"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
 AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
   tests/relying_party/run.sh
+
+step "isolation end to end: real broker, real CLI, Ceph RGW as S3 + STS"
+AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
+AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
+  scripts/e2e/run.sh
 
 step "README walkthrough (runs the documented commands against a fresh broker)"
 scripts/check-readme.sh
