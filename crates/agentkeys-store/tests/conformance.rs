@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    Challenge, GateOutcome, NewAuditEvent, RateWindow, Session, SigningKeyRecord, SqliteStore, Store, StoreError,
+    Challenge, GateOutcome, NewAuditEvent, RateWindow, Session, SigningKeyRecord, SqliteStore,
+    Store, StoreError,
 };
 use serde_json::json;
 
@@ -44,7 +45,13 @@ fn event(kind: &str, n: i64) -> NewAuditEvent {
 }
 
 fn challenge(id: &str, expires_at: i64) -> Challenge {
-    Challenge { id: id.into(), address: "0xabc".into(), message: "sign me".into(), created_at: 0, expires_at }
+    Challenge {
+        id: id.into(),
+        address: "0xabc".into(),
+        message: "sign me".into(),
+        created_at: 0,
+        expires_at,
+    }
 }
 
 fn session(hash: &str, expires_at: i64) -> Session {
@@ -70,8 +77,14 @@ async fn verify_chain(store: &dyn Store) -> u64 {
 #[tokio::test]
 async fn challenges_are_single_use() {
     let f = Fixture::new().await;
-    f.store.insert_challenge(challenge("c1", 100)).await.unwrap();
-    assert_eq!(f.store.take_challenge("c1").await.unwrap(), Some(challenge("c1", 100)));
+    f.store
+        .insert_challenge(challenge("c1", 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.take_challenge("c1").await.unwrap(),
+        Some(challenge("c1", 100))
+    );
     assert_eq!(f.store.take_challenge("c1").await.unwrap(), None);
     assert_eq!(f.store.take_challenge("never").await.unwrap(), None);
 }
@@ -79,7 +92,10 @@ async fn challenges_are_single_use() {
 #[tokio::test]
 async fn a_failing_operation_fails_alone_inside_a_shared_commit() {
     let f = Fixture::new().await;
-    f.store.insert_challenge(challenge("dup", 100)).await.unwrap();
+    f.store
+        .insert_challenge(challenge("dup", 100))
+        .await
+        .unwrap();
     // Queue several writes at once so they share a batch; the duplicate fails, the rest commit.
     let s = f.store.clone();
     let (a, b, c) = tokio::join!(
@@ -93,7 +109,11 @@ async fn a_failing_operation_fails_alone_inside_a_shared_commit() {
     assert!(f.store.take_challenge("fresh").await.unwrap().is_some());
 
     // An unknown key update is refused and its audit event is rolled back with it.
-    let err = f.store.update_signing_key("nope", Some(1), None, event("key.retire", 2)).await.unwrap_err();
+    let err = f
+        .store
+        .update_signing_key("nope", Some(1), None, event("key.retire", 2))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)));
     assert_eq!(verify_chain(f.store.as_ref()).await, 1);
 }
@@ -101,48 +121,126 @@ async fn a_failing_operation_fails_alone_inside_a_shared_commit() {
 #[tokio::test]
 async fn sessions_are_stored_with_their_event_and_revoked_once() {
     let f = Fixture::new().await;
-    let seq = f.store.create_session(session("h1", 1000), event("sign_in", 1)).await.unwrap();
+    let seq = f
+        .store
+        .create_session(session("h1", 1000), event("sign_in", 1))
+        .await
+        .unwrap();
     assert_eq!(seq, 1);
     let got = f.store.session("h1").await.unwrap().unwrap();
     assert_eq!(got, session("h1", 1000));
-    assert!(f.store.revoke_session("h1", 10, event("logout", 2)).await.unwrap());
-    assert!(!f.store.revoke_session("h1", 11, event("logout", 3)).await.unwrap(), "already revoked");
-    assert_eq!(f.store.session("h1").await.unwrap().unwrap().revoked_at, Some(10));
-    assert_eq!(verify_chain(f.store.as_ref()).await, 2, "the no-op revocation wrote no event");
+    assert!(
+        f.store
+            .revoke_session("h1", 10, event("logout", 2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .revoke_session("h1", 11, event("logout", 3))
+            .await
+            .unwrap(),
+        "already revoked"
+    );
+    assert_eq!(
+        f.store.session("h1").await.unwrap().unwrap().revoked_at,
+        Some(10)
+    );
+    assert_eq!(
+        verify_chain(f.store.as_ref()).await,
+        2,
+        "the no-op revocation wrote no event"
+    );
 
     // A duplicate session hash fails without writing its event.
-    assert!(f.store.create_session(session("h1", 1000), event("sign_in", 4)).await.is_err());
+    assert!(
+        f.store
+            .create_session(session("h1", 1000), event("sign_in", 4))
+            .await
+            .is_err()
+    );
     assert_eq!(verify_chain(f.store.as_ref()).await, 2);
 }
 
 #[tokio::test]
 async fn rate_limits_count_allowed_uses_per_window() {
     let f = Fixture::new().await;
-    let windows = [RateWindow { seconds: 60, limit: 2 }, RateWindow { seconds: 3600, limit: 3 }];
+    let windows = [
+        RateWindow {
+            seconds: 60,
+            limit: 2,
+        },
+        RateWindow {
+            seconds: 3600,
+            limit: 3,
+        },
+    ];
     let t0 = 1_800_000_000; // a multiple of 3600: windows start here
     let gate = |now: i64, actor: &'static str| {
         let store = f.store.clone();
-        async move { store.rate_limited_append(actor, &windows, now, event("mint", now), event("mint.denied", now)).await.unwrap() }
+        async move {
+            store
+                .rate_limited_append(
+                    actor,
+                    &windows,
+                    now,
+                    event("mint", now),
+                    event("mint.denied", now),
+                )
+                .await
+                .unwrap()
+        }
     };
     assert!(matches!(gate(t0, "a").await, GateOutcome::Allowed { .. }));
-    assert!(matches!(gate(t0 + 1, "a").await, GateOutcome::Allowed { .. }));
+    assert!(matches!(
+        gate(t0 + 1, "a").await,
+        GateOutcome::Allowed { .. }
+    ));
     assert_eq!(
         gate(t0 + 20, "a").await,
-        GateOutcome::Limited { retry_after: 40, window_seconds: 60, seq: 3 },
+        GateOutcome::Limited {
+            retry_after: 40,
+            window_seconds: 60,
+            seq: 3
+        },
         "the denial is audited too"
     );
-    assert!(matches!(gate(t0 + 20, "b").await, GateOutcome::Allowed { .. }), "actors are independent");
-    assert!(matches!(gate(t0 + 60, "a").await, GateOutcome::Allowed { .. }), "a new minute");
+    assert!(
+        matches!(gate(t0 + 20, "b").await, GateOutcome::Allowed { .. }),
+        "actors are independent"
+    );
+    assert!(
+        matches!(gate(t0 + 60, "a").await, GateOutcome::Allowed { .. }),
+        "a new minute"
+    );
     match gate(t0 + 61, "a").await {
-        GateOutcome::Limited { retry_after, window_seconds, .. } => {
+        GateOutcome::Limited {
+            retry_after,
+            window_seconds,
+            ..
+        } => {
             assert_eq!((retry_after, window_seconds), (3600 - 61, 3600));
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(gate(t0 + 3600, "a").await, GateOutcome::Allowed { .. }), "a new hour");
+    assert!(
+        matches!(gate(t0 + 3600, "a").await, GateOutcome::Allowed { .. }),
+        "a new hour"
+    );
     let events = f.store.audit_events(0, 100).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["mint", "mint", "mint.denied", "mint", "mint", "mint.denied", "mint"]);
+    assert_eq!(
+        kinds,
+        [
+            "mint",
+            "mint",
+            "mint.denied",
+            "mint",
+            "mint",
+            "mint.denied",
+            "mint"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -154,7 +252,12 @@ async fn concurrent_appends_form_one_gapless_chain() {
         tasks.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..25 {
-                seqs.push(store.append_audit(event("burst", t * 100 + i)).await.unwrap());
+                seqs.push(
+                    store
+                        .append_audit(event("burst", t * 100 + i))
+                        .await
+                        .unwrap(),
+                );
             }
             seqs
         }));
@@ -193,7 +296,10 @@ async fn two_processes_sharing_the_file_extend_the_same_chain() {
 #[tokio::test]
 async fn everything_survives_a_reopen() {
     let f = Fixture::new().await;
-    f.store.create_session(session("h", 99), event("sign_in", 1)).await.unwrap();
+    f.store
+        .create_session(session("h", 99), event("sign_in", 1))
+        .await
+        .unwrap();
     let key = SigningKeyRecord {
         kid: "k1".into(),
         public_jwk: "{}".into(),
@@ -203,36 +309,71 @@ async fn everything_survives_a_reopen() {
         retired_at: None,
         withdrawn_at: None,
     };
-    f.store.insert_signing_key(key.clone(), event("key.generate", 2)).await.unwrap();
-    f.store.update_signing_key("k1", Some(5), None, event("key.retire", 3)).await.unwrap();
+    f.store
+        .insert_signing_key(key.clone(), event("key.generate", 2))
+        .await
+        .unwrap();
+    f.store
+        .update_signing_key("k1", Some(5), None, event("key.retire", 3))
+        .await
+        .unwrap();
     let url = f.url();
     drop(f.store);
 
     let reopened = agentkeys_store::open(&url).await.unwrap();
     assert!(reopened.session("h").await.unwrap().is_some());
     let keys = reopened.signing_keys().await.unwrap();
-    assert_eq!(keys, vec![SigningKeyRecord { retired_at: Some(5), ..key }]);
+    assert_eq!(
+        keys,
+        vec![SigningKeyRecord {
+            retired_at: Some(5),
+            ..key
+        }]
+    );
     reopened.append_audit(event("after", 4)).await.unwrap();
-    assert_eq!(verify_chain(reopened.as_ref()).await, 4, "the chain continues from the stored head");
+    assert_eq!(
+        verify_chain(reopened.as_ref()).await,
+        4,
+        "the chain continues from the stored head"
+    );
 }
 
 #[tokio::test]
 async fn purge_removes_only_expired_rows() {
     let f = Fixture::new().await;
-    f.store.insert_challenge(challenge("old", 10)).await.unwrap();
-    f.store.insert_challenge(challenge("new", 1000)).await.unwrap();
-    f.store.create_session(session("old", 10), event("s", 1)).await.unwrap();
-    f.store.create_session(session("new", 1000), event("s", 2)).await.unwrap();
+    f.store
+        .insert_challenge(challenge("old", 10))
+        .await
+        .unwrap();
+    f.store
+        .insert_challenge(challenge("new", 1000))
+        .await
+        .unwrap();
+    f.store
+        .create_session(session("old", 10), event("s", 1))
+        .await
+        .unwrap();
+    f.store
+        .create_session(session("new", 1000), event("s", 2))
+        .await
+        .unwrap();
     assert_eq!(f.store.purge_expired(500).await.unwrap(), 2);
     assert!(f.store.take_challenge("old").await.unwrap().is_none());
     assert!(f.store.take_challenge("new").await.unwrap().is_some());
     assert!(f.store.session("old").await.unwrap().is_none());
     assert!(f.store.session("new").await.unwrap().is_some());
-    assert_eq!(verify_chain(f.store.as_ref()).await, 2, "audit events are never purged");
+    assert_eq!(
+        verify_chain(f.store.as_ref()).await,
+        2,
+        "audit events are never purged"
+    );
 }
 
 #[tokio::test]
 async fn only_sqlite_urls_open() {
-    let err = agentkeys_store::open("postgres://localhost/x").await.err().unwrap();
+    let err = agentkeys_store::open("postgres://localhost/x")
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, StoreError::UnsupportedUrl(_)));
 }
