@@ -30,6 +30,9 @@ AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
 AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
   tests/relying_party/run.sh
 
+step "policy lint (parliament on the documents of policy aws)"
+AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" tests/policy_lint/run.sh
+
 step "isolation end to end: real broker, real CLI, Ceph RGW as S3 + STS"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
 AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \

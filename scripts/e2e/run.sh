@@ -64,14 +64,8 @@ run "$here/rgw.sh" install
 
 # 3. the Python venv, rebuilt only when requirements.txt or the interpreter changed
 t=$SECONDS
-want="$( (sha256sum "$here/requirements.txt" | cut -d' ' -f1; "$python" --version) | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.e2e-requirements" 2>/dev/null)" != "$want" ]]; then
-  log "building venv $venv"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  run timeout 600 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  echo "$want" >"$venv/.e2e-requirements"
-fi
+source "$repo/scripts/lib/venv.sh"
+PYTHON="$python" run ensure_venv "$venv" "$here/requirements.txt"
 log "venv: $((SECONDS - t))s"
 
 # 4. a fresh RGW lab

@@ -13,7 +13,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 venv="${RP_VENV:-$target/relying-party-venv}"
-python="${PYTHON:-python3}"
 
 if [[ -z "${AGENTKEYS_BROKER_BIN:-}" || -z "${AGENTKEYS_BIN:-}" ]]; then
   (cd "$repo" && cargo build -p agentkeys-broker -p agentkeys)
@@ -21,13 +20,8 @@ if [[ -z "${AGENTKEYS_BROKER_BIN:-}" || -z "${AGENTKEYS_BIN:-}" ]]; then
   export AGENTKEYS_BIN="${AGENTKEYS_BIN:-$target/debug/agentkeys}"
 fi
 
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  echo "$want" > "$stamp"
-fi
+source "$repo/scripts/lib/venv.sh"
+ensure_venv "$venv" "$here/requirements.txt"
 
 cd "$here"
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$here/test_relying_party.py" "$@"
