@@ -92,8 +92,11 @@ fn denied_event(
 }
 
 fn master_of(s: &Session) -> String {
-    // Agents arrive with pairing; today every session is its own master.
-    s.omni.clone()
+    s.master.clone()
+}
+
+fn is_agent(s: &Session) -> bool {
+    s.kind == "agent"
 }
 
 /// Records a refusal durably, then returns the error to send. If even the audit write fails
@@ -132,6 +135,23 @@ pub async fn mint(
     let now = state.clock.now();
     let settings = &state.settings;
 
+    // Gate 2: an agent must be active (suspension takes effect at its next mint).
+    if is_agent(session) {
+        let status = state.store.agent(&session.omni).await?.map(|a| a.status);
+        if status.as_deref() != Some("active") {
+            let reason = if status.as_deref() == Some("suspended") {
+                "agent_suspended"
+            } else {
+                "agent_removed"
+            };
+            let e = ApiError::Forbidden {
+                kind: reason,
+                message: format!("this agent cannot mint ({reason}); ask its master"),
+            };
+            return Err(deny(state, Some(session), reason, e).await);
+        }
+    }
+
     // Gate 3: intent.
     let audience = match request.audience.as_deref() {
         None => settings
@@ -160,9 +180,18 @@ pub async fn mint(
         return Err(deny(state, Some(session), "invalid_role_arn", e).await);
     }
 
-    // Claims, checked against AWS's tag contract before anything is signed.
-    let wallet = session.wallet.as_deref().unwrap_or(&session.omni);
-    let subject_id = session.wallet.as_deref().unwrap_or(&session.omni);
+    // Claims, checked against AWS's tag contract before anything is signed. An agent's tags
+    // name only the agent: never its master's wallet, so no tenant-wide rule covers an agent.
+    let wallet = if is_agent(session) {
+        &session.omni
+    } else {
+        session.wallet.as_deref().unwrap_or(&session.omni)
+    };
+    let subject = if is_agent(session) {
+        claims::agent_subject(&session.omni)
+    } else {
+        claims::master_subject(wallet)
+    };
     let tags = match AwsSessionTags::new([
         (claims::USER_WALLET, wallet),
         (claims::ACTOR_OMNI, session.omni.as_str()),
@@ -180,7 +209,7 @@ pub async fn mint(
     let exp = now + settings.jwt_ttl_seconds;
     let claims = Claims {
         iss: &settings.issuer.url,
-        sub: claims::master_subject(subject_id),
+        sub: subject,
         aud: audience,
         iat: now,
         nbf: now - NBF_BACKDATE_SECONDS,

@@ -88,7 +88,56 @@ pub trait Store: Send + Sync + 'static {
         event: NewAuditEvent,
     ) -> Result<()>;
 
-    /// Deletes challenges and sessions that expired before `before`.
+    // -- agents and pairing --
+    async fn create_pairing(&self, request: PairingRequest, event: NewAuditEvent) -> Result<()>;
+    async fn pairing(&self, id: &str) -> Result<Option<PairingRequest>>;
+    /// Turns the pending request with `code` into agent `agent_omni` of `master`, labelled
+    /// `label`. The event is written only when it succeeds.
+    async fn approve_pairing(
+        &self,
+        code: &str,
+        master: &str,
+        label: &str,
+        agent_omni: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<ApproveOutcome>;
+    /// Records a device proof made at `proof_ms` and, if the request is approved and not yet
+    /// claimed, stores `session` (omni and master are filled in from the agent) with `event`.
+    async fn claim_pairing(
+        &self,
+        id: &str,
+        proof_ms: i64,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<ClaimOutcome>;
+    async fn agent(&self, omni: &str) -> Result<Option<Agent>>;
+    async fn agents_of(&self, master: &str) -> Result<Vec<Agent>>;
+    /// Moves `master`'s agent to `status`. Removal also revokes every session of the agent.
+    /// Returns the updated agent, or `None` if `master` has no such live agent.
+    async fn set_agent_status(
+        &self,
+        master: &str,
+        omni: &str,
+        status: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<Option<Agent>>;
+
+    // -- more on sessions --
+    /// Live sessions (not revoked, not expired at `now`) of one actor.
+    async fn sessions_of(&self, omni: &str, now: i64) -> Result<Vec<Session>>;
+    /// Revokes every live session of `omni` except `keep`; returns how many.
+    async fn revoke_sessions_of(
+        &self,
+        omni: &str,
+        keep: Option<&str>,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<u64>;
+
+    /// Deletes challenges, pairing requests and sessions that expired before `before`.
     async fn purge_expired(&self, before: i64) -> Result<u64>;
 }
 

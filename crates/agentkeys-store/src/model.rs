@@ -20,6 +20,8 @@ pub struct Session {
     pub kind: String,
     pub omni: String,
     pub wallet: Option<String>,
+    /// The master this session acts for: itself for a master, the owner for an agent.
+    pub master: String,
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
@@ -35,6 +37,7 @@ impl std::fmt::Debug for Session {
             .field("kind", &self.kind)
             .field("omni", &self.omni)
             .field("wallet", &self.wallet)
+            .field("master", &self.master)
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
             .finish()
@@ -104,4 +107,57 @@ pub enum GateOutcome {
         window_seconds: i64,
         seq: u64,
     },
+}
+
+/// An agent paired to a master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub omni: String,
+    pub master: String,
+    pub label: String,
+    pub device_address: String,
+    /// `active`, `suspended` or `removed`.
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A device's request to be paired, until a master approves it and the device collects its
+/// session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingRequest {
+    pub id: String,
+    /// Normalised code (no separator).
+    pub code: String,
+    pub device_address: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_proof_ms: i64,
+    /// Set when approved.
+    pub agent: Option<String>,
+    /// Set when the agent's session was handed out.
+    pub claimed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApproveOutcome {
+    Approved(Agent),
+    /// No pending, unexpired request has this code.
+    UnknownCode,
+    /// The master already has (or had) an agent with this label.
+    LabelTaken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Not approved yet.
+    Pending,
+    /// Approved; the session passed in was stored for this agent.
+    Claimed(Agent),
+    /// The session was already handed out.
+    AlreadyClaimed,
+    /// Unknown, expired, or its agent is no longer active.
+    Gone,
+    /// The proof's timestamp is not later than the last one seen (a replay).
+    StaleProof,
 }

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
-    AuditEvent, Challenge, GateOutcome, NewAuditEvent, RateWindow, Result, Session,
-    SigningKeyRecord, Store, StoreError,
+    Agent, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome, NewAuditEvent,
+    PairingRequest, RateWindow, Result, Session, SigningKeyRecord, Store, StoreError,
 };
 
 /// Most operations one commit carries; bounds the latency a large burst adds to its first caller.
@@ -37,7 +37,10 @@ const QUEUE_DEPTH: usize = 8192;
 const MAX_IDLE_READERS: usize = 8;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_agents.sql"),
+];
 
 pub struct SqliteStore {
     readers: Arc<Readers>,
@@ -191,6 +194,35 @@ enum Op {
     Purge {
         before: i64,
     },
+    CreatePairing(PairingRequest, NewAuditEvent),
+    ApprovePairing {
+        code: String,
+        master: String,
+        label: String,
+        agent_omni: String,
+        now: i64,
+        event: NewAuditEvent,
+    },
+    ClaimPairing {
+        id: String,
+        proof_ms: i64,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    },
+    SetAgentStatus {
+        master: String,
+        omni: String,
+        status: String,
+        now: i64,
+        event: NewAuditEvent,
+    },
+    RevokeSessionsOf {
+        omni: String,
+        keep: Option<String>,
+        now: i64,
+        event: NewAuditEvent,
+    },
 }
 
 enum Output {
@@ -200,6 +232,9 @@ enum Output {
     Flag(bool),
     Challenge(Option<Challenge>),
     Gate(GateOutcome),
+    Approve(ApproveOutcome),
+    Claim(ClaimOutcome),
+    Agent(Option<Agent>),
 }
 
 struct Job {
@@ -338,10 +373,7 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             Output::Challenge(taken)
         }
         Op::CreateSession(s, event) => {
-            conn.prepare_cached(
-                "INSERT INTO sessions (token_hash, kind, omni, wallet, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![s.token_hash, s.kind, s.omni, s.wallet, s.created_at, s.expires_at])?;
+            insert_session(conn, &s)?;
             Output::Seq(append(conn, head, &event)?)
         }
         Op::RevokeSession {
@@ -428,15 +460,223 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             Output::Unit
         }
         Op::Purge { before } => {
-            let challenges = conn
-                .prepare_cached("DELETE FROM wallet_challenges WHERE expires_at < ?1")?
-                .execute([before])?;
-            let sessions = conn
-                .prepare_cached("DELETE FROM sessions WHERE expires_at < ?1")?
-                .execute([before])?;
-            Output::Count((challenges + sessions) as u64)
+            let mut purged = 0;
+            for sql in [
+                "DELETE FROM wallet_challenges WHERE expires_at < ?1",
+                "DELETE FROM pairing_requests WHERE expires_at < ?1",
+                "DELETE FROM sessions WHERE expires_at < ?1",
+            ] {
+                purged += conn.prepare_cached(sql)?.execute([before])?;
+            }
+            Output::Count(purged as u64)
+        }
+        Op::CreatePairing(p, event) => {
+            conn.prepare_cached(
+                "INSERT INTO pairing_requests (id, code, device_address, created_at, expires_at, last_proof_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![p.id, p.code, p.device_address, p.created_at, p.expires_at, p.last_proof_ms])?;
+            append(conn, head, &event)?;
+            Output::Unit
+        }
+        Op::ApprovePairing {
+            code,
+            master,
+            label,
+            agent_omni,
+            now,
+            event,
+        } => {
+            let pending = conn
+                .prepare_cached(
+                    "SELECT id, device_address FROM pairing_requests
+                     WHERE code = ?1 AND agent IS NULL AND expires_at > ?2",
+                )?
+                .query_row(params![code, now], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?;
+            let Some((id, device_address)) = pending else {
+                return Ok(Output::Approve(ApproveOutcome::UnknownCode));
+            };
+            let taken = conn
+                .prepare_cached("SELECT 1 FROM agents WHERE master = ?1 AND label = ?2")?
+                .exists(params![master, label])?;
+            if taken {
+                return Ok(Output::Approve(ApproveOutcome::LabelTaken));
+            }
+            let agent = Agent {
+                omni: agent_omni,
+                master,
+                label,
+                device_address,
+                status: "active".into(),
+                created_at: now,
+                updated_at: now,
+            };
+            conn.prepare_cached(
+                "INSERT INTO agents (omni, master, label, device_address, status, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                agent.omni,
+                agent.master,
+                agent.label,
+                agent.device_address,
+                agent.status,
+                agent.created_at,
+                agent.updated_at
+            ])?;
+            conn.prepare_cached("UPDATE pairing_requests SET agent = ?1 WHERE id = ?2")?
+                .execute(params![agent.omni, id])?;
+            append(conn, head, &event)?;
+            Output::Approve(ApproveOutcome::Approved(agent))
+        }
+        Op::ClaimPairing {
+            id,
+            proof_ms,
+            now,
+            mut session,
+            event,
+        } => {
+            let Some(p) = select_pairing(conn, &id)? else {
+                return Ok(Output::Claim(ClaimOutcome::Gone));
+            };
+            if p.agent.is_none() && now >= p.expires_at {
+                return Ok(Output::Claim(ClaimOutcome::Gone));
+            }
+            if proof_ms <= p.last_proof_ms {
+                return Ok(Output::Claim(ClaimOutcome::StaleProof));
+            }
+            conn.prepare_cached("UPDATE pairing_requests SET last_proof_ms = ?1 WHERE id = ?2")?
+                .execute(params![proof_ms, id])?;
+            let outcome = match (&p.agent, p.claimed_at) {
+                (None, _) => ClaimOutcome::Pending,
+                (Some(_), Some(_)) => ClaimOutcome::AlreadyClaimed,
+                (Some(agent_omni), None) => match select_agent(conn, agent_omni)? {
+                    Some(agent) if agent.status == "active" => {
+                        session.omni = agent.omni.clone();
+                        session.master = agent.master.clone();
+                        session.kind = "agent".into();
+                        session.wallet = None;
+                        insert_session(conn, &session)?;
+                        conn.prepare_cached(
+                            "UPDATE pairing_requests SET claimed_at = ?1 WHERE id = ?2",
+                        )?
+                        .execute(params![now, id])?;
+                        append(conn, head, &event)?;
+                        ClaimOutcome::Claimed(agent)
+                    }
+                    _ => ClaimOutcome::Gone,
+                },
+            };
+            Output::Claim(outcome)
+        }
+        Op::SetAgentStatus {
+            master,
+            omni,
+            status,
+            now,
+            event,
+        } => {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE agents SET status = ?1, updated_at = ?2
+                     WHERE omni = ?3 AND master = ?4 AND status != 'removed'",
+                )?
+                .execute(params![status, now, omni, master])?;
+            if updated == 0 {
+                return Ok(Output::Agent(None));
+            }
+            if status == "removed" {
+                conn.prepare_cached(
+                    "UPDATE sessions SET revoked_at = ?1 WHERE omni = ?2 AND revoked_at IS NULL",
+                )?
+                .execute(params![now, omni])?;
+            }
+            append(conn, head, &event)?;
+            Output::Agent(select_agent(conn, &omni)?)
+        }
+        Op::RevokeSessionsOf {
+            omni,
+            keep,
+            now,
+            event,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE sessions SET revoked_at = ?1
+                     WHERE omni = ?2 AND revoked_at IS NULL AND expires_at > ?1 AND token_hash IS NOT ?3",
+                )?
+                .execute(params![now, omni, keep])?;
+            if n > 0 {
+                append(conn, head, &event)?;
+            }
+            Output::Count(n as u64)
         }
     })
+}
+
+const SESSION_COLUMNS: &str =
+    "token_hash, kind, omni, wallet, master, created_at, expires_at, revoked_at";
+
+fn insert_session(conn: &Connection, s: &Session) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sessions (token_hash, kind, omni, wallet, master, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        s.token_hash,
+        s.kind,
+        s.omni,
+        s.wallet,
+        s.master,
+        s.created_at,
+        s.expires_at
+    ])?;
+    Ok(())
+}
+
+fn select_pairing(conn: &Connection, id: &str) -> rusqlite::Result<Option<PairingRequest>> {
+    conn.prepare_cached(
+        "SELECT id, code, device_address, created_at, expires_at, last_proof_ms, agent, claimed_at
+         FROM pairing_requests WHERE id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok(PairingRequest {
+            id: r.get(0)?,
+            code: r.get(1)?,
+            device_address: r.get(2)?,
+            created_at: r.get(3)?,
+            expires_at: r.get(4)?,
+            last_proof_ms: r.get(5)?,
+            agent: r.get(6)?,
+            claimed_at: r.get(7)?,
+        })
+    })
+    .optional()
+}
+
+const AGENT_COLUMNS: &str = "omni, master, label, device_address, status, created_at, updated_at";
+
+fn agent_row(r: &Row<'_>) -> rusqlite::Result<Agent> {
+    Ok(Agent {
+        omni: r.get(0)?,
+        master: r.get(1)?,
+        label: r.get(2)?,
+        device_address: r.get(3)?,
+        status: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+fn select_agent(conn: &Connection, omni: &str) -> rusqlite::Result<Option<Agent>> {
+    conn.prepare_cached(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE omni = ?1"
+    ))?
+    .query_row([omni], agent_row)
+    .optional()
 }
 
 fn unexpected() -> StoreError {
@@ -451,9 +691,10 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         kind: r.get(1)?,
         omni: r.get(2)?,
         wallet: r.get(3)?,
-        created_at: r.get(4)?,
-        expires_at: r.get(5)?,
-        revoked_at: r.get(6)?,
+        master: r.get(4)?,
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        revoked_at: r.get(7)?,
     })
 }
 
@@ -518,9 +759,9 @@ impl Store for SqliteStore {
 
     async fn session(&self, token_hash: &str) -> Result<Option<Session>> {
         self.readers.with(|c| {
-            c.prepare_cached(
-                "SELECT token_hash, kind, omni, wallet, created_at, expires_at, revoked_at FROM sessions WHERE token_hash = ?1",
-            )?
+            c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"
+            ))?
             .query_row([token_hash], session_row)
             .optional()
         })
@@ -621,6 +862,132 @@ impl Store for SqliteStore {
             .await?
         {
             Output::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn create_pairing(&self, request: PairingRequest, event: NewAuditEvent) -> Result<()> {
+        match self.write(Op::CreatePairing(request, event)).await? {
+            Output::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn pairing(&self, id: &str) -> Result<Option<PairingRequest>> {
+        self.readers.with(|c| select_pairing(c, id))
+    }
+
+    async fn approve_pairing(
+        &self,
+        code: &str,
+        master: &str,
+        label: &str,
+        agent_omni: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<ApproveOutcome> {
+        let op = Op::ApprovePairing {
+            code: code.to_owned(),
+            master: master.to_owned(),
+            label: label.to_owned(),
+            agent_omni: agent_omni.to_owned(),
+            now,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Approve(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn claim_pairing(
+        &self,
+        id: &str,
+        proof_ms: i64,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<ClaimOutcome> {
+        match self
+            .write(Op::ClaimPairing {
+                id: id.to_owned(),
+                proof_ms,
+                now,
+                session,
+                event,
+            })
+            .await?
+        {
+            Output::Claim(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn agent(&self, omni: &str) -> Result<Option<Agent>> {
+        self.readers.with(|c| select_agent(c, omni))
+    }
+
+    async fn agents_of(&self, master: &str) -> Result<Vec<Agent>> {
+        let master = master.to_owned();
+        self.scan(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE master = ?1 ORDER BY created_at, label"
+            ))?
+            .query_map([master], agent_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn set_agent_status(
+        &self,
+        master: &str,
+        omni: &str,
+        status: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<Option<Agent>> {
+        let op = Op::SetAgentStatus {
+            master: master.to_owned(),
+            omni: omni.to_owned(),
+            status: status.to_owned(),
+            now,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Agent(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn sessions_of(&self, omni: &str, now: i64) -> Result<Vec<Session>> {
+        let omni = omni.to_owned();
+        self.scan(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions
+                 WHERE omni = ?1 AND revoked_at IS NULL AND expires_at > ?2 ORDER BY created_at"
+            ))?
+            .query_map(params![omni, now], session_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke_sessions_of(
+        &self,
+        omni: &str,
+        keep: Option<&str>,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<u64> {
+        let op = Op::RevokeSessionsOf {
+            omni: omni.to_owned(),
+            keep: keep.map(str::to_owned),
+            now,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Count(n) => Ok(n),
             _ => Err(unexpected()),
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    Challenge, GateOutcome, NewAuditEvent, RateWindow, Session, SigningKeyRecord, SqliteStore,
-    Store, StoreError,
+    ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, NewAuditEvent, PairingRequest,
+    RateWindow, Session, SigningKeyRecord, SqliteStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -60,6 +60,7 @@ fn session(hash: &str, expires_at: i64) -> Session {
         kind: "master".into(),
         omni: "omni".into(),
         wallet: Some("0xabc".into()),
+        master: "omni".into(),
         created_at: 0,
         expires_at,
         revoked_at: None,
@@ -376,4 +377,247 @@ async fn only_sqlite_urls_open() {
         .err()
         .unwrap();
     assert!(matches!(err, StoreError::UnsupportedUrl(_)));
+}
+
+fn pairing(id: &str, code: &str, expires_at: i64) -> PairingRequest {
+    PairingRequest {
+        id: id.into(),
+        code: code.into(),
+        device_address: "0xdevice".into(),
+        created_at: 0,
+        expires_at,
+        last_proof_ms: 0,
+        agent: None,
+        claimed_at: None,
+    }
+}
+
+fn agent_session(hash: &str) -> Session {
+    Session {
+        kind: "agent".into(),
+        wallet: None,
+        master: String::new(),
+        ..session(hash, 10_000)
+    }
+}
+
+#[tokio::test]
+async fn pairing_goes_pending_approved_claimed_once() {
+    let f = Fixture::new().await;
+    f.store
+        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
+        .await
+        .unwrap();
+    let claim = |ms: i64, hash: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .claim_pairing("p1", ms, 10, agent_session(hash), event("claim", ms))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim(1, "s0").await, ClaimOutcome::Pending);
+    assert_eq!(
+        claim(1, "s0").await,
+        ClaimOutcome::StaleProof,
+        "a replayed proof is refused"
+    );
+
+    // Wrong code, then the right one; a second approval of the same code finds nothing.
+    let approve = |code: &'static str, label: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .approve_pairing(
+                    code,
+                    "master",
+                    label,
+                    &format!("omni-{label}"),
+                    20,
+                    event("approve", 2),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        approve("ZZZZZZZZ", "bot").await,
+        ApproveOutcome::UnknownCode
+    );
+    let ApproveOutcome::Approved(agent) = approve("ABCDEFGH", "bot").await else {
+        panic!("not approved")
+    };
+    assert_eq!(
+        (agent.device_address.as_str(), agent.status.as_str()),
+        ("0xdevice", "active")
+    );
+    assert_eq!(
+        approve("ABCDEFGH", "bot").await,
+        ApproveOutcome::UnknownCode
+    );
+
+    let ClaimOutcome::Claimed(a) = claim(2, "s1").await else {
+        panic!("not claimed")
+    };
+    assert_eq!(a.omni, "omni-bot");
+    let s = f.store.session("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            s.kind.as_str(),
+            s.omni.as_str(),
+            s.master.as_str(),
+            s.wallet
+        ),
+        ("agent", "omni-bot", "master", None)
+    );
+    assert_eq!(
+        claim(3, "s2").await,
+        ClaimOutcome::AlreadyClaimed,
+        "the session is handed out once"
+    );
+    assert!(f.store.session("s2").await.unwrap().is_none());
+
+    // Labels are never reused for the same master.
+    f.store
+        .create_pairing(pairing("p2", "HGFEDCBA", 600), event("pair", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store
+            .approve_pairing(
+                "HGFEDCBA",
+                "master",
+                "bot",
+                "omni-bot2",
+                30,
+                event("approve", 4)
+            )
+            .await
+            .unwrap(),
+        ApproveOutcome::LabelTaken
+    );
+    assert_eq!(
+        verify_chain(f.store.as_ref()).await,
+        4,
+        "pair, approve, claim, pair"
+    );
+}
+
+#[tokio::test]
+async fn expired_pairings_are_gone() {
+    let f = Fixture::new().await;
+    f.store
+        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
+        .await
+        .unwrap();
+    let outcome = f
+        .store
+        .approve_pairing("ABCDEFGH", "m", "bot", "o", 600, event("approve", 2))
+        .await
+        .unwrap();
+    assert_eq!(outcome, ApproveOutcome::UnknownCode);
+    let claimed = f
+        .store
+        .claim_pairing("p1", 5, 600, agent_session("s"), event("claim", 3))
+        .await
+        .unwrap();
+    assert_eq!(claimed, ClaimOutcome::Gone);
+    assert_eq!(f.store.purge_expired(601).await.unwrap(), 1);
+    assert!(f.store.pairing("p1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn agent_lifecycle_belongs_to_its_master_and_removal_revokes_sessions() {
+    let f = Fixture::new().await;
+    f.store
+        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
+        .await
+        .unwrap();
+    f.store
+        .approve_pairing(
+            "ABCDEFGH",
+            "master",
+            "bot",
+            "omni-bot",
+            1,
+            event("approve", 2),
+        )
+        .await
+        .unwrap();
+    f.store
+        .claim_pairing("p1", 1, 2, agent_session("s1"), event("claim", 3))
+        .await
+        .unwrap();
+
+    let other = f
+        .store
+        .set_agent_status("someone-else", "omni-bot", "suspended", 3, event("x", 4))
+        .await
+        .unwrap();
+    assert!(other.is_none(), "another master cannot touch the agent");
+    let a = f
+        .store
+        .set_agent_status("master", "omni-bot", "suspended", 3, event("suspend", 4))
+        .await
+        .unwrap();
+    assert_eq!(a.unwrap().status, "suspended");
+    assert_eq!(f.store.agents_of("master").await.unwrap().len(), 1);
+    assert!(
+        f.store
+            .session("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none(),
+        "suspension keeps sessions"
+    );
+
+    let a = f
+        .store
+        .set_agent_status("master", "omni-bot", "removed", 5, event("remove", 5))
+        .await
+        .unwrap();
+    assert_eq!(a.unwrap().status, "removed");
+    assert_eq!(
+        f.store.session("s1").await.unwrap().unwrap().revoked_at,
+        Some(5)
+    );
+    assert!(
+        f.store
+            .set_agent_status("master", "omni-bot", "active", 6, event("resume", 6))
+            .await
+            .unwrap()
+            .is_none(),
+        "removal is final"
+    );
+}
+
+#[tokio::test]
+async fn revoke_every_session_but_one() {
+    let f = Fixture::new().await;
+    for h in ["a", "b", "c"] {
+        f.store
+            .create_session(session(h, 1000), event("sign_in", 1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.store.sessions_of("omni", 10).await.unwrap().len(), 3);
+    assert_eq!(
+        f.store
+            .revoke_sessions_of("omni", Some("b"), 10, event("logout_all", 2))
+            .await
+            .unwrap(),
+        2
+    );
+    let live: Vec<String> = f
+        .store
+        .sessions_of("omni", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.token_hash)
+        .collect();
+    assert_eq!(live, ["b"]);
 }

@@ -126,3 +126,114 @@ pub struct Readiness {
     /// `ok` when an active signing key is loaded.
     pub signing_key: String,
 }
+
+// ---- agents ------------------------------------------------------------------------------
+
+/// A device proof: an EIP-191 signature by the device key over
+/// [`crate::pairing::proof_message`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairingStartRequest {
+    /// The device key's address, `0x` + 40 hex.
+    pub device_address: String,
+    /// Milliseconds since the Unix epoch; within two minutes of the broker's clock.
+    pub timestamp_ms: i64,
+    /// `0x` + 130 hex.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PairingStartResponse {
+    /// Identifies the request when polling (not a secret: polls need a device proof).
+    pub pairing_id: String,
+    /// What the master types into `agentkeys agents approve`, e.g. `ABCD-EFGH`.
+    pub code: String,
+    pub expires_at: String,
+    /// How often to poll.
+    pub poll_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairingApproveRequest {
+    pub code: String,
+    /// `^[a-z0-9-]{1,32}$`, unique per master; part of the agent's identity.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairingPollRequest {
+    pub pairing_id: String,
+    /// Milliseconds since the epoch; must be later than the previous poll's.
+    pub timestamp_ms: i64,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingStatus {
+    /// Waiting for the master.
+    Pending,
+    /// Approved; this answer carries the agent's session, once.
+    Approved,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PairingPollResponse {
+    pub status: PairingStatus,
+    /// Present once, in the first answer after approval.
+    pub session: Option<SessionIssued>,
+    pub agent: Option<AgentInfo>,
+}
+
+impl std::fmt::Debug for PairingPollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairingPollResponse")
+            .field("status", &self.status)
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Active,
+    /// Cannot mint until resumed.
+    Suspended,
+    /// Gone for good; its sessions were revoked.
+    Removed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    pub agent_omni: String,
+    pub label: String,
+    pub device_address: String,
+    pub status: AgentStatus,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentInfo>,
+}
+
+// ---- sessions ------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    /// A non-secret reference to the session (a prefix of its hash).
+    pub id: String,
+    pub kind: ActorKind,
+    pub created_at: String,
+    pub expires_at: String,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+}

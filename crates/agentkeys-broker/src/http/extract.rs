@@ -140,3 +140,26 @@ impl FromRequestParts<AppState> for AuthSession {
         Ok(AuthSession(session))
     }
 }
+
+/// A live session of a master (not an agent): the only kind that may pair and manage agents.
+#[derive(Debug, Clone)]
+pub struct MasterSession(pub Session);
+
+impl FromRequestParts<AppState> for MasterSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let AuthSession(session) = AuthSession::from_request_parts(parts, state).await?;
+        if session.kind != "master" {
+            return Err(ApiError::Forbidden {
+                kind: "masters_only",
+                message: "only a master's session can do this; an agent cannot manage agents"
+                    .into(),
+            });
+        }
+        Ok(MasterSession(session))
+    }
+}

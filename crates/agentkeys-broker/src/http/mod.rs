@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::error::ApiError;
-use self::routes::{auth, mint, oidc, ops, session};
+use self::routes::{agents, auth, mint, oidc, ops, session};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -53,6 +53,16 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(auth::wallet_verify))
         .routes(routes!(session::whoami))
         .routes(routes!(session::logout))
+        .routes(routes!(session::logout_all))
+        .routes(routes!(session::list_sessions))
+        .routes(routes!(session::revoke_one))
+        .routes(routes!(agents::pairing_start))
+        .routes(routes!(agents::pairing_approve))
+        .routes(routes!(agents::pairing_poll))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(agents::suspend_agent))
+        .routes(routes!(agents::resume_agent))
+        .routes(routes!(agents::remove_agent))
         .routes(routes!(mint::mint_oidc_jwt))
         .routes(routes!(mint::mint_aws_creds_retired))
         .routes(routes!(ops::healthz))

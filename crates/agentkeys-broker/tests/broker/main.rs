@@ -5,6 +5,7 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod agents;
 mod app;
 mod audit;
 mod bad_input;

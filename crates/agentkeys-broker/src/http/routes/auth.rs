@@ -118,6 +118,7 @@ pub async fn wallet_verify(
         kind: "master".into(),
         omni: omni.to_string(),
         wallet: Some(wallet.to_string()),
+        master: omni.to_string(),
         created_at: now,
         expires_at,
         revoked_at: None,

@@ -1,8 +1,8 @@
 //! The caller's own session.
 
 use agentkeys_store::NewAuditEvent;
-use agentkeys_types::api::{ActorKind, WhoAmI};
-use axum::extract::State;
+use agentkeys_types::api::{ActorKind, SessionInfo, SessionList, WhoAmI};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
 
@@ -40,13 +40,93 @@ pub async fn logout(
         time: now,
         kind: "session.logout".into(),
         actor: Some(s.omni.clone()),
-        master: Some(s.omni.clone()),
+        master: Some(s.master.clone()),
         outcome: "ok".into(),
         details: json!({"session": session_ref(&s.token_hash)}),
     };
     state
         .store
         .revoke_session(&s.token_hash, now, event)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's live sessions.
+#[utoipa::path(get, path = "/v1/sessions", tag = "session", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, body = agentkeys_types::ErrorBody)))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    AuthSession(s): AuthSession,
+) -> Result<axum::Json<SessionList>, ApiError> {
+    let sessions = state.store.sessions_of(&s.omni, state.clock.now()).await?;
+    Ok(axum::Json(SessionList {
+        sessions: sessions
+            .iter()
+            .map(|o| SessionInfo {
+                id: session_ref(&o.token_hash).to_owned(),
+                kind: if o.kind == "agent" {
+                    ActorKind::Agent
+                } else {
+                    ActorKind::Master
+                },
+                created_at: rfc3339(o.created_at),
+                expires_at: rfc3339(o.expires_at),
+                current: o.token_hash == s.token_hash,
+            })
+            .collect(),
+    }))
+}
+
+/// Revoke one of the caller's sessions by its id (from `GET /v1/sessions`).
+#[utoipa::path(post, path = "/v1/sessions/{id}/revoke", tag = "session", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id from GET /v1/sessions")),
+    responses((status = 204, description = "Revoked"), (status = 404, body = agentkeys_types::ErrorBody)))]
+pub async fn revoke_one(
+    State(state): State<AppState>,
+    AuthSession(s): AuthSession,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let now = state.clock.now();
+    let sessions = state.store.sessions_of(&s.omni, now).await?;
+    let Some(target) = sessions.iter().find(|o| session_ref(&o.token_hash) == id) else {
+        return Err(ApiError::NotFound(
+            "you have no live session with that id; see GET /v1/sessions".into(),
+        ));
+    };
+    let event = NewAuditEvent {
+        time: now,
+        kind: "session.revoked".into(),
+        actor: Some(s.omni.clone()),
+        master: Some(s.master.clone()),
+        outcome: "ok".into(),
+        details: json!({"session": id, "by": session_ref(&s.token_hash)}),
+    };
+    state
+        .store
+        .revoke_session(&target.token_hash, now, event)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke every session of the caller, this one included.
+#[utoipa::path(post, path = "/v1/session/logout-all", tag = "session", security(("bearer" = [])),
+    responses((status = 204, description = "All revoked"), (status = 401, body = agentkeys_types::ErrorBody)))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    AuthSession(s): AuthSession,
+) -> Result<StatusCode, ApiError> {
+    let now = state.clock.now();
+    let event = NewAuditEvent {
+        time: now,
+        kind: "session.logout_all".into(),
+        actor: Some(s.omni.clone()),
+        master: Some(s.master.clone()),
+        outcome: "ok".into(),
+        details: json!({"by": session_ref(&s.token_hash)}),
+    };
+    state
+        .store
+        .revoke_sessions_of(&s.omni, None, now, event)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

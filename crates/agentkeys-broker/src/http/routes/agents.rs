@@ -1,0 +1,362 @@
+//! Agent pairing (device side and master side) and the agent lifecycle.
+
+use agentkeys_store::{
+    Agent, ApproveOutcome, ClaimOutcome, GateOutcome, NewAuditEvent, PairingRequest, RateWindow,
+    Session,
+};
+use agentkeys_types::OmniAccount;
+use agentkeys_types::WalletAddress;
+use agentkeys_types::api::{
+    AgentInfo, AgentList, AgentStatus, PairingApproveRequest, PairingPollRequest,
+    PairingPollResponse, PairingStartRequest, PairingStartResponse, PairingStatus, SessionIssued,
+};
+use agentkeys_types::pairing::{ProofAction, display_code, normalize_code, valid_label};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::agents::{self, ProofError};
+use crate::clock::rfc3339;
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, MasterSession};
+use crate::session::{new_token, random_id, session_ref};
+use crate::state::AppState;
+
+fn proof_error(e: ProofError) -> ApiError {
+    match e {
+        ProofError::Malformed => ApiError::BadRequest(e.to_string()),
+        ProofError::Skewed | ProofError::WrongSigner => ApiError::SignInFailed(e.to_string()),
+    }
+}
+
+fn event(
+    now: i64,
+    kind: &str,
+    actor: Option<&str>,
+    master: Option<&str>,
+    outcome: &str,
+    details: serde_json::Value,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        time: now,
+        kind: kind.to_owned(),
+        actor: actor.map(str::to_owned),
+        master: master.map(str::to_owned),
+        outcome: outcome.to_owned(),
+        details,
+    }
+}
+
+pub fn agent_info(a: &Agent) -> AgentInfo {
+    AgentInfo {
+        agent_omni: a.omni.clone(),
+        label: a.label.clone(),
+        device_address: a.device_address.clone(),
+        status: match a.status.as_str() {
+            "active" => AgentStatus::Active,
+            "suspended" => AgentStatus::Suspended,
+            _ => AgentStatus::Removed,
+        },
+        created_at: rfc3339(a.created_at),
+    }
+}
+
+/// Device side: open a pairing request with proof of possession of the device key.
+#[utoipa::path(post, path = "/v1/agents/pairing", tag = "agents",
+    request_body = PairingStartRequest,
+    responses(
+        (status = 200, body = PairingStartResponse),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 401, body = agentkeys_types::ErrorBody)))]
+pub async fn pairing_start(
+    State(state): State<AppState>,
+    Json(req): Json<PairingStartRequest>,
+) -> Result<axum::Json<PairingStartResponse>, ApiError> {
+    let device: WalletAddress = req
+        .device_address
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("device_address: {e}")))?;
+    let now = state.clock.now();
+    let issuer = &state.settings.issuer.url;
+    agents::verify_proof(
+        issuer,
+        ProofAction::Pair,
+        &device,
+        None,
+        req.timestamp_ms,
+        &req.signature,
+        now,
+    )
+    .map_err(proof_error)?;
+    let request = PairingRequest {
+        id: random_id(),
+        code: agents::new_code(),
+        device_address: device.to_string(),
+        created_at: now,
+        expires_at: now + agents::PAIRING_TTL_SECONDS,
+        last_proof_ms: req.timestamp_ms,
+        agent: None,
+        claimed_at: None,
+    };
+    let details = json!({"pairing_id": request.id, "device": request.device_address});
+    state
+        .store
+        .create_pairing(
+            request.clone(),
+            event(now, "agent.pairing_requested", None, None, "ok", details),
+        )
+        .await?;
+    Ok(axum::Json(PairingStartResponse {
+        pairing_id: request.id,
+        code: display_code(&request.code),
+        expires_at: rfc3339(request.expires_at),
+        poll_interval_seconds: agents::POLL_INTERVAL_SECONDS,
+    }))
+}
+
+/// Master side: approve a device's code under a label; creates the agent.
+#[utoipa::path(post, path = "/v1/agents/pairing/approve", tag = "agents", security(("bearer" = [])),
+    request_body = PairingApproveRequest,
+    responses(
+        (status = 200, body = AgentInfo),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 404, body = agentkeys_types::ErrorBody),
+        (status = 409, body = agentkeys_types::ErrorBody),
+        (status = 429, body = agentkeys_types::ErrorBody)))]
+pub async fn pairing_approve(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+    Json(req): Json<PairingApproveRequest>,
+) -> Result<axum::Json<AgentInfo>, ApiError> {
+    let code = normalize_code(&req.code).ok_or_else(|| {
+        ApiError::BadRequest("code is the 8-character code the agent shows, e.g. ABCD-EFGH".into())
+    })?;
+    if !valid_label(&req.label) {
+        return Err(ApiError::BadRequest(
+            "label is 1-32 characters of a-z, 0-9 and '-'".into(),
+        ));
+    }
+    let now = state.clock.now();
+    let m = master.omni.as_str();
+    // Every attempt counts, so codes cannot be guessed; each attempt is audited.
+    let window = [RateWindow {
+        seconds: agents::APPROVE_WINDOW_SECONDS,
+        limit: agents::APPROVE_ATTEMPTS,
+    }];
+    let details = json!({"label": req.label, "session": session_ref(&master.token_hash)});
+    let attempt = event(
+        now,
+        "agent.approve_attempt",
+        Some(m),
+        Some(m),
+        "ok",
+        details.clone(),
+    );
+    let mut denied = event(
+        now,
+        "agent.approve_attempt",
+        Some(m),
+        Some(m),
+        "denied",
+        details,
+    );
+    denied.details["reason"] = json!("rate_limited");
+    if let GateOutcome::Limited { retry_after, .. } = state
+        .store
+        .rate_limited_append(&format!("approve:{m}"), &window, now, attempt, denied)
+        .await?
+    {
+        return Err(ApiError::RateLimited { retry_after });
+    }
+    let master_omni: OmniAccount = m.parse().map_err(ApiError::internal)?;
+    let agent_omni = OmniAccount::for_agent(&master_omni, &req.label).to_string();
+    let paired = event(
+        now,
+        "agent.paired",
+        Some(m),
+        Some(m),
+        "ok",
+        json!({"agent": agent_omni, "label": req.label}),
+    );
+    match state.store.approve_pairing(&code, m, &req.label, &agent_omni, now, paired).await? {
+        ApproveOutcome::Approved(agent) => Ok(axum::Json(agent_info(&agent))),
+        ApproveOutcome::UnknownCode => Err(ApiError::NotFound(
+            "no pending pairing request has that code; codes expire after 10 minutes, ask the agent for a new one".into(),
+        )),
+        ApproveOutcome::LabelTaken => Err(ApiError::Conflict(format!(
+            "you already have (or had) an agent labelled {:?}; labels name an agent's identity and are never reused",
+            req.label
+        ))),
+    }
+}
+
+/// Device side: poll a pairing request; after approval, the first poll returns the agent's
+/// session (once).
+#[utoipa::path(post, path = "/v1/agents/pairing/poll", tag = "agents",
+    request_body = PairingPollRequest,
+    responses(
+        (status = 200, body = PairingPollResponse, description = "Approved: carries the session"),
+        (status = 202, body = PairingPollResponse, description = "Still pending"),
+        (status = 401, body = agentkeys_types::ErrorBody),
+        (status = 404, body = agentkeys_types::ErrorBody),
+        (status = 409, body = agentkeys_types::ErrorBody)))]
+pub async fn pairing_poll(
+    State(state): State<AppState>,
+    Json(req): Json<PairingPollRequest>,
+) -> Result<(StatusCode, axum::Json<PairingPollResponse>), ApiError> {
+    let gone =
+        || ApiError::NotFound("unknown or expired pairing request; start pairing again".into());
+    if req.pairing_id.len() != 32 || !req.pairing_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(
+            "pairing_id is the 32-hex id returned when pairing started".into(),
+        ));
+    }
+    let request = state
+        .store
+        .pairing(&req.pairing_id)
+        .await?
+        .ok_or_else(gone)?;
+    let device: WalletAddress = request.device_address.parse().map_err(ApiError::internal)?;
+    let now = state.clock.now();
+    let issuer = &state.settings.issuer.url;
+    agents::verify_proof(
+        issuer,
+        ProofAction::Poll,
+        &device,
+        Some(&request.id),
+        req.timestamp_ms,
+        &req.signature,
+        now,
+    )
+    .map_err(proof_error)?;
+
+    let token = new_token();
+    let expires_at = now + state.settings.session_ttl_seconds;
+    let template = Session {
+        token_hash: token.hash.clone(),
+        kind: "agent".into(),
+        omni: String::new(),
+        wallet: None,
+        master: String::new(),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    let owner = match &request.agent {
+        Some(omni) => state.store.agent(omni).await?.map(|a| a.master),
+        None => None,
+    };
+    let issued = event(
+        now,
+        "agent.session_issued",
+        request.agent.as_deref(),
+        owner.as_deref(),
+        "ok",
+        json!({"pairing_id": request.id, "session": session_ref(&token.hash)}),
+    );
+    match state
+        .store
+        .claim_pairing(&request.id, req.timestamp_ms, now, template, issued)
+        .await?
+    {
+        agentkeys_store::ClaimOutcome::Pending => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(PairingPollResponse {
+                status: PairingStatus::Pending,
+                session: None,
+                agent: None,
+            }),
+        )),
+        ClaimOutcome::Claimed(agent) => Ok((
+            StatusCode::OK,
+            axum::Json(PairingPollResponse {
+                status: PairingStatus::Approved,
+                session: Some(SessionIssued {
+                    session_token: token.token,
+                    expires_at: rfc3339(expires_at),
+                    omni_account: agent.omni.clone(),
+                    wallet: None,
+                }),
+                agent: Some(agent_info(&agent)),
+            }),
+        )),
+        ClaimOutcome::AlreadyClaimed => Err(ApiError::Conflict(
+            "this pairing's session was already delivered; pair again if it was lost".into(),
+        )),
+        ClaimOutcome::StaleProof => Err(ApiError::SignInFailed(
+            "the proof's timestamp is not later than the previous poll's (a replay?)".into(),
+        )),
+        ClaimOutcome::Gone => Err(gone()),
+    }
+}
+
+/// The master's agents, including suspended and removed ones.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, body = AgentList), (status = 401, body = agentkeys_types::ErrorBody), (status = 403, body = agentkeys_types::ErrorBody)))]
+pub async fn list_agents(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+) -> Result<axum::Json<AgentList>, ApiError> {
+    let agents = state.store.agents_of(&master.omni).await?;
+    Ok(axum::Json(AgentList {
+        agents: agents.iter().map(agent_info).collect(),
+    }))
+}
+
+async fn set_status(
+    state: &AppState,
+    master: &Session,
+    agent: &str,
+    status: &str,
+    kind: &str,
+) -> Result<axum::Json<AgentInfo>, ApiError> {
+    let now = state.clock.now();
+    let m = master.omni.as_str();
+    let e = event(now, kind, Some(m), Some(m), "ok", json!({"agent": agent}));
+    match state
+        .store
+        .set_agent_status(m, agent, status, now, e)
+        .await?
+    {
+        Some(a) => Ok(axum::Json(agent_info(&a))),
+        None => Err(ApiError::NotFound(
+            "you have no live agent with that omni; see GET /v1/agents".into(),
+        )),
+    }
+}
+
+/// Suspend an agent: its next mint is refused.
+#[utoipa::path(post, path = "/v1/agents/{agent_omni}/suspend", tag = "agents", security(("bearer" = [])),
+    params(("agent_omni" = String, Path, description = "The agent's omni account")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = agentkeys_types::ErrorBody)))]
+pub async fn suspend_agent(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+    Path(agent_omni): Path<String>,
+) -> Result<axum::Json<AgentInfo>, ApiError> {
+    set_status(&state, &master, &agent_omni, "suspended", "agent.suspended").await
+}
+
+/// Resume a suspended agent.
+#[utoipa::path(post, path = "/v1/agents/{agent_omni}/resume", tag = "agents", security(("bearer" = [])),
+    params(("agent_omni" = String, Path, description = "The agent's omni account")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = agentkeys_types::ErrorBody)))]
+pub async fn resume_agent(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+    Path(agent_omni): Path<String>,
+) -> Result<axum::Json<AgentInfo>, ApiError> {
+    set_status(&state, &master, &agent_omni, "active", "agent.resumed").await
+}
+
+/// Remove an agent for good; its sessions are revoked at once.
+#[utoipa::path(delete, path = "/v1/agents/{agent_omni}", tag = "agents", security(("bearer" = [])),
+    params(("agent_omni" = String, Path, description = "The agent's omni account")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = agentkeys_types::ErrorBody)))]
+pub async fn remove_agent(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+    Path(agent_omni): Path<String>,
+) -> Result<axum::Json<AgentInfo>, ApiError> {
+    set_status(&state, &master, &agent_omni, "removed", "agent.removed").await
+}
