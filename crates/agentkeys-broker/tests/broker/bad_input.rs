@@ -11,6 +11,9 @@ const JSON_ROUTES: &[&str] = &[
     "/v1/auth/wallet/challenge",
     "/v1/auth/wallet/verify",
     "/v1/mint-oidc-jwt",
+    "/v1/agents/pairing",
+    "/v1/agents/pairing/approve",
+    "/v1/agents/pairing/poll",
 ];
 
 async fn post_raw(
