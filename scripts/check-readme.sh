@@ -6,7 +6,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
-cargo build -q -p agentkeys-broker -p agentkeys
+# Built the way the walkthrough runs it (`cargo run -p agentkeys` resolves features for that one
+# package, so this is a build of its own), before the broker starts waiting for it.
+cargo build -q -p agentkeys-broker
+cargo build -q -p agentkeys
 
 if curl -s -o /dev/null --max-time 1 http://127.0.0.1:8091/healthz; then
   echo "check-readme: something already listens on 127.0.0.1:8091; stop it first" >&2
