@@ -15,9 +15,6 @@ pub const POLL_INTERVAL_SECONDS: u64 = 2;
 /// Approval attempts a master may make per window, so codes cannot be guessed.
 pub const APPROVE_ATTEMPTS: u64 = 20;
 pub const APPROVE_WINDOW_SECONDS: i64 = 600;
-/// Pairing requests one device may open per window.
-pub const PAIR_REQUESTS: u64 = 10;
-pub const PAIR_WINDOW_SECONDS: i64 = 600;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProofError {

@@ -542,7 +542,8 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             let Some(p) = select_pairing(conn, &id)? else {
                 return Ok(Output::Claim(ClaimOutcome::Gone));
             };
-            if p.agent.is_none() && now >= p.expires_at {
+            // Expiry covers an approved but uncollected session too (SPEC §11.5).
+            if now >= p.expires_at {
                 return Ok(Output::Claim(ClaimOutcome::Gone));
             }
             if proof_ms <= p.last_proof_ms {

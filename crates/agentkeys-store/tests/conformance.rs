@@ -523,7 +523,26 @@ async fn expired_pairings_are_gone() {
         .await
         .unwrap();
     assert_eq!(claimed, ClaimOutcome::Gone);
-    assert_eq!(f.store.purge_expired(601).await.unwrap(), 1);
+
+    // Approved in time but never collected: the session is not handed out after expiry.
+    f.store
+        .create_pairing(pairing("p2", "HGFEDCBA", 600), event("pair", 4))
+        .await
+        .unwrap();
+    let outcome = f
+        .store
+        .approve_pairing("HGFEDCBA", "m", "bot", "o", 10, event("approve", 5))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, ApproveOutcome::Approved(_)));
+    let late = f
+        .store
+        .claim_pairing("p2", 6, 600, agent_session("s2"), event("claim", 6))
+        .await
+        .unwrap();
+    assert_eq!(late, ClaimOutcome::Gone);
+    assert!(f.store.session("s2").await.unwrap().is_none());
+    assert_eq!(f.store.purge_expired(601).await.unwrap(), 2);
     assert!(f.store.pairing("p1").await.unwrap().is_none());
 }
 
