@@ -8,6 +8,9 @@ Run by scripts/e2e/run.sh (which brings RGW up and down). It:
     `agentkeys-broker policy aws` prints (RGW form: --account "" and --expand per wallet);
   * signs in two masters with `agentkeys login wallet` and proves, through the CLI's AWS
     commands, that each one reaches its own prefix and nothing else;
+  * pairs an agent to each master through the CLI (`agentkeys agent pair` on the agent's side,
+    `agentkeys agents approve` on the master's) and proves that an agent reaches its own prefix
+    only (not its master's, not the other agent's), and cannot mint once suspended;
   * checks that STS refuses tokens that differ from a good one in exactly one property;
   * ends with `agentkeys-broker audit verify`.
 
@@ -208,7 +211,11 @@ class Broker:
 
 
 class Actor:
-    """A master with its own key file, config dir and HOME, driven through the real CLI."""
+    """A master or an agent with its own config dir and HOME, driven through the real CLI.
+
+    `wallet` is the value of the actor's agentkeys_user_wallet tag, hence its S3 prefix: a
+    master's wallet, or an agent's own omni (SPEC §5.2: agents never carry their master's wallet).
+    """
 
     def __init__(self, work, name):
         self.name = name
@@ -318,6 +325,55 @@ def rgw_trust(doc):
             cond.setdefault("StringLike", {})[key] = "*"
             rewrites.append(f"Null {{{key}: {val}}}")
     return doc, rewrites
+
+
+def omni(identity_type, value):
+    """SPEC §3, computed independently of the broker."""
+    return hashlib.sha256(f"agentkeys{identity_type}{value}".encode()).hexdigest()
+
+
+def agent_omni(master_wallet, label):
+    return hashlib.sha256(f"agentkeys:agent{omni('evm', master_wallet)}//{label}".encode()).hexdigest()
+
+
+def pair_agent(master, agent, label):
+    """`agentkeys agent init` + `agentkeys agent pair` as `agent` (a child process whose stderr
+    shows the code) while `master` runs `agentkeys agents approve CODE --label LABEL`."""
+    need("agent", "pair")
+    need("agents", "approve")
+    r = agent.cli("agent", "init")
+    if r.returncode != 0:
+        return False, f"agent init rc={r.returncode}: {short(r.stderr)}"
+    device = r.stdout.strip()
+    proc = subprocess.Popen([AK_BIN, "agent", "pair", "--json", "--timeout", "60", "--broker-url", ISSUER],
+                            env=agent.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        code, seen = None, []
+        while code is None:
+            line = proc.stderr.readline()            # the CLI gives up by itself after --timeout
+            if not line:
+                return False, f"no pairing code on stderr (rc={proc.wait(10)}): {short(''.join(seen))}"
+            seen.append(line)
+            if line.startswith("Pairing code: "):
+                code = line.split()[2]
+        r = master.cli("agents", "approve", code, "--label", label)
+        if r.returncode != 0:
+            return False, f"agents approve {code} rc={r.returncode}: {short(r.stderr)}"
+        out, err = proc.communicate(timeout=CMD_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()                                  # by PID: the process we started
+            proc.wait(5)
+    if proc.returncode != 0:
+        return False, f"agent pair rc={proc.returncode}: {short(err)}"
+    doc = json.loads(out)
+    want = agent_omni(master.wallet, label)
+    problems = [f"{k}={doc.get(k)!r}" for k, v in (("agent_omni", want), ("label", label), ("device_address", device))
+                if doc.get(k) != v]
+    if not problems:
+        agent.wallet = want
+    return not problems, "; ".join(problems) or f"code {code}, agent omni {want[:16]}…, device {device}"
 
 
 def b64url_json(part):
@@ -456,13 +512,24 @@ def body(work, broker):
     a_fresh_config = os.path.join(A.dir, "config-credproc")
     shutil.copytree(A.config, a_fresh_config)
 
+    # -------------------------------------------------------------- 2b. agents, paired through the CLI
+    bots = {}
+    for name, master in (("bot1", A), ("bot2", B)):
+        bot = Actor(work, name)
+        check(f"{name}: `agentkeys agent init` + `agentkeys agent pair`, approved by {master.name} with "
+              f"`agentkeys agents approve CODE --label {name}`", lambda bot=bot, master=master: pair_agent(master, bot, bot.name))
+        if bot.wallet:
+            bots[name] = bot
+    bot1, bot2 = bots.get("bot1"), bots.get("bot2")
+
     # -------------------------------------------------------------- 3. RGW: provider, roles, bucket policy
     t1 = time.monotonic()
     iam, s3_admin = admin_client("iam"), admin_client("s3")
     pol_dir = os.path.join(work, "policies")
+    prefixes = [A.wallet, B.wallet, *(b.wallet for b in bots.values())]     # one --expand per tag value
     r = run([BROKER_BIN, "policy", "aws", "--issuer", ISSUER, "--account", "", "--bucket", BUCKET,
              "--role-name", ROLE, "--out-dir", pol_dir,
-             "--expand", f"agentkeys_user_wallet={A.wallet}", "--expand", f"agentkeys_user_wallet={B.wallet}"],
+             *(arg for w in prefixes for arg in ("--expand", f"agentkeys_user_wallet={w}"))],
             clean_env(broker.home))
     if r.returncode != 0:
         check("`agentkeys-broker policy aws` prints the policies", lambda: (False, short(r.stderr)))
@@ -526,7 +593,7 @@ def body(work, broker):
         if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
     s3_admin.put_bucket_policy(Bucket=BUCKET, Policy=bucket_policy)
-    for w in (A.wallet, B.wallet, STRANGER):
+    for w in (*prefixes, STRANGER):
         s3_admin.put_object(Bucket=BUCKET, Key=f"{w}/seed.txt", Body=f"seed of {w}".encode())
     info(f"RGW setup (provider, 3 roles, bucket policy, seeds) in {time.monotonic() - t1:.1f}s")
 
@@ -633,6 +700,82 @@ def body(work, broker):
     if "A-env" in creds:
         check("A: credentials from --format env list own prefix",
               allowed(lambda: list_prefix(s3_for(creds["A-env"]), f"{A.wallet}/")))
+
+    # -------------------------------------------------------------- 6b. agents: own prefix only; suspension
+    if bot1:
+        def agent_token():
+            claims = b64url_json(token(bot1).split(".")[1])
+            got = {k: claims.get(k) for k in ("sub", "agentkeys_user_wallet", "agentkeys_actor_omni")}
+            want = {"sub": f"agentkeys:agent:{bot1.wallet}", "agentkeys_user_wallet": bot1.wallet,
+                    "agentkeys_actor_omni": bot1.wallet}
+            leaked = [w for w in (A.wallet, omni("evm", A.wallet)) if w in json.dumps(claims)]
+            return got == want and not leaked, f"leaks its master's {leaked}" if leaked else f"{got['sub'][:40]}…"
+        check("bot1: `agentkeys token` names only the agent (sub agentkeys:agent:<omni>, wallet tag = its omni)",
+              agent_token)
+    for bot in (bot1, bot2):
+        if bot:
+            check(f"{bot.name}: `agentkeys aws credentials --format json` (agent session)", lambda bot=bot: creds_json(bot))
+    if bot1 and "bot1" in creds:
+        s1 = s3_for(creds["bot1"])
+        p1 = f"{bot1.wallet}/"
+        body_1 = f"written by bot1 at {time.time()}".encode()
+        check("bot1: list own prefix <bot1>/", allowed(lambda: list_prefix(s1, p1)))
+        check("bot1: put <bot1>/e2e.txt", allowed(lambda: s1.put_object(Bucket=BUCKET, Key=f"{p1}e2e.txt", Body=body_1)
+                                                  and "200"))
+
+        def get_bot1():
+            got = s1.get_object(Bucket=BUCKET, Key=f"{p1}e2e.txt")["Body"].read()
+            return got == body_1, "content matches" if got == body_1 else f"content {got[:40]!r}"
+        check("bot1: get <bot1>/e2e.txt back", get_bot1)
+        check("bot1: list its master's prefix <A>/ is AccessDenied", denied(lambda: list_prefix(s1, f"{A.wallet}/")))
+        check("bot1: get <A>/seed.txt is AccessDenied",
+              denied(lambda: s1.get_object(Bucket=BUCKET, Key=f"{A.wallet}/seed.txt")))
+        check("bot1: put <A>/evil.txt is AccessDenied",
+              denied(lambda: s1.put_object(Bucket=BUCKET, Key=f"{A.wallet}/evil.txt", Body=b"x")))
+        if bot2:
+            check("bot1: list <bot2>/ is AccessDenied", denied(lambda: list_prefix(s1, f"{bot2.wallet}/")))
+            check("bot1: get <bot2>/seed.txt is AccessDenied",
+                  denied(lambda: s1.get_object(Bucket=BUCKET, Key=f"{bot2.wallet}/seed.txt")))
+        check("bot1: list 0xdeadbeef/ is AccessDenied", denied(lambda: list_prefix(s1, f"{STRANGER}/")))
+        if "A" in creds:
+            check("A: list its agent's prefix <bot1>/ is AccessDenied (no tenant-wide rule covers an agent)",
+                  denied(lambda: list_prefix(s3_for(creds["A"]), p1)))
+    if bot2 and "bot2" in creds:
+        s2 = s3_for(creds["bot2"])
+        check("bot2: list own prefix <bot2>/", allowed(lambda: list_prefix(s2, f"{bot2.wallet}/")))
+        if bot1:
+            check("bot2: list <bot1>/ is AccessDenied", denied(lambda: list_prefix(s2, f"{bot1.wallet}/")))
+        check("bot2: list its master's prefix <B>/ is AccessDenied", denied(lambda: list_prefix(s2, f"{B.wallet}/")))
+
+    def bot_creds(bot):
+        # `aws credentials`, not credential-process: no cache may answer for the broker.
+        return bot.cli("aws", "credentials", "--role-arn", role_arn(ROLE), "--format", "json", *sts_args)
+
+    def lifecycle(action):
+        r = A.cli("agents", action, "bot1")
+        return r.returncode == 0, f"rc={r.returncode}: {short(r.stdout if r.returncode == 0 else r.stderr, 160)}"
+    if bot1:
+        check("A: `agentkeys agents suspend bot1`", lambda: lifecycle("suspend"))
+
+        def suspended():
+            r = bot_creds(bot1)
+            ok = r.returncode != 0 and "403 agent_suspended" in r.stderr and not r.stdout.strip()
+            return ok, f"rc={r.returncode}: {short(r.stderr, 200)}"
+        check("bot1: after suspension `agentkeys aws credentials` fails (mint refused: 403 agent_suspended)", suspended)
+        if bot2:
+            def unaffected():
+                r = bot_creds(bot2)
+                return r.returncode == 0, f"rc={r.returncode}" + ("" if r.returncode == 0 else f": {short(r.stderr)}")
+            check("bot2: unaffected by bot1's suspension (`agentkeys aws credentials` works)", unaffected)
+        check("A: `agentkeys agents resume bot1`", lambda: lifecycle("resume"))
+
+        def resumed():
+            r = bot_creds(bot1)
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            c = json.loads(r.stdout)
+            return allowed(lambda: list_prefix(s3_for(c), f"{bot1.wallet}/"))()
+        check("bot1: after resumption, new credentials list <bot1>/ again", resumed)
 
     # -------------------------------------------------------------- 7. agentkeys exec + AWS CLI
     exec_args = ["exec", "--role-arn", role_arn(ROLE), *sts_args, "--"]

@@ -63,13 +63,33 @@ pub enum Command {
         json: bool,
     },
 
-    /// End the saved session at the broker and delete it locally.
+    /// End the saved session at the broker and delete it locally (with its cached AWS
+    /// credentials).
     Logout {
         /// Only delete the local session, without telling the broker (it then stays valid
         /// until it expires).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         local: bool,
+
+        /// End every session of the signed-in actor at the broker (all devices and profiles
+        /// signed in as it), then delete the local one.
+        #[arg(long)]
+        all: bool,
     },
+
+    /// The agent's side of pairing: create a device key, then pair it with a master to get an
+    /// agent session in this profile.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+
+    /// The master's side: approve pairing codes and list, suspend, resume or remove your
+    /// agents.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+
+    /// List or revoke the live sessions of the signed-in actor (master or agent).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
 
     /// Mint a short-lived OIDC JWT for the signed-in session and print it on stdout, so
     /// `$(agentkeys token)` works.
@@ -243,6 +263,119 @@ pub enum KeyCommand {
     },
 }
 
+/// Most pairing requests live 10 minutes at the broker; `--timeout` cannot usefully exceed an
+/// hour.
+const MAX_PAIR_TIMEOUT: u64 = 3600;
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create this agent's device key (secp256k1, mode 0600) and print its address. The key
+    /// proves the device's identity when pairing; it never leaves the machine.
+    Init {
+        /// Where to write the key (default: device.key in the profile's directory).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+
+        /// Replace an existing key. The old key is lost (the agent paired with it keeps working
+        /// until its session ends, but cannot pair again).
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Pair this device with a master: open a pairing request, show a code for the master to
+    /// approve, and wait for the approval. The agent session is saved in the profile.
+    ///
+    /// The code is printed on stderr; the master runs `agentkeys agents approve CODE --label
+    /// NAME`. On approval, the agent's omni and label are printed on stdout.
+    Pair {
+        /// The device key (default: device.key in the profile's directory, from `agentkeys
+        /// agent init`).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+
+        /// Give up after this many seconds without approval.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_PAIR_TIMEOUT))]
+        timeout: u64,
+
+        /// Print the result as JSON (never includes the session token).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Approve the pairing code an agent shows, naming the new agent. The label is part of the
+    /// agent's identity (its omni and S3 prefix) and is never reused.
+    Approve {
+        /// The code shown by `agentkeys agent pair`, e.g. ABCD-EFGH (case and dash optional).
+        #[arg(value_name = "CODE")]
+        code: String,
+
+        /// The agent's label: 1-32 characters of a-z, 0-9 and '-', unique among your agents.
+        #[arg(long, value_name = "NAME")]
+        label: String,
+
+        /// Print the new agent as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List your agents, including suspended and removed ones.
+    List {
+        /// Print the broker's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Suspend an agent: its next mint is refused until it is resumed.
+    Suspend {
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+
+    /// Resume a suspended agent.
+    Resume {
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+
+    /// Remove an agent for good: its sessions end at once and its label cannot be reused.
+    Remove {
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentTarget {
+    /// The agent: its omni (64 hex digits) or its label.
+    #[arg(value_name = "AGENT_OMNI_OR_LABEL")]
+    pub agent: String,
+
+    /// Print the agent's new state as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List the live sessions of the signed-in actor; the current one is marked.
+    List {
+        /// Print the broker's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Revoke one session by its id (from `agentkeys sessions list`). Revoking the current
+    /// session also deletes it locally.
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LoginCommand {
     /// Sign in with a wallet key: the broker's EIP-4361 (SIWE) message is signed with EIP-191
@@ -366,6 +499,45 @@ mod tests {
             panic!("not verify-isolation")
         };
         assert_eq!(other_prefix, "0xdeadbeef/");
+    }
+
+    #[test]
+    fn agent_commands_parse() {
+        let cli = Cli::try_parse_from(["agentkeys", "agent", "pair"]).expect("parse");
+        let Command::Agent(AgentCommand::Pair {
+            key_file,
+            timeout,
+            json,
+        }) = cli.command
+        else {
+            panic!("not agent pair")
+        };
+        assert_eq!((key_file, timeout, json), (None, 600, false));
+        assert!(Cli::try_parse_from(["agentkeys", "agent", "pair", "--timeout", "0"]).is_err());
+        let cli = Cli::try_parse_from([
+            "agentkeys",
+            "agents",
+            "approve",
+            "abcd-efgh",
+            "--label",
+            "bot",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Agents(AgentsCommand::Approve { ref code, ref label, .. })
+                if code == "abcd-efgh" && label == "bot"
+        ));
+        // The label is required.
+        assert!(Cli::try_parse_from(["agentkeys", "agents", "approve", "ABCD-EFGH"]).is_err());
+        let cli = Cli::try_parse_from(["agentkeys", "agents", "suspend", "bot", "--json"])
+            .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Agents(AgentsCommand::Suspend { ref target }) if target.agent == "bot" && target.json
+        ));
+        assert!(Cli::try_parse_from(["agentkeys", "logout", "--all", "--local"]).is_err());
+        assert!(Cli::try_parse_from(["agentkeys", "sessions", "revoke", "abc"]).is_ok());
     }
 
     #[test]

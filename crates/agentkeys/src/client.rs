@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use agentkeys_types::ErrorBody;
 use agentkeys_types::api::{
-    MintRequest, MintResponse, SessionIssued, WalletChallengeRequest, WalletChallengeResponse,
-    WalletVerifyRequest, WhoAmI,
+    AgentInfo, AgentList, MintRequest, MintResponse, PairingApproveRequest, PairingPollRequest,
+    PairingPollResponse, PairingStartRequest, PairingStartResponse, SessionIssued, SessionList,
+    WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest, WhoAmI,
 };
+use agentkeys_types::{ErrorBody, OmniAccount};
 use reqwest::{Method, RequestBuilder, StatusCode, header};
 use serde::de::DeserializeOwned;
 
@@ -19,11 +20,46 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest broker message shown to the user.
 const MAX_MESSAGE_CHARS: usize = 500;
+/// Longest issuer URL accepted from the discovery document (it goes into signed proofs).
+const MAX_ISSUER_LEN: usize = 2048;
 
 pub struct BrokerClient {
     base: String,
     profile: String,
+    /// The saved session used with this client is an agent's (changes the advice on a 401).
+    agent_session: bool,
     http: reqwest::Client,
+}
+
+/// Whose saved session authenticates a call: a 401 then means "sign in (or pair) again" rather
+/// than "wrong signature".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionOwner<'a> {
+    pub profile: &'a str,
+    pub agent: bool,
+}
+
+/// What a master can do to one of its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAction {
+    Suspend,
+    Resume,
+    Remove,
+}
+
+impl AgentAction {
+    fn method_and_suffix(self) -> (Method, &'static str) {
+        match self {
+            AgentAction::Suspend => (Method::POST, "/suspend"),
+            AgentAction::Resume => (Method::POST, "/resume"),
+            AgentAction::Remove => (Method::DELETE, ""),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Discovery {
+    issuer: String,
 }
 
 impl BrokerClient {
@@ -41,12 +77,105 @@ impl BrokerClient {
         Ok(Self {
             base: base_url.to_owned(),
             profile: profile.to_owned(),
+            agent_session: false,
             http,
         })
     }
 
+    /// Marks the saved session used with this client as an agent's.
+    pub fn with_agent_session(mut self, agent: bool) -> Self {
+        self.agent_session = agent;
+        self
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    fn owner(&self) -> Option<SessionOwner<'_>> {
+        Some(SessionOwner {
+            profile: &self.profile,
+            agent: self.agent_session,
+        })
+    }
+
+    /// The broker's issuer URL from its discovery document, verbatim (device proofs name it).
+    pub async fn issuer(&self) -> Result<String> {
+        let rb = self.request(Method::GET, "/.well-known/openid-configuration");
+        let doc: Discovery = self.send_json(rb, None).await?;
+        check_issuer(&doc.issuer).map_err(|why| Error::BrokerProtocol {
+            url: self.base.clone(),
+            detail: format!("the discovery document's issuer {why}"),
+        })?;
+        Ok(doc.issuer)
+    }
+
+    pub async fn pairing_start(&self, req: &PairingStartRequest) -> Result<PairingStartResponse> {
+        let rb = self.request(Method::POST, "/v1/agents/pairing").json(req);
+        self.send_json(rb, None).await
+    }
+
+    /// Pending (202) and approved (200) answers both come back as `Ok`; `status` tells them apart.
+    pub async fn pairing_poll(&self, req: &PairingPollRequest) -> Result<PairingPollResponse> {
+        let rb = self
+            .request(Method::POST, "/v1/agents/pairing/poll")
+            .json(req);
+        self.send_json(rb, None).await
+    }
+
+    pub async fn pairing_approve(
+        &self,
+        token: &SecretToken,
+        req: &PairingApproveRequest,
+    ) -> Result<AgentInfo> {
+        let rb = self
+            .request(Method::POST, "/v1/agents/pairing/approve")
+            .bearer_auth(token.expose())
+            .json(req);
+        self.send_json(rb, self.owner()).await
+    }
+
+    pub async fn agents(&self, token: &SecretToken) -> Result<AgentList> {
+        let rb = self
+            .request(Method::GET, "/v1/agents")
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    pub async fn agent_action(
+        &self,
+        token: &SecretToken,
+        agent: &OmniAccount,
+        action: AgentAction,
+    ) -> Result<AgentInfo> {
+        let (method, suffix) = action.method_and_suffix();
+        // An omni is 64 hex digits: safe in a path as it is.
+        let rb = self
+            .request(method, &format!("/v1/agents/{agent}{suffix}"))
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    pub async fn sessions(&self, token: &SecretToken) -> Result<SessionList> {
+        let rb = self
+            .request(Method::GET, "/v1/sessions")
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `id` must be a session id as listed (checked by the caller: it goes into the path).
+    pub async fn revoke_session(&self, token: &SecretToken, id: &str) -> Result<()> {
+        let rb = self
+            .request(Method::POST, &format!("/v1/sessions/{id}/revoke"))
+            .bearer_auth(token.expose());
+        self.send(rb, self.owner()).await.map(drop)
+    }
+
+    pub async fn logout_all(&self, token: &SecretToken) -> Result<()> {
+        let rb = self
+            .request(Method::POST, "/v1/session/logout-all")
+            .bearer_auth(token.expose());
+        self.send(rb, self.owner()).await.map(drop)
     }
 
     pub async fn wallet_challenge(
@@ -70,14 +199,14 @@ impl BrokerClient {
         let rb = self
             .request(Method::GET, "/v1/session")
             .bearer_auth(token.expose());
-        self.send_json(rb, Some(&self.profile)).await
+        self.send_json(rb, self.owner()).await
     }
 
     pub async fn logout(&self, token: &SecretToken) -> Result<()> {
         let rb = self
             .request(Method::POST, "/v1/session/logout")
             .bearer_auth(token.expose());
-        self.send(rb, Some(&self.profile)).await.map(drop)
+        self.send(rb, self.owner()).await.map(drop)
     }
 
     pub async fn mint(&self, token: &SecretToken, req: &MintRequest) -> Result<MintResponse> {
@@ -85,7 +214,7 @@ impl BrokerClient {
             .request(Method::POST, "/v1/mint-oidc-jwt")
             .bearer_auth(token.expose())
             .json(&mint_body(req));
-        self.send_json(rb, Some(&self.profile)).await
+        self.send_json(rb, self.owner()).await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -95,9 +224,9 @@ impl BrokerClient {
     }
 
     /// Sends and returns the body of a 2xx answer; anything else becomes an [`Error`].
-    /// `session_profile` is set on calls authenticated by the saved session, so a 401 means
+    /// `session` is set on calls authenticated by the saved session, so a 401 means
     /// "sign in again" rather than "wrong signature".
-    async fn send(&self, rb: RequestBuilder, session_profile: Option<&str>) -> Result<Vec<u8>> {
+    async fn send(&self, rb: RequestBuilder, session: Option<SessionOwner<'_>>) -> Result<Vec<u8>> {
         let resp = rb.send().await.map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         let retry_after = resp
@@ -118,7 +247,7 @@ impl BrokerClient {
                 status,
                 retry_after.as_deref(),
                 &body,
-                session_profile,
+                session,
             ))
         }
     }
@@ -126,9 +255,9 @@ impl BrokerClient {
     async fn send_json<T: DeserializeOwned>(
         &self,
         rb: RequestBuilder,
-        session_profile: Option<&str>,
+        session: Option<SessionOwner<'_>>,
     ) -> Result<T> {
-        let body = self.send(rb, session_profile).await?;
+        let body = self.send(rb, session).await?;
         serde_json::from_slice(&body).map_err(|e| Error::BrokerProtocol {
             url: self.base.clone(),
             detail: format!("the response body is not the expected JSON ({e})"),
@@ -173,7 +302,7 @@ pub(crate) fn error_from_response(
     status: StatusCode,
     retry_after: Option<&str>,
     body: &[u8],
-    session_profile: Option<&str>,
+    session: Option<SessionOwner<'_>>,
 ) -> Error {
     if status == StatusCode::TOO_MANY_REQUESTS {
         return Error::RateLimited {
@@ -181,10 +310,11 @@ pub(crate) fn error_from_response(
         };
     }
     if status == StatusCode::UNAUTHORIZED
-        && let Some(profile) = session_profile
+        && let Some(owner) = session
     {
         return Error::SessionRejected {
-            profile: profile.to_owned(),
+            profile: owner.profile.to_owned(),
+            agent: owner.agent,
         };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
@@ -207,8 +337,23 @@ pub(crate) fn error_from_response(
     }
 }
 
+/// An issuer goes verbatim into the text a device key signs: an http(s) URL of one printable
+/// line and bounded length.
+fn check_issuer(issuer: &str) -> std::result::Result<(), &'static str> {
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err("is not an http(s) URL");
+    }
+    if issuer.len() > MAX_ISSUER_LEN {
+        return Err("is too long");
+    }
+    if issuer.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("contains spaces or control characters");
+    }
+    Ok(())
+}
+
 /// Keeps a broker-provided string to one printable line of bounded length.
-fn sanitize(s: &str, max_chars: usize) -> String {
+pub(crate) fn sanitize(s: &str, max_chars: usize) -> String {
     let mut out: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -225,6 +370,10 @@ mod tests {
     use super::*;
 
     const URL: &str = "http://127.0.0.1:8091";
+    const P: Option<SessionOwner<'static>> = Some(SessionOwner {
+        profile: "p",
+        agent: false,
+    });
 
     fn body(kind: &str, msg: &str) -> Vec<u8> {
         serde_json::to_vec(&ErrorBody {
@@ -241,13 +390,43 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             None,
             &body("unauthenticated", "x"),
-            Some("p"),
+            P,
         );
         assert!(
-            matches!(e, Error::SessionRejected { ref profile } if profile == "p"),
+            matches!(e, Error::SessionRejected { ref profile, agent: false } if profile == "p"),
             "{e:?}"
         );
         assert!(e.to_string().contains("login wallet --key-file"));
+        let agent = Some(SessionOwner {
+            profile: "default",
+            agent: true,
+        });
+        let e = error_from_response(
+            URL,
+            StatusCode::UNAUTHORIZED,
+            None,
+            &body("unauthenticated", "x"),
+            agent,
+        );
+        assert!(
+            e.to_string().contains("run `agentkeys agent pair` again"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn issuers_must_be_one_line_urls() {
+        assert!(check_issuer("https://broker.example").is_ok());
+        assert!(check_issuer("http://127.0.0.1:8091").is_ok());
+        for bad in [
+            "",
+            "broker.example",
+            "https://b\naction: poll",
+            "https://b x",
+            &format!("https://{}", "a".repeat(MAX_ISSUER_LEN)),
+        ] {
+            assert!(check_issuer(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -275,7 +454,7 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             Some("17"),
             &body("rate_limited", "slow"),
-            Some("p"),
+            P,
         );
         assert!(
             matches!(
@@ -296,7 +475,7 @@ mod tests {
             StatusCode::FORBIDDEN,
             None,
             &body("audience_not_allowed", "The audience x is not allowed."),
-            Some("p"),
+            P,
         );
         assert!(matches!(e, Error::Broker { status: 403, .. }));
         assert!(e.to_string().contains("The audience x is not allowed."));

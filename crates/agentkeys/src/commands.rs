@@ -6,20 +6,21 @@ use std::io::Write;
 use std::path::Path;
 
 use agentkeys_types::api::{
-    MintRequest, MintResponse, WalletChallengeRequest, WalletVerifyRequest, WhoAmI,
+    ActorKind, MintRequest, MintResponse, WalletChallengeRequest, WalletVerifyRequest, WhoAmI,
 };
 use alloy_signer::Signer;
 
 use crate::aws::{self, AwsCredentials, StsTarget};
 use crate::cache::{self, CacheKey, CredentialCache, Miss};
 use crate::cli::{
-    AwsCommand, Cli, Command, CredentialFormat, GlobalArgs, KeyCommand, LoginCommand, StsArgs,
+    AgentCommand, AgentsCommand, AwsCommand, Cli, Command, CredentialFormat, GlobalArgs,
+    KeyCommand, LoginCommand, StsArgs,
 };
-use crate::client::BrokerClient;
+use crate::client::{AgentAction, BrokerClient};
 use crate::config::{self, DEFAULT_BROKER_URL, Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::isolation;
-use crate::{exec, keyfile};
+use crate::{agents, exec, keyfile};
 
 /// Largest sign-in message this client agrees to sign.
 const MAX_SIWE_MESSAGE: usize = 8 * 1024;
@@ -41,7 +42,32 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             json,
         }) => login_wallet(&ctx()?, &key_file, chain_id, json, out).await,
         Command::Whoami { json } => whoami(&ctx()?, json, out).await,
-        Command::Logout { local } => logout(&ctx()?, local, out).await,
+        Command::Logout { all: true, .. } => agents::logout_all(&ctx()?, out).await,
+        Command::Logout { local, all: false } => logout(&ctx()?, local, out).await,
+        Command::Agent(AgentCommand::Init { key_file, force }) => {
+            agents::agent_init(&ctx()?, key_file, force, out)
+        }
+        Command::Agent(AgentCommand::Pair {
+            key_file,
+            timeout,
+            json,
+        }) => agents::agent_pair(&ctx()?, key_file, timeout, json, out).await,
+        Command::Agents(AgentsCommand::Approve { code, label, json }) => {
+            agents::agents_approve(&ctx()?, &code, &label, json, out).await
+        }
+        Command::Agents(AgentsCommand::List { json }) => {
+            agents::agents_list(&ctx()?, json, out).await
+        }
+        Command::Agents(AgentsCommand::Suspend { target }) => {
+            agents::agents_set(&ctx()?, &target, AgentAction::Suspend, out).await
+        }
+        Command::Agents(AgentsCommand::Resume { target }) => {
+            agents::agents_set(&ctx()?, &target, AgentAction::Resume, out).await
+        }
+        Command::Agents(AgentsCommand::Remove { target }) => {
+            agents::agents_set(&ctx()?, &target, AgentAction::Remove, out).await
+        }
+        Command::Sessions(command) => agents::sessions(&ctx()?, command, out).await,
         Command::Token {
             audience,
             role_arn,
@@ -81,7 +107,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 }
 
 /// Resolved global options.
-struct Context {
+pub(crate) struct Context {
     profile_name: String,
     config_dir: Option<std::path::PathBuf>,
     /// From `--broker-url` / `AGENTKEYS_BROKER_URL`, normalised.
@@ -103,7 +129,7 @@ impl Context {
     }
 
     /// The profile; the config dir is only resolved by commands that need state.
-    fn profile(&self) -> Result<Profile> {
+    pub(crate) fn profile(&self) -> Result<Profile> {
         let dir = match &self.config_dir {
             Some(d) => d.clone(),
             None => config::default_config_dir()?,
@@ -113,7 +139,7 @@ impl Context {
 
     /// The broker for a saved session: the one that issued it. A different explicit URL is an
     /// error, so the token is never sent to a server that did not issue it.
-    fn broker_for_session(&self, saved: &SavedSession) -> Result<BrokerClient> {
+    pub(crate) fn broker_for_session(&self, saved: &SavedSession) -> Result<BrokerClient> {
         let saved_url = config::normalize_broker_url(&saved.broker_url)?;
         if let Some(explicit) = &self.explicit_broker
             && *explicit != saved_url
@@ -124,11 +150,19 @@ impl Context {
                 requested: explicit.clone(),
             });
         }
-        BrokerClient::new(&saved_url, &self.profile_name)
+        Ok(BrokerClient::new(&saved_url, &self.profile_name)?.with_agent_session(saved.is_agent()))
+    }
+
+    /// The profile, its saved session and a client for the broker that issued it.
+    pub(crate) fn session(&self) -> Result<(Profile, SavedSession, BrokerClient)> {
+        let profile = self.profile()?;
+        let saved = profile.require_session()?;
+        let client = self.broker_for_session(&saved)?;
+        Ok((profile, saved, client))
     }
 
     /// The broker to sign in to: explicit, else the one the profile used last, else the default.
-    fn broker_for_login(&self, profile: &Profile) -> Result<BrokerClient> {
+    pub(crate) fn broker_for_login(&self, profile: &Profile) -> Result<BrokerClient> {
         let url = match &self.explicit_broker {
             Some(u) => u.clone(),
             None => match profile.load_session() {
@@ -140,13 +174,13 @@ impl Context {
     }
 }
 
-fn emit(out: &mut dyn Write, text: &str) -> Result<()> {
+pub(crate) fn emit(out: &mut dyn Write, text: &str) -> Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| Error::io("write to", "stdout", e))
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string_pretty(v)
         .map(|s| s + "\n")
         .map_err(|e| Error::InvalidInput(format!("cannot encode the output as JSON: {e}")))
@@ -253,9 +287,7 @@ fn check_siwe_message(message: &str, address: &str, broker: &str) -> Result<()> 
 }
 
 async fn whoami(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {
-    let profile = ctx.profile()?;
-    let saved = profile.require_session()?;
-    let client = ctx.broker_for_session(&saved)?;
+    let (profile, saved, client) = ctx.session()?;
     let me: WhoAmI = client.whoami(&saved.session_token).await?;
     if json {
         emit(out, &to_json(&me)?)
@@ -264,10 +296,17 @@ async fn whoami(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        // The label is the client's note from pairing; the broker's whoami does not carry it.
+        let label = match (&me.kind, &saved.label) {
+            (ActorKind::Agent, Some(l)) if me.omni_account == saved.omni_account => {
+                format!("label:        {l}\n")
+            }
+            _ => String::new(),
+        };
         emit(
             out,
             &format!(
-                "wallet:       {}\nomni_account: {}\nkind:         {}\nexpires_at:   {}\nbroker:       {}\nprofile:      {}\n",
+                "wallet:       {}\nomni_account: {}\nkind:         {}\n{label}expires_at:   {}\nbroker:       {}\nprofile:      {}\n",
                 me.wallet.as_deref().unwrap_or("(none)"),
                 me.omni_account,
                 kind,
@@ -318,6 +357,11 @@ async fn logout(ctx: &Context, local: bool, out: &mut dyn Write) -> Result<()> {
         Err(e) => return Err(e),
     };
     profile.delete_session()?;
+    let message = if saved.is_agent() {
+        message + agents::AGENT_SIGNED_OUT_NOTE
+    } else {
+        message
+    };
     emit(out, &message)
 }
 
@@ -613,6 +657,8 @@ mod tests {
             expires_at: "e".into(),
             omni_account: "o".into(),
             wallet: None,
+            kind: ActorKind::Master,
+            label: None,
         }
     }
 

@@ -1,11 +1,11 @@
-//! Where the client keeps its state: `<config dir>/profiles/<profile>/session.json` (0600, in
-//! 0700 directories). The config dir is `AGENTKEYS_CONFIG_DIR`, else
-//! `$XDG_CONFIG_HOME/agentkeys`, else `~/.config/agentkeys`.
+//! Where the client keeps its state: `<config dir>/profiles/<profile>/session.json` and, for an
+//! agent, `device.key` (0600, in 0700 directories). The config dir is `AGENTKEYS_CONFIG_DIR`,
+//! else `$XDG_CONFIG_HOME/agentkeys`, else `~/.config/agentkeys`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use agentkeys_types::api::SessionIssued;
+use agentkeys_types::api::{ActorKind, SessionIssued};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -14,6 +14,7 @@ use crate::fsutil;
 pub const DEFAULT_BROKER_URL: &str = "http://127.0.0.1:8091";
 pub const DEFAULT_PROFILE: &str = "default";
 const SESSION_FILE: &str = "session.json";
+const DEVICE_KEY_FILE: &str = "device.key";
 
 /// A bearer secret. Its `Debug` is redacted and it has no `Display`, so it cannot end up in a
 /// log line or an error message by accident.
@@ -38,7 +39,7 @@ impl fmt::Debug for SecretToken {
     }
 }
 
-/// The session saved by `agentkeys login`.
+/// The session saved by `agentkeys login` (a master's) or `agentkeys agent pair` (an agent's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedSession {
     /// The broker that issued the session; the token is never sent to any other.
@@ -48,9 +49,20 @@ pub struct SavedSession {
     pub omni_account: String,
     #[serde(default)]
     pub wallet: Option<String>,
+    /// Whose session it is; files written before agents existed are masters'.
+    #[serde(default = "master_kind")]
+    pub kind: ActorKind,
+    /// The agent's label, for an agent session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+fn master_kind() -> ActorKind {
+    ActorKind::Master
 }
 
 impl SavedSession {
+    /// A master's session from a sign-in.
     pub fn from_issued(broker_url: &str, issued: SessionIssued) -> Self {
         Self {
             broker_url: broker_url.to_owned(),
@@ -58,7 +70,23 @@ impl SavedSession {
             expires_at: issued.expires_at,
             omni_account: issued.omni_account,
             wallet: issued.wallet,
+            kind: ActorKind::Master,
+            label: None,
         }
+    }
+
+    /// An agent's session from an approved pairing.
+    pub fn from_pairing(broker_url: &str, issued: SessionIssued, label: &str) -> Self {
+        Self {
+            kind: ActorKind::Agent,
+            label: Some(label.to_owned()),
+            wallet: None,
+            ..Self::from_issued(broker_url, issued)
+        }
+    }
+
+    pub fn is_agent(&self) -> bool {
+        self.kind == ActorKind::Agent
     }
 }
 
@@ -91,6 +119,11 @@ impl Profile {
         self.dir.join(SESSION_FILE)
     }
 
+    /// Where `agentkeys agent init` puts the device key unless told otherwise.
+    pub fn device_key_path(&self) -> PathBuf {
+        self.dir.join(DEVICE_KEY_FILE)
+    }
+
     /// The saved session, if any.
     pub fn load_session(&self) -> Result<Option<SavedSession>> {
         let path = self.session_path();
@@ -105,10 +138,12 @@ impl Profile {
             })
     }
 
-    /// The saved session, or [`Error::NotLoggedIn`].
+    /// The saved session, or [`Error::NotLoggedIn`] (whose advice is to pair when the profile
+    /// holds a device key).
     pub fn require_session(&self) -> Result<SavedSession> {
         self.load_session()?.ok_or_else(|| Error::NotLoggedIn {
             profile: self.name.clone(),
+            agent: self.device_key_path().exists(),
         })
     }
 
@@ -206,6 +241,8 @@ mod tests {
             expires_at: "2030-01-01T00:00:00Z".into(),
             omni_account: "ab".repeat(32),
             wallet: Some("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".into()),
+            kind: ActorKind::Master,
+            label: None,
         }
     }
 
@@ -259,6 +296,53 @@ mod tests {
             p.load_session(),
             Err(Error::InsecurePermissions { .. })
         ));
+    }
+
+    #[test]
+    fn agent_sessions_round_trip_and_old_files_are_masters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Profile::new(dir.path(), "bot").expect("profile");
+        let issued = SessionIssued {
+            session_token: "tok".into(),
+            expires_at: "2030-01-01T00:00:00Z".into(),
+            omni_account: "cd".repeat(32),
+            wallet: None,
+        };
+        let s = SavedSession::from_pairing("http://b", issued, "bot");
+        assert!(s.is_agent());
+        p.save_session(&s).expect("save");
+        assert_eq!(p.load_session().expect("load"), Some(s));
+
+        // A session file from before agents: no kind, no label.
+        fsutil::write_private_atomic(
+            &p.session_path(),
+            br#"{"broker_url":"http://b","session_token":"t","expires_at":"e","omni_account":"o"}"#,
+        )
+        .expect("write");
+        let old = p.load_session().expect("load").expect("some");
+        assert_eq!(old.kind, ActorKind::Master);
+        assert_eq!(old.label, None);
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&sample()).expect("json"))
+                .expect("utf-8")
+                .contains("label"),
+            "no label key for masters"
+        );
+    }
+
+    #[test]
+    fn missing_session_advice_depends_on_a_device_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Profile::new(dir.path(), "default").expect("profile");
+        assert!(matches!(
+            p.require_session(),
+            Err(Error::NotLoggedIn { agent: false, .. })
+        ));
+        fsutil::create_private_dir(p.dir()).expect("mkdir");
+        fsutil::write_new_private(&p.device_key_path(), b"x").expect("write");
+        let e = p.require_session().expect_err("no session");
+        assert!(matches!(e, Error::NotLoggedIn { agent: true, .. }));
+        assert!(e.to_string().contains("agentkeys agent pair"), "{e}");
     }
 
     #[test]

@@ -40,22 +40,25 @@ pub enum Error {
     )]
     BrokerProtocol { url: String, detail: String },
 
-    /// There is no session saved for this profile.
-    #[error("not signed in: profile `{profile}` has no saved session; run `{hint}` again", hint = login_hint(profile))]
-    NotLoggedIn { profile: String },
+    /// There is no session saved for this profile. `agent`: the profile holds a device key, so
+    /// the advice is to pair rather than to sign in.
+    #[error("not signed in: profile `{profile}` has no saved session; run `{hint}` again", hint = login_hint(profile, *agent))]
+    NotLoggedIn { profile: String, agent: bool },
 
-    /// The broker answered 401 to the saved session.
+    /// The broker answered 401 to the saved session. `agent`: it was an agent's session.
     #[error(
-        "the broker no longer accepts the saved session of profile `{profile}` (expired, revoked or \
-         unknown); run `{hint}` again", hint = login_hint(profile)
+        "the broker no longer accepts the saved {what}session of profile `{profile}` ({why}); run \
+         `{hint}` again", hint = login_hint(profile, *agent),
+        what = if *agent { "agent " } else { "" },
+        why = if *agent { "expired, revoked, or the agent was removed by its master" } else { "expired, revoked or unknown" }
     )]
-    SessionRejected { profile: String },
+    SessionRejected { profile: String, agent: bool },
 
     /// The saved session was issued by another broker than the one selected now. The token is
     /// not sent anywhere else.
     #[error(
         "the saved session of profile `{profile}` belongs to the broker at {saved}, not {requested}; \
-         run `{hint}` against {requested}, or use another --profile", hint = login_hint(profile)
+         run `{hint}` against {requested}, or use another --profile", hint = login_hint(profile, false)
     )]
     SessionForOtherBroker {
         profile: String,
@@ -67,13 +70,18 @@ pub enum Error {
     #[error("the broker is rate limiting this account; {}", retry_text(.retry_after))]
     RateLimited { retry_after: Option<RetryAfter> },
 
-    /// Any other error answer from the broker, with its own message.
-    #[error("the broker refused the request ({status} {kind}): {message}")]
+    /// Any other error answer from the broker, with its own message (and advice for the kinds
+    /// that have an obvious next step).
+    #[error("the broker refused the request ({status} {kind}): {message}{hint}", hint = broker_hint(kind))]
     Broker {
         status: u16,
         kind: String,
         message: String,
     },
+
+    /// `agentkeys agent pair` ended without a session (timed out, expired, already delivered).
+    #[error("pairing did not complete: {0}")]
+    Pairing(String),
 
     #[error("{path} already exists; pass --force to overwrite it (the old key is lost)")]
     KeyFileExists { path: PathBuf },
@@ -230,11 +238,33 @@ fn sts_hint(code: Option<&str>, message: Option<&str>) -> &'static str {
     }
 }
 
-fn login_hint(profile: &str) -> String {
-    if profile == crate::config::DEFAULT_PROFILE {
+/// The command that gets the profile a session again: sign in for a master, pair for an agent.
+fn login_hint(profile: &str, agent: bool) -> String {
+    let global = if profile == crate::config::DEFAULT_PROFILE {
+        String::new()
+    } else {
+        format!("--profile {profile} ")
+    };
+    if agent {
+        format!("agentkeys {global}agent pair")
+    } else if global.is_empty() {
         LOGIN_HINT.to_owned()
     } else {
-        format!("agentkeys --profile {profile} login wallet --key-file <FILE>")
+        format!("agentkeys {global}login wallet --key-file <FILE>")
+    }
+}
+
+/// Next step for broker refusals whose kind says what to do.
+fn broker_hint(kind: &str) -> &'static str {
+    match kind {
+        "agent_suspended" => "; its master can resume it with `agentkeys agents resume <LABEL>`",
+        "agent_removed" => {
+            "; this agent was removed by its master: pair a new one with `agentkeys agent pair`"
+        }
+        "masters_only" => {
+            "; this profile holds an agent's session: use a master's profile (--profile NAME)"
+        }
+        _ => "",
     }
 }
 
@@ -246,6 +276,7 @@ mod tests {
     fn login_errors_name_the_login_command() {
         let e = Error::SessionRejected {
             profile: "default".into(),
+            agent: false,
         };
         let s = e.to_string();
         assert!(
@@ -256,11 +287,42 @@ mod tests {
 
         let e = Error::NotLoggedIn {
             profile: "work".into(),
+            agent: false,
         };
         assert!(
             e.to_string()
                 .contains("agentkeys --profile work login wallet --key-file")
         );
+    }
+
+    #[test]
+    fn agent_errors_say_pair_and_resume() {
+        let e = Error::SessionRejected {
+            profile: "bot".into(),
+            agent: true,
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("agent session") && s.contains("removed by its master"),
+            "{s}"
+        );
+        assert!(
+            s.contains("run `agentkeys --profile bot agent pair` again"),
+            "{s}"
+        );
+        assert_eq!(e.exit_code(), EXIT_LOGIN_REQUIRED);
+        let e = Error::Broker {
+            status: 403,
+            kind: "agent_suspended".into(),
+            message: "this agent cannot mint (agent_suspended); ask its master".into(),
+        };
+        assert!(e.to_string().contains("agentkeys agents resume"), "{e}");
+        let e = Error::Broker {
+            status: 403,
+            kind: "masters_only".into(),
+            message: "only a master".into(),
+        };
+        assert!(e.to_string().contains("--profile"), "{e}");
     }
 
     #[test]
@@ -384,10 +446,13 @@ mod tests {
             },
             Error::NotLoggedIn {
                 profile: "p".into(),
+                agent: true,
             },
             Error::SessionRejected {
                 profile: "p".into(),
+                agent: true,
             },
+            Error::Pairing("x".into()),
             Error::SessionForOtherBroker {
                 profile: "p".into(),
                 saved: "a".into(),
@@ -396,7 +461,7 @@ mod tests {
             Error::RateLimited { retry_after: None },
             Error::Broker {
                 status: 403,
-                kind: "forbidden".into(),
+                kind: "agent_suspended".into(),
                 message: "no".into(),
             },
             Error::KeyFileExists { path: "k".into() },

@@ -1,9 +1,11 @@
-//! The AgentKeys client: sign in to a broker with a wallet key, keep the session in a profile,
-//! mint short-lived OIDC JWTs for cloud federation, and trade them for temporary AWS credentials
-//! with an unsigned STS call of its own (SPEC §8).
+//! The AgentKeys client: sign in to a broker with a wallet key (a master) or pair a device key
+//! with a master (an agent), keep the session in a profile, manage agents and sessions, mint
+//! short-lived OIDC JWTs for cloud federation, and trade them for temporary AWS credentials with
+//! an unsigned STS call of its own (SPEC §8).
 //!
 //! The binary `agentkeys` is a thin wrapper over [`run`]; every failure is one [`Error`].
 
+pub mod agents;
 pub mod aws;
 pub mod cache;
 pub mod cli;
@@ -15,6 +17,7 @@ pub mod exec;
 mod fsutil;
 pub mod isolation;
 pub mod keyfile;
+pub mod pairing;
 #[cfg(test)]
 mod testutil;
 

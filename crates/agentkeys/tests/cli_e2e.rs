@@ -191,6 +191,23 @@ impl Cli {
             .expect("run agentkeys")
     }
 
+    /// Starts the binary with stdout and stderr piped, for commands that run for a while.
+    fn spawn(&self, args: &[&str]) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_agentkeys"))
+            .args(args)
+            .env("AGENTKEYS_BROKER_URL", &self.broker_url)
+            .env("AGENTKEYS_CONFIG_DIR", self.config_dir())
+            .env("HOME", self.home.path())
+            .env_remove("AGENTKEYS_PROFILE")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agentkeys");
+        Running { child: Some(child) }
+    }
+
     /// Runs and requires success; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -227,6 +244,73 @@ impl Cli {
             "one line on stderr: {stderr:?}"
         );
         stderr
+    }
+}
+
+/// A running `agentkeys`; killed when dropped, so a failing test leaves nothing behind.
+struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    /// Reads stderr until a line starting with `prefix`; returns the rest of that line. The rest
+    /// of stderr is collected by a thread and returned by [`Running::finish`].
+    fn stderr_line(&mut self, prefix: &str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::BufRead;
+        let child = self.child.as_mut().expect("running");
+        let mut reader = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read stderr");
+            assert!(
+                n > 0,
+                "stderr ended before a line starting with {prefix:?}:\n{seen}"
+            );
+            seen.push_str(&line);
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let rest = rest.trim().to_owned();
+                let drain = std::thread::spawn(move || {
+                    let mut tail = String::new();
+                    let _ = reader.read_to_string(&mut tail);
+                    seen + &tail
+                });
+                return (rest, drain);
+            }
+        }
+    }
+
+    /// Waits (bounded) for the exit; returns the status and stdout.
+    fn finish(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let mut stdout = child.stdout.take().expect("stdout piped");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agentkeys did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, reader.join().expect("stdout thread"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -650,4 +734,247 @@ fn sts_refusal_and_bad_input_are_explained() {
         1,
     );
     assert!(err.contains("--sts-endpoint"), "{err}");
+}
+
+/// A master signed in through the CLI: its Cli, key file and omni.
+fn signed_in_master(broker: &Broker) -> (Cli, String, OmniAccount) {
+    let cli = Cli::new(&broker.url);
+    let key = cli.home.path().join("wallet.key");
+    let key_s = key.to_str().expect("utf-8 path").to_owned();
+    let wallet: WalletAddress = cli
+        .ok(&["key", "generate", "--out", &key_s])
+        .trim()
+        .parse()
+        .expect("address");
+    cli.ok(&["login", "wallet", "--key-file", &key_s]);
+    (cli, key_s, OmniAccount::for_wallet(&wallet))
+}
+
+/// Runs `agentkeys agent pair --json` as `agent`, approves its code as `master` with `label`
+/// (the approval's outcome is returned by `approve`), and returns the pair command's JSON.
+fn pair(
+    agent: &Cli,
+    master: &Cli,
+    approve: impl FnOnce(&Cli, &str) -> bool,
+) -> Option<serde_json::Value> {
+    let mut running = agent.spawn(&["agent", "pair", "--json", "--timeout", "60"]);
+    let (code, stderr) = running.stderr_line("Pairing code: ");
+    assert_eq!(code.len(), 9, "ABCD-EFGH: {code:?}");
+    if !approve(master, &code) {
+        return None;
+    }
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    let stderr = stderr.join().expect("stderr thread");
+    assert!(
+        status.success(),
+        "agent pair failed ({status}):\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("agentkeys agents approve {code} --label NAME")),
+        "{stderr}"
+    );
+    Some(serde_json::from_str(&stdout).expect("pair --json prints JSON"))
+}
+
+#[test]
+fn agent_pairing_and_lifecycle() {
+    let broker = Broker::start();
+    let (master, master_key, master_omni) = signed_in_master(&broker);
+    let master_wallet = master
+        .ok(&["key", "address", "--key-file", &master_key])
+        .trim()
+        .to_owned();
+
+    // agent init: a 0600 device key in the profile dir, never overwritten without --force.
+    let agent = Cli::new(&broker.url);
+    let device = agent.ok(&["agent", "init"]).trim().to_owned();
+    let device: WalletAddress = device.parse().expect("init prints an address");
+    let device_key = agent.config_dir().join("profiles/default/device.key");
+    #[cfg(unix)]
+    assert_eq!(mode(&device_key), 0o600);
+    let err = agent.fails(&["agent", "init"], 1);
+    assert!(err.contains("--force"), "{err}");
+
+    // Pairing: the agent shows a code, the master approves it.
+    let approved = pair(&agent, &master, |m, code| {
+        let out = m.ok(&["agents", "approve", code, "--label", "bot"]);
+        assert!(out.contains("bot"), "{out}");
+        true
+    })
+    .expect("paired");
+    let omni = OmniAccount::for_agent(&master_omni, "bot");
+    assert_eq!(approved["agent_omni"], omni.as_str(), "{approved}");
+    assert_eq!(approved["label"], "bot");
+    assert_eq!(approved["device_address"], device.as_str());
+    assert_eq!(approved["status"], "active");
+    let session_file = agent.config_dir().join("profiles/default/session.json");
+    #[cfg(unix)]
+    assert_eq!(mode(&session_file), 0o600);
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&session_file).expect("read")).expect("json");
+    assert_eq!(saved["kind"], "agent");
+    let agent_token = saved["session_token"].as_str().expect("token").to_owned();
+
+    // whoami says agent.
+    let me: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["whoami", "--json"])).expect("json");
+    assert_eq!(me["kind"], "agent");
+    assert_eq!(me["omni_account"], omni.as_str());
+    assert!(me["wallet"].is_null(), "{me}");
+    let text = agent.ok(&["whoami"]);
+    assert!(
+        text.contains("kind:         agent") && text.contains("label:        bot"),
+        "{text}"
+    );
+
+    // The agent's JWT names only the agent: never its master's wallet or omni.
+    let jwt = agent.ok(&["token"]).trim().to_owned();
+    let claims = jwt_payload(&jwt);
+    assert_eq!(claims["sub"], format!("agentkeys:agent:{omni}"), "{claims}");
+    assert_eq!(claims["agentkeys_user_wallet"], omni.as_str(), "{claims}");
+    assert_eq!(claims["agentkeys_actor_omni"], omni.as_str(), "{claims}");
+    let text = claims.to_string();
+    assert!(
+        !text.contains(&master_wallet) && !text.contains(master_omni.as_str()),
+        "{claims}"
+    );
+
+    // An agent cannot manage agents.
+    let err = agent.fails(&["agents", "list"], 1);
+    assert!(err.contains("403 masters_only"), "{err}");
+
+    // The master sees it.
+    let list: serde_json::Value =
+        serde_json::from_str(&master.ok(&["agents", "list", "--json"])).expect("json");
+    assert_eq!(list["agents"][0]["label"], "bot", "{list}");
+    assert_eq!(list["agents"][0]["status"], "active", "{list}");
+    let text = master.ok(&["agents", "list"]);
+    assert!(
+        text.starts_with("LABEL") && text.contains(omni.as_str()),
+        "{text}"
+    );
+
+    // Approval errors: a bad code is refused locally, an unknown one by the broker; a second
+    // device cannot take a label in use, but gets paired under another.
+    let err = master.fails(&["agents", "approve", "nope", "--label", "x"], 1);
+    assert!(err.contains("ABCD-EFGH"), "{err}");
+    let err = master.fails(&["agents", "approve", "2222-2222", "--label", "x"], 1);
+    assert!(err.contains("404"), "{err}");
+    let agent2 = Cli::new(&broker.url);
+    agent2.ok(&["agent", "init"]);
+    let second = pair(&agent2, &master, |m, code| {
+        let err = m.fails(&["agents", "approve", code, "--label", "bot"], 1);
+        assert!(err.contains("409"), "{err}");
+        // Lower case and without the dash works too.
+        let typed = code.replace('-', "").to_lowercase();
+        m.ok(&["agents", "approve", &typed, "--label", "bot-2"]);
+        true
+    })
+    .expect("second agent paired");
+    assert_eq!(
+        second["agent_omni"],
+        OmniAccount::for_agent(&master_omni, "bot-2").as_str()
+    );
+
+    // Suspend (by label): the agent can no longer mint, with a clear 403. Resume (by omni).
+    let out = master.ok(&["agents", "suspend", "bot"]);
+    assert!(out.contains("Suspended agent bot"), "{out}");
+    let err = agent.fails(&["token"], 1);
+    assert!(
+        err.contains("403 agent_suspended") && err.contains("agentkeys agents resume"),
+        "{err}"
+    );
+    agent.ok(&["whoami"]); // the session itself is still valid
+    agent2.ok(&["token"]); // the other agent is not affected
+    let info: serde_json::Value =
+        serde_json::from_str(&master.ok(&["agents", "resume", omni.as_str(), "--json"]))
+            .expect("json");
+    assert_eq!(info["status"], "active");
+    jwt_payload(agent.ok(&["token"]).trim());
+
+    // Sessions: the agent sees its one session; the master revokes another of its sessions.
+    let list: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["sessions", "list", "--json"])).expect("json");
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["sessions"][0]["kind"], "agent");
+    assert_eq!(list["sessions"][0]["current"], true);
+    let other = Cli::new(&broker.url);
+    other.ok(&["login", "wallet", "--key-file", &master_key]);
+    let list: serde_json::Value =
+        serde_json::from_str(&master.ok(&["sessions", "list", "--json"])).expect("json");
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2, "{list}");
+    let other_id = sessions
+        .iter()
+        .find(|s| s["current"] == false)
+        .and_then(|s| s["id"].as_str())
+        .expect("the other session")
+        .to_owned();
+    let text = master.ok(&["sessions", "list"]);
+    assert!(text.starts_with("ID") && text.contains(&other_id), "{text}");
+    let out = master.ok(&["sessions", "revoke", &other_id]);
+    assert!(out.contains(&other_id), "{out}");
+    let err = other.fails(&["whoami"], 3);
+    assert!(err.contains("login wallet"), "{err}");
+    master.fails(&["sessions", "revoke", "../x"], 1);
+    master.fails(&["sessions", "revoke", &other_id], 1); // no longer live
+
+    // Remove: the agent's session is dead at once (sign in required), and removal is final.
+    let out = master.ok(&["agents", "remove", "bot"]);
+    assert!(out.contains("Removed agent bot"), "{out}");
+    let err = agent.fails(&["token"], 3);
+    assert!(err.contains("agent pair"), "{err}");
+    let err = master.fails(&["agents", "resume", "bot"], 1);
+    assert!(err.contains("removed"), "{err}");
+    let list: serde_json::Value =
+        serde_json::from_str(&master.ok(&["agents", "list", "--json"])).expect("json");
+    assert_eq!(list["agents"][0]["status"], "removed", "{list}");
+
+    // logout --all ends every session of the master, here and elsewhere.
+    other.ok(&["login", "wallet", "--key-file", &master_key]);
+    let master_session = master.config_dir().join("profiles/default/session.json");
+    let out = master.ok(&["logout", "--all"]);
+    assert!(out.contains("Ended every session"), "{out}");
+    assert!(!master_session.exists());
+    other.fails(&["whoami"], 3);
+    master.fails(&["agents", "list"], 3);
+    // The agents' sessions are their own: bot-2 still works.
+    agent2.ok(&["token"]);
+
+    let logs = broker.logs();
+    assert!(
+        !logs.contains(&agent_token),
+        "agent session token in broker logs"
+    );
+    assert!(!logs.contains(&jwt), "JWT in broker logs");
+}
+
+#[test]
+fn agent_pair_needs_a_device_key_and_times_out() {
+    let broker = Broker::start();
+    let (master, _, _) = signed_in_master(&broker);
+    let agent = Cli::new(&broker.url);
+
+    let err = agent.fails(&["agent", "pair"], 1);
+    assert!(err.contains("agentkeys agent init"), "{err}");
+
+    // A custom key file; a master's profile is not overwritten by pairing.
+    let key = agent.home.path().join("dev.key");
+    let key_s = key.to_str().expect("utf-8 path");
+    agent.ok(&["agent", "init", "--key-file", key_s]);
+    master.ok(&["agent", "init"]);
+    let err = master.fails(&["agent", "pair"], 1);
+    assert!(err.contains("holds a master's session"), "{err}");
+
+    let started = Instant::now();
+    let out = agent.run(&["agent", "pair", "--key-file", key_s, "--timeout", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("Pairing code: ") && stderr.contains("not approved within 2 s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    agent.fails(&["token"], 3); // nothing saved
 }
