@@ -125,6 +125,16 @@ pub trait Store: Send + Sync + 'static {
         event: NewAuditEvent,
     ) -> Result<Option<Agent>>;
 
+    /// Issues `session` to a paired, active agent whose device proved itself at `proof_ms`
+    /// (later than any earlier proof of this agent), with `event`.
+    async fn agent_session(
+        &self,
+        omni: &str,
+        proof_ms: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<AgentSessionOutcome>;
+
     // -- more on sessions --
     /// Live sessions (not revoked, not expired at `now`) of one actor.
     async fn sessions_of(&self, omni: &str, now: i64) -> Result<Vec<Session>>;

@@ -161,3 +161,14 @@ pub enum ClaimOutcome {
     /// The proof's timestamp is not later than the last one seen (a replay).
     StaleProof,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSessionOutcome {
+    /// The session passed in was stored for this agent.
+    Issued(Agent),
+    /// Suspended or removed.
+    NotActive(Agent),
+    Unknown,
+    /// The proof's timestamp is not later than this agent's last one (a replay).
+    StaleProof,
+}

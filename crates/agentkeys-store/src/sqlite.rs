@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
-    Agent, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome, NewAuditEvent,
-    PairingRequest, RateWindow, Result, Session, SigningKeyRecord, Store, StoreError,
+    Agent, AgentSessionOutcome, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome,
+    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SigningKeyRecord, Store,
+    StoreError,
 };
 
 /// Most operations one commit carries; bounds the latency a large burst adds to its first caller.
@@ -40,6 +41,7 @@ const MAX_IDLE_READERS: usize = 8;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_agents.sql"),
+    include_str!("../migrations/sqlite/0003_agent_proofs.sql"),
 ];
 
 pub struct SqliteStore {
@@ -217,6 +219,12 @@ enum Op {
         now: i64,
         event: NewAuditEvent,
     },
+    AgentSession {
+        omni: String,
+        proof_ms: i64,
+        session: Session,
+        event: NewAuditEvent,
+    },
     RevokeSessionsOf {
         omni: String,
         keep: Option<String>,
@@ -235,6 +243,7 @@ enum Output {
     Approve(ApproveOutcome),
     Claim(ClaimOutcome),
     Agent(Option<Agent>),
+    Renew(AgentSessionOutcome),
 }
 
 struct Job {
@@ -598,6 +607,35 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             append(conn, head, &event)?;
             Output::Agent(select_agent(conn, &omni)?)
         }
+        Op::AgentSession {
+            omni,
+            proof_ms,
+            mut session,
+            event,
+        } => {
+            let last: Option<i64> = conn
+                .prepare_cached("SELECT last_proof_ms FROM agents WHERE omni = ?1")?
+                .query_row([&omni], |r| r.get(0))
+                .optional()?;
+            let Some(agent) = select_agent(conn, &omni)? else {
+                return Ok(Output::Renew(AgentSessionOutcome::Unknown));
+            };
+            if agent.status != "active" {
+                return Ok(Output::Renew(AgentSessionOutcome::NotActive(agent)));
+            }
+            if proof_ms <= last.unwrap_or(0) {
+                return Ok(Output::Renew(AgentSessionOutcome::StaleProof));
+            }
+            conn.prepare_cached("UPDATE agents SET last_proof_ms = ?1 WHERE omni = ?2")?
+                .execute(params![proof_ms, omni])?;
+            session.omni = agent.omni.clone();
+            session.master = agent.master.clone();
+            session.kind = "agent".into();
+            session.wallet = None;
+            insert_session(conn, &session)?;
+            append(conn, head, &event)?;
+            Output::Renew(AgentSessionOutcome::Issued(agent))
+        }
         Op::RevokeSessionsOf {
             omni,
             keep,
@@ -957,6 +995,25 @@ impl Store for SqliteStore {
         };
         match self.write(op).await? {
             Output::Agent(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn agent_session(
+        &self,
+        omni: &str,
+        proof_ms: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<AgentSessionOutcome> {
+        let op = Op::AgentSession {
+            omni: omni.to_owned(),
+            proof_ms,
+            session,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Renew(o) => Ok(o),
             _ => Err(unexpected()),
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, NewAuditEvent, PairingRequest,
-    RateWindow, Session, SigningKeyRecord, SqliteStore, Store, StoreError,
+    AgentSessionOutcome, ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, NewAuditEvent,
+    PairingRequest, RateWindow, Session, SigningKeyRecord, SqliteStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -639,4 +639,58 @@ async fn revoke_every_session_but_one() {
         .map(|s| s.token_hash)
         .collect();
     assert_eq!(live, ["b"]);
+}
+
+#[tokio::test]
+async fn a_paired_agent_gets_new_sessions_only_with_fresh_proofs_while_active() {
+    let f = Fixture::new().await;
+    f.store
+        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
+        .await
+        .unwrap();
+    f.store
+        .approve_pairing(
+            "ABCDEFGH",
+            "master",
+            "bot",
+            "omni-bot",
+            1,
+            event("approve", 2),
+        )
+        .await
+        .unwrap();
+    let renew = |ms: i64, hash: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .agent_session("omni-bot", ms, agent_session(hash), event("renew", ms))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(
+        renew(100, "s1").await,
+        AgentSessionOutcome::Issued(_)
+    ));
+    let s = f.store.session("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (s.omni.as_str(), s.master.as_str(), s.kind.as_str()),
+        ("omni-bot", "master", "agent")
+    );
+    assert_eq!(renew(100, "s2").await, AgentSessionOutcome::StaleProof);
+    assert!(f.store.session("s2").await.unwrap().is_none());
+    f.store
+        .set_agent_status("master", "omni-bot", "suspended", 3, event("suspend", 3))
+        .await
+        .unwrap();
+    assert!(matches!(
+        renew(101, "s3").await,
+        AgentSessionOutcome::NotActive(_)
+    ));
+    let unknown = f
+        .store
+        .agent_session("nobody", 1, agent_session("s4"), event("renew", 4))
+        .await
+        .unwrap();
+    assert_eq!(unknown, AgentSessionOutcome::Unknown);
 }

@@ -170,6 +170,17 @@ pub struct PairingPollRequest {
     pub signature: String,
 }
 
+/// A paired agent's request for a new session, proved by its device key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSessionRequest {
+    pub agent_omni: String,
+    /// Milliseconds since the epoch; must be later than this agent's previous proof.
+    pub timestamp_ms: i64,
+    /// EIP-191 signature by the device key over the `session` proof message.
+    pub signature: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PairingStatus {

@@ -17,10 +17,13 @@ pub enum ProofAction {
     Pair,
     /// Polling a pairing request for the agent's session.
     Poll,
+    /// A paired agent asking for a new session (its old one expired or was logged out).
+    Session,
 }
 
 /// The domain-separated message a device signs: the broker it talks to, the action, the
-/// pairing (for polls), the device address and a millisecond timestamp.
+/// pairing (for polls) or the agent omni (for sessions) as `subject`, the device address and a
+/// millisecond timestamp.
 pub fn proof_message(
     issuer: &str,
     action: ProofAction,
@@ -31,6 +34,7 @@ pub fn proof_message(
     let action = match action {
         ProofAction::Pair => "pair",
         ProofAction::Poll => "poll",
+        ProofAction::Session => "session",
     };
     format!(
         "AgentKeys device proof\nbroker: {issuer}\naction: {action}\ndevice: {device}\npairing: {}\ntime: {timestamp_ms}",

@@ -26,10 +26,9 @@ const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// Consecutive failed polls (broker unreachable) tolerated before giving up.
 const MAX_POLL_FAILURES: u32 = 3;
-/// Said when an agent signs out: labels are never reused, so the agent cannot simply sign in
-/// again.
-pub(crate) const AGENT_SIGNED_OUT_NOTE: &str = "This agent now has no session; getting one \
-     needs a new pairing (`agentkeys agent pair`), approved under a new label.\n";
+/// Said when an agent signs out: it gets a new session with its device key.
+pub(crate) const AGENT_SIGNED_OUT_NOTE: &str = "This agent now has no session; `agentkeys agent \
+     login --agent <AGENT_OMNI>` gets a new one with its device key.\n";
 
 /// `--profile NAME ` when the profile is not the default one, for commands we suggest.
 fn profile_flag(profile: &Profile) -> String {
@@ -203,6 +202,82 @@ pub(crate) async fn agent_pair(
                 agent.agent_omni,
                 agent.label,
                 agent.device_address,
+                sanitize(&saved.expires_at, 64)
+            ),
+        )
+    }
+}
+
+/// A new session for the paired agent, by device proof; saved in the profile.
+pub(crate) async fn agent_login(
+    ctx: &Context,
+    key_file: Option<PathBuf>,
+    agent: Option<String>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let profile = ctx.profile()?;
+    let key = key_file.unwrap_or_else(|| profile.device_key_path());
+    let signer = keyfile::read(&key)?;
+    let saved = profile.load_session()?;
+    if let Some(s) = &saved
+        && !s.is_agent()
+    {
+        return Err(Error::InvalidInput(format!(
+            "profile `{}` holds a master's session; agent login is for an agent's own profile",
+            profile.name()
+        )));
+    }
+    let omni = match (agent, &saved) {
+        (Some(a), _) => a.to_ascii_lowercase(),
+        (None, Some(s)) => s.omni_account.clone(),
+        (None, None) => {
+            return Err(Error::InvalidInput(
+                "this profile has no saved agent session; name the agent with --agent AGENT_OMNI"
+                    .into(),
+            ));
+        }
+    };
+    if omni.parse::<OmniAccount>().is_err() {
+        return Err(Error::InvalidInput(
+            "--agent is the agent's omni: 64 hex digits".into(),
+        ));
+    }
+    let label = saved
+        .as_ref()
+        .and_then(|s| s.label.clone())
+        .unwrap_or_default();
+    let client = ctx.broker_for_login(&profile)?;
+    let issuer = client.issuer().await?;
+    let mut prover = DeviceProver::new(signer, &issuer);
+    let issued = client
+        .agent_session(&prover.session_request(&omni, pairing::now_ms())?)
+        .await?;
+    if issued.omni_account != omni {
+        return Err(Error::BrokerProtocol {
+            url: client.base_url().to_owned(),
+            detail: "the new session is not for this agent".into(),
+        });
+    }
+    let saved = SavedSession::from_pairing(client.base_url(), issued, &label);
+    profile.save_session(&saved)?;
+    if json {
+        emit(
+            out,
+            &to_json(&serde_json::json!({
+                "agent_omni": saved.omni_account,
+                "expires_at": saved.expires_at,
+                "broker_url": saved.broker_url,
+                "profile": profile.name(),
+            }))?,
+        )
+    } else {
+        emit(
+            out,
+            &format!(
+                "Signed in as agent {} (profile {}); session expires at {}.\n",
+                saved.omni_account,
+                profile.name(),
                 sanitize(&saved.expires_at, 64)
             ),
         )

@@ -302,6 +302,23 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+
+    /// Get a new session for an agent that is already paired (its session expired or was
+    /// logged out), proving the device key. The agent keeps its identity and its prefix.
+    Login {
+        /// The device key the agent was paired with (default: device.key in the profile's
+        /// directory).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+
+        /// The agent's omni (default: the agent of the profile's saved session).
+        #[arg(long, value_name = "AGENT_OMNI")]
+        agent: Option<String>,
+
+        /// Print the result as JSON (never includes the session token).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

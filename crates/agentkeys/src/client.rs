@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use agentkeys_types::api::{
-    AgentInfo, AgentList, MintRequest, MintResponse, PairingApproveRequest, PairingPollRequest,
-    PairingPollResponse, PairingStartRequest, PairingStartResponse, SessionIssued, SessionList,
-    WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest, WhoAmI,
+    AgentInfo, AgentList, AgentSessionRequest, MintRequest, MintResponse, PairingApproveRequest,
+    PairingPollRequest, PairingPollResponse, PairingStartRequest, PairingStartResponse,
+    SessionIssued, SessionList, WalletChallengeRequest, WalletChallengeResponse,
+    WalletVerifyRequest, WhoAmI,
 };
 use agentkeys_types::{ErrorBody, OmniAccount};
 use reqwest::{Method, RequestBuilder, StatusCode, header};
@@ -112,6 +113,12 @@ impl BrokerClient {
 
     pub async fn pairing_start(&self, req: &PairingStartRequest) -> Result<PairingStartResponse> {
         let rb = self.request(Method::POST, "/v1/agents/pairing").json(req);
+        self.send_json(rb, None).await
+    }
+
+    /// A new session for an already-paired agent, proved by its device key.
+    pub async fn agent_session(&self, req: &AgentSessionRequest) -> Result<SessionIssued> {
+        let rb = self.request(Method::POST, "/v1/agents/session").json(req);
         self.send_json(rb, None).await
     }
 
@@ -409,7 +416,7 @@ mod tests {
             agent,
         );
         assert!(
-            e.to_string().contains("run `agentkeys agent pair` again"),
+            e.to_string().contains("run `agentkeys agent login` again"),
             "{e}"
         );
     }

@@ -52,6 +52,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             timeout,
             json,
         }) => agents::agent_pair(&ctx()?, key_file, timeout, json, out).await,
+        Command::Agent(AgentCommand::Login {
+            key_file,
+            agent,
+            json,
+        }) => agents::agent_login(&ctx()?, key_file, agent, json, out).await,
         Command::Agents(AgentsCommand::Approve { code, label, json }) => {
             agents::agents_approve(&ctx()?, &code, &label, json, out).await
         }

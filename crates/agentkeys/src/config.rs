@@ -342,7 +342,7 @@ mod tests {
         fsutil::write_new_private(&p.device_key_path(), b"x").expect("write");
         let e = p.require_session().expect_err("no session");
         assert!(matches!(e, Error::NotLoggedIn { agent: true, .. }));
-        assert!(e.to_string().contains("agentkeys agent pair"), "{e}");
+        assert!(e.to_string().contains("agentkeys agent login"), "{e}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub enum Error {
         "the broker no longer accepts the saved {what}session of profile `{profile}` ({why}); run \
          `{hint}` again", hint = login_hint(profile, *agent),
         what = if *agent { "agent " } else { "" },
-        why = if *agent { "expired, revoked, or the agent was removed by its master" } else { "expired, revoked or unknown" }
+        why = if *agent { "expired or revoked; if its master removed the agent, pair a new one with `agentkeys agent pair`" } else { "expired, revoked or unknown" }
     )]
     SessionRejected { profile: String, agent: bool },
 
@@ -238,7 +238,8 @@ fn sts_hint(code: Option<&str>, message: Option<&str>) -> &'static str {
     }
 }
 
-/// The command that gets the profile a session again: sign in for a master, pair for an agent.
+/// The command that gets the profile a session again: sign in for a master; for an agent, a new
+/// session by device proof.
 fn login_hint(profile: &str, agent: bool) -> String {
     let global = if profile == crate::config::DEFAULT_PROFILE {
         String::new()
@@ -246,7 +247,7 @@ fn login_hint(profile: &str, agent: bool) -> String {
         format!("--profile {profile} ")
     };
     if agent {
-        format!("agentkeys {global}agent pair")
+        format!("agentkeys {global}agent login")
     } else if global.is_empty() {
         LOGIN_HINT.to_owned()
     } else {
@@ -303,11 +304,12 @@ mod tests {
         };
         let s = e.to_string();
         assert!(
-            s.contains("agent session") && s.contains("removed by its master"),
+            s.contains("agent session") && s.contains("master removed the agent"),
             "{s}"
         );
         assert!(
-            s.contains("run `agentkeys --profile bot agent pair` again"),
+            s.contains("run `agentkeys --profile bot agent login` again")
+                && s.contains("agent pair"),
             "{s}"
         );
         assert_eq!(e.exit_code(), EXIT_LOGIN_REQUIRED);

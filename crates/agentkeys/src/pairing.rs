@@ -2,7 +2,9 @@
 //! over [`agentkeys_types::pairing::proof_message`], so client and broker agree on every byte),
 //! and the checks on what a user types or the broker sends back.
 
-use agentkeys_types::api::{AgentInfo, PairingPollRequest, PairingStartRequest};
+use agentkeys_types::api::{
+    AgentInfo, AgentSessionRequest, PairingPollRequest, PairingStartRequest,
+};
 use agentkeys_types::pairing::{ProofAction, display_code, normalize_code, proof_message};
 use agentkeys_types::{OmniAccount, WalletAddress};
 use alloy_signer::SignerSync;
@@ -53,6 +55,20 @@ impl DeviceProver {
             pairing_id: pairing_id.to_owned(),
             timestamp_ms: ts,
             signature: self.sign(ProofAction::Poll, Some(pairing_id), ts)?,
+        })
+    }
+
+    /// The proof that asks for a new session of the already-paired agent `agent_omni`.
+    pub fn session_request(
+        &mut self,
+        agent_omni: &str,
+        now_ms: i64,
+    ) -> Result<AgentSessionRequest> {
+        let ts = self.next_timestamp(now_ms);
+        Ok(AgentSessionRequest {
+            agent_omni: agent_omni.to_owned(),
+            timestamp_ms: ts,
+            signature: self.sign(ProofAction::Session, Some(agent_omni), ts)?,
         })
     }
 

@@ -919,6 +919,17 @@ fn agent_pairing_and_lifecycle() {
     master.fails(&["sessions", "revoke", "../x"], 1);
     master.fails(&["sessions", "revoke", &other_id], 1); // no longer live
 
+    // A logged-out agent signs in again with its device key and keeps its identity.
+    agent.ok(&["logout"]);
+    agent.fails(&["token"], 3);
+    let out = agent.ok(&["agent", "login", "--agent", omni.as_str()]);
+    assert!(out.contains(omni.as_str()), "{out}");
+    let claims = jwt_payload(agent.ok(&["token"]).trim());
+    assert_eq!(claims["agentkeys_actor_omni"], omni.as_str(), "{claims}");
+    assert_eq!(claims["sub"], format!("agentkeys:agent:{omni}"));
+    // And again, from the saved (now live) session's agent, without naming it.
+    agent.ok(&["agent", "login"]);
+
     // Remove: the agent's session is dead at once (sign in required), and removal is final.
     let out = master.ok(&["agents", "remove", "bot"]);
     assert!(out.contains("Removed agent bot"), "{out}");

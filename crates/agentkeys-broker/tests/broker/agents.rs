@@ -530,3 +530,99 @@ async fn sessions_can_be_listed_revoked_and_all_logged_out() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_paired_device_renews_its_session_with_a_proof() {
+    let app = TestApp::start().await;
+    let (wallet, master) = app.sign_in().await;
+    let mut device = Device::new(&app);
+    let started = device.start(&app).await;
+    let id = started["pairing_id"].as_str().unwrap().to_owned();
+    approve(
+        &app,
+        &master.session_token,
+        started["code"].as_str().unwrap(),
+        "bot",
+    )
+    .await;
+    let body: Value = device.poll(&app, &id).await.json().await.unwrap();
+    let omni = body["agent"]["agent_omni"].as_str().unwrap().to_owned();
+
+    // The session expires; the agent keeps its identity by proving its device key.
+    app.clock.advance(43_200);
+    let old = body["session"]["session_token"].as_str().unwrap();
+    assert_eq!(
+        error_of(app.mint(old, None).await).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    device.clock_ms = app.clock.now() * 1000;
+    let renew = |ts: i64, sig: String| {
+        app.post_json(
+            "/v1/agents/session",
+            json!({"agent_omni": omni, "timestamp_ms": ts, "signature": sig}),
+        )
+    };
+    let (ts, sig) = device.proof(&app, ProofAction::Session, Some(&omni));
+    let r = renew(ts, sig.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(s["omni_account"], omni.as_str());
+    let jwt = app.mint_jwt(s["session_token"].as_str().unwrap()).await;
+    assert_eq!(
+        verify_jwt(&app, &jwt, "sts.amazonaws.com").await.unwrap()["agentkeys_actor_omni"],
+        omni.as_str()
+    );
+
+    // A replayed proof, another key, or a proof for another purpose is refused.
+    assert_eq!(
+        error_of(renew(ts, sig).await).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let other = PrivateKeySigner::random();
+    let ts2 = ts + 1;
+    let forged = sign(
+        &other,
+        &proof_message(
+            &app.url,
+            ProofAction::Session,
+            &device.address(),
+            Some(&omni),
+            ts2,
+        ),
+    );
+    assert_eq!(
+        error_of(renew(ts2, forged).await).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong_action = sign(
+        &device.key,
+        &proof_message(
+            &app.url,
+            ProofAction::Poll,
+            &device.address(),
+            Some(&omni),
+            ts2,
+        ),
+    );
+    assert_eq!(
+        error_of(renew(ts2, wrong_action).await).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A suspended agent gets no new session. (The master's own session expired too.)
+    let master = app.sign_in_as(&wallet).await;
+    let r = bearer(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/agents/{omni}/suspend"),
+        &master.session_token,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (ts, sig) = device.proof(&app, ProofAction::Session, Some(&omni));
+    let (status, kind, _) = error_of(renew(ts, sig).await).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::FORBIDDEN, "agent_suspended")
+    );
+}

@@ -1,14 +1,15 @@
 //! Agent pairing (device side and master side) and the agent lifecycle.
 
 use agentkeys_store::{
-    Agent, ApproveOutcome, ClaimOutcome, GateOutcome, NewAuditEvent, PairingRequest, RateWindow,
-    Session,
+    Agent, AgentSessionOutcome, ApproveOutcome, ClaimOutcome, GateOutcome, NewAuditEvent,
+    PairingRequest, RateWindow, Session,
 };
 use agentkeys_types::OmniAccount;
 use agentkeys_types::WalletAddress;
 use agentkeys_types::api::{
-    AgentInfo, AgentList, AgentStatus, PairingApproveRequest, PairingPollRequest,
-    PairingPollResponse, PairingStartRequest, PairingStartResponse, PairingStatus, SessionIssued,
+    AgentInfo, AgentList, AgentSessionRequest, AgentStatus, PairingApproveRequest,
+    PairingPollRequest, PairingPollResponse, PairingStartRequest, PairingStartResponse,
+    PairingStatus, SessionIssued,
 };
 use agentkeys_types::pairing::{ProofAction, display_code, normalize_code, valid_label};
 use axum::extract::{Path, State};
@@ -287,6 +288,96 @@ pub async fn pairing_poll(
             "the proof's timestamp is not later than the previous poll's (a replay?)".into(),
         )),
         ClaimOutcome::Gone => Err(gone()),
+    }
+}
+
+/// Device side, after pairing: a new session for an existing agent, proved by its device key
+/// (the session expired or was logged out). The agent keeps its identity and its prefix.
+#[utoipa::path(post, path = "/v1/agents/session", tag = "agents",
+    request_body = AgentSessionRequest,
+    responses(
+        (status = 200, body = SessionIssued),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 401, body = agentkeys_types::ErrorBody),
+        (status = 403, body = agentkeys_types::ErrorBody)))]
+pub async fn agent_session(
+    State(state): State<AppState>,
+    Json(req): Json<AgentSessionRequest>,
+) -> Result<axum::Json<SessionIssued>, ApiError> {
+    let refused =
+        || ApiError::SignInFailed("unknown agent, or the proof is not from its device key".into());
+    let omni: OmniAccount = req
+        .agent_omni
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("agent_omni: {e}")))?;
+    let agent = state
+        .store
+        .agent(omni.as_str())
+        .await?
+        .ok_or_else(refused)?;
+    let device: WalletAddress = agent.device_address.parse().map_err(ApiError::internal)?;
+    let now = state.clock.now();
+    let issuer = &state.settings.issuer.url;
+    agents::verify_proof(
+        issuer,
+        ProofAction::Session,
+        &device,
+        Some(omni.as_str()),
+        req.timestamp_ms,
+        &req.signature,
+        now,
+    )
+    .map_err(|e| match e {
+        ProofError::Malformed => ApiError::BadRequest(e.to_string()),
+        _ => refused(),
+    })?;
+    let token = new_token();
+    let expires_at = now + state.settings.session_ttl_seconds;
+    let template = Session {
+        token_hash: token.hash.clone(),
+        kind: "agent".into(),
+        omni: String::new(),
+        wallet: None,
+        master: String::new(),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    let issued = event(
+        now,
+        "agent.session_issued",
+        Some(&agent.omni),
+        Some(&agent.master),
+        "ok",
+        json!({"by": "device_proof", "session": session_ref(&token.hash)}),
+    );
+    match state
+        .store
+        .agent_session(&agent.omni, req.timestamp_ms, template, issued)
+        .await?
+    {
+        AgentSessionOutcome::Issued(a) => Ok(axum::Json(SessionIssued {
+            session_token: token.token,
+            expires_at: rfc3339(expires_at),
+            omni_account: a.omni,
+            wallet: None,
+        })),
+        AgentSessionOutcome::NotActive(a) => {
+            let kind = if a.status == "suspended" {
+                "agent_suspended"
+            } else {
+                "agent_removed"
+            };
+            Err(ApiError::Forbidden {
+                kind,
+                message: format!("this agent is {}; ask its master", a.status),
+            })
+        }
+        AgentSessionOutcome::StaleProof => Err(ApiError::SignInFailed(
+            "the proof's timestamp is not later than this agent's previous proof (a replay?)"
+                .into(),
+        )),
+        AgentSessionOutcome::Unknown => Err(refused()),
     }
 }
 
