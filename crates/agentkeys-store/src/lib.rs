@@ -135,6 +135,40 @@ pub trait Store: Send + Sync + 'static {
         event: NewAuditEvent,
     ) -> Result<AgentSessionOutcome>;
 
+    // -- email / OIDC sign-in and identity links --
+    async fn create_login(&self, request: LoginRequest, event: NewAuditEvent) -> Result<()>;
+    async fn login(&self, id_hash: &str) -> Result<Option<LoginRequest>>;
+    async fn login_by_link_token(&self, token_hash: &str) -> Result<Option<LoginRequest>>;
+    async fn login_by_state(&self, state: &str) -> Result<Option<LoginRequest>>;
+    /// Records that the request's identity was proved; `false` if it was already verified or
+    /// has expired (single use).
+    async fn verify_login(
+        &self,
+        id_hash: &str,
+        identity_type: &str,
+        identity_value: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<bool>;
+    /// Collects a verified request once: links the identity (a link request) or stores
+    /// `session` for the identity's master (omni, wallet and master filled in by the store).
+    /// `event`'s actor and master are filled in too.
+    async fn claim_login(
+        &self,
+        id_hash: &str,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<LoginClaim>;
+    async fn identities_of(&self, master: &str) -> Result<Vec<Identity>>;
+    async fn unlink_identity(
+        &self,
+        master: &str,
+        identity_type: &str,
+        identity_value: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool>;
+
     // -- more on sessions --
     /// Live sessions (not revoked, not expired at `now`) of one actor.
     async fn sessions_of(&self, omni: &str, now: i64) -> Result<Vec<Session>>;

@@ -172,3 +172,69 @@ pub enum AgentSessionOutcome {
     /// The proof's timestamp is not later than this agent's last one (a replay).
     StaleProof,
 }
+
+/// An email or OIDC identity linked to a wallet master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `email` or `oauth2_<provider>`.
+    pub identity_type: String,
+    pub identity_value: String,
+    pub master: String,
+    pub master_wallet: String,
+    pub linked_at: i64,
+}
+
+/// A sign-in (or link) in progress, by email link or OIDC login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginRequest {
+    /// SHA-256 of the request id the requester polls with.
+    pub id_hash: String,
+    /// `email` or `oidc`.
+    pub method: String,
+    /// The email address, or the OIDC provider's name.
+    pub subject: String,
+    pub link_token_hash: Option<String>,
+    pub state: Option<String>,
+    pub oidc_nonce: Option<String>,
+    pub oidc_verifier: Option<String>,
+    /// Set when a signed-in wallet master is linking this identity instead of signing in.
+    pub link_to: Option<String>,
+    pub link_to_wallet: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub verified_type: Option<String>,
+    pub verified_value: Option<String>,
+    pub verified_at: Option<i64>,
+    pub claimed_at: Option<i64>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("method", &self.method)
+            .field("subject", &self.subject)
+            .field("link_to", &self.link_to)
+            .field("expires_at", &self.expires_at)
+            .field("verified_type", &self.verified_type)
+            .field("verified_at", &self.verified_at)
+            .field("claimed_at", &self.claimed_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginClaim {
+    /// Not verified yet.
+    Pending,
+    /// The session passed in was stored: as the linked wallet master, or as the identity's
+    /// own master.
+    SignedIn(Session),
+    /// The identity is now linked to the requesting wallet master.
+    Linked(Identity),
+    /// The result was already collected.
+    AlreadyClaimed,
+    /// Unknown or expired.
+    Gone,
+    /// Linking refused: the identity is linked to another master.
+    LinkedElsewhere,
+}

@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
     Agent, AgentSessionOutcome, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome,
-    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SigningKeyRecord, Store,
-    StoreError,
+    Identity, LoginClaim, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
+    SigningKeyRecord, Store, StoreError,
 };
 
 /// Most operations one commit carries; bounds the latency a large burst adds to its first caller.
@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_agents.sql"),
     include_str!("../migrations/sqlite/0003_agent_proofs.sql"),
+    include_str!("../migrations/sqlite/0004_logins.sql"),
 ];
 
 pub struct SqliteStore {
@@ -219,6 +220,26 @@ enum Op {
         now: i64,
         event: NewAuditEvent,
     },
+    CreateLogin(LoginRequest, NewAuditEvent),
+    VerifyLogin {
+        id_hash: String,
+        identity_type: String,
+        identity_value: String,
+        now: i64,
+        event: NewAuditEvent,
+    },
+    ClaimLogin {
+        id_hash: String,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    },
+    Unlink {
+        master: String,
+        identity_type: String,
+        identity_value: String,
+        event: NewAuditEvent,
+    },
     AgentSession {
         omni: String,
         proof_ms: i64,
@@ -244,6 +265,7 @@ enum Output {
     Claim(ClaimOutcome),
     Agent(Option<Agent>),
     Renew(AgentSessionOutcome),
+    Login(LoginClaim),
 }
 
 struct Job {
@@ -473,6 +495,7 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             for sql in [
                 "DELETE FROM wallet_challenges WHERE expires_at < ?1",
                 "DELETE FROM pairing_requests WHERE expires_at < ?1",
+                "DELETE FROM login_requests WHERE expires_at < ?1",
                 "DELETE FROM sessions WHERE expires_at < ?1",
             ] {
                 purged += conn.prepare_cached(sql)?.execute([before])?;
@@ -607,6 +630,145 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             append(conn, head, &event)?;
             Output::Agent(select_agent(conn, &omni)?)
         }
+        Op::CreateLogin(l, event) => {
+            conn.prepare_cached(
+                "INSERT INTO login_requests (id_hash, method, subject, link_token_hash, state, oidc_nonce,
+                   oidc_verifier, link_to, link_to_wallet, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                l.id_hash,
+                l.method,
+                l.subject,
+                l.link_token_hash,
+                l.state,
+                l.oidc_nonce,
+                l.oidc_verifier,
+                l.link_to,
+                l.link_to_wallet,
+                l.created_at,
+                l.expires_at
+            ])?;
+            append(conn, head, &event)?;
+            Output::Unit
+        }
+        Op::VerifyLogin {
+            id_hash,
+            identity_type,
+            identity_value,
+            now,
+            event,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE login_requests SET verified_type = ?1, verified_value = ?2, verified_at = ?3
+                     WHERE id_hash = ?4 AND verified_at IS NULL AND expires_at > ?3",
+                )?
+                .execute(params![identity_type, identity_value, now, id_hash])?;
+            if n > 0 {
+                append(conn, head, &event)?;
+            }
+            Output::Flag(n > 0)
+        }
+        Op::ClaimLogin {
+            id_hash,
+            now,
+            mut session,
+            mut event,
+        } => {
+            let Some(l) = select_login(conn, "id_hash", &id_hash)? else {
+                return Ok(Output::Login(LoginClaim::Gone));
+            };
+            if l.claimed_at.is_some() {
+                return Ok(Output::Login(LoginClaim::AlreadyClaimed));
+            }
+            if now >= l.expires_at {
+                return Ok(Output::Login(LoginClaim::Gone));
+            }
+            let (Some(id_type), Some(id_value)) =
+                (l.verified_type.clone(), l.verified_value.clone())
+            else {
+                return Ok(Output::Login(LoginClaim::Pending));
+            };
+            let linked = select_identity(conn, &id_type, &id_value)?;
+            let outcome = if let (Some(master), Some(wallet)) =
+                (l.link_to.clone(), l.link_to_wallet.clone())
+            {
+                if let Some(existing) = linked {
+                    if existing.master != master {
+                        return Ok(Output::Login(LoginClaim::LinkedElsewhere));
+                    }
+                    existing
+                } else {
+                    let identity = Identity {
+                        identity_type: id_type,
+                        identity_value: id_value,
+                        master,
+                        master_wallet: wallet,
+                        linked_at: now,
+                    };
+                    conn.prepare_cached(
+                        "INSERT INTO identities (identity_type, identity_value, master, master_wallet, linked_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        identity.identity_type,
+                        identity.identity_value,
+                        identity.master,
+                        identity.master_wallet,
+                        identity.linked_at
+                    ])?;
+                    identity
+                }
+            } else {
+                // A sign-in: as the wallet master the identity is linked to, else as a master of
+                // its own (no wallet).
+                match linked {
+                    Some(i) => {
+                        session.omni = i.master;
+                        session.wallet = Some(i.master_wallet);
+                    }
+                    None => {
+                        session.omni =
+                            agentkeys_types::OmniAccount::derive(&id_type, &id_value).to_string();
+                        session.wallet = None;
+                    }
+                }
+                session.master = session.omni.clone();
+                session.kind = "master".into();
+                insert_session(conn, &session)?;
+                conn.prepare_cached(
+                    "UPDATE login_requests SET claimed_at = ?1 WHERE id_hash = ?2",
+                )?
+                .execute(params![now, id_hash])?;
+                event.actor = Some(session.omni.clone());
+                event.master = Some(session.omni.clone());
+                append(conn, head, &event)?;
+                return Ok(Output::Login(LoginClaim::SignedIn(session)));
+            };
+            conn.prepare_cached("UPDATE login_requests SET claimed_at = ?1 WHERE id_hash = ?2")?
+                .execute(params![now, id_hash])?;
+            event.actor = Some(outcome.master.clone());
+            event.master = Some(outcome.master.clone());
+            append(conn, head, &event)?;
+            Output::Login(LoginClaim::Linked(outcome))
+        }
+        Op::Unlink {
+            master,
+            identity_type,
+            identity_value,
+            event,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM identities WHERE master = ?1 AND identity_type = ?2 AND identity_value = ?3",
+                )?
+                .execute(params![master, identity_type, identity_value])?;
+            if n > 0 {
+                append(conn, head, &event)?;
+            }
+            Output::Flag(n > 0)
+        }
         Op::AgentSession {
             omni,
             proof_ms,
@@ -693,6 +855,64 @@ fn select_pairing(conn: &Connection, id: &str) -> rusqlite::Result<Option<Pairin
             claimed_at: r.get(7)?,
         })
     })
+    .optional()
+}
+
+const LOGIN_COLUMNS: &str = "id_hash, method, subject, link_token_hash, state, oidc_nonce, oidc_verifier, \
+     link_to, link_to_wallet, created_at, expires_at, verified_type, verified_value, verified_at, claimed_at";
+
+/// The login request whose `column` (a fixed name from this file) equals `value`.
+fn select_login(
+    conn: &Connection,
+    column: &'static str,
+    value: &str,
+) -> rusqlite::Result<Option<LoginRequest>> {
+    conn.prepare_cached(&format!(
+        "SELECT {LOGIN_COLUMNS} FROM login_requests WHERE {column} = ?1"
+    ))?
+    .query_row([value], |r| {
+        Ok(LoginRequest {
+            id_hash: r.get(0)?,
+            method: r.get(1)?,
+            subject: r.get(2)?,
+            link_token_hash: r.get(3)?,
+            state: r.get(4)?,
+            oidc_nonce: r.get(5)?,
+            oidc_verifier: r.get(6)?,
+            link_to: r.get(7)?,
+            link_to_wallet: r.get(8)?,
+            created_at: r.get(9)?,
+            expires_at: r.get(10)?,
+            verified_type: r.get(11)?,
+            verified_value: r.get(12)?,
+            verified_at: r.get(13)?,
+            claimed_at: r.get(14)?,
+        })
+    })
+    .optional()
+}
+
+const IDENTITY_COLUMNS: &str = "identity_type, identity_value, master, master_wallet, linked_at";
+
+fn identity_row(r: &Row<'_>) -> rusqlite::Result<Identity> {
+    Ok(Identity {
+        identity_type: r.get(0)?,
+        identity_value: r.get(1)?,
+        master: r.get(2)?,
+        master_wallet: r.get(3)?,
+        linked_at: r.get(4)?,
+    })
+}
+
+fn select_identity(
+    conn: &Connection,
+    identity_type: &str,
+    identity_value: &str,
+) -> rusqlite::Result<Option<Identity>> {
+    conn.prepare_cached(&format!(
+        "SELECT {IDENTITY_COLUMNS} FROM identities WHERE identity_type = ?1 AND identity_value = ?2"
+    ))?
+    .query_row([identity_type, identity_value], identity_row)
     .optional()
 }
 
@@ -1014,6 +1234,99 @@ impl Store for SqliteStore {
         };
         match self.write(op).await? {
             Output::Renew(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn create_login(&self, request: LoginRequest, event: NewAuditEvent) -> Result<()> {
+        match self.write(Op::CreateLogin(request, event)).await? {
+            Output::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn login(&self, id_hash: &str) -> Result<Option<LoginRequest>> {
+        self.readers.with(|c| select_login(c, "id_hash", id_hash))
+    }
+
+    async fn login_by_link_token(&self, token_hash: &str) -> Result<Option<LoginRequest>> {
+        self.readers
+            .with(|c| select_login(c, "link_token_hash", token_hash))
+    }
+
+    async fn login_by_state(&self, state: &str) -> Result<Option<LoginRequest>> {
+        self.readers.with(|c| select_login(c, "state", state))
+    }
+
+    async fn verify_login(
+        &self,
+        id_hash: &str,
+        identity_type: &str,
+        identity_value: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<bool> {
+        let op = Op::VerifyLogin {
+            id_hash: id_hash.to_owned(),
+            identity_type: identity_type.to_owned(),
+            identity_value: identity_value.to_owned(),
+            now,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Flag(done) => Ok(done),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn claim_login(
+        &self,
+        id_hash: &str,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<LoginClaim> {
+        match self
+            .write(Op::ClaimLogin {
+                id_hash: id_hash.to_owned(),
+                now,
+                session,
+                event,
+            })
+            .await?
+        {
+            Output::Login(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn identities_of(&self, master: &str) -> Result<Vec<Identity>> {
+        let master = master.to_owned();
+        self.scan(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {IDENTITY_COLUMNS} FROM identities WHERE master = ?1 ORDER BY linked_at"
+            ))?
+            .query_map([master], identity_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn unlink_identity(
+        &self,
+        master: &str,
+        identity_type: &str,
+        identity_value: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool> {
+        let op = Op::Unlink {
+            master: master.to_owned(),
+            identity_type: identity_type.to_owned(),
+            identity_value: identity_value.to_owned(),
+            event,
+        };
+        match self.write(op).await? {
+            Output::Flag(done) => Ok(done),
             _ => Err(unexpected()),
         }
     }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    AgentSessionOutcome, ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, NewAuditEvent,
-    PairingRequest, RateWindow, Session, SigningKeyRecord, SqliteStore, Store, StoreError,
+    AgentSessionOutcome, ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, LoginClaim,
+    LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Session, SigningKeyRecord,
+    SqliteStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -693,4 +694,211 @@ async fn a_paired_agent_gets_new_sessions_only_with_fresh_proofs_while_active() 
         .await
         .unwrap();
     assert_eq!(unknown, AgentSessionOutcome::Unknown);
+}
+
+fn login(id_hash: &str, link_to: Option<(&str, &str)>) -> LoginRequest {
+    LoginRequest {
+        id_hash: id_hash.into(),
+        method: "email".into(),
+        subject: "alice@example.com".into(),
+        link_token_hash: Some(format!("link-{id_hash}")),
+        state: None,
+        oidc_nonce: None,
+        oidc_verifier: None,
+        link_to: link_to.map(|(m, _)| m.to_owned()),
+        link_to_wallet: link_to.map(|(_, w)| w.to_owned()),
+        created_at: 0,
+        expires_at: 600,
+        verified_type: None,
+        verified_value: None,
+        verified_at: None,
+        claimed_at: None,
+    }
+}
+
+#[tokio::test]
+async fn email_logins_verify_once_claim_once_and_honour_links() {
+    let f = Fixture::new().await;
+    let s = &f.store;
+    // An unlinked identity signs in as a master of its own.
+    s.create_login(login("r1", None), event("email.start", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_login("r1", 5, session("t1", 1000), event("sign_in", 2))
+            .await
+            .unwrap(),
+        LoginClaim::Pending
+    );
+    let found = s.login_by_link_token("link-r1").await.unwrap().unwrap();
+    assert_eq!(found.id_hash, "r1");
+    assert!(
+        s.verify_login(
+            "r1",
+            "email",
+            "alice@example.com",
+            5,
+            event("email.verified", 3)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !s.verify_login(
+            "r1",
+            "email",
+            "alice@example.com",
+            6,
+            event("email.verified", 4)
+        )
+        .await
+        .unwrap(),
+        "single use"
+    );
+    let LoginClaim::SignedIn(own) = s
+        .claim_login("r1", 7, session("t1", 1000), event("sign_in", 5))
+        .await
+        .unwrap()
+    else {
+        panic!("not signed in")
+    };
+    assert_eq!(
+        own.omni,
+        agentkeys_types::OmniAccount::derive("email", "alice@example.com").as_str()
+    );
+    assert_eq!(own.wallet, None);
+    assert_eq!(
+        s.claim_login("r1", 8, session("t2", 1000), event("sign_in", 6))
+            .await
+            .unwrap(),
+        LoginClaim::AlreadyClaimed
+    );
+
+    // A wallet master links it; later sign-ins by it are that master's.
+    s.create_login(
+        login("r2", Some(("wallet-master", "0xabc"))),
+        event("link.start", 7),
+    )
+    .await
+    .unwrap();
+    s.verify_login(
+        "r2",
+        "email",
+        "alice@example.com",
+        9,
+        event("email.verified", 8),
+    )
+    .await
+    .unwrap();
+    let LoginClaim::Linked(i) = s
+        .claim_login(
+            "r2",
+            10,
+            session("unused", 1000),
+            event("identity.linked", 9),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("not linked")
+    };
+    assert_eq!(
+        (i.master.as_str(), i.master_wallet.as_str()),
+        ("wallet-master", "0xabc")
+    );
+    assert!(
+        s.session("unused").await.unwrap().is_none(),
+        "linking creates no session"
+    );
+
+    s.create_login(login("r3", None), event("email.start", 10))
+        .await
+        .unwrap();
+    s.verify_login(
+        "r3",
+        "email",
+        "alice@example.com",
+        11,
+        event("email.verified", 11),
+    )
+    .await
+    .unwrap();
+    let LoginClaim::SignedIn(linked) = s
+        .claim_login("r3", 12, session("t3", 1000), event("sign_in", 12))
+        .await
+        .unwrap()
+    else {
+        panic!("not signed in")
+    };
+    assert_eq!(
+        (linked.omni.as_str(), linked.wallet.as_deref()),
+        ("wallet-master", Some("0xabc"))
+    );
+
+    // Another master cannot take it over; the owner can unlink it.
+    s.create_login(
+        login("r4", Some(("other-master", "0xdef"))),
+        event("link.start", 13),
+    )
+    .await
+    .unwrap();
+    s.verify_login(
+        "r4",
+        "email",
+        "alice@example.com",
+        14,
+        event("email.verified", 14),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.claim_login("r4", 15, session("x", 1000), event("identity.linked", 15))
+            .await
+            .unwrap(),
+        LoginClaim::LinkedElsewhere
+    );
+    assert_eq!(s.identities_of("wallet-master").await.unwrap().len(), 1);
+    assert!(
+        !s.unlink_identity(
+            "other-master",
+            "email",
+            "alice@example.com",
+            event("identity.unlinked", 16)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.unlink_identity(
+            "wallet-master",
+            "email",
+            "alice@example.com",
+            event("identity.unlinked", 17)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(s.identities_of("wallet-master").await.unwrap().is_empty());
+
+    // Expired requests are gone.
+    s.create_login(login("r5", None), event("email.start", 18))
+        .await
+        .unwrap();
+    assert!(
+        !s.verify_login(
+            "r5",
+            "email",
+            "alice@example.com",
+            600,
+            event("email.verified", 19)
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.claim_login("r5", 600, session("t5", 1000), event("sign_in", 20))
+            .await
+            .unwrap(),
+        LoginClaim::Gone
+    );
 }
