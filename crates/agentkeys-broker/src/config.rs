@@ -85,6 +85,66 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub key_refresh_seconds: u64,
 
+    /// SMTP server for sign-in links. Without it (and without --email-dev-log-links) email
+    /// sign-in is off.
+    #[arg(long, env = "BROKER_SMTP_HOST", value_name = "HOST")]
+    pub smtp_host: Option<String>,
+
+    /// SMTP port.
+    #[arg(
+        long,
+        env = "BROKER_SMTP_PORT",
+        default_value_t = 587,
+        value_name = "PORT"
+    )]
+    pub smtp_port: u16,
+
+    /// SMTP transport security: `starttls`, `tls`, or `none` (only for a relay on the same host).
+    #[arg(long, env = "BROKER_SMTP_TLS", default_value = "starttls", value_name = "MODE",
+          value_parser = ["starttls", "tls", "none"])]
+    pub smtp_tls: String,
+
+    /// SMTP user name, if the server needs one.
+    #[arg(long, env = "BROKER_SMTP_USERNAME", value_name = "NAME")]
+    pub smtp_username: Option<String>,
+
+    /// SMTP password. Prefer the environment variable: flags show up in process listings.
+    #[arg(
+        long,
+        env = "BROKER_SMTP_PASSWORD",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub smtp_password: Option<String>,
+
+    /// Sender of sign-in emails.
+    #[arg(
+        long,
+        env = "BROKER_SMTP_FROM",
+        default_value = "AgentKeys <no-reply@localhost>",
+        value_name = "MAILBOX"
+    )]
+    pub smtp_from: String,
+
+    /// Development only (needs --dev): write sign-in links to the log instead of mailing them.
+    #[arg(long, env = "BROKER_EMAIL_DEV_LOG_LINKS", default_value_t = false)]
+    pub email_dev_log_links: bool,
+
+    /// Lifetime of an email link or OIDC login, in seconds.
+    #[arg(long, env = "BROKER_LOGIN_TTL_SECONDS", default_value_t = 600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(60..=3600))]
+    pub login_ttl_seconds: u64,
+
+    /// Sign-in emails one address may receive per hour.
+    #[arg(long, env = "BROKER_EMAIL_RATE_PER_ADDRESS_PER_HOUR", default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub email_rate_per_address_per_hour: u64,
+
+    /// Sign-in emails one client IP may request per hour.
+    #[arg(long, env = "BROKER_EMAIL_RATE_PER_IP_PER_HOUR", default_value_t = 30, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub email_rate_per_ip_per_hour: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "BROKER_LOG_FORMAT", default_value = "text", value_name = "FORMAT",
           value_parser = ["text", "json"])]
@@ -212,6 +272,18 @@ pub struct Settings {
     pub jwks_max_age_seconds: u64,
     pub key_refresh_seconds: u64,
     pub log_json: bool,
+    /// How sign-in links are delivered; `None` turns email sign-in off.
+    pub email: Option<EmailDelivery>,
+    pub login_ttl_seconds: i64,
+    pub email_rate_per_address_per_hour: u64,
+    pub email_rate_per_ip_per_hour: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum EmailDelivery {
+    Smtp(crate::mailer::SmtpSettings),
+    /// `--dev --email-dev-log-links`.
+    Log,
 }
 
 /// The issuer URL and the parts of it SIWE needs.
@@ -292,6 +364,25 @@ impl ServeSettings {
                 "use sqlite://PATH (PostgreSQL is not supported yet)",
             ));
         }
+        if self.email_dev_log_links && !self.dev {
+            return Err(SettingError::new(
+                "email_dev_log_links",
+                "true",
+                "writing sign-in links to the log is for --dev only; configure BROKER_SMTP_HOST",
+            ));
+        }
+        let email = match (&self.smtp_host, self.email_dev_log_links) {
+            (_, true) => Some(EmailDelivery::Log),
+            (Some(host), false) => Some(EmailDelivery::Smtp(crate::mailer::SmtpSettings {
+                host: host.clone(),
+                port: self.smtp_port,
+                tls: self.smtp_tls.clone(),
+                username: self.smtp_username.clone(),
+                password: self.smtp_password.clone(),
+                from: self.smtp_from.clone(),
+            })),
+            (None, false) => None,
+        };
         Ok(Settings {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -308,6 +399,10 @@ impl ServeSettings {
             jwks_max_age_seconds: self.jwks_max_age_seconds,
             key_refresh_seconds: self.key_refresh_seconds,
             log_json: self.log_format == "json",
+            email,
+            login_ttl_seconds: self.login_ttl_seconds as i64,
+            email_rate_per_address_per_hour: self.email_rate_per_address_per_hour,
+            email_rate_per_ip_per_hour: self.email_rate_per_ip_per_hour,
         })
     }
 }

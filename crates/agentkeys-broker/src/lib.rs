@@ -8,8 +8,10 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod mailer;
 pub mod metrics;
 pub mod mint;
+pub mod oidc_login;
 pub mod policy;
 pub mod session;
 pub mod state;
@@ -32,7 +34,14 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
     let store = agentkeys_store::open(&settings.database_url)
         .await
         .with_context(|| format!("opening the store {}", settings.database_url))?;
-    let state = AppState::new(settings, store, clock);
+    let mailer: Option<Arc<dyn mailer::Mailer>> = match &settings.email {
+        None => None,
+        Some(config::EmailDelivery::Log) => Some(Arc::new(mailer::LogMailer)),
+        Some(config::EmailDelivery::Smtp(smtp)) => Some(Arc::new(
+            mailer::SmtpMailer::new(smtp).context("configuring SMTP (BROKER_SMTP_*)")?,
+        )),
+    };
+    let state = AppState::new(settings, store, clock, mailer);
     let now = state.clock.now();
     let problems = state.keys.reload(state.store.as_ref(), now).await?;
     for p in &problems {

@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::keys::KeyRing;
+use crate::mailer::Mailer;
 
 /// Cheap to clone; everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -24,10 +25,17 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Mint rate-limit windows, from the settings.
     pub mint_windows: Vec<RateWindow>,
+    /// Delivers sign-in links; `None` when email sign-in is off.
+    pub mailer: Option<Arc<dyn Mailer>>,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        mailer: Option<Arc<dyn Mailer>>,
+    ) -> Self {
         let mint_windows = vec![
             RateWindow {
                 seconds: 60,
@@ -46,6 +54,7 @@ impl AppState {
             keys,
             metrics: crate::metrics::handle(),
             mint_windows,
+            mailer,
         }))
     }
 }

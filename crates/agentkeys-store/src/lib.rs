@@ -68,6 +68,21 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
+    ) -> Result<GateOutcome> {
+        let buckets: Vec<(String, RateWindow)> =
+            windows.iter().map(|w| (actor.to_owned(), *w)).collect();
+        self.rate_limited_append_buckets(&buckets, now, on_allow, on_deny)
+            .await
+    }
+
+    /// The same over several counters at once, each `(key, window)`: e.g. one per email
+    /// address and one per client IP. All must have room, or none is counted.
+    async fn rate_limited_append_buckets(
+        &self,
+        buckets: &[(String, RateWindow)],
+        now: i64,
+        on_allow: NewAuditEvent,
+        on_deny: NewAuditEvent,
     ) -> Result<GateOutcome>;
 
     // -- audit --
@@ -136,7 +151,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<AgentSessionOutcome>;
 
     // -- email / OIDC sign-in and identity links --
-    async fn create_login(&self, request: LoginRequest, event: NewAuditEvent) -> Result<()>;
+    /// Stores a new login request, with its audit event unless the caller already wrote it
+    /// (the rate-limit gate in front of an email start does).
+    async fn create_login(&self, request: LoginRequest, event: Option<NewAuditEvent>)
+    -> Result<()>;
     async fn login(&self, id_hash: &str) -> Result<Option<LoginRequest>>;
     async fn login_by_link_token(&self, token_hash: &str) -> Result<Option<LoginRequest>>;
     async fn login_by_state(&self, state: &str) -> Result<Option<LoginRequest>>;

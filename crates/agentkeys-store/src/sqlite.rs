@@ -181,8 +181,7 @@ enum Op {
         event: NewAuditEvent,
     },
     RateLimitedAppend {
-        actor: String,
-        windows: Vec<RateWindow>,
+        buckets: Vec<(String, RateWindow)>,
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
@@ -220,7 +219,7 @@ enum Op {
         now: i64,
         event: NewAuditEvent,
     },
-    CreateLogin(LoginRequest, NewAuditEvent),
+    CreateLogin(LoginRequest, Option<NewAuditEvent>),
     VerifyLogin {
         id_hash: String,
         identity_type: String,
@@ -424,13 +423,12 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             Output::Flag(revoked)
         }
         Op::RateLimitedAppend {
-            actor,
-            windows,
+            buckets,
             now,
             on_allow,
             on_deny,
         } => {
-            for w in &windows {
+            for (actor, w) in &buckets {
                 let start = now - now.rem_euclid(w.seconds);
                 let used: i64 = conn
                     .prepare_cached(
@@ -455,7 +453,7 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
                    count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END,
                    window_start = excluded.window_start",
             )?;
-            for w in &windows {
+            for (actor, w) in &buckets {
                 bump.execute(params![actor, w.seconds, now - now.rem_euclid(w.seconds)])?;
             }
             Output::Gate(GateOutcome::Allowed {
@@ -649,7 +647,9 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
                 l.created_at,
                 l.expires_at
             ])?;
-            append(conn, head, &event)?;
+            if let Some(event) = event {
+                append(conn, head, &event)?;
+            }
             Output::Unit
         }
         Op::VerifyLogin {
@@ -1045,17 +1045,15 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn rate_limited_append(
+    async fn rate_limited_append_buckets(
         &self,
-        actor: &str,
-        windows: &[RateWindow],
+        buckets: &[(String, RateWindow)],
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
     ) -> Result<GateOutcome> {
         let op = Op::RateLimitedAppend {
-            actor: actor.to_owned(),
-            windows: windows.to_vec(),
+            buckets: buckets.to_vec(),
             now,
             on_allow,
             on_deny,
@@ -1238,7 +1236,11 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn create_login(&self, request: LoginRequest, event: NewAuditEvent) -> Result<()> {
+    async fn create_login(
+        &self,
+        request: LoginRequest,
+        event: Option<NewAuditEvent>,
+    ) -> Result<()> {
         match self.write(Op::CreateLogin(request, event)).await? {
             Output::Unit => Ok(()),
             _ => Err(unexpected()),

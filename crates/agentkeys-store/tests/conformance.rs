@@ -721,7 +721,7 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
     let f = Fixture::new().await;
     let s = &f.store;
     // An unlinked identity signs in as a master of its own.
-    s.create_login(login("r1", None), event("email.start", 1))
+    s.create_login(login("r1", None), Some(event("email.start", 1)))
         .await
         .unwrap();
     assert_eq!(
@@ -777,7 +777,7 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
     // A wallet master links it; later sign-ins by it are that master's.
     s.create_login(
         login("r2", Some(("wallet-master", "0xabc"))),
-        event("link.start", 7),
+        Some(event("link.start", 7)),
     )
     .await
     .unwrap();
@@ -811,7 +811,7 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
         "linking creates no session"
     );
 
-    s.create_login(login("r3", None), event("email.start", 10))
+    s.create_login(login("r3", None), Some(event("email.start", 10)))
         .await
         .unwrap();
     s.verify_login(
@@ -838,7 +838,7 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
     // Another master cannot take it over; the owner can unlink it.
     s.create_login(
         login("r4", Some(("other-master", "0xdef"))),
-        event("link.start", 13),
+        Some(event("link.start", 13)),
     )
     .await
     .unwrap();
@@ -881,7 +881,7 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
     assert!(s.identities_of("wallet-master").await.unwrap().is_empty());
 
     // Expired requests are gone.
-    s.create_login(login("r5", None), event("email.start", 18))
+    s.create_login(login("r5", None), Some(event("email.start", 18)))
         .await
         .unwrap();
     assert!(

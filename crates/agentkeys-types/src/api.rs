@@ -248,3 +248,76 @@ pub struct SessionInfo {
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
+
+// ---- email sign-in and identity links -----------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailStartRequest {
+    pub email: String,
+}
+
+/// The request id is the requester's key to the result: keep it private.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginStartResponse {
+    pub request_id: String,
+    pub expires_at: String,
+    /// For OIDC: where the user's browser must go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
+}
+
+impl std::fmt::Debug for LoginStartResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginStartResponse")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConsumeRequest {
+    /// The token from the link's fragment.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginStatus {
+    /// The link was not opened (or the provider login not finished) yet.
+    Pending,
+    /// Proved: this answer carries the session, once.
+    Approved,
+    /// Proved, and the identity is now linked to the requesting wallet master.
+    Linked,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginStatusResponse {
+    pub status: LoginStatus,
+    pub session: Option<SessionIssued>,
+    pub identity: Option<IdentityInfo>,
+}
+
+impl std::fmt::Debug for LoginStatusResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginStatusResponse")
+            .field("status", &self.status)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IdentityInfo {
+    /// `email` or `oauth2_<provider>`.
+    pub identity_type: String,
+    pub identity_value: String,
+    pub linked_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IdentityList {
+    pub identities: Vec<IdentityInfo>,
+}

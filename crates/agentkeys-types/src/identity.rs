@@ -133,8 +133,28 @@ impl fmt::Debug for WalletAddress {
     }
 }
 
+/// Canonical email (SPEC §3): trimmed and lowercased. A light shape check only: whether the
+/// address exists is proved by the link sent to it.
+pub fn canonical_email(input: &str) -> Result<String, IdentityError> {
+    let email = input.trim().to_lowercase();
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
+        })
+        && matches!(email.split_once('@'), Some((local, domain))
+            if !local.is_empty() && local.len() <= 64 && domain.contains('.') && !domain.contains('@')
+               && !domain.starts_with('.') && !domain.ends_with('.'));
+    if ok {
+        Ok(email)
+    } else {
+        Err(IdentityError::BadEmail)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
+    #[error("an email address looks like name@example.com")]
+    BadEmail,
     #[error("an EVM address is 0x followed by 40 hex digits")]
     BadAddress,
     #[error("an omni account is 64 lowercase hex digits")]
@@ -185,6 +205,27 @@ mod tests {
             "0xzz",
         ] {
             assert!(bad.parse::<WalletAddress>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_lowercased() {
+        assert_eq!(
+            canonical_email("  Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a b@example.com",
+            "a@b@c.com",
+            "a@exa\nmple.com",
+            "x,y@example.com",
+        ] {
+            assert!(canonical_email(bad).is_err(), "{bad:?}");
         }
     }
 

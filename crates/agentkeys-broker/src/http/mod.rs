@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::error::ApiError;
-use self::routes::{agents, auth, mint, oidc, ops, session};
+use self::routes::{agents, auth, email, identities, mint, oidc, ops, session};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -51,6 +51,14 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(oidc::jwks))
         .routes(routes!(auth::wallet_challenge))
         .routes(routes!(auth::wallet_verify))
+        .routes(routes!(email::email_start))
+        .routes(routes!(email::email_consume))
+        .routes(routes!(email::email_status))
+        .routes(routes!(email::landing))
+        .routes(routes!(email::landing_js))
+        .routes(routes!(email::link_email_start))
+        .routes(routes!(identities::list))
+        .routes(routes!(identities::unlink))
         .routes(routes!(session::whoami))
         .routes(routes!(session::logout))
         .routes(routes!(session::logout_all))
@@ -124,7 +132,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The peer address feeds per-IP limits (email sign-in).
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

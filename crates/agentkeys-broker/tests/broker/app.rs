@@ -39,6 +39,10 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         jwks_max_age_seconds: 300,
         key_refresh_seconds: 1,
         log_json: false,
+        email: None,
+        login_ttl_seconds: 600,
+        email_rate_per_address_per_hour: 5,
+        email_rate_per_ip_per_hour: 30,
     }
 }
 
@@ -48,6 +52,11 @@ impl TestApp {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        // Broker logs go to the test's captured output (shown when a test fails).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

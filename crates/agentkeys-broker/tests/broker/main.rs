@@ -11,6 +11,7 @@ mod audit;
 mod bad_input;
 mod binary;
 mod docs;
+mod email;
 mod mint;
 mod rate_limit;
 mod rotation;

@@ -1,0 +1,65 @@
+//! A wallet master's linked identities (email, OIDC).
+
+use agentkeys_store::NewAuditEvent;
+use agentkeys_types::api::{IdentityInfo, IdentityList};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::clock::rfc3339;
+use crate::http::error::ApiError;
+use crate::http::extract::MasterSession;
+use crate::state::AppState;
+
+/// Identities linked to the signed-in master.
+#[utoipa::path(get, path = "/v1/identities", tag = "identities", security(("bearer" = [])),
+    responses((status = 200, body = IdentityList), (status = 401, body = agentkeys_types::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+) -> Result<axum::Json<IdentityList>, ApiError> {
+    let identities = state.store.identities_of(&master.omni).await?;
+    Ok(axum::Json(IdentityList {
+        identities: identities
+            .into_iter()
+            .map(|i| IdentityInfo {
+                identity_type: i.identity_type,
+                identity_value: i.identity_value,
+                linked_at: rfc3339(i.linked_at),
+            })
+            .collect(),
+    }))
+}
+
+/// Unlink an identity; sign-ins by it then make a master of its own again.
+#[utoipa::path(delete, path = "/v1/identities/{identity_type}/{identity_value}", tag = "identities",
+    security(("bearer" = [])),
+    params(("identity_type" = String, Path, description = "email or oauth2_<provider>"),
+           ("identity_value" = String, Path, description = "The address or subject, URL-encoded")),
+    responses((status = 204, description = "Unlinked"), (status = 404, body = agentkeys_types::ErrorBody)))]
+pub async fn unlink(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+    Path((identity_type, identity_value)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let now = state.clock.now();
+    let event = NewAuditEvent {
+        time: now,
+        kind: "identity.unlinked".into(),
+        actor: Some(master.omni.clone()),
+        master: Some(master.omni.clone()),
+        outcome: "ok".into(),
+        details: json!({"identity_type": identity_type, "identity_value": identity_value}),
+    };
+    if state
+        .store
+        .unlink_identity(&master.omni, &identity_type, &identity_value, event)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(
+            "no such identity is linked to you; see GET /v1/identities".into(),
+        ))
+    }
+}
