@@ -130,6 +130,12 @@ pub struct ServeSettings {
     #[arg(long, env = "BROKER_EMAIL_DEV_LOG_LINKS", default_value_t = false)]
     pub email_dev_log_links: bool,
 
+    /// JSON file naming the OpenID Connect providers humans may sign in with:
+    /// `{"providers": [{"name": "google", "client_id": "…", "client_secret_file": "/path"}]}`
+    /// (`issuer` is required except for `google`; `client_secret` may stand in for the file).
+    #[arg(long, env = "BROKER_OIDC_PROVIDERS_FILE", value_name = "FILE")]
+    pub oidc_providers_file: Option<PathBuf>,
+
     /// Lifetime of an email link or OIDC login, in seconds.
     #[arg(long, env = "BROKER_LOGIN_TTL_SECONDS", default_value_t = 600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(60..=3600))]
@@ -277,6 +283,8 @@ pub struct Settings {
     pub login_ttl_seconds: i64,
     pub email_rate_per_address_per_hour: u64,
     pub email_rate_per_ip_per_hour: u64,
+    /// OpenID Connect providers for sign-in (discovered at start-up).
+    pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +391,12 @@ impl ServeSettings {
             })),
             (None, false) => None,
         };
+        let oidc_providers = match &self.oidc_providers_file {
+            None => Vec::new(),
+            Some(path) => load_oidc_providers(path).map_err(|fix| {
+                SettingError::new("oidc_providers_file", path.display().to_string(), fix)
+            })?,
+        };
         Ok(Settings {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -403,8 +417,66 @@ impl ServeSettings {
             login_ttl_seconds: self.login_ttl_seconds as i64,
             email_rate_per_address_per_hour: self.email_rate_per_address_per_hour,
             email_rate_per_ip_per_hour: self.email_rate_per_ip_per_hour,
+            oidc_providers,
         })
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvidersFile {
+    providers: Vec<ProviderEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderEntry {
+    name: String,
+    #[serde(default)]
+    issuer: Option<String>,
+    client_id: String,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    client_secret_file: Option<PathBuf>,
+}
+
+fn load_oidc_providers(
+    path: &std::path::Path,
+) -> Result<Vec<crate::oidc_login::ProviderConfig>, String> {
+    use crate::oidc_login::{GOOGLE_ISSUER, ProviderConfig};
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let file: ProvidersFile =
+        serde_json::from_str(&text).map_err(|e| format!("not a providers file: {e}"))?;
+    let mut out: Vec<ProviderConfig> = Vec::new();
+    for p in file.providers {
+        let issuer = match (p.issuer, p.name.as_str()) {
+            (Some(i), _) => i,
+            (None, "google") => GOOGLE_ISSUER.to_owned(),
+            (None, name) => return Err(format!("provider {name:?} needs an issuer")),
+        };
+        let secret = match (p.client_secret, p.client_secret_file) {
+            (Some(s), None) => s,
+            (None, Some(f)) => std::fs::read_to_string(&f)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("provider {:?}: cannot read {}: {e}", p.name, f.display()))?,
+            _ => {
+                return Err(format!(
+                    "provider {:?}: give exactly one of client_secret, client_secret_file",
+                    p.name
+                ));
+            }
+        };
+        let config = ProviderConfig::new(p.name.clone(), issuer, p.client_id, secret);
+        config
+            .validate()
+            .map_err(|e| format!("provider {:?}: {e}", p.name))?;
+        if out.iter().any(|o| o.name == p.name) {
+            return Err(format!("provider {:?} is listed twice", p.name));
+        }
+        out.push(config);
+    }
+    Ok(out)
 }
 
 /// `docs/configuration.md`, rendered from the registry.

@@ -41,7 +41,19 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
             mailer::SmtpMailer::new(smtp).context("configuring SMTP (BROKER_SMTP_*)")?,
         )),
     };
-    let state = AppState::new(settings, store, clock, mailer);
+    let mut oidc = std::collections::HashMap::new();
+    if !settings.oidc_providers.is_empty() {
+        let http = oidc_login::http_client()?;
+        let redirect = format!("{}/auth/oidc/callback", settings.issuer.url);
+        for config in &settings.oidc_providers {
+            let name = config.name.clone();
+            let provider = oidc_login::OidcProvider::discover(config.clone(), &redirect, &http)
+                .await
+                .with_context(|| format!("OIDC provider {name:?} (BROKER_OIDC_PROVIDERS_FILE)"))?;
+            oidc.insert(name, Arc::new(provider));
+        }
+    }
+    let state = AppState::new(settings, store, clock, mailer, oidc);
     let now = state.clock.now();
     let problems = state.keys.reload(state.store.as_ref(), now).await?;
     for p in &problems {

@@ -27,6 +27,8 @@ pub struct Inner {
     pub mint_windows: Vec<RateWindow>,
     /// Delivers sign-in links; `None` when email sign-in is off.
     pub mailer: Option<Arc<dyn Mailer>>,
+    /// OpenID Connect providers by name, discovered at start-up.
+    pub oidc: std::collections::HashMap<String, Arc<crate::oidc_login::OidcProvider>>,
 }
 
 impl AppState {
@@ -35,6 +37,7 @@ impl AppState {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         mailer: Option<Arc<dyn Mailer>>,
+        oidc: std::collections::HashMap<String, Arc<crate::oidc_login::OidcProvider>>,
     ) -> Self {
         let mint_windows = vec![
             RateWindow {
@@ -55,6 +58,7 @@ impl AppState {
             metrics: crate::metrics::handle(),
             mint_windows,
             mailer,
+            oidc,
         }))
     }
 }

@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::error::ApiError;
-use self::routes::{agents, auth, email, identities, mint, oidc, ops, session};
+use self::routes::{agents, auth, email, identities, mint, oidc, oidc_signin, ops, session};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -57,6 +57,10 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(email::landing))
         .routes(routes!(email::landing_js))
         .routes(routes!(email::link_email_start))
+        .routes(routes!(oidc_signin::oidc_start))
+        .routes(routes!(oidc_signin::oidc_status))
+        .routes(routes!(oidc_signin::callback))
+        .routes(routes!(oidc_signin::link_oidc_start))
         .routes(routes!(identities::list))
         .routes(routes!(identities::unlink))
         .routes(routes!(session::whoami))
@@ -104,12 +108,14 @@ pub fn router(state: AppState) -> Router {
 /// Errors produced by layers (for example the body limit's bare 413) get the JSON envelope.
 async fn envelope_for_bare_errors(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    // Bare errors from axum and tower layers are plain text (or empty); our own answers are
+    // JSON, or HTML for the pages a browser sees, and pass untouched.
+    let bare = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !bare || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     match status {

@@ -43,6 +43,7 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         login_ttl_seconds: 600,
         email_rate_per_address_per_hour: 5,
         email_rate_per_ip_per_hour: 30,
+        oidc_providers: vec![],
     }
 }
 

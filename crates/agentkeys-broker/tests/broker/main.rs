@@ -13,6 +13,10 @@ mod binary;
 mod docs;
 mod email;
 mod mint;
+mod oidc;
+#[path = "../oidc_op/harness.rs"]
+#[allow(dead_code)]
+mod oidc_op;
 mod rate_limit;
 mod rotation;
 mod sign_in;

@@ -29,13 +29,13 @@ use crate::session::{new_token, session_ref, token_hash};
 use crate::state::AppState;
 
 /// 256 random bits, base64url: request ids and link tokens.
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn looks_like_secret(s: &str) -> bool {
+pub(crate) fn looks_like_secret(s: &str) -> bool {
     s.len() == 43
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

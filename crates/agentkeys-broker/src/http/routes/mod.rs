@@ -4,5 +4,6 @@ pub mod email;
 pub mod identities;
 pub mod mint;
 pub mod oidc;
+pub mod oidc_signin;
 pub mod ops;
 pub mod session;
