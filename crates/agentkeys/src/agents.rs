@@ -31,7 +31,7 @@ pub(crate) const AGENT_SIGNED_OUT_NOTE: &str = "This agent now has no session; `
      login --agent <AGENT_OMNI>` gets a new one with its device key.\n";
 
 /// `--profile NAME ` when the profile is not the default one, for commands we suggest.
-fn profile_flag(profile: &Profile) -> String {
+pub(crate) fn profile_flag(profile: &Profile) -> String {
     if profile.name() == DEFAULT_PROFILE {
         String::new()
     } else {
@@ -57,7 +57,7 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Left-aligned columns separated by two spaces; cells are made one safe line each.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let clean: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| sanitize(c, 200)).collect())

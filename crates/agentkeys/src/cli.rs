@@ -77,6 +77,11 @@ pub enum Command {
         all: bool,
     },
 
+    /// A wallet master's linked identities: sign-ins by a linked email address or OIDC account
+    /// give a session of that master.
+    #[command(subcommand)]
+    Identities(IdentitiesCommand),
+
     /// The agent's side of pairing: create a device key, then pair it with a master to get an
     /// agent session in this profile.
     #[command(subcommand)]
@@ -266,6 +271,18 @@ pub enum KeyCommand {
 /// Most pairing requests live 10 minutes at the broker; `--timeout` cannot usefully exceed an
 /// hour.
 const MAX_PAIR_TIMEOUT: u64 = 3600;
+/// The same bound for sign-in and link requests.
+const MAX_LOGIN_TIMEOUT: u64 = 3600;
+
+/// How long to wait for the user to finish in the browser.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TimeoutArg {
+    /// Give up after this many seconds without the link being opened (or the provider sign-in
+    /// finished).
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_LOGIN_TIMEOUT))]
+    pub secs: u64,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
@@ -411,6 +428,90 @@ pub enum LoginCommand {
         #[arg(long)]
         json: bool,
     },
+
+    /// Sign in by email: the broker mails a link to ADDRESS; open it in a browser (on any
+    /// device) and the session is saved here.
+    ///
+    /// An address linked to a wallet master (`agentkeys identities link-email`) signs in as that
+    /// master; any other address is a master of its own, without a wallet.
+    Email {
+        /// The email address to send the sign-in link to.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+
+        #[command(flatten)]
+        timeout: TimeoutArg,
+
+        /// Print the result as JSON (never includes the session token).
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Sign in with an OpenID Connect provider configured on the broker: open the printed URL
+    /// in a browser, sign in there, and the session is saved here.
+    Oidc {
+        /// The provider's name on the broker (e.g. google).
+        #[arg(value_name = "PROVIDER")]
+        provider: String,
+
+        #[command(flatten)]
+        timeout: TimeoutArg,
+
+        /// Print the result as JSON (never includes the session token).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentitiesCommand {
+    /// List the identities linked to the signed-in master.
+    List {
+        /// Print the broker's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Link an email address to the signed-in wallet master: the broker mails a link to
+    /// ADDRESS; opening it completes the link.
+    LinkEmail {
+        /// The email address to link.
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+
+        #[command(flatten)]
+        timeout: TimeoutArg,
+
+        /// Print the linked identity as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Link an account at an OpenID Connect provider to the signed-in wallet master: open the
+    /// printed URL in a browser and sign in there.
+    LinkOidc {
+        /// The provider's name on the broker (e.g. google).
+        #[arg(value_name = "PROVIDER")]
+        provider: String,
+
+        #[command(flatten)]
+        timeout: TimeoutArg,
+
+        /// Print the linked identity as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Unlink an identity; signing in with it afterwards makes a separate master again.
+    Unlink {
+        /// The identity's type, as listed: email or oauth2_<provider>.
+        #[arg(value_name = "TYPE")]
+        identity_type: String,
+
+        /// The identity's value, as listed (the address, or the provider's subject).
+        #[arg(value_name = "VALUE")]
+        identity_value: String,
+    },
 }
 
 #[cfg(test)]
@@ -555,6 +656,67 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["agentkeys", "logout", "--all", "--local"]).is_err());
         assert!(Cli::try_parse_from(["agentkeys", "sessions", "revoke", "abc"]).is_ok());
+    }
+
+    #[test]
+    fn login_and_identity_commands_parse() {
+        let cli =
+            Cli::try_parse_from(["agentkeys", "login", "email", "a@example.com"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Login(LoginCommand::Email { ref address, timeout, json: false })
+                if address == "a@example.com" && timeout.secs == 600
+        ));
+        let cli = Cli::try_parse_from([
+            "agentkeys",
+            "login",
+            "oidc",
+            "google",
+            "--timeout",
+            "30",
+            "--json",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Login(LoginCommand::Oidc { ref provider, timeout, json: true })
+                if provider == "google" && timeout.secs == 30
+        ));
+        for t in ["0", "3601"] {
+            assert!(
+                Cli::try_parse_from(["agentkeys", "login", "email", "a@b.c", "--timeout", t])
+                    .is_err()
+            );
+        }
+        assert!(Cli::try_parse_from(["agentkeys", "login", "email"]).is_err());
+        let cli = Cli::try_parse_from([
+            "agentkeys",
+            "identities",
+            "unlink",
+            "email",
+            "bob@example.com",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Identities(IdentitiesCommand::Unlink { ref identity_type, ref identity_value })
+                if identity_type == "email" && identity_value == "bob@example.com"
+        ));
+        for args in [
+            &["identities", "list", "--json"][..],
+            &[
+                "identities",
+                "link-email",
+                "b@example.com",
+                "--timeout",
+                "5",
+            ],
+            &["identities", "link-oidc", "google"],
+        ] {
+            let mut v = vec!["agentkeys"];
+            v.extend_from_slice(args);
+            assert!(Cli::try_parse_from(&v).is_ok(), "{v:?}");
+        }
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use agentkeys_types::api::{
-    AgentInfo, AgentList, AgentSessionRequest, MintRequest, MintResponse, PairingApproveRequest,
-    PairingPollRequest, PairingPollResponse, PairingStartRequest, PairingStartResponse,
-    SessionIssued, SessionList, WalletChallengeRequest, WalletChallengeResponse,
-    WalletVerifyRequest, WhoAmI,
+    AgentInfo, AgentList, AgentSessionRequest, EmailStartRequest, IdentityList, LoginStartResponse,
+    LoginStatusResponse, MintRequest, MintResponse, PairingApproveRequest, PairingPollRequest,
+    PairingPollResponse, PairingStartRequest, PairingStartResponse, SessionIssued, SessionList,
+    WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest, WhoAmI,
 };
 use agentkeys_types::{ErrorBody, OmniAccount};
 use reqwest::{Method, RequestBuilder, StatusCode, header};
@@ -56,6 +56,79 @@ impl AgentAction {
             AgentAction::Remove => (Method::DELETE, ""),
         }
     }
+}
+
+/// How a sign-in (or a link) is proved: the broker's routes differ only in this path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginMethod {
+    Email,
+    Oidc,
+}
+
+impl LoginMethod {
+    fn segment(self) -> &'static str {
+        match self {
+            LoginMethod::Email => "email",
+            LoginMethod::Oidc => "oidc",
+        }
+    }
+
+    /// `/v1/auth/<method>/start`.
+    pub(crate) fn start_path(self) -> String {
+        format!("/v1/auth/{}/start", self.segment())
+    }
+
+    /// `/v1/identities/<method>`: link an identity to the signed-in wallet master.
+    pub(crate) fn link_path(self) -> String {
+        format!("/v1/identities/{}", self.segment())
+    }
+
+    /// `/v1/auth/<method>/status/<request_id>`. The id must have passed
+    /// [`check_request_id`]: it is a secret and goes into the path as it is.
+    pub(crate) fn status_path(self, request_id: &str) -> String {
+        format!("/v1/auth/{}/status/{request_id}", self.segment())
+    }
+}
+
+/// The body that starts an OIDC sign-in or link (no shared type on purpose: one field).
+pub(crate) fn oidc_start_body(provider: &str) -> serde_json::Value {
+    serde_json::json!({ "provider": provider })
+}
+
+/// A request id is the requester's secret key to the result and goes into a URL path: it must
+/// be a short base64url token (the broker's are 43 characters).
+pub(crate) fn check_request_id(id: &str) -> bool {
+    (16..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `DELETE /v1/identities/{type}/{value}`, each segment percent-encoded (RFC 3986: everything
+/// but unreserved characters). Empty, `.` and `..` segments are refused: URL parsers would drop
+/// or resolve them (also when encoded as `%2e`).
+pub(crate) fn unlink_path(identity_type: &str, identity_value: &str) -> Option<String> {
+    let mut path = String::from("/v1/identities");
+    for segment in [identity_type, identity_value] {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return None;
+        }
+        path.push('/');
+        path.push_str(&encode_path_segment(segment));
+    }
+    Some(path)
+}
+
+fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(serde::Deserialize)]
@@ -222,6 +295,83 @@ impl BrokerClient {
             .bearer_auth(token.expose())
             .json(&mint_body(req));
         self.send_json(rb, self.owner()).await
+    }
+
+    /// Starts an email sign-in (a link is mailed to the address).
+    pub async fn email_start(&self, req: &EmailStartRequest) -> Result<LoginStartResponse> {
+        let rb = self
+            .request(Method::POST, &LoginMethod::Email.start_path())
+            .json(req);
+        self.send_json(rb, None).await
+    }
+
+    /// Starts a sign-in with an OIDC provider; the answer carries the authorization URL.
+    pub async fn oidc_start(&self, provider: &str) -> Result<LoginStartResponse> {
+        let rb = self
+            .request(Method::POST, &LoginMethod::Oidc.start_path())
+            .json(&oidc_start_body(provider));
+        self.send_json(rb, None).await
+    }
+
+    /// Starts linking an email address to the signed-in wallet master.
+    pub async fn link_email_start(
+        &self,
+        token: &SecretToken,
+        req: &EmailStartRequest,
+    ) -> Result<LoginStartResponse> {
+        let rb = self
+            .request(Method::POST, &LoginMethod::Email.link_path())
+            .bearer_auth(token.expose())
+            .json(req);
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// Starts linking an OIDC provider's account to the signed-in wallet master.
+    pub async fn link_oidc_start(
+        &self,
+        token: &SecretToken,
+        provider: &str,
+    ) -> Result<LoginStartResponse> {
+        let rb = self
+            .request(Method::POST, &LoginMethod::Oidc.link_path())
+            .bearer_auth(token.expose())
+            .json(&oidc_start_body(provider));
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// One poll of a sign-in or link. Pending (202) and done (200) both come back as `Ok`;
+    /// `status` tells them apart. `request_id` must pass [`check_request_id`].
+    pub async fn login_status(
+        &self,
+        method: LoginMethod,
+        request_id: &str,
+    ) -> Result<LoginStatusResponse> {
+        let rb = self.request(Method::GET, &method.status_path(request_id));
+        self.send_json(rb, None).await
+    }
+
+    pub async fn identities(&self, token: &SecretToken) -> Result<IdentityList> {
+        let rb = self
+            .request(Method::GET, "/v1/identities")
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    pub async fn unlink_identity(
+        &self,
+        token: &SecretToken,
+        identity_type: &str,
+        identity_value: &str,
+    ) -> Result<()> {
+        let path = unlink_path(identity_type, identity_value).ok_or_else(|| {
+            Error::InvalidInput(
+                "the identity type and value must not be empty, `.` or `..`".to_owned(),
+            )
+        })?;
+        let rb = self
+            .request(Method::DELETE, &path)
+            .bearer_auth(token.expose());
+        self.send(rb, self.owner()).await.map(drop)
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -521,6 +671,68 @@ mod tests {
             mint_body(&r),
             serde_json::json!({"role_arn": "arn:aws:iam::1:role/x"})
         );
+    }
+
+    #[test]
+    fn login_routes_per_method() {
+        assert_eq!(LoginMethod::Email.start_path(), "/v1/auth/email/start");
+        assert_eq!(LoginMethod::Oidc.start_path(), "/v1/auth/oidc/start");
+        assert_eq!(LoginMethod::Email.link_path(), "/v1/identities/email");
+        assert_eq!(LoginMethod::Oidc.link_path(), "/v1/identities/oidc");
+        let id = "A".repeat(43);
+        assert_eq!(
+            LoginMethod::Oidc.status_path(&id),
+            format!("/v1/auth/oidc/status/{id}")
+        );
+        assert_eq!(
+            oidc_start_body("google"),
+            serde_json::json!({"provider": "google"})
+        );
+        let email = serde_json::to_value(EmailStartRequest {
+            email: "a@example.com".into(),
+        })
+        .expect("json");
+        assert_eq!(email, serde_json::json!({"email": "a@example.com"}));
+    }
+
+    #[test]
+    fn request_ids_are_path_safe_tokens() {
+        assert!(check_request_id(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ-_01234"
+        ));
+        for bad in [
+            "",
+            "short",
+            "../../v1/session/logout-all",
+            "abcdefghijklmnop/qrstuvwxyz",
+            "abcdefghijklmnopqrst?x=1",
+            &"a".repeat(129),
+        ] {
+            assert!(!check_request_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unlink_values_are_percent_encoded() {
+        assert_eq!(
+            unlink_path("email", "bob+tag@example.com").as_deref(),
+            Some("/v1/identities/email/bob%2Btag%40example.com")
+        );
+        assert_eq!(
+            unlink_path("oauth2_google", "a/b c?d#e%f").as_deref(),
+            Some("/v1/identities/oauth2_google/a%2Fb%20c%3Fd%23e%25f")
+        );
+        assert_eq!(
+            unlink_path("email", "ü~._-").as_deref(),
+            Some("/v1/identities/email/%C3%BC~._-")
+        );
+        for (t, v) in [("email", ""), ("email", "."), ("email", ".."), ("", "x")] {
+            assert_eq!(unlink_path(t, v), None, "{t:?} {v:?}");
+        }
+        // The encoded path survives URL parsing unchanged.
+        let path = unlink_path("email", "../../x@y").expect("path");
+        let url = reqwest::Url::parse(&format!("{URL}{path}")).expect("url");
+        assert_eq!(url.path(), "/v1/identities/email/..%2F..%2Fx%40y");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use crate::client::{AgentAction, BrokerClient};
 use crate::config::{self, DEFAULT_BROKER_URL, Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::isolation;
-use crate::{agents, exec, keyfile};
+use crate::{agents, exec, identities, keyfile};
 
 /// Largest sign-in message this client agrees to sign.
 const MAX_SIWE_MESSAGE: usize = 8 * 1024;
@@ -41,6 +41,17 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             chain_id,
             json,
         }) => login_wallet(&ctx()?, &key_file, chain_id, json, out).await,
+        Command::Login(LoginCommand::Email {
+            address,
+            timeout,
+            json,
+        }) => identities::login_email(&ctx()?, &address, timeout.secs, json, out).await,
+        Command::Login(LoginCommand::Oidc {
+            provider,
+            timeout,
+            json,
+        }) => identities::login_oidc(&ctx()?, &provider, timeout.secs, json, out).await,
+        Command::Identities(command) => identities::identities(&ctx()?, command, out).await,
         Command::Whoami { json } => whoami(&ctx()?, json, out).await,
         Command::Logout { all: true, .. } => agents::logout_all(&ctx()?, out).await,
         Command::Logout { local, all: false } => logout(&ctx()?, local, out).await,
@@ -131,6 +142,16 @@ impl Context {
             config_dir: g.config_dir.clone(),
             explicit_broker,
         })
+    }
+
+    /// A context for unit tests: a config dir and an optional (normalised) broker URL.
+    #[cfg(test)]
+    pub(crate) fn for_test(config_dir: &Path, broker: Option<&str>) -> Self {
+        Self {
+            profile_name: crate::config::DEFAULT_PROFILE.to_owned(),
+            config_dir: Some(config_dir.to_path_buf()),
+            explicit_broker: broker.map(str::to_owned),
+        }
     }
 
     /// The profile; the config dir is only resolved by commands that need state.

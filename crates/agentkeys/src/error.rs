@@ -83,6 +83,14 @@ pub enum Error {
     #[error("pairing did not complete: {0}")]
     Pairing(String),
 
+    /// `agentkeys login email|oidc` ended without a session (timed out, expired, collected).
+    #[error("sign-in did not complete: {0}")]
+    SignIn(String),
+
+    /// `agentkeys identities link-*` ended without a link (timed out, expired, linked elsewhere).
+    #[error("linking did not complete: {0}")]
+    Linking(String),
+
     #[error("{path} already exists; pass --force to overwrite it (the old key is lost)")]
     KeyFileExists { path: PathBuf },
 
@@ -261,6 +269,10 @@ fn broker_hint(kind: &str) -> &'static str {
         "agent_suspended" => "; its master can resume it with `agentkeys agents resume <LABEL>`",
         "agent_removed" => {
             "; this agent was removed by its master: pair a new one with `agentkeys agent pair`"
+        }
+        "wallet_master_only" => {
+            "; sign in with the wallet key (`agentkeys login wallet --key-file <FILE>`) to link or \
+             unlink identities"
         }
         "masters_only" => {
             "; this profile holds an agent's session: use a master's profile (--profile NAME)"
@@ -455,6 +467,8 @@ mod tests {
                 agent: true,
             },
             Error::Pairing("x".into()),
+            Error::SignIn("x".into()),
+            Error::Linking("x".into()),
             Error::SessionForOtherBroker {
                 profile: "p".into(),
                 saved: "a".into(),

@@ -1,5 +1,6 @@
-//! The AgentKeys client: sign in to a broker with a wallet key (a master) or pair a device key
-//! with a master (an agent), keep the session in a profile, manage agents and sessions, mint
+//! The AgentKeys client: sign in to a broker with a wallet key, an emailed link or an OIDC
+//! provider (a master) or pair a device key with a master (an agent), link identities to a
+//! wallet master, keep the session in a profile, manage agents and sessions, mint
 //! short-lived OIDC JWTs for cloud federation, and trade them for temporary AWS credentials with
 //! an unsigned STS call of its own (SPEC §8).
 //!
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 mod fsutil;
+pub mod identities;
 pub mod isolation;
 pub mod keyfile;
 pub mod pairing;

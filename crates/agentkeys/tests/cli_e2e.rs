@@ -9,6 +9,9 @@
 //!
 //! The broker binary is looked up next to this test executable (`target/<profile>/`), or taken
 //! from `AGENTKEYS_BROKER_BIN`. A missing broker fails the test; it is never skipped.
+//!
+//! Email sign-in runs against a real SMTP server: Python's aiosmtpd, installed on first use into
+//! a venv under the cargo target dir (needs python3 with venv, and PyPI once).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -76,6 +79,11 @@ impl Broker {
 
     /// Starts with extra `serve` flags.
     fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts with extra `serve` flags and environment variables.
+    fn start_with_env(extra: &[&str], env: &[(&str, String)]) -> Self {
         let bin = broker_bin();
         let data = tempfile::tempdir().expect("tempdir");
         let log = data.path().join("broker.log");
@@ -93,6 +101,8 @@ impl Broker {
             .args(extra)
             .env_remove("BROKER_ISSUER")
             .env_remove("BROKER_DATABASE_URL")
+            .env_remove("BROKER_SMTP_HOST")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)
@@ -988,4 +998,411 @@ fn agent_pair_needs_a_device_key_and_times_out() {
     );
     assert!(started.elapsed() < Duration::from_secs(15));
     agent.fails(&["token"], 3); // nothing saved
+}
+
+// ---- email sign-in and identity linking ------------------------------------------------------
+
+/// The venv's python with aiosmtpd, at the pinned versions of the broker's own SMTP tests (the
+/// same venv directory and stamp, so the two test suites share one install).
+fn smtp_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smtp-venv");
+            let python = dir.join("bin/python");
+            let stamp = dir.join(".requirements");
+            let wanted = include_str!("../../agentkeys-broker/tests/broker/smtp-requirements.txt");
+            if fs::read_to_string(&stamp).ok().as_deref() != Some(wanted) {
+                let _ = fs::remove_dir_all(&dir);
+                let ok = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&dir)
+                    .status();
+                assert!(
+                    ok.is_ok_and(|s| s.success()),
+                    "python3 -m venv failed: install python3-venv"
+                );
+                let req = dir.join("requirements.txt");
+                fs::write(&req, wanted).expect("write requirements");
+                let ok = Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "-r",
+                    ])
+                    .arg(&req)
+                    .status();
+                assert!(
+                    ok.is_ok_and(|s| s.success()),
+                    "pip install of aiosmtpd failed (PyPI reachable?)"
+                );
+                fs::write(&stamp, wanted).expect("write stamp");
+            }
+            python
+        })
+        .clone()
+}
+
+/// A real SMTP server writing every message into a maildir; killed when dropped.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+    seen: std::collections::HashSet<PathBuf>,
+}
+
+impl SmtpSink {
+    fn start() -> Self {
+        let maildir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new(smtp_python())
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("mail"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let mut sink = SmtpSink {
+            child,
+            port,
+            maildir,
+            seen: Default::default(),
+        };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = sink.child.try_wait() {
+                panic!("aiosmtpd exited during start-up ({status})");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "aiosmtpd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sink
+    }
+
+    /// The broker's environment for delivering to this sink.
+    fn broker_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BROKER_SMTP_HOST", "127.0.0.1".to_owned()),
+            ("BROKER_SMTP_PORT", self.port.to_string()),
+            ("BROKER_SMTP_TLS", "none".to_owned()),
+        ]
+    }
+
+    /// Waits for a message not returned before; returns it raw.
+    fn next_message(&mut self) -> String {
+        let dir = self.maildir.path().join("mail/new");
+        let started = Instant::now();
+        loop {
+            let fresh = fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .find(|p| !self.seen.contains(p))
+                })
+                .unwrap_or_default();
+            if let Some(path) = fresh {
+                let text = fs::read_to_string(&path).expect("read mail");
+                self.seen.insert(path);
+                return text;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no new mail arrived"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message's text with its quoted-printable transfer encoding undone (long lines such as the
+/// link are wrapped, and `=` is escaped).
+fn quoted_printable_decoded(message: &str) -> String {
+    let joined = message.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Some(b) = joined
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The single-use token in a message's landing-page link.
+fn link_token(message: &str, broker_url: &str) -> String {
+    let message = quoted_printable_decoded(message);
+    let prefix = format!("{broker_url}/auth/email/landing#token=");
+    let start = message
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no landing link in the mail:\n{message}"))
+        + prefix.len();
+    message[start..start + 43].to_owned()
+}
+
+/// Status code of a plain HTTP/1.1 POST of a JSON body.
+fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> u16 {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the broker");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"))
+}
+
+/// What the landing page's script does with the emailed link: post its token to the broker.
+fn open_link(broker: &Broker, mail: &str) {
+    let token = link_token(mail, &broker.url);
+    let status = http_post_json(
+        broker.port,
+        "/v1/auth/email/consume",
+        &serde_json::json!({ "token": token }),
+    );
+    assert_eq!(status, 200, "consuming the link's token");
+}
+
+/// Runs `args` as a child, waits for its stderr line starting with `prefix`, opens the link of
+/// the next mail, and returns the exit status, stdout and stderr.
+fn complete_by_mail(
+    cli: &Cli,
+    broker: &Broker,
+    smtp: &mut SmtpSink,
+    args: &[&str],
+    prefix: &str,
+    expect_in_mail: &str,
+) -> (std::process::ExitStatus, String, String) {
+    let mut running = cli.spawn(args);
+    let (_, stderr) = running.stderr_line(prefix);
+    let mail = smtp.next_message();
+    assert!(mail.contains(expect_in_mail), "{expect_in_mail}: {mail}");
+    open_link(broker, &mail);
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    (status, stdout, stderr.join().expect("stderr thread"))
+}
+
+#[test]
+fn email_sign_in_and_identity_linking() {
+    let mut smtp = SmtpSink::start();
+    let broker = Broker::start_with_env(&[], &smtp.broker_env());
+
+    // An address of its own: a master without a wallet.
+    let alice = Cli::new(&broker.url);
+    let (status, stdout, stderr) = complete_by_mail(
+        &alice,
+        &broker,
+        &mut smtp,
+        &["login", "email", " Alice@Example.COM", "--timeout", "60"],
+        "A sign-in link was sent to alice@example.com.",
+        "To: alice@example.com",
+    );
+    assert!(
+        status.success(),
+        "login email failed ({status}):\n{stdout}\n{stderr}"
+    );
+    let alice_omni = OmniAccount::derive("email", "alice@example.com");
+    assert!(
+        stdout.contains(alice_omni.as_str()) && stdout.contains("wallet:       (none)"),
+        "{stdout}"
+    );
+    let session_file = alice.config_dir().join("profiles/default/session.json");
+    #[cfg(unix)]
+    assert_eq!(mode(&session_file), 0o600);
+    let alice_token = serde_json::from_str::<serde_json::Value>(
+        &fs::read_to_string(&session_file).expect("read session"),
+    )
+    .expect("json")["session_token"]
+        .as_str()
+        .expect("token saved")
+        .to_owned();
+    assert!(!stdout.contains(&alice_token) && !stderr.contains(&alice_token));
+    let me: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["whoami", "--json"])).expect("json");
+    assert_eq!(me["kind"], "master");
+    assert_eq!(me["omni_account"], alice_omni.as_str());
+    assert!(me["wallet"].is_null(), "{me}");
+    let claims = jwt_payload(alice.ok(&["token"]).trim());
+    assert_eq!(
+        claims["agentkeys_actor_omni"],
+        alice_omni.as_str(),
+        "{claims}"
+    );
+
+    // Only wallet masters link identities: refused before any mail is sent.
+    let err = alice.fails(&["identities", "link-email", "x@example.com"], 1);
+    assert!(
+        err.contains("403 wallet_master_only") && err.contains("login wallet"),
+        "{err}"
+    );
+    let out = alice.ok(&["identities", "list"]);
+    assert!(out.starts_with("No linked identities"), "{out}");
+
+    // A wallet master links bob@example.com.
+    let (master, master_key, master_omni) = signed_in_master(&broker);
+    let master_wallet = master
+        .ok(&["key", "address", "--key-file", &master_key])
+        .trim()
+        .to_owned();
+    let (status, stdout, stderr) = complete_by_mail(
+        &master,
+        &broker,
+        &mut smtp,
+        &[
+            "identities",
+            "link-email",
+            "bob@example.com",
+            "--timeout",
+            "60",
+        ],
+        "A confirmation link was sent to bob@example.com.",
+        "Link this address",
+    );
+    assert!(
+        status.success(),
+        "link-email failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Linked email bob@example.com") && stdout.contains(master_omni.as_str()),
+        "{stdout}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&master.ok(&["identities", "list", "--json"])).expect("json");
+    assert_eq!(list["identities"][0]["identity_type"], "email", "{list}");
+    assert_eq!(
+        list["identities"][0]["identity_value"], "bob@example.com",
+        "{list}"
+    );
+    let text = master.ok(&["identities", "list"]);
+    assert!(
+        text.starts_with("TYPE") && text.contains("bob@example.com"),
+        "{text}"
+    );
+
+    // Signing in as bob@example.com, in another profile, gives the wallet master's session.
+    let (status, stdout, stderr) = complete_by_mail(
+        &alice,
+        &broker,
+        &mut smtp,
+        &[
+            "--profile",
+            "bob",
+            "login",
+            "email",
+            "bob@example.com",
+            "--json",
+        ],
+        "A sign-in link was sent to bob@example.com.",
+        "To: bob@example.com",
+    );
+    assert!(
+        status.success(),
+        "login email bob failed ({status}):\n{stdout}\n{stderr}"
+    );
+    let signed_in: serde_json::Value = serde_json::from_str(&stdout).expect("--json");
+    assert_eq!(
+        signed_in["omni_account"],
+        master_omni.as_str(),
+        "{signed_in}"
+    );
+    assert_eq!(signed_in["wallet"], master_wallet.as_str(), "{signed_in}");
+    assert_eq!(signed_in["email"], "bob@example.com", "{signed_in}");
+    assert_eq!(signed_in["profile"], "bob", "{signed_in}");
+    assert!(signed_in.get("session_token").is_none(), "{signed_in}");
+    let me: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["--profile", "bob", "whoami", "--json"])).expect("json");
+    assert_eq!(me["omni_account"], master_omni.as_str(), "{me}");
+    assert_eq!(me["wallet"], master_wallet.as_str(), "{me}");
+    // The default profile still holds alice.
+    let me: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["whoami", "--json"])).expect("json");
+    assert_eq!(me["omni_account"], alice_omni.as_str());
+
+    // Unlink (typed in any case); a second unlink is the broker's 404.
+    let out = master.ok(&["identities", "unlink", "email", "Bob@Example.com"]);
+    assert!(out.contains("Unlinked email bob@example.com"), "{out}");
+    let out = master.ok(&["identities", "list"]);
+    assert!(out.starts_with("No linked identities"), "{out}");
+    let err = master.fails(&["identities", "unlink", "email", "bob@example.com"], 1);
+    assert!(err.contains("404"), "{err}");
+    master.fails(&["identities", "unlink", "email", ".."], 1);
+
+    // Nobody opens the link: the wait ends at the timeout, nothing is saved.
+    let carol = Cli::new(&broker.url);
+    let started = Instant::now();
+    let out = carol.run(&["login", "email", "carol@example.com", "--timeout", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains(
+            "sign-in did not complete: the link sent to carol@example.com was not opened within 1 s"
+        ) && stderr.contains("agentkeys login email carol@example.com"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    carol.fails(&["whoami"], 3);
+    smtp.next_message(); // carol's mail was sent all the same
+
+    // Bad input is refused locally.
+    let err = carol.fails(&["login", "email", "not-an-address"], 1);
+    assert!(err.contains("name@example.com"), "{err}");
+    let err = carol.fails(&["login", "oidc", "Bad_Name"], 1);
+    assert!(err.contains("provider"), "{err}");
+
+    let logs = broker.logs();
+    assert!(!logs.contains(&alice_token), "session token in broker logs");
+}
+
+#[test]
+fn email_sign_in_without_smtp_is_explained() {
+    let broker = Broker::start();
+    let cli = Cli::new(&broker.url);
+    let err = cli.fails(&["login", "email", "a@example.com"], 1);
+    assert!(
+        err.contains("503") && err.contains("BROKER_SMTP_HOST"),
+        "{err}"
+    );
+    cli.fails(&["whoami"], 3);
 }
