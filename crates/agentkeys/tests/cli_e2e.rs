@@ -1406,3 +1406,53 @@ fn email_sign_in_without_smtp_is_explained() {
     );
     cli.fails(&["whoami"], 3);
 }
+
+// The real OpenID Provider the broker's tests use (npm oidc-provider).
+#[path = "../../agentkeys-broker/tests/oidc_op/harness.rs"]
+#[allow(dead_code)]
+mod oidc_op;
+
+#[test]
+fn oidc_sign_in_with_a_real_provider() {
+    let op = oidc_op::get();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join("providers.json");
+    let config = serde_json::json!({"providers": [{
+        "name": "corp", "issuer": op.rich,
+        "client_id": oidc_op::CLIENT_ID, "client_secret": oidc_op::CLIENT_SECRET,
+    }]});
+    fs::write(&providers, config.to_string()).expect("write providers");
+    let broker = Broker::start_with_env(
+        &[],
+        &[(
+            "BROKER_OIDC_PROVIDERS_FILE",
+            providers.display().to_string(),
+        )],
+    );
+
+    let alice = Cli::new(&broker.url);
+    let mut running = alice.spawn(&["login", "oidc", "corp", "--timeout", "60"]);
+    // The CLI prints the authorization URL alone on a line; the test is the browser.
+    let (rest, stderr) = running.stderr_line("http");
+    let url = format!("http{rest}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let callback = rt
+        .block_on(oidc_op::sign_in(&url, "alice"))
+        .expect("provider login");
+    let page = rt.block_on(reqwest::get(callback)).expect("callback");
+    assert_eq!(page.status(), 200);
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    let stderr = stderr.join().expect("stderr");
+    assert!(
+        status.success(),
+        "login oidc failed ({status}):\n{stdout}\n{stderr}"
+    );
+
+    let me: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["whoami", "--json"])).expect("json");
+    assert_eq!(
+        me["omni_account"],
+        OmniAccount::derive("oauth2_corp", "alice").as_str()
+    );
+    assert!(me["wallet"].is_null(), "{me}");
+}

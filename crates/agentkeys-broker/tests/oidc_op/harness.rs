@@ -145,8 +145,11 @@ async fn drive(authorization_url: &str, form: &[(&str, &str)]) -> Result<reqwest
     Err("too many redirects at the test OP".into())
 }
 
+/// This file's folder, whichever crate includes it: cargo names sources relative to the
+/// workspace root, two levels above every crate's manifest.
 fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc_op")
+    let this = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(file!());
+    this.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn deps_root() -> PathBuf {
