@@ -148,7 +148,9 @@ async fn drive(authorization_url: &str, form: &[(&str, &str)]) -> Result<reqwest
 /// This file's folder, whichever crate includes it: cargo names sources relative to the
 /// workspace root, two levels above every crate's manifest.
 fn source_dir() -> PathBuf {
-    let this = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(file!());
+    let this = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(file!());
     this.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
