@@ -146,7 +146,9 @@ async fn drive(authorization_url: &str, form: &[(&str, &str)]) -> Result<reqwest
 }
 
 /// This file's folder, whichever crate includes it: cargo names sources relative to the
-/// workspace root, two levels above every crate's manifest.
+/// workspace root, two levels above every crate's manifest (an absolute `file!()` simply
+/// replaces that prefix, which is also right).
+#[allow(clippy::join_absolute_paths)]
 fn source_dir() -> PathBuf {
     let this = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
