@@ -1,8 +1,8 @@
 //! Agent pairing (device side and master side) and the agent lifecycle.
 
 use agentkeys_store::{
-    Agent, AgentSessionOutcome, ApproveOutcome, ClaimOutcome, GateOutcome, NewAuditEvent,
-    PairingRequest, RateWindow, Session,
+    Agent, AgentSessionOutcome, ApproveOutcome, ClaimOutcome, GateOutcome, PairingRequest,
+    RateWindow, Session,
 };
 use agentkeys_types::OmniAccount;
 use agentkeys_types::WalletAddress;
@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
 
+use super::event;
 use crate::agents::{self, ProofError};
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
@@ -27,24 +28,6 @@ fn proof_error(e: ProofError) -> ApiError {
     match e {
         ProofError::Malformed => ApiError::BadRequest(e.to_string()),
         ProofError::Skewed | ProofError::WrongSigner => ApiError::SignInFailed(e.to_string()),
-    }
-}
-
-fn event(
-    now: i64,
-    kind: &str,
-    actor: Option<&str>,
-    master: Option<&str>,
-    outcome: &str,
-    details: serde_json::Value,
-) -> NewAuditEvent {
-    NewAuditEvent {
-        time: now,
-        kind: kind.to_owned(),
-        actor: actor.map(str::to_owned),
-        master: master.map(str::to_owned),
-        outcome: outcome.to_owned(),
-        details,
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use agentkeys_store::{LoginClaim, LoginRequest, NewAuditEvent, RateWindow, Session};
+use agentkeys_store::{LoginClaim, LoginRequest, RateWindow, Session};
 use agentkeys_types::api::{
     EmailConsumeRequest, EmailStartRequest, IdentityInfo, LoginStartResponse, LoginStatus,
     LoginStatusResponse, SessionIssued,
@@ -22,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde_json::json;
 
+use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
@@ -39,23 +40,6 @@ pub(crate) fn looks_like_secret(s: &str) -> bool {
     s.len() == 43
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn event(
-    now: i64,
-    kind: &str,
-    actor: Option<&str>,
-    outcome: &str,
-    details: serde_json::Value,
-) -> NewAuditEvent {
-    NewAuditEvent {
-        time: now,
-        kind: kind.to_owned(),
-        actor: actor.map(str::to_owned),
-        master: actor.map(str::to_owned),
-        outcome: outcome.to_owned(),
-        details,
-    }
 }
 
 async fn start(
@@ -97,14 +81,14 @@ async fn start(
     let request_id = secret();
     let link_token = secret();
     let details = json!({"email": email, "request": session_ref(&token_hash(&request_id)), "ip": peer.ip().to_string()});
-    let mut denied = event(now, kind, actor, "denied", details.clone());
+    let mut denied = event(now, kind, actor, actor, "denied", details.clone());
     denied.details["reason"] = json!("rate_limited");
     if let agentkeys_store::GateOutcome::Limited { retry_after, .. } = state
         .store
         .rate_limited_append_buckets(
             &buckets,
             now,
-            event(now, kind, actor, "ok", details),
+            event(now, kind, actor, actor, "ok", details),
             denied,
         )
         .await?
@@ -276,6 +260,7 @@ pub async fn email_consume(
         now,
         "sign_in.email.verified",
         actor,
+        actor,
         "ok",
         json!({"email": request.subject}),
     );
@@ -343,7 +328,7 @@ pub async fn collect(
         "identity_type": request.verified_type, "identity_value": request.verified_value,
         "session": request.link_to.is_none().then(|| session_ref(&token.hash).to_owned()),
     });
-    let done = event(now, &kind, None, "ok", details);
+    let done = event(now, &kind, None, None, "ok", details);
     let pending = || LoginStatusResponse {
         status: LoginStatus::Pending,
         session: None,

@@ -7,3 +7,24 @@ pub mod oidc;
 pub mod oidc_signin;
 pub mod ops;
 pub mod session;
+
+use agentkeys_store::NewAuditEvent;
+
+/// An audit event of a route, at `now`.
+pub(crate) fn event(
+    now: i64,
+    kind: &str,
+    actor: Option<&str>,
+    master: Option<&str>,
+    outcome: &str,
+    details: serde_json::Value,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        time: now,
+        kind: kind.to_owned(),
+        actor: actor.map(str::to_owned),
+        master: master.map(str::to_owned),
+        outcome: outcome.to_owned(),
+        details,
+    }
+}

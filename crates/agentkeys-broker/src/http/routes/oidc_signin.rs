@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use agentkeys_store::{LoginRequest, NewAuditEvent};
+use agentkeys_store::LoginRequest;
 use agentkeys_types::api::{LoginStartResponse, LoginStatusResponse};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -14,6 +14,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::email::{collect, looks_like_secret, secret};
+use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
@@ -25,23 +26,6 @@ use crate::state::AppState;
 pub struct OidcStartRequest {
     /// A provider configured on the broker (BROKER_OIDC_PROVIDERS_FILE), e.g. `google`.
     pub provider: String,
-}
-
-fn event(
-    now: i64,
-    kind: &str,
-    actor: Option<&str>,
-    outcome: &str,
-    details: serde_json::Value,
-) -> NewAuditEvent {
-    NewAuditEvent {
-        time: now,
-        kind: kind.to_owned(),
-        actor: actor.map(str::to_owned),
-        master: actor.map(str::to_owned),
-        outcome: outcome.to_owned(),
-        details,
-    }
 }
 
 async fn start(
@@ -84,13 +68,11 @@ async fn start(
     } else {
         "sign_in.oidc.requested"
     };
+    let actor = link_to.map(|(m, _)| m);
     let details = json!({"provider": provider_name, "request": session_ref(&request.id_hash)});
     state
         .store
-        .create_login(
-            request,
-            Some(event(now, kind, link_to.map(|(m, _)| m), "ok", details)),
-        )
+        .create_login(request, Some(event(now, kind, actor, actor, "ok", details)))
         .await?;
     Ok(axum::Json(LoginStartResponse {
         request_id,
@@ -203,6 +185,7 @@ pub async fn callback(
                     now,
                     "sign_in.oidc.verified",
                     actor.as_deref(),
+                    actor.as_deref(),
                     "failed",
                     details,
                 ))
@@ -244,6 +227,7 @@ pub async fn callback(
     let verified = event(
         now,
         "sign_in.oidc.verified",
+        request.link_to.as_deref(),
         request.link_to.as_deref(),
         "ok",
         details,
