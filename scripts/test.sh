@@ -41,4 +41,7 @@ AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
 step "README walkthrough (runs the documented commands against a fresh broker)"
 scripts/check-readme.sh
 
+step "operator runbook (its checked block against a fresh broker)"
+scripts/check-runbook.sh
+
 step "all tests passed"

@@ -11,6 +11,9 @@ Run by scripts/e2e/run.sh (which brings RGW up and down). It:
   * pairs an agent to each master through the CLI (`agentkeys agent pair` on the agent's side,
     `agentkeys agents approve` on the master's) and proves that an agent reaches its own prefix
     only (not its master's, not the other agent's), and cannot mint once suspended;
+  * has master A grant bot1 its `inbox/` (`agentkeys grants create`) and proves that credentials
+    minted with `--grant` reach `<A>/inbox/` and nothing else of A's, and that a revoked grant
+    mints nothing;
   * checks that STS refuses tokens that differ from a good one in exactly one property;
   * ends with `agentkeys-broker audit verify`.
 
@@ -527,9 +530,11 @@ def body(work, broker):
     iam, s3_admin = admin_client("iam"), admin_client("s3")
     pol_dir = os.path.join(work, "policies")
     prefixes = [A.wallet, B.wallet, *(b.wallet for b in bots.values())]     # one --expand per tag value
+    grant_scope = f"{A.wallet}/inbox"        # the agentkeys_scope tag of A's grant to bot1 (section 6c)
     r = run([BROKER_BIN, "policy", "aws", "--issuer", ISSUER, "--account", "", "--bucket", BUCKET,
-             "--role-name", ROLE, "--out-dir", pol_dir,
-             *(arg for w in prefixes for arg in ("--expand", f"agentkeys_user_wallet={w}"))],
+             "--role-name", ROLE, "--out-dir", pol_dir, "--with-grants",
+             *(arg for w in prefixes for arg in ("--expand", f"agentkeys_user_wallet={w}")),
+             "--expand", f"agentkeys_scope={grant_scope}"],
             clean_env(broker.home))
     if r.returncode != 0:
         check("`agentkeys-broker policy aws` prints the policies", lambda: (False, short(r.stderr)))
@@ -593,7 +598,7 @@ def body(work, broker):
         if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
     s3_admin.put_bucket_policy(Bucket=BUCKET, Policy=bucket_policy)
-    for w in (*prefixes, STRANGER):
+    for w in (*prefixes, STRANGER, grant_scope, f"{A.wallet}/private"):
         s3_admin.put_object(Bucket=BUCKET, Key=f"{w}/seed.txt", Body=f"seed of {w}".encode())
     info(f"RGW setup (provider, 3 roles, bucket policy, seeds) in {time.monotonic() - t1:.1f}s")
 
@@ -776,6 +781,90 @@ def body(work, broker):
             c = json.loads(r.stdout)
             return allowed(lambda: list_prefix(s3_for(c), f"{bot1.wallet}/"))()
         check("bot1: after resumption, new credentials list <bot1>/ again", resumed)
+
+    # -------------------------------------------------------------- 6c. grants: bot1 gets A's inbox/, nothing more
+    grant = {}
+    if bot1:
+        def grant_create():
+            need("grants", "create")
+            r = A.cli("grants", "create", "--agent", "bot1", "--scope", "inbox/", "--expires-in", "1h", "--json")
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            g = json.loads(r.stdout)
+            grant.update(g)
+            exposure = g.get("worst_case_exposure", {})
+            ok = g.get("scope_tag") == grant_scope and g.get("scope") == "inbox/" and bool(exposure.get("explanation"))
+            return ok, f"grant {g.get('grant_id', '')[:8]}…, scope_tag {g.get('scope_tag')}, " \
+                       f"worst-case exposure {exposure.get('seconds')} s"
+        check("A: `agentkeys grants create --agent bot1 --scope inbox/ --expires-in 1h`", grant_create)
+
+    def grant_creds():
+        args = ["aws", "credentials", "--role-arn", role_arn(ROLE), "--format", "json", *sts_args]
+        return bot1.cli(*args, "--grant", grant["grant_id"])
+    if grant:
+        def grant_token():
+            claims = b64url_json(token(bot1, "--grant", grant["grant_id"]).split(".")[1])
+            tags = claims.get(TAGS_CLAIM, {}).get("principal_tags", {})
+            got = (claims.get("agentkeys_scope"), tags.get("agentkeys_scope"), claims.get("agentkeys_user_wallet"))
+            return got == (grant_scope, [grant_scope], bot1.wallet), f"agentkeys_scope {got[0]}, session tag {got[1]}"
+        check("bot1: `agentkeys token --grant ID` carries agentkeys_scope=<A>/inbox (claim and session tag)",
+              grant_token)
+
+        def creds_under_grant():
+            r = grant_creds()
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            creds["bot1-grant"] = json.loads(r.stdout)
+            return True, f"AccessKeyId {creds['bot1-grant']['AccessKeyId'][:8]}…"
+        check("bot1: `agentkeys aws credentials --grant ID`", creds_under_grant)
+    if "bot1-grant" in creds:
+        sg = s3_for(creds["bot1-grant"])
+        inbox = f"{grant_scope}/"
+        body_g = f"written by bot1 under a grant at {time.time()}".encode()
+        check("bot1 (grant): list <A>/inbox/", allowed(lambda: list_prefix(sg, inbox)))
+
+        def get_inbox_seed():
+            got = sg.get_object(Bucket=BUCKET, Key=f"{inbox}seed.txt")["Body"].read()
+            return got == f"seed of {grant_scope}".encode(), f"content {got[:40]!r}"
+        check("bot1 (grant): get <A>/inbox/seed.txt", get_inbox_seed)
+        check("bot1 (grant): put <A>/inbox/from-bot1.txt",
+              allowed(lambda: sg.put_object(Bucket=BUCKET, Key=f"{inbox}from-bot1.txt", Body=body_g) and "200"))
+        if "A" in creds:
+            def master_reads():
+                got = s3_for(creds["A"]).get_object(Bucket=BUCKET, Key=f"{inbox}from-bot1.txt")["Body"].read()
+                return got == body_g, "content matches" if got == body_g else f"content {got[:40]!r}"
+            check("A: get <A>/inbox/from-bot1.txt (the agent's write is the master's data)", master_reads)
+        check("bot1 (grant): list own prefix <bot1>/ still works", allowed(lambda: list_prefix(sg, f"{bot1.wallet}/")))
+        check("bot1 (grant): list A's prefix root <A>/ is AccessDenied", denied(lambda: list_prefix(sg, f"{A.wallet}/")))
+        check("bot1 (grant): list <A>/private/ is AccessDenied",
+              denied(lambda: list_prefix(sg, f"{A.wallet}/private/")))
+        check("bot1 (grant): get <A>/private/seed.txt is AccessDenied",
+              denied(lambda: sg.get_object(Bucket=BUCKET, Key=f"{A.wallet}/private/seed.txt")))
+        check("bot1 (grant): get <A>/seed.txt is AccessDenied",
+              denied(lambda: sg.get_object(Bucket=BUCKET, Key=f"{A.wallet}/seed.txt")))
+        check("bot1 (grant): put <A>/private/evil.txt is AccessDenied",
+              denied(lambda: sg.put_object(Bucket=BUCKET, Key=f"{A.wallet}/private/evil.txt", Body=b"x")))
+        check("bot1 (grant): put <A>/inbox-evil.txt (sibling of the scope) is AccessDenied",
+              denied(lambda: sg.put_object(Bucket=BUCKET, Key=f"{A.wallet}/inbox-evil.txt", Body=b"x")))
+        check("bot1 (grant): list <B>/ is AccessDenied", denied(lambda: list_prefix(sg, f"{B.wallet}/")))
+        if "bot1" in creds:
+            check("bot1 (no grant): get <A>/inbox/seed.txt is AccessDenied",
+                  denied(lambda: s3_for(creds["bot1"]).get_object(Bucket=BUCKET, Key=f"{inbox}seed.txt")))
+        if bot2 and "bot2" in creds:
+            check("bot2: list <A>/inbox/ is AccessDenied (the grant is bot1's)",
+                  denied(lambda: list_prefix(s3_for(creds["bot2"]), inbox)))
+    if grant:
+        def grant_revoke():
+            r = A.cli("grants", "revoke", grant["grant_id"])
+            return r.returncode == 0, f"rc={r.returncode}: {short(r.stdout if r.returncode == 0 else r.stderr, 200)}"
+        check("A: `agentkeys grants revoke ID`", grant_revoke)
+
+        def revoked():
+            r = grant_creds()
+            ok = r.returncode != 0 and "403 grant_revoked" in r.stderr and not r.stdout.strip()
+            return ok, f"rc={r.returncode}: {short(r.stderr, 200)}"
+        check("bot1: after revocation `agentkeys aws credentials --grant ID` fails (mint refused: 403 grant_revoked)",
+              revoked)
 
     # -------------------------------------------------------------- 7. agentkeys exec + AWS CLI
     exec_args = ["exec", "--role-arn", role_arn(ROLE), *sts_args, "--"]

@@ -103,6 +103,34 @@ pub enum KeysCommand {
 pub enum AuditCommand {
     /// Recompute the hash chain from the first event; names the first bad event.
     Verify,
+    /// Print events as NDJSON (one JSON object a line, oldest first) on stdout.
+    Export {
+        /// Only events with a larger seq.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+    },
+    /// Verify the chain and print a checkpoint of its head: a compact JWS signed with the active
+    /// signing key over {kind, seq, head_hash, time}. Ship it off the box; `verify-checkpoint`
+    /// checks it later against the public JWKS.
+    Checkpoint,
+    /// Check a checkpoint's signature against the broker's JWKS, then that the stored chain is
+    /// intact and still has that hash at that seq (nothing rewritten or truncated).
+    VerifyCheckpoint {
+        /// The JWKS URL, e.g. https://broker.example/.well-known/jwks.json.
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "jwks_file",
+            required_unless_present = "jwks_file"
+        )]
+        jwks_url: Option<String>,
+        /// A file holding the JWKS.
+        #[arg(long, value_name = "FILE")]
+        jwks_file: Option<PathBuf>,
+        /// File holding the checkpoint JWS; `-` for stdin.
+        #[arg(value_name = "CHECKPOINT_FILE")]
+        checkpoint: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,6 +43,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             store,
             command: AuditCommand::Verify,
         } => verify_audit(&store).await,
+        Command::Audit { store, command } => {
+            crate::checkpoint::run(&store, command, clock.now()).await
+        }
     }
 }
 

@@ -151,6 +151,12 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub email_rate_per_ip_per_hour: u64,
 
+    /// The longest STS session the cloud role allows (its MaxSessionDuration), in seconds.
+    /// Grant responses state their worst-case exposure with it: JWT TTL + this.
+    #[arg(long, env = "BROKER_STS_MAX_SESSION_SECONDS", default_value_t = 3600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(900..=43_200))]
+    pub sts_max_session_seconds: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "BROKER_LOG_FORMAT", default_value = "text", value_name = "FORMAT",
           value_parser = ["text", "json"])]
@@ -283,6 +289,7 @@ pub struct Settings {
     pub login_ttl_seconds: i64,
     pub email_rate_per_address_per_hour: u64,
     pub email_rate_per_ip_per_hour: u64,
+    pub sts_max_session_seconds: i64,
     /// OpenID Connect providers for sign-in (discovered at start-up).
     pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
 }
@@ -418,6 +425,7 @@ impl ServeSettings {
             email_rate_per_address_per_hour: self.email_rate_per_address_per_hour,
             email_rate_per_ip_per_hour: self.email_rate_per_ip_per_hour,
             oidc_providers,
+            sts_max_session_seconds: self.sts_max_session_seconds as i64,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! and tests drive the same functions with a port-0 listener.
 
 pub mod agents;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod commands;

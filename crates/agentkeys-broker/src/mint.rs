@@ -1,6 +1,6 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
-use agentkeys_store::{GateOutcome, NewAuditEvent, Session};
+use agentkeys_store::{GateOutcome, Grant, GrantUse, NewAuditEvent, Session};
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
@@ -179,6 +179,13 @@ pub async fn mint(
         );
         return Err(deny(state, Some(session), "invalid_role_arn", e).await);
     }
+    let grant = match request.grant_id.as_deref() {
+        None => None,
+        Some(id) => match check_grant(state, session, id, now).await? {
+            Ok(g) => Some(g),
+            Err((reason, e)) => return Err(deny(state, Some(session), reason, e).await),
+        },
+    };
 
     // Claims, checked against AWS's tag contract before anything is signed. An agent's tags
     // name only the agent: never its master's wallet, so no tenant-wide rule covers an agent.
@@ -192,10 +199,15 @@ pub async fn mint(
     } else {
         claims::master_subject(wallet)
     };
-    let tags = match AwsSessionTags::new([
+    let scope = grant.as_ref().map(|g| g.scope.as_str());
+    let mut tag_pairs = vec![
         (claims::USER_WALLET, wallet),
         (claims::ACTOR_OMNI, session.omni.as_str()),
-    ]) {
+    ];
+    if let Some(scope) = scope {
+        tag_pairs.push((claims::SCOPE, scope));
+    }
+    let tags = match AwsSessionTags::new(tag_pairs) {
         Ok(t) => t,
         Err(e) => {
             let e = ApiError::Unprocessable {
@@ -217,7 +229,7 @@ pub async fn mint(
         jti: jti.clone(),
         agentkeys_user_wallet: wallet,
         agentkeys_actor_omni: &session.omni,
-        agentkeys_scope: None,
+        agentkeys_scope: scope,
         aws_tags: tags,
         aws_roles: request.role_arn.as_deref(),
     };
@@ -235,6 +247,7 @@ pub async fn mint(
     let details = json!({
         "jti": jti, "aud": audience, "exp": exp, "kid": signer.kid(),
         "role_arn": request.role_arn, "session": session_ref(&session.token_hash),
+        "grant": grant.as_ref().map(|g| g.id.clone()),
     });
     let on_allow = NewAuditEvent {
         time: now,
@@ -250,10 +263,30 @@ pub async fn mint(
         "rate_limited",
         json!({"session": session_ref(&session.token_hash)}),
     );
-    let gate = state
-        .store
-        .rate_limited_append(&session.omni, &state.mint_windows, now, on_allow, on_deny)
-        .await;
+    let gate = match &grant {
+        None => {
+            state
+                .store
+                .rate_limited_append(&session.omni, &state.mint_windows, now, on_allow, on_deny)
+                .await
+        }
+        Some(g) => {
+            // One use of the grant is consumed in the same transaction as the audit event.
+            let buckets: Vec<_> = state
+                .mint_windows
+                .iter()
+                .map(|w| (session.omni.clone(), *w))
+                .collect();
+            let grant_use = GrantUse {
+                grant_id: g.id.clone(),
+                agent: session.omni.clone(),
+            };
+            state
+                .store
+                .rate_limited_append_buckets(&buckets, Some(&grant_use), now, on_allow, on_deny)
+                .await
+        }
+    };
     match gate {
         Ok(GateOutcome::Allowed { .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
@@ -263,6 +296,14 @@ pub async fn mint(
                 expires_at: exp,
                 wallet: wallet.to_owned(),
                 actor_omni: session.omni.clone(),
+            })
+        }
+        Ok(GateOutcome::GrantUnavailable { .. }) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
+            mint_denied("grant_unavailable");
+            Err(ApiError::Forbidden {
+                kind: "grant_unavailable",
+                message: "the grant was revoked, expired or used up just now".into(),
             })
         }
         Ok(GateOutcome::Limited { retry_after, .. }) => {
@@ -278,6 +319,45 @@ pub async fn mint(
             ))
         }
     }
+}
+
+/// Gate 3 for a named grant: it exists, belongs to this agent, and is live. The use itself is
+/// consumed later, atomically with the audit event.
+async fn check_grant(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    now: i64,
+) -> Result<Result<Grant, (&'static str, ApiError)>, ApiError> {
+    let refuse = |kind: &'static str, message: &str| {
+        Err((
+            kind,
+            ApiError::Forbidden {
+                kind,
+                message: message.to_owned(),
+            },
+        ))
+    };
+    if !is_agent(session) {
+        return Ok(refuse(
+            "grant_not_yours",
+            "grants are used by the agents they were given to, not by masters",
+        ));
+    }
+    let Some(grant) = state.store.grant(id).await? else {
+        return Ok(refuse("grant_unknown", "no grant has that id"));
+    };
+    Ok(if grant.agent != session.omni {
+        refuse("grant_not_yours", "that grant was given to another agent")
+    } else if grant.revoked_at.is_some() {
+        refuse("grant_revoked", "that grant was revoked by its master")
+    } else if now >= grant.expires_at {
+        refuse("grant_expired", "that grant has expired")
+    } else if grant.max_uses.is_some_and(|m| grant.uses >= m) {
+        refuse("grant_exhausted", "that grant has no uses left")
+    } else {
+        Ok(grant)
+    })
 }
 
 #[cfg(test)]

@@ -68,6 +68,21 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// Which of a master's events to read ([`crate::Store::audit_for_master`]).
+///
+/// Pages run oldest first: events with `seq > after_seq`, in seq order, at most `limit`; the
+/// next page starts after the last seq returned. Filters combine with AND: `kind` and `actor`
+/// match exactly, and `since <= time < until` (unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub after_seq: u64,
+    pub limit: u32,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
 /// Where a chain stops being valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("audit event seq {seq} is invalid: {reason}")]

@@ -9,6 +9,7 @@ pub mod audit;
 mod model;
 mod sqlite;
 
+pub use audit::AuditQuery;
 pub use model::*;
 pub use sqlite::SqliteStore;
 
@@ -71,15 +72,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<GateOutcome> {
         let buckets: Vec<(String, RateWindow)> =
             windows.iter().map(|w| (actor.to_owned(), *w)).collect();
-        self.rate_limited_append_buckets(&buckets, now, on_allow, on_deny)
+        self.rate_limited_append_buckets(&buckets, None, now, on_allow, on_deny)
             .await
     }
 
     /// The same over several counters at once, each `(key, window)`: e.g. one per email
-    /// address and one per client IP. All must have room, or none is counted.
+    /// address and one per client IP. All must have room, or none is counted. With `grant`,
+    /// one use of that grant is consumed in the same transaction if it is still live for that
+    /// agent; otherwise `on_deny` is written with reason `grant_unavailable`.
     async fn rate_limited_append_buckets(
         &self,
         buckets: &[(String, RateWindow)],
+        grant: Option<&GrantUse>,
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
@@ -90,6 +94,9 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, event: NewAuditEvent) -> Result<u64>;
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn audit_events(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>>;
+    /// The events whose `master` is `master` (its own and its agents'), oldest first, filtered
+    /// and paged as [`AuditQuery`] says.
+    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<Vec<AuditEvent>>;
 
     // -- signing keys --
     async fn insert_signing_key(&self, key: SigningKeyRecord, event: NewAuditEvent) -> Result<()>;
@@ -184,6 +191,20 @@ pub trait Store: Send + Sync + 'static {
         master: &str,
         identity_type: &str,
         identity_value: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool>;
+
+    // -- grants --
+    async fn create_grant(&self, grant: Grant, event: NewAuditEvent) -> Result<()>;
+    async fn grant(&self, id: &str) -> Result<Option<Grant>>;
+    /// Grants made by `master`, or (with `agent`) to that agent.
+    async fn grants_of(&self, master: Option<&str>, agent: Option<&str>) -> Result<Vec<Grant>>;
+    /// Revokes `master`'s live grant; `false` if there is none with that id.
+    async fn revoke_grant(
+        &self,
+        master: &str,
+        id: &str,
+        now: i64,
         event: NewAuditEvent,
     ) -> Result<bool>;
 

@@ -107,6 +107,9 @@ pub enum GateOutcome {
         window_seconds: i64,
         seq: u64,
     },
+    /// The grant named for this use was revoked, expired or used up meanwhile; the denial
+    /// (reason `grant_unavailable`) has this seq.
+    GrantUnavailable { seq: u64 },
 }
 
 /// An agent paired to a master.
@@ -237,4 +240,25 @@ pub enum LoginClaim {
     Gone,
     /// Linking refused: the identity is linked to another master.
     LinkedElsewhere,
+}
+
+/// A master's grant of `scope` (a path under its own prefix) to one of its agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: String,
+    pub master: String,
+    pub agent: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A use of a grant, consumed in the same transaction as the mint's audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantUse {
+    pub grant_id: String,
+    pub agent: String,
 }

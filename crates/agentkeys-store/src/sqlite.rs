@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
     Agent, AgentSessionOutcome, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome,
-    Identity, LoginClaim, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
-    SigningKeyRecord, Store, StoreError,
+    Grant, GrantUse, Identity, LoginClaim, LoginRequest, NewAuditEvent, PairingRequest, RateWindow,
+    Result, Session, SigningKeyRecord, Store, StoreError,
 };
 
 /// Most operations one commit carries; bounds the latency a large burst adds to its first caller.
@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_agents.sql"),
     include_str!("../migrations/sqlite/0003_agent_proofs.sql"),
     include_str!("../migrations/sqlite/0004_logins.sql"),
+    include_str!("../migrations/sqlite/0005_grants.sql"),
 ];
 
 pub struct SqliteStore {
@@ -182,6 +183,7 @@ enum Op {
     },
     RateLimitedAppend {
         buckets: Vec<(String, RateWindow)>,
+        grant: Option<GrantUse>,
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
@@ -220,6 +222,13 @@ enum Op {
         event: NewAuditEvent,
     },
     CreateLogin(LoginRequest, Option<NewAuditEvent>),
+    CreateGrant(Grant, NewAuditEvent),
+    RevokeGrant {
+        master: String,
+        id: String,
+        now: i64,
+        event: NewAuditEvent,
+    },
     VerifyLogin {
         id_hash: String,
         identity_type: String,
@@ -424,6 +433,7 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
         }
         Op::RateLimitedAppend {
             buckets,
+            grant,
             now,
             on_allow,
             on_deny,
@@ -445,6 +455,21 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
                         window_seconds: w.seconds,
                         seq,
                     }));
+                }
+            }
+            if let Some(g) = &grant {
+                let used = conn
+                    .prepare_cached(
+                        "UPDATE grants SET uses = uses + 1
+                         WHERE id = ?1 AND agent = ?2 AND revoked_at IS NULL AND expires_at > ?3
+                           AND (max_uses IS NULL OR uses < max_uses)",
+                    )?
+                    .execute(params![g.grant_id, g.agent, now])?;
+                if used == 0 {
+                    let mut denied = on_deny;
+                    denied.details["reason"] = serde_json::json!("grant_unavailable");
+                    let seq = append(conn, head, &denied)?;
+                    return Ok(Output::Gate(GateOutcome::GrantUnavailable { seq }));
                 }
             }
             let mut bump = conn.prepare_cached(
@@ -627,6 +652,37 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             }
             append(conn, head, &event)?;
             Output::Agent(select_agent(conn, &omni)?)
+        }
+        Op::CreateGrant(g, event) => {
+            conn.prepare_cached(
+                "INSERT INTO grants (id, master, agent, scope, created_at, expires_at, max_uses)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                g.id,
+                g.master,
+                g.agent,
+                g.scope,
+                g.created_at,
+                g.expires_at,
+                g.max_uses
+            ])?;
+            append(conn, head, &event)?;
+            Output::Unit
+        }
+        Op::RevokeGrant {
+            master,
+            id,
+            now,
+            event,
+        } => {
+            let n = conn
+                .prepare_cached("UPDATE grants SET revoked_at = ?1 WHERE id = ?2 AND master = ?3 AND revoked_at IS NULL")?
+                .execute(params![now, id, master])?;
+            if n > 0 {
+                append(conn, head, &event)?;
+            }
+            Output::Flag(n > 0)
         }
         Op::CreateLogin(l, event) => {
             conn.prepare_cached(
@@ -916,6 +972,23 @@ fn select_identity(
     .optional()
 }
 
+const GRANT_COLUMNS: &str =
+    "id, master, agent, scope, created_at, expires_at, max_uses, uses, revoked_at";
+
+fn grant_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: r.get(0)?,
+        master: r.get(1)?,
+        agent: r.get(2)?,
+        scope: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        max_uses: r.get(6)?,
+        uses: r.get(7)?,
+        revoked_at: r.get(8)?,
+    })
+}
+
 const AGENT_COLUMNS: &str = "omni, master, label, device_address, status, created_at, updated_at";
 
 fn agent_row(r: &Row<'_>) -> rusqlite::Result<Agent> {
@@ -1048,12 +1121,14 @@ impl Store for SqliteStore {
     async fn rate_limited_append_buckets(
         &self,
         buckets: &[(String, RateWindow)],
+        grant: Option<&GrantUse>,
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
     ) -> Result<GateOutcome> {
         let op = Op::RateLimitedAppend {
             buckets: buckets.to_vec(),
+            grant: grant.cloned(),
             now,
             on_allow,
             on_deny,
@@ -1078,6 +1153,41 @@ impl Store for SqliteStore {
                  FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?
             .query_map(params![after as i64, limit as i64], audit_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn audit_for_master(
+        &self,
+        master: &str,
+        query: crate::AuditQuery,
+    ) -> Result<Vec<AuditEvent>> {
+        let master = master.to_owned();
+        self.scan(move |c| {
+            // Walks the (master, seq) index; the filters only discard rows of that range.
+            c.prepare_cached(
+                "SELECT seq, time, kind, actor, master, outcome, details, prev_hash, hash
+                 FROM audit_events
+                 WHERE master = ?1 AND seq > ?2
+                   AND (?3 IS NULL OR kind = ?3)
+                   AND (?4 IS NULL OR actor = ?4)
+                   AND (?5 IS NULL OR time >= ?5)
+                   AND (?6 IS NULL OR time < ?6)
+                 ORDER BY seq LIMIT ?7",
+            )?
+            .query_map(
+                params![
+                    master,
+                    i64::try_from(query.after_seq).unwrap_or(i64::MAX),
+                    query.kind,
+                    query.actor,
+                    query.since,
+                    query.until,
+                    query.limit as i64
+                ],
+                audit_row,
+            )?
             .collect()
         })
         .await
@@ -1325,6 +1435,53 @@ impl Store for SqliteStore {
             master: master.to_owned(),
             identity_type: identity_type.to_owned(),
             identity_value: identity_value.to_owned(),
+            event,
+        };
+        match self.write(op).await? {
+            Output::Flag(done) => Ok(done),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn create_grant(&self, grant: Grant, event: NewAuditEvent) -> Result<()> {
+        match self.write(Op::CreateGrant(grant, event)).await? {
+            Output::Unit => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn grant(&self, id: &str) -> Result<Option<Grant>> {
+        self.readers.with(|c| {
+            c.prepare_cached(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"))?
+                .query_row([id], grant_row)
+                .optional()
+        })
+    }
+
+    async fn grants_of(&self, master: Option<&str>, agent: Option<&str>) -> Result<Vec<Grant>> {
+        let (master, agent) = (master.map(str::to_owned), agent.map(str::to_owned));
+        self.scan(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants
+                 WHERE (?1 IS NULL OR master = ?1) AND (?2 IS NULL OR agent = ?2) ORDER BY created_at, id"
+            ))?
+            .query_map(params![master, agent], grant_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke_grant(
+        &self,
+        master: &str,
+        id: &str,
+        now: i64,
+        event: NewAuditEvent,
+    ) -> Result<bool> {
+        let op = Op::RevokeGrant {
+            master: master.to_owned(),
+            id: id.to_owned(),
+            now,
             event,
         };
         match self.write(op).await? {

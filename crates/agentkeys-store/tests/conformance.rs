@@ -902,3 +902,219 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
         LoginClaim::Gone
     );
 }
+
+#[tokio::test]
+async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
+    let f = Fixture::new().await;
+    let s = f.store.as_ref();
+    let ev = |kind: &str, actor: &str, master: Option<&str>, n: i64| NewAuditEvent {
+        time: 1_000 + n,
+        kind: kind.into(),
+        actor: Some(actor.into()),
+        master: master.map(str::to_owned),
+        outcome: "ok".into(),
+        details: json!({ "n": n }),
+    };
+    // m1 and its agent a1, another master m2, and an event with no master.
+    let plan = [
+        ("sign_in", "m1", Some("m1")),
+        ("sign_in", "m2", Some("m2")),
+        ("mint", "a1", Some("m1")),
+        ("mint", "m1", Some("m1")),
+        ("sign_in", "x", None),
+        ("mint", "a1", Some("m1")),
+        ("mint", "m2", Some("m2")),
+        ("agent.suspended", "m1", Some("m1")),
+    ];
+    for (n, (kind, actor, master)) in plan.iter().enumerate() {
+        s.append_audit(ev(kind, actor, *master, n as i64))
+            .await
+            .unwrap();
+    }
+    let q = |after_seq: u64, limit: u32| agentkeys_store::AuditQuery {
+        after_seq,
+        limit,
+        ..Default::default()
+    };
+    let seqs = |events: Vec<agentkeys_store::AuditEvent>| -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    };
+
+    let all = s.audit_for_master("m1", q(0, 100)).await.unwrap();
+    assert!(all.iter().all(|e| e.master.as_deref() == Some("m1")));
+    assert_eq!(seqs(all), [1, 3, 4, 6, 8], "oldest first, only m1's");
+    assert_eq!(
+        seqs(s.audit_for_master("m2", q(0, 100)).await.unwrap()),
+        [2, 7]
+    );
+    assert!(
+        s.audit_for_master("nobody", q(0, 100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Paging by seq cursor.
+    assert_eq!(
+        seqs(s.audit_for_master("m1", q(0, 2)).await.unwrap()),
+        [1, 3]
+    );
+    assert_eq!(
+        seqs(s.audit_for_master("m1", q(3, 2)).await.unwrap()),
+        [4, 6]
+    );
+    assert_eq!(seqs(s.audit_for_master("m1", q(6, 2)).await.unwrap()), [8]);
+    assert!(s.audit_for_master("m1", q(8, 2)).await.unwrap().is_empty());
+    assert!(
+        s.audit_for_master("m1", q(u64::MAX, 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Filters.
+    let filtered =
+        |kind: Option<&str>, actor: Option<&str>, since, until| agentkeys_store::AuditQuery {
+            after_seq: 0,
+            limit: 100,
+            kind: kind.map(str::to_owned),
+            actor: actor.map(str::to_owned),
+            since,
+            until,
+        };
+    assert_eq!(
+        seqs(
+            s.audit_for_master("m1", filtered(Some("mint"), None, None, None))
+                .await
+                .unwrap()
+        ),
+        [3, 4, 6]
+    );
+    assert_eq!(
+        seqs(
+            s.audit_for_master("m1", filtered(Some("mint"), Some("a1"), None, None))
+                .await
+                .unwrap()
+        ),
+        [3, 6]
+    );
+    // since inclusive, until exclusive (times are 1000 + index).
+    assert_eq!(
+        seqs(
+            s.audit_for_master("m1", filtered(None, None, Some(1_003), Some(1_007)))
+                .await
+                .unwrap()
+        ),
+        [4, 6]
+    );
+    // Another master's agent filter finds nothing of m1's.
+    assert!(
+        s.audit_for_master("m2", filtered(None, Some("a1"), None, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
+    let f = Fixture::new().await;
+    let s = &f.store;
+    s.create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
+        .await
+        .unwrap();
+    s.approve_pairing(
+        "ABCDEFGH",
+        "master",
+        "bot",
+        "omni-bot",
+        1,
+        event("approve", 2),
+    )
+    .await
+    .unwrap();
+    let grant = agentkeys_store::Grant {
+        id: "g1".into(),
+        master: "master".into(),
+        agent: "omni-bot".into(),
+        scope: "0xabc/inbox".into(),
+        created_at: 1,
+        expires_at: 1000,
+        max_uses: Some(1),
+        uses: 0,
+        revoked_at: None,
+    };
+    s.create_grant(grant, event("grant.created", 3))
+        .await
+        .unwrap();
+    let window = [(
+        "omni-bot".to_owned(),
+        RateWindow {
+            seconds: 60,
+            limit: 100,
+        },
+    )];
+    let use_of = |agent: &str| agentkeys_store::GrantUse {
+        grant_id: "g1".into(),
+        agent: agent.into(),
+    };
+    let gate = |agent: &'static str, now: i64| {
+        let store = s.clone();
+        let window = window.clone();
+        let grant_use = use_of(agent);
+        async move {
+            store
+                .rate_limited_append_buckets(
+                    &window,
+                    Some(&grant_use),
+                    now,
+                    event("mint", now),
+                    event("mint.denied", now),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        matches!(
+            gate("someone-else", 10).await,
+            GateOutcome::GrantUnavailable { .. }
+        ),
+        "not this agent's"
+    );
+    assert!(matches!(
+        gate("omni-bot", 10).await,
+        GateOutcome::Allowed { .. }
+    ));
+    assert!(
+        matches!(
+            gate("omni-bot", 11).await,
+            GateOutcome::GrantUnavailable { .. }
+        ),
+        "used up"
+    );
+    assert_eq!(s.grant("g1").await.unwrap().unwrap().uses, 1);
+    let denied = s
+        .audit_events(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "mint.denied")
+        .count();
+    assert_eq!(denied, 2);
+    assert!(
+        s.revoke_grant("master", "g1", 12, event("grant.revoked", 12))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.revoke_grant("master", "g1", 13, event("grant.revoked", 13))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.grants_of(None, Some("omni-bot")).await.unwrap().len(), 1);
+    assert_eq!(
+        s.grants_of(Some("master"), None).await.unwrap()[0].revoked_at,
+        Some(12)
+    );
+}

@@ -89,6 +89,10 @@ pub struct MintRequest {
     /// (`arn:aws:iam::123456789012:role/name`) and account-less (`arn:aws:iam:::role/name`) forms.
     #[serde(default)]
     pub role_arn: Option<String>,
+    /// Mint under this grant (agents only): the token gains the `agentkeys_scope` tag and one
+    /// use of the grant is consumed.
+    #[serde(default)]
+    pub grant_id: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
@@ -320,4 +324,73 @@ pub struct IdentityInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IdentityList {
     pub identities: Vec<IdentityInfo>,
+}
+
+/// One audit event as a master sees it (`GET /v1/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventInfo {
+    /// Position in the broker's log (global, so a master's events have gaps).
+    pub seq: u64,
+    /// RFC 3339.
+    pub time: String,
+    pub kind: String,
+    /// Omni of the master or the agent that acted, when known.
+    pub actor: Option<String>,
+    /// `ok`, or `denied` / `failed` with the reason in `details`.
+    pub outcome: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// The event's chain hash, comparable with an operator's export or checkpoint.
+    pub hash: String,
+}
+
+/// A page of audit events, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEventInfo>,
+    /// Pass as `after` for the next page; `null` when this page is the last.
+    pub next: Option<u64>,
+}
+
+// ---- grants ------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantCreateRequest {
+    /// The agent's omni.
+    pub agent: String,
+    /// A path under the master's own prefix, e.g. `inbox/` (letters, digits, `._-` and `/`).
+    pub scope: String,
+    /// RFC 3339; at most a year ahead.
+    pub expires_at: String,
+    /// Mints allowed under the grant; unlimited when absent.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorstCaseExposure {
+    /// How long credentials minted under the grant can outlive its revocation.
+    pub seconds: u64,
+    pub explanation: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantInfo {
+    pub grant_id: String,
+    pub agent: String,
+    pub scope: String,
+    /// The `agentkeys_scope` tag value tokens minted under it carry: `<master prefix>/<scope>`.
+    pub scope_tag: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub revoked_at: Option<String>,
+    pub worst_case_exposure: WorstCaseExposure,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantList {
+    pub grants: Vec<GrantInfo>,
 }

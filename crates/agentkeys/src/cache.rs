@@ -29,6 +29,9 @@ pub struct CacheKey {
     pub role_arn: String,
     pub sts_endpoint: Option<String>,
     pub region: String,
+    /// The grant the credentials were minted under (`--grant`); none for the session's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 impl CacheKey {
@@ -46,6 +49,12 @@ impl CacheKey {
             h.update(part.as_bytes());
         }
         h.update([u8::from(self.sts_endpoint.is_some())]);
+        // Only keyed when present, so the entries of grant-less credentials keep their names.
+        if let Some(g) = &self.grant {
+            h.update(b"grant");
+            h.update((g.len() as u64).to_be_bytes());
+            h.update(g.as_bytes());
+        }
         format!("{}.json", &hex::encode(h.finalize())[..32])
     }
 }
@@ -185,6 +194,7 @@ mod tests {
             role_arn: "arn:aws:iam:::role/data".into(),
             sts_endpoint: Some("http://127.0.0.1:17480".into()),
             region: "us-east-1".into(),
+            grant: None,
         }
     }
 
@@ -245,6 +255,10 @@ mod tests {
             },
             CacheKey {
                 region: "eu-west-1".into(),
+                ..key()
+            },
+            CacheKey {
+                grant: Some("g1".into()),
                 ..key()
             },
         ];

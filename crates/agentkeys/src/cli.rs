@@ -96,6 +96,30 @@ pub enum Command {
     #[command(subcommand)]
     Sessions(SessionsCommand),
 
+    /// Your audit log (a master's own events and its agents'), oldest first, one line each.
+    Audit {
+        /// Only events of this kind, e.g. mint or sign_in.wallet.
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only events of this agent: its label or omni.
+        #[arg(long, value_name = "LABEL_OR_OMNI")]
+        agent: Option<String>,
+        /// Only events at or after this RFC 3339 time, e.g. 2025-01-31T00:00:00Z.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// One JSON object a line (NDJSON), as the broker sent it.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Grants: give one of your agents an expiring, narrow part of your own prefix (create, list,
+    /// revoke); an agent lists the grants it was given.
+    #[command(subcommand)]
+    Grants(crate::grants::GrantsCommand),
+
     /// Mint a short-lived OIDC JWT for the signed-in session and print it on stdout, so
     /// `$(agentkeys token)` works.
     Token {
@@ -107,6 +131,11 @@ pub enum Command {
         /// Pin the token to this IAM role ARN (claim https://aws.amazon.com/roles).
         #[arg(long, value_name = "ARN")]
         role_arn: Option<String>,
+
+        /// Mint under this grant (agents): the token also reaches the granted part of the
+        /// master's data, and one use of the grant is consumed.
+        #[arg(long, value_name = "GRANT_ID")]
+        grant: Option<String>,
 
         /// Print the broker's JSON answer (jwt, expiration, wallet, actor_omni) instead of
         /// only the JWT.
@@ -139,6 +168,11 @@ pub enum Command {
 
         #[command(flatten)]
         duration: DurationArg,
+
+        /// Mint under this grant (agents): the credentials also reach the granted part of the
+        /// master's data.
+        #[arg(long, value_name = "GRANT_ID")]
+        grant: Option<String>,
 
         /// The command and its arguments, after `--`.
         #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,
@@ -221,6 +255,11 @@ pub enum AwsCommand {
         /// cloud's OIDC provider (default: the broker's, sts.amazonaws.com).
         #[arg(long, value_name = "AUDIENCE")]
         audience: Option<String>,
+
+        /// Mint under this grant (agents): the credentials also reach the granted part of the
+        /// master's data, and one use of the grant is consumed.
+        #[arg(long, value_name = "GRANT_ID")]
+        grant: Option<String>,
     },
 
     /// Print credentials in the AWS `credential_process` format, for ~/.aws/config:
@@ -235,6 +274,10 @@ pub enum AwsCommand {
 
         #[command(flatten)]
         duration: DurationArg,
+
+        /// Mint under this grant (agents); cached separately from the session's own credentials.
+        #[arg(long, value_name = "GRANT_ID")]
+        grant: Option<String>,
     },
 }
 
@@ -558,6 +601,7 @@ mod tests {
             sts,
             duration,
             command,
+            ..
         } = cli.command
         else {
             panic!("not exec")

@@ -357,6 +357,54 @@ impl BrokerClient {
         self.send_json(rb, self.owner()).await
     }
 
+    /// One page of `GET /v1/audit`; `query` holds its parameters (after, limit, kind, …).
+    pub async fn audit_page(
+        &self,
+        token: &SecretToken,
+        query: &[(&str, String)],
+    ) -> Result<agentkeys_types::api::AuditPage> {
+        let params: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode_path_segment(v)))
+            .collect();
+        let rb = self
+            .request(Method::GET, &format!("/v1/audit?{}", params.join("&")))
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `POST /v1/grants` (a master).
+    pub async fn grant_create(
+        &self,
+        token: &SecretToken,
+        req: &agentkeys_types::api::GrantCreateRequest,
+    ) -> Result<agentkeys_types::api::GrantInfo> {
+        let rb = self
+            .request(Method::POST, "/v1/grants")
+            .bearer_auth(token.expose())
+            .json(req);
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `GET /v1/grants`: a master's grants, or an agent's own.
+    pub async fn grants(&self, token: &SecretToken) -> Result<agentkeys_types::api::GrantList> {
+        let rb = self
+            .request(Method::GET, "/v1/grants")
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `DELETE /v1/grants/{id}` (a master); the id is percent-encoded.
+    pub async fn grant_revoke(&self, token: &SecretToken, id: &str) -> Result<()> {
+        let rb = self
+            .request(
+                Method::DELETE,
+                &format!("/v1/grants/{}", encode_path_segment(id)),
+            )
+            .bearer_auth(token.expose());
+        self.send(rb, self.owner()).await.map(drop)
+    }
+
     pub async fn unlink_identity(
         &self,
         token: &SecretToken,
@@ -449,6 +497,9 @@ fn mint_body(req: &MintRequest) -> serde_json::Value {
     }
     if let Some(r) = &req.role_arn {
         map.insert("role_arn".into(), r.clone().into());
+    }
+    if let Some(g) = &req.grant_id {
+        map.insert("grant_id".into(), g.clone().into());
     }
     serde_json::Value::Object(map)
 }
@@ -666,6 +717,7 @@ mod tests {
         let r = MintRequest {
             audience: None,
             role_arn: Some("arn:aws:iam::1:role/x".into()),
+            grant_id: None,
         };
         assert_eq!(
             mint_body(&r),

@@ -84,25 +84,61 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             agents::agents_set(&ctx()?, &target, AgentAction::Remove, out).await
         }
         Command::Sessions(command) => agents::sessions(&ctx()?, command, out).await,
+        Command::Audit {
+            kind,
+            agent,
+            since,
+            limit,
+            json,
+        } => {
+            crate::audit::audit(
+                &ctx()?,
+                crate::audit::Filters {
+                    kind,
+                    agent,
+                    since,
+                    limit,
+                },
+                json,
+                out,
+            )
+            .await
+        }
+        Command::Grants(command) => crate::grants::grants(&ctx()?, command, out).await,
         Command::Token {
             audience,
             role_arn,
+            grant,
             json,
-        } => token(&ctx()?, MintRequest { audience, role_arn }, json, out).await,
+        } => {
+            let req = MintRequest {
+                audience,
+                role_arn,
+                grant_id: grant,
+            };
+            token(&ctx()?, req, json, out).await
+        }
         Command::Aws(AwsCommand::Credentials {
             sts,
             duration,
             format,
             audience,
-        }) => aws_credentials(&ctx()?, &sts, duration.secs, format, audience, out).await,
-        Command::Aws(AwsCommand::CredentialProcess { sts, duration }) => {
-            aws_credential_process(&ctx()?, &sts, duration.secs, out).await
+            grant,
+        }) => {
+            let ctx = ctx()?;
+            aws_credentials(&ctx, &sts, duration.secs, format, (audience, grant), out).await
         }
+        Command::Aws(AwsCommand::CredentialProcess {
+            sts,
+            duration,
+            grant,
+        }) => aws_credential_process(&ctx()?, &sts, duration.secs, grant, out).await,
         Command::Exec {
             sts,
             duration,
+            grant,
             command,
-        } => exec_command(&ctx()?, &sts, duration.secs, command).await,
+        } => exec_command(&ctx()?, &sts, duration.secs, grant, command).await,
         Command::VerifyIsolation {
             sts,
             bucket,
@@ -424,6 +460,7 @@ async fn mint_for_role(
     ctx: &Context,
     role_arn: &str,
     audience: Option<String>,
+    grant_id: Option<String>,
 ) -> Result<MintResponse> {
     let profile = ctx.profile()?;
     let saved = profile.require_session()?;
@@ -431,18 +468,19 @@ async fn mint_for_role(
     let req = MintRequest {
         audience,
         role_arn: Some(role_arn.to_owned()),
+        grant_id,
     };
     client.mint(&saved.session_token, &req).await
 }
 
-/// Mint, then STS.
+/// Mint (with an optional audience and grant), then STS.
 async fn fetch_credentials(
     ctx: &Context,
     target: &StsTarget,
     duration: u32,
-    audience: Option<String>,
+    (audience, grant): (Option<String>, Option<String>),
 ) -> Result<(AwsCredentials, MintResponse)> {
-    let minted = mint_for_role(ctx, &target.role_arn, audience).await?;
+    let minted = mint_for_role(ctx, &target.role_arn, audience, grant).await?;
     let name = aws::session_name(&minted.actor_omni);
     let creds = aws::assume_role_with_web_identity(target, &name, &minted.jwt, duration).await?;
     Ok((creds, minted))
@@ -453,11 +491,11 @@ async fn aws_credentials(
     sts: &StsArgs,
     duration: u32,
     format: CredentialFormat,
-    audience: Option<String>,
+    intent: (Option<String>, Option<String>),
     out: &mut dyn Write,
 ) -> Result<()> {
     let target = sts_target(sts)?;
-    let (creds, minted) = fetch_credentials(ctx, &target, duration, audience).await?;
+    let (creds, minted) = fetch_credentials(ctx, &target, duration, intent).await?;
     match format {
         CredentialFormat::Json => emit(out, &aws::render_json(&creds)?),
         CredentialFormat::Env => emit(
@@ -471,6 +509,7 @@ async fn aws_credential_process(
     ctx: &Context,
     sts: &StsArgs,
     duration: u32,
+    grant: Option<String>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let target = sts_target(sts)?;
@@ -483,6 +522,7 @@ async fn aws_credential_process(
         role_arn: target.role_arn.clone(),
         sts_endpoint: target.endpoint.clone(),
         region: target.region.clone(),
+        grant: grant.clone(),
     };
     let session = cache::session_fingerprint(&saved.session_token);
     let cache = CredentialCache::new(profile.dir());
@@ -494,7 +534,7 @@ async fn aws_credential_process(
         ),
         Err(Miss::Absent | Miss::Stale | Miss::Other) => {}
     }
-    let (creds, minted) = fetch_credentials(ctx, &target, duration, None).await?;
+    let (creds, minted) = fetch_credentials(ctx, &target, duration, (None, grant)).await?;
     if let Err(e) = cache.store(&key, &session, &creds, &minted.wallet) {
         // The credentials are good; only the next call will be slower.
         eprintln!("agentkeys: warning: cannot cache the credentials: {e}");
@@ -506,6 +546,7 @@ async fn exec_command(
     ctx: &Context,
     sts: &StsArgs,
     duration: u32,
+    grant: Option<String>,
     command: Vec<OsString>,
 ) -> Result<()> {
     let Some((program, args)) = command.split_first() else {
@@ -514,7 +555,7 @@ async fn exec_command(
         ));
     };
     let target = sts_target(sts)?;
-    let (creds, minted) = fetch_credentials(ctx, &target, duration, None).await?;
+    let (creds, minted) = fetch_credentials(ctx, &target, duration, (None, grant)).await?;
     let cmd = exec::command(program, args, &creds, &target.region, &minted.wallet);
     // Returns only if the command could not be started.
     Err(exec::exec(cmd))
@@ -561,7 +602,7 @@ async fn verify_isolation(
     )?;
 
     step(out, "1/4 mint a token pinned to the role")?;
-    let minted = match mint_for_role(ctx, &target.role_arn, None).await {
+    let minted = match mint_for_role(ctx, &target.role_arn, None, None).await {
         Ok(m) => m,
         Err(e) => {
             emit(

@@ -274,6 +274,12 @@ fn broker_hint(kind: &str) -> &'static str {
             "; sign in with the wallet key (`agentkeys login wallet --key-file <FILE>`) to link or \
              unlink identities"
         }
+        "grant_revoked" | "grant_expired" | "grant_exhausted" | "grant_unavailable" => {
+            "; ask the master for a new grant (`agentkeys grants create`), or mint without --grant"
+        }
+        "grant_unknown" | "grant_not_yours" => {
+            "; `agentkeys grants list` in the agent's profile shows the grants it was given"
+        }
         "masters_only" => {
             "; this profile holds an agent's session: use a master's profile (--profile NAME)"
         }

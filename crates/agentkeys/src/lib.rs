@@ -7,6 +7,7 @@
 //! The binary `agentkeys` is a thin wrapper over [`run`]; every failure is one [`Error`].
 
 pub mod agents;
+pub mod audit;
 pub mod aws;
 pub mod cache;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 mod fsutil;
+pub mod grants;
 pub mod identities;
 pub mod isolation;
 pub mod keyfile;

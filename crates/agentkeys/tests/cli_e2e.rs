@@ -1456,3 +1456,133 @@ fn oidc_sign_in_with_a_real_provider() {
     );
     assert!(me["wallet"].is_null(), "{me}");
 }
+
+#[test]
+fn grants_create_use_exhaust_and_revoke() {
+    let broker = Broker::start();
+    let (master, master_key, _) = signed_in_master(&broker);
+    let master_wallet = master
+        .ok(&["key", "address", "--key-file", &master_key])
+        .trim()
+        .to_lowercase();
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, &master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", "bot1"]);
+        true
+    })
+    .expect("paired");
+
+    // Create (by label), one use: the id, the scope tag and the exposure sentence are printed.
+    let text = master.ok(&[
+        "grants",
+        "create",
+        "--agent",
+        "bot1",
+        "--scope",
+        "inbox/",
+        "--expires-in",
+        "1h",
+        "--max-uses",
+        "1",
+    ]);
+    let tag = format!("{master_wallet}/inbox");
+    assert!(
+        text.contains(&format!("agentkeys_scope={tag}")) && text.contains("worst case:"),
+        "{text}"
+    );
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("grant_id:"))
+        .expect("grant_id line")
+        .trim()
+        .to_owned();
+    // Both sides list it; a bad expiry is refused before the broker is asked.
+    let list: serde_json::Value =
+        serde_json::from_str(&master.ok(&["grants", "list", "--json"])).expect("json");
+    assert_eq!(list["grants"][0]["grant_id"], id.as_str(), "{list}");
+    assert_eq!(list["grants"][0]["scope_tag"], tag.as_str(), "{list}");
+    let text = agent.ok(&["grants", "list"]);
+    assert!(text.contains(&id) && text.contains("active"), "{text}");
+    let err = master.fails(
+        &[
+            "grants",
+            "create",
+            "--agent",
+            "bot1",
+            "--scope",
+            "x/",
+            "--expires-in",
+            "1y",
+        ],
+        1,
+    );
+    assert!(err.contains("--expires-in"), "{err}");
+    let err = master.fails(
+        &[
+            "grants",
+            "create",
+            "--agent",
+            "nobody",
+            "--scope",
+            "x/",
+            "--expires-in",
+            "1h",
+        ],
+        1,
+    );
+    assert!(err.contains("no agent labelled nobody"), "{err}");
+
+    // The agent's token under the grant carries the scope tag (also as a session tag); its own
+    // token does not.
+    let claims = jwt_payload(agent.ok(&["token", "--grant", &id]).trim());
+    assert_eq!(claims["agentkeys_scope"], tag.as_str(), "{claims}");
+    assert_eq!(
+        claims["https://aws.amazon.com/tags"]["principal_tags"]["agentkeys_scope"][0],
+        tag.as_str(),
+        "{claims}"
+    );
+    let own = jwt_payload(agent.ok(&["token"]).trim());
+    assert!(own.get("agentkeys_scope").is_none(), "{own}");
+
+    // The one use is spent: a clear refusal. The master cannot use it either.
+    let err = agent.fails(&["token", "--grant", &id], 1);
+    assert!(
+        err.contains("403 grant_exhausted") && err.contains("agentkeys grants create"),
+        "{err}"
+    );
+    let err = master.fails(&["token", "--grant", &id], 1);
+    assert!(err.contains("403 grant_not_yours"), "{err}");
+    let err = agent.fails(&["token", "--grant", "ffff"], 1);
+    assert!(err.contains("403 grant_unknown"), "{err}");
+    let text = master.ok(&["grants", "list"]);
+    assert!(text.contains("used up") && text.contains("1/1"), "{text}");
+
+    // Revoke an unlimited grant: the next mint under it is refused; revoking again is a 404.
+    let g: serde_json::Value = serde_json::from_str(&master.ok(&[
+        "grants",
+        "create",
+        "--agent",
+        "bot1",
+        "--scope",
+        "projects/q3",
+        "--expires-in",
+        "2d",
+        "--json",
+    ]))
+    .expect("json");
+    let id2 = g["grant_id"].as_str().expect("id").to_owned();
+    assert!(g["max_uses"].is_null(), "{g}");
+    jwt_payload(agent.ok(&["token", "--grant", &id2]).trim());
+    let out = master.ok(&["grants", "revoke", &id2]);
+    assert!(out.contains(&format!("Revoked grant {id2}")), "{out}");
+    let err = agent.fails(&["token", "--grant", &id2], 1);
+    assert!(err.contains("403 grant_revoked"), "{err}");
+    let err = master.fails(&["grants", "revoke", &id2], 1);
+    assert!(err.contains("404"), "{err}");
+    master.fails(&["grants", "revoke", "../x"], 1);
+    let err = agent.fails(&["grants", "revoke", &id], 1);
+    assert!(err.contains("403"), "{err}");
+    let text = master.ok(&["grants", "list"]);
+    assert!(text.contains("revoked"), "{text}");
+}

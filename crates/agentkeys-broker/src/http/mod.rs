@@ -21,7 +21,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::error::ApiError;
-use self::routes::{agents, auth, email, identities, mint, oidc, oidc_signin, ops, session};
+use self::routes::{
+    agents, audit, auth, email, grants, identities, mint, oidc, oidc_signin, ops, session,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -61,6 +63,9 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(oidc_signin::oidc_status))
         .routes(routes!(oidc_signin::callback))
         .routes(routes!(oidc_signin::link_oidc_start))
+        .routes(routes!(grants::create))
+        .routes(routes!(grants::list))
+        .routes(routes!(grants::revoke))
         .routes(routes!(identities::list))
         .routes(routes!(identities::unlink))
         .routes(routes!(session::whoami))
@@ -76,6 +81,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(agents::suspend_agent))
         .routes(routes!(agents::resume_agent))
         .routes(routes!(agents::remove_agent))
+        .routes(routes!(audit::list))
         .routes(routes!(mint::mint_oidc_jwt))
         .routes(routes!(mint::mint_aws_creds_retired))
         .routes(routes!(ops::healthz))

@@ -71,7 +71,7 @@ async fn approve(app: &TestApp, master_token: &str, code: &str, label: &str) -> 
 }
 
 /// Pairs a new agent under `master_token`; returns (agent session token, agent omni).
-async fn pair(app: &TestApp, master_token: &str, label: &str) -> (String, String) {
+pub(crate) async fn pair(app: &TestApp, master_token: &str, label: &str) -> (String, String) {
     let mut device = Device::new(app);
     let started = device.start(app).await;
     let id = started["pairing_id"].as_str().unwrap().to_owned();

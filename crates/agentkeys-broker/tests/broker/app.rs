@@ -44,6 +44,7 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         email_rate_per_address_per_hour: 5,
         email_rate_per_ip_per_hour: 30,
         oidc_providers: vec![],
+        sts_max_session_seconds: 3600,
     }
 }
 

@@ -8,10 +8,12 @@
 mod agents;
 mod app;
 mod audit;
+mod audit_api;
 mod bad_input;
 mod binary;
 mod docs;
 mod email;
+mod grants;
 mod mint;
 mod oidc;
 #[path = "../oidc_op/harness.rs"]

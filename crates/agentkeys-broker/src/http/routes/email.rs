@@ -87,6 +87,7 @@ async fn start(
         .store
         .rate_limited_append_buckets(
             &buckets,
+            None,
             now,
             event(now, kind, actor, actor, "ok", details),
             denied,

@@ -1,6 +1,8 @@
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod email;
+pub mod grants;
 pub mod identities;
 pub mod mint;
 pub mod oidc;

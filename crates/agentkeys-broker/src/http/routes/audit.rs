@@ -1,0 +1,153 @@
+//! A master's audit log: the events about itself and its agents (SPEC §7).
+
+use std::collections::HashMap;
+
+use agentkeys_store::{AuditEvent, AuditQuery};
+use agentkeys_types::api::{AuditEventInfo, AuditPage};
+use axum::extract::{Query, State};
+
+use crate::clock::rfc3339;
+use crate::http::error::ApiError;
+use crate::http::extract::MasterSession;
+use crate::state::AppState;
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+const MAX_KIND_LEN: usize = 64;
+
+/// The signed-in master's audit events (its own and its agents'), oldest first.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])),
+    params(
+        ("after" = Option<u64>, Query, description = "Only events with a larger seq (the previous page's `next`)"),
+        ("limit" = Option<u32>, Query, description = "At most this many events, 1-1000 (default 100)"),
+        ("kind" = Option<String>, Query, description = "Only this kind, e.g. `mint`"),
+        ("agent" = Option<String>, Query, description = "Only events whose actor is this omni (an agent's, or your own)"),
+        ("since" = Option<String>, Query, description = "RFC 3339; only events at or after it"),
+        ("until" = Option<String>, Query, description = "RFC 3339; only events before it"),
+    ),
+    responses((status = 200, body = AuditPage), (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 401, body = agentkeys_types::ErrorBody), (status = 403, body = agentkeys_types::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    MasterSession(master): MasterSession,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<axum::Json<AuditPage>, ApiError> {
+    let query = parse(&params)?;
+    let limit = query.limit;
+    // One extra row tells whether another page follows.
+    let mut events = state
+        .store
+        .audit_for_master(
+            &master.omni,
+            AuditQuery {
+                limit: limit + 1,
+                ..query
+            },
+        )
+        .await?;
+    let more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let next = if more {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(axum::Json(AuditPage {
+        events: events.into_iter().map(info).collect(),
+        next,
+    }))
+}
+
+fn info(e: AuditEvent) -> AuditEventInfo {
+    AuditEventInfo {
+        seq: e.seq,
+        time: rfc3339(e.time),
+        kind: e.kind,
+        actor: e.actor,
+        outcome: e.outcome,
+        details: e.details,
+        hash: e.hash,
+    }
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::BadRequest(message)
+}
+
+/// The query string, checked; every problem is a 400 naming the parameter.
+pub fn parse(params: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
+    let mut q = AuditQuery {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "after" => {
+                q.after_seq = value.parse().map_err(|_| {
+                    bad(format!(
+                        "after must be a seq (a non-negative integer), got {value:?}"
+                    ))
+                })?
+            }
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "limit must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
+                        ))
+                    })?
+            }
+            "kind" => {
+                let ok = !value.is_empty()
+                    && value.len() <= MAX_KIND_LEN
+                    && value.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    });
+                if !ok {
+                    return Err(bad(format!(
+                        "kind must be an event kind such as mint or sign_in.wallet, got {value:?}"
+                    )));
+                }
+                q.kind = Some(value.clone());
+            }
+            "agent" => {
+                let ok = value.len() == 64
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !ok {
+                    return Err(bad(format!(
+                        "agent must be an omni account (64 lowercase hex digits), got {value:?}"
+                    )));
+                }
+                q.actor = Some(value.clone());
+            }
+            "since" => q.since = Some(time_param("since", value)?),
+            "until" => q.until = Some(time_param("until", value)?),
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?}; use after, limit, kind, agent, since, until"
+                )));
+            }
+        }
+    }
+    if let (Some(since), Some(until)) = (q.since, q.until)
+        && since >= until
+    {
+        return Err(bad("since must be earlier than until".into()));
+    }
+    Ok(q)
+}
+
+fn time_param(name: &str, value: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| {
+            bad(format!(
+                "{name} must be an RFC 3339 time such as 2025-01-31T12:00:00Z, got {value:?}"
+            ))
+        })
+}
