@@ -1586,3 +1586,115 @@ fn grants_create_use_exhaust_and_revoke() {
     let text = master.ok(&["grants", "list"]);
     assert!(text.contains("revoked"), "{text}");
 }
+
+/// SPEC §11.4 over a full run: every secret the run handled (wallet and device keys, session
+/// tokens, JWTs, an emailed link token, the broker's signing key) is looked for in the broker's
+/// log and in the bytes of its database; none may appear.
+#[test]
+fn no_secret_reaches_the_log_or_the_store() {
+    let mut smtp = SmtpSink::start();
+    let broker = Broker::start_with_env(&["--log-format", "json"], &smtp.broker_env());
+    let mut secrets: Vec<(&str, Vec<u8>)> = Vec::new();
+    let session_token = |cli: &Cli| {
+        let path = cli.config_dir().join("profiles/default/session.json");
+        let saved: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(path).expect("session file")).expect("json");
+        saved["session_token"].as_str().expect("token").to_owned()
+    };
+
+    // A wallet master, its key, its session and a token.
+    let (master, key_file, _) = signed_in_master(&broker);
+    let key = fs::read_to_string(&key_file)
+        .expect("key")
+        .trim()
+        .to_owned();
+    secrets.push((
+        "wallet key",
+        key.trim_start_matches("0x").as_bytes().to_vec(),
+    ));
+    secrets.push(("master session", session_token(&master).into_bytes()));
+    secrets.push((
+        "master JWT",
+        master.ok(&["token"]).trim().as_bytes().to_vec(),
+    ));
+
+    // An email sign-in: the link's token and the session.
+    let alice = Cli::new(&broker.url);
+    let mut running = alice.spawn(&["login", "email", "alice@example.com", "--timeout", "60"]);
+    let (_, stderr) = running.stderr_line("A sign-in link was sent");
+    let mail = smtp.next_message();
+    secrets.push((
+        "email link token",
+        link_token(&mail, &broker.url).into_bytes(),
+    ));
+    open_link(&broker, &mail);
+    let (status, _) = running.finish(Duration::from_secs(30));
+    let _ = stderr.join();
+    assert!(status.success());
+    secrets.push(("email session", session_token(&alice).into_bytes()));
+
+    // An agent: its device key, its session and a token.
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, &master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", "bot"]);
+        true
+    })
+    .expect("paired");
+    let device = fs::read_to_string(agent.config_dir().join("profiles/default/device.key"))
+        .expect("device key");
+    secrets.push((
+        "device key",
+        device.trim().trim_start_matches("0x").as_bytes().to_vec(),
+    ));
+    secrets.push(("agent session", session_token(&agent).into_bytes()));
+    secrets.push(("agent JWT", agent.ok(&["token"]).trim().as_bytes().to_vec()));
+
+    // The broker's signing key, as raw DER and as text encodings of it.
+    let keys_dir = broker._data.path().join("data/keys");
+    for entry in fs::read_dir(&keys_dir).expect("keys dir") {
+        let der = fs::read(entry.expect("entry").path()).expect("key file");
+        secrets.push(("signing key (hex)", hex::encode(&der).into_bytes()));
+        secrets.push((
+            "signing key (base64)",
+            base64::engine::general_purpose::STANDARD
+                .encode(&der)
+                .into_bytes(),
+        ));
+        secrets.push(("signing key (DER)", der));
+    }
+
+    // Where the broker writes: its log, and every file of its database.
+    let mut places: Vec<(String, Vec<u8>)> =
+        vec![("broker log".into(), broker.logs().into_bytes())];
+    for entry in fs::read_dir(broker._data.path().join("data")).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("broker.db"))
+        {
+            places.push((
+                path.display().to_string(),
+                fs::read(&path).expect("db file"),
+            ));
+        }
+    }
+    assert!(places.len() >= 2, "the database was found");
+    // Control: what the broker does store (the master's wallet) is found by the same search.
+    let wallet = master
+        .ok(&["key", "address", "--key-file", &key_file])
+        .trim()
+        .to_lowercase();
+    let stored = places[1..]
+        .iter()
+        .any(|(_, b)| b.windows(wallet.len()).any(|w| w == wallet.as_bytes()));
+    assert!(stored, "the scan sees the database's contents");
+    for (what, secret) in &secrets {
+        assert!(secret.len() >= 32, "{what} is a real secret");
+        for (place, bytes) in &places {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_slice());
+            assert!(!found, "{what} appears in {place}");
+        }
+    }
+}
