@@ -1698,3 +1698,61 @@ fn no_secret_reaches_the_log_or_the_store() {
         }
     }
 }
+
+#[test]
+fn a_master_reads_its_audit_trail() {
+    let broker = Broker::start();
+    let (master, _, master_omni) = signed_in_master(&broker);
+    for _ in 0..3 {
+        master.ok(&["token"]);
+    }
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, &master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", "bot"]);
+        true
+    })
+    .expect("paired");
+    agent.ok(&["token"]);
+
+    let lines: Vec<serde_json::Value> = master
+        .ok(&["audit", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "mint").count(),
+        4,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"sign_in.wallet") && kinds.contains(&"agent.paired"),
+        "{kinds:?}"
+    );
+    assert!(
+        lines.iter().all(|e| e["actor"] == master_omni.as_str()
+            || e["actor"] == OmniAccount::for_agent(&master_omni, "bot").as_str()),
+        "only its own and its agent's events: {lines:?}"
+    );
+    let seqs: Vec<u64> = lines.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {seqs:?}"
+    );
+
+    // Filters: by kind, by agent label, and a limit.
+    let mints = master.ok(&["audit", "--kind", "mint", "--agent", "bot", "--json"]);
+    assert_eq!(mints.lines().count(), 1, "{mints}");
+    assert_eq!(
+        master
+            .ok(&["audit", "--limit", "2", "--json"])
+            .lines()
+            .count(),
+        2
+    );
+    let text = master.ok(&["audit"]);
+    assert!(text.lines().count() >= lines.len(), "{text}");
+    // An agent has no audit view of its own.
+    agent.fails(&["audit"], 1);
+}
