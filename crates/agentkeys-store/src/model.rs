@@ -27,6 +27,23 @@ pub struct Session {
     pub revoked_at: Option<i64>,
 }
 
+impl Session {
+    /// A new session whose owner (omni, master, wallet) the store fills in when it learns it:
+    /// at pairing, at email/OIDC collection, at an agent's device proof.
+    pub fn unowned(token_hash: String, kind: &str, created_at: i64, expires_at: i64) -> Self {
+        Self {
+            token_hash,
+            kind: kind.to_owned(),
+            omni: String::new(),
+            wallet: None,
+            master: String::new(),
+            created_at,
+            expires_at,
+            revoked_at: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")

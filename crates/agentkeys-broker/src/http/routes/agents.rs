@@ -216,16 +216,7 @@ pub async fn pairing_poll(
 
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session {
-        token_hash: token.hash.clone(),
-        kind: "agent".into(),
-        omni: String::new(),
-        wallet: None,
-        master: String::new(),
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-    };
+    let template = Session::unowned(token.hash.clone(), "agent", now, expires_at);
     let owner = match &request.agent {
         Some(omni) => state.store.agent(omni).await?.map(|a| a.master),
         None => None,
@@ -316,16 +307,7 @@ pub async fn agent_session(
     })?;
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session {
-        token_hash: token.hash.clone(),
-        kind: "agent".into(),
-        omni: String::new(),
-        wallet: None,
-        master: String::new(),
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-    };
+    let template = Session::unowned(token.hash.clone(), "agent", now, expires_at);
     let issued = event(
         now,
         "agent.session_issued",

@@ -310,16 +310,7 @@ pub async fn collect(
     let now = state.clock.now();
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session {
-        token_hash: token.hash.clone(),
-        kind: "master".into(),
-        omni: String::new(),
-        wallet: None,
-        master: String::new(),
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-    };
+    let template = Session::unowned(token.hash.clone(), "master", now, expires_at);
     let kind = if request.link_to.is_some() {
         "identity.linked".to_owned()
     } else {
