@@ -8,7 +8,6 @@ use sha2::{Digest, Sha256};
 
 pub const TOKEN_PREFIX: &str = "aks_";
 const TOKEN_BYTES: usize = 32;
-const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 43;
 
 /// A new session token and its hash.
 pub struct NewToken {
@@ -25,11 +24,24 @@ impl std::fmt::Debug for NewToken {
 }
 
 pub fn new_token() -> NewToken {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let token = format!("{TOKEN_PREFIX}{}", secret());
     let hash = token_hash(&token);
     NewToken { token, hash }
+}
+
+/// 256 random bits as 43 base64url characters: the body of session tokens, and on its own the
+/// request ids, email link tokens and OIDC states.
+pub fn secret() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `s` has the shape of a [`secret`]; checked before any store lookup.
+pub fn looks_like_secret(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -38,11 +50,9 @@ pub fn token_hash(token: &str) -> String {
 
 /// Cheap shape check before touching the store.
 pub fn looks_like_token(token: &str) -> bool {
-    token.len() == TOKEN_LEN
-        && token.starts_with(TOKEN_PREFIX)
-        && token[TOKEN_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    token
+        .strip_prefix(TOKEN_PREFIX)
+        .is_some_and(looks_like_secret)
 }
 
 /// A short, non-secret reference to a session for audit details and logs.

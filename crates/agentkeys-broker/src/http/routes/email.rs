@@ -17,30 +17,14 @@ use agentkeys_types::identity::{IDENTITY_EMAIL, canonical_email};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
 use serde_json::json;
 
 use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
-use crate::session::{new_token, session_ref, token_hash};
+use crate::session::{looks_like_secret, new_token, secret, session_ref, token_hash};
 use crate::state::AppState;
-
-/// 256 random bits, base64url: request ids and link tokens.
-pub(crate) fn secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-pub(crate) fn looks_like_secret(s: &str) -> bool {
-    s.len() == 43
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
 
 async fn start(
     state: &AppState,

@@ -1,11 +1,11 @@
 //! A wallet master's linked identities (email, OIDC).
 
-use agentkeys_store::NewAuditEvent;
 use agentkeys_types::api::{IdentityInfo, IdentityList};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
 
+use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::MasterSession;
@@ -43,17 +43,17 @@ pub async fn unlink(
     Path((identity_type, identity_value)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let now = state.clock.now();
-    let event = NewAuditEvent {
-        time: now,
-        kind: "identity.unlinked".into(),
-        actor: Some(master.omni.clone()),
-        master: Some(master.omni.clone()),
-        outcome: "ok".into(),
-        details: json!({"identity_type": identity_type, "identity_value": identity_value}),
-    };
+    let audit = event(
+        now,
+        "identity.unlinked",
+        Some(master.omni.as_str()),
+        Some(master.omni.as_str()),
+        "ok",
+        json!({"identity_type": identity_type, "identity_value": identity_value}),
+    );
     if state
         .store
-        .unlink_identity(&master.omni, &identity_type, &identity_value, event)
+        .unlink_identity(&master.omni, &identity_type, &identity_value, audit)
         .await?
     {
         Ok(StatusCode::NO_CONTENT)

@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::email::{collect, looks_like_secret, secret};
+use super::email::collect;
 use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
-use crate::session::{session_ref, token_hash};
+use crate::session::{looks_like_secret, secret, session_ref, token_hash};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]

@@ -1,11 +1,11 @@
 //! The caller's own session.
 
-use agentkeys_store::NewAuditEvent;
 use agentkeys_types::api::{ActorKind, SessionInfo, SessionList, WhoAmI};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
 
+use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::AuthSession;
@@ -36,17 +36,17 @@ pub async fn logout(
     AuthSession(s): AuthSession,
 ) -> Result<StatusCode, ApiError> {
     let now = state.clock.now();
-    let event = NewAuditEvent {
-        time: now,
-        kind: "session.logout".into(),
-        actor: Some(s.omni.clone()),
-        master: Some(s.master.clone()),
-        outcome: "ok".into(),
-        details: json!({"session": session_ref(&s.token_hash)}),
-    };
+    let audit = event(
+        now,
+        "session.logout",
+        Some(s.omni.as_str()),
+        Some(s.master.as_str()),
+        "ok",
+        json!({"session": session_ref(&s.token_hash)}),
+    );
     state
         .store
-        .revoke_session(&s.token_hash, now, event)
+        .revoke_session(&s.token_hash, now, audit)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -93,17 +93,17 @@ pub async fn revoke_one(
             "you have no live session with that id; see GET /v1/sessions".into(),
         ));
     };
-    let event = NewAuditEvent {
-        time: now,
-        kind: "session.revoked".into(),
-        actor: Some(s.omni.clone()),
-        master: Some(s.master.clone()),
-        outcome: "ok".into(),
-        details: json!({"session": id, "by": session_ref(&s.token_hash)}),
-    };
+    let audit = event(
+        now,
+        "session.revoked",
+        Some(s.omni.as_str()),
+        Some(s.master.as_str()),
+        "ok",
+        json!({"session": id, "by": session_ref(&s.token_hash)}),
+    );
     state
         .store
-        .revoke_session(&target.token_hash, now, event)
+        .revoke_session(&target.token_hash, now, audit)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -116,17 +116,17 @@ pub async fn logout_all(
     AuthSession(s): AuthSession,
 ) -> Result<StatusCode, ApiError> {
     let now = state.clock.now();
-    let event = NewAuditEvent {
-        time: now,
-        kind: "session.logout_all".into(),
-        actor: Some(s.omni.clone()),
-        master: Some(s.master.clone()),
-        outcome: "ok".into(),
-        details: json!({"by": session_ref(&s.token_hash)}),
-    };
+    let audit = event(
+        now,
+        "session.logout_all",
+        Some(s.omni.as_str()),
+        Some(s.master.as_str()),
+        "ok",
+        json!({"by": session_ref(&s.token_hash)}),
+    );
     state
         .store
-        .revoke_sessions_of(&s.omni, None, now, event)
+        .revoke_sessions_of(&s.omni, None, now, audit)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
