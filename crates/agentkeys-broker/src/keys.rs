@@ -407,7 +407,16 @@ impl KeyRing {
     /// Re-reads the records and loads private keys of every key that signs now or will.
     /// Returns problems with individual key files; the ring keeps what did load.
     pub async fn reload(&self, store: &dyn Store, now: i64) -> Result<Vec<KeyError>, KeyError> {
-        let lifecycle = Lifecycle::new(store.signing_keys().await?);
+        // Keys out of the JWKS never come back (publication only ends), so the ring keeps just
+        // the published ones: the mint's key lookup then stays small however many rotations
+        // the store remembers. `keys list` still reads every record.
+        let all = Lifecycle::new(store.signing_keys().await?);
+        let published = all
+            .records()
+            .iter()
+            .filter(|r| all.state(r, now) != KeyState::Unpublished)
+            .cloned();
+        let lifecycle = Lifecycle::new(published.collect());
         let previous = self.current();
         let mut signers = HashMap::new();
         let mut problems = Vec::new();
