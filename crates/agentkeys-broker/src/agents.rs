@@ -54,7 +54,8 @@ pub fn verify_proof(
     }
 }
 
-/// A fresh pairing code (normalised form, no separator).
+/// A fresh code a person reads and types (normalised form, no separator): pairing codes, and
+/// the one-time codes of email and OIDC sign-ins.
 pub fn new_code() -> String {
     let mut rng = rand::rng();
     (0..CODE_LEN)

@@ -8,8 +8,6 @@ use agentkeys_types::WalletAddress;
 
 use crate::config::Issuer;
 
-pub const STATEMENT: &str = "Sign in to AgentKeys.";
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignInError {
     #[error("the challenge is unknown or was already used; request a new one")]
@@ -18,12 +16,15 @@ pub enum SignInError {
     Expired,
     #[error("the signature is not from the challenged address")]
     WrongSigner,
+    #[error("the challenge was issued for another purpose; request one for this action")]
+    WrongPurpose,
 }
 
 /// The message a wallet signs for challenge `id`.
 pub fn message(
     issuer: &Issuer,
     address: &WalletAddress,
+    statement: String,
     chain_id: u64,
     nonce: &str,
     issued_at: i64,
@@ -40,7 +41,7 @@ pub fn message(
             .parse()
             .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?,
         address: address.bytes(),
-        statement: Some(STATEMENT.to_owned()),
+        statement: Some(statement),
         uri: iri_string::types::UriString::from_str(&issuer.url).map_err(|e| e.to_string())?,
         version: siwe::Version::V1,
         chain_id,
@@ -63,9 +64,10 @@ pub fn parse_signature(s: &str) -> Option<[u8; 65]> {
 }
 
 /// Checks an answer to a challenge that was just taken from the store (so it is single use
-/// whatever the outcome). Returns the signing wallet.
+/// whatever the outcome) and was issued for `statement`. Returns the signing wallet.
 pub fn verify(
     challenge: &Challenge,
+    statement: &str,
     signature: &[u8; 65],
     now: i64,
 ) -> Result<WalletAddress, SignInError> {
@@ -76,6 +78,9 @@ pub fn verify(
         .message
         .parse()
         .map_err(|_| SignInError::UnknownChallenge)?;
+    if msg.statement.as_deref() != Some(statement) {
+        return Err(SignInError::WrongPurpose);
+    }
     msg.verify_eip191(signature)
         .map_err(|_| SignInError::WrongSigner)?;
     challenge

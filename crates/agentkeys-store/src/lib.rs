@@ -165,34 +165,57 @@ pub trait Store: Send + Sync + 'static {
     async fn login(&self, id_hash: &str) -> Result<Option<LoginRequest>>;
     async fn login_by_link_token(&self, token_hash: &str) -> Result<Option<LoginRequest>>;
     async fn login_by_state(&self, state: &str) -> Result<Option<LoginRequest>>;
-    /// Records that the request's identity was proved; `false` if it was already verified or
-    /// has expired (single use).
+    /// Records that the request's identity was proved, and the hash of the one-time code that
+    /// now collects it; `false` if it was already verified or has expired (single use).
     async fn verify_login(
         &self,
         id_hash: &str,
         identity_type: &str,
         identity_value: &str,
+        code_hash: &str,
         now: i64,
         event: NewAuditEvent,
     ) -> Result<bool>;
-    /// Collects a verified request once: links the identity (a link request) or stores
-    /// `session` for the identity's master (omni, wallet and master filled in by the store).
-    /// `event`'s actor and master are filled in too.
-    async fn claim_login(
+    /// Ends a request that failed at the provider (denied, bad answer) before it was verified,
+    /// with its audit event; `false` if it was not live. A request fails once, so a repeated
+    /// failing callback writes nothing more.
+    async fn fail_login(&self, id_hash: &str, now: i64, event: NewAuditEvent) -> Result<bool>;
+    /// Collects a request once with its one-time code: an email request is verified by the
+    /// code itself, an OIDC request must have been verified at the callback. A wrong code
+    /// counts one of `max_attempts`. On success it links the identity (a link request) or
+    /// stores `session` for the identity's master (omni, wallet and master filled in by the
+    /// store, and the identity recorded as the session's origin). `event`'s actor and master
+    /// are filled in too.
+    async fn redeem_login_code(
         &self,
         id_hash: &str,
+        code_hash: &str,
+        max_attempts: u32,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<LoginClaim>;
+    /// Collects an email sign-in request (never a link request) once by its emailed link's
+    /// token: the browser that opened the link gets `session`.
+    async fn redeem_login_link(
+        &self,
+        link_token_hash: &str,
         now: i64,
         session: Session,
         event: NewAuditEvent,
     ) -> Result<LoginClaim>;
     async fn identities_of(&self, master: &str) -> Result<Vec<Identity>>;
+    /// Unlinks the identity from `master` and revokes the live sessions obtained through it;
+    /// `None` if it was not linked to `master`, else how many sessions were revoked (also put
+    /// into `event.details.sessions_revoked`).
     async fn unlink_identity(
         &self,
         master: &str,
         identity_type: &str,
         identity_value: &str,
+        now: i64,
         event: NewAuditEvent,
-    ) -> Result<bool>;
+    ) -> Result<Option<u64>>;
 
     // -- grants --
     async fn create_grant(&self, grant: Grant, event: NewAuditEvent) -> Result<()>;

@@ -226,6 +226,15 @@ pub struct LoginRequest {
     pub verified_value: Option<String>,
     pub verified_at: Option<i64>,
     pub claimed_at: Option<i64>,
+    /// S256 of the requester's verifier (base64url); collecting needs the verifier.
+    pub client_challenge: Option<String>,
+    /// SHA-256 of the one-time code the user sees: set at the start for email, when the
+    /// provider's answer is verified for OIDC.
+    pub code_hash: Option<String>,
+    /// Wrong codes tried so far.
+    pub code_attempts: u32,
+    /// OIDC: the requesting CLI's loopback redirect (RFC 8252), if it has one.
+    pub redirect_uri: Option<String>,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -244,16 +253,17 @@ impl std::fmt::Debug for LoginRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginClaim {
-    /// Not verified yet.
-    Pending,
+    /// The code does not match (or none was issued yet); the request dies when no attempts
+    /// are left.
+    WrongCode { attempts_left: u32 },
     /// The session passed in was stored: as the linked wallet master, or as the identity's
     /// own master.
     SignedIn(Session),
     /// The identity is now linked to the requesting wallet master.
     Linked(Identity),
-    /// The result was already collected.
+    /// The result was already collected (by the code, or by the emailed link in a browser).
     AlreadyClaimed,
-    /// Unknown or expired.
+    /// Unknown, expired, or dead after too many wrong codes.
     Gone,
     /// Linking refused: the identity is linked to another master.
     LinkedElsewhere,

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use agentkeys_types::identity::IDENTITY_EMAIL;
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
     Agent, AgentSessionOutcome, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome,
@@ -44,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_agent_proofs.sql"),
     include_str!("../migrations/sqlite/0004_logins.sql"),
     include_str!("../migrations/sqlite/0005_grants.sql"),
+    include_str!("../migrations/sqlite/0006_bound_logins.sql"),
 ];
 
 pub struct SqliteStore {
@@ -233,11 +235,25 @@ enum Op {
         id_hash: String,
         identity_type: String,
         identity_value: String,
+        code_hash: String,
         now: i64,
         event: NewAuditEvent,
     },
-    ClaimLogin {
+    FailLogin {
         id_hash: String,
+        now: i64,
+        event: NewAuditEvent,
+    },
+    RedeemLoginCode {
+        id_hash: String,
+        code_hash: String,
+        max_attempts: u32,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    },
+    RedeemLoginLink {
+        link_token_hash: String,
         now: i64,
         session: Session,
         event: NewAuditEvent,
@@ -246,6 +262,7 @@ enum Op {
         master: String,
         identity_type: String,
         identity_value: String,
+        now: i64,
         event: NewAuditEvent,
     },
     AgentSession {
@@ -274,6 +291,7 @@ enum Output {
     Agent(Option<Agent>),
     Renew(AgentSessionOutcome),
     Login(LoginClaim),
+    Unlinked(Option<u64>),
 }
 
 struct Job {
@@ -687,8 +705,9 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
         Op::CreateLogin(l, event) => {
             conn.prepare_cached(
                 "INSERT INTO login_requests (id_hash, method, subject, link_token_hash, state, oidc_nonce,
-                   oidc_verifier, link_to, link_to_wallet, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                   oidc_verifier, link_to, link_to_wallet, created_at, expires_at, client_challenge,
+                   code_hash, redirect_uri)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 l.id_hash,
@@ -701,7 +720,10 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
                 l.link_to,
                 l.link_to_wallet,
                 l.created_at,
-                l.expires_at
+                l.expires_at,
+                l.client_challenge,
+                l.code_hash,
+                l.redirect_uri
             ])?;
             if let Some(event) = event {
                 append(conn, head, &event)?;
@@ -712,25 +734,46 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             id_hash,
             identity_type,
             identity_value,
+            code_hash,
             now,
             event,
         } => {
             let n = conn
                 .prepare_cached(
-                    "UPDATE login_requests SET verified_type = ?1, verified_value = ?2, verified_at = ?3
-                     WHERE id_hash = ?4 AND verified_at IS NULL AND expires_at > ?3",
+                    "UPDATE login_requests SET verified_type = ?1, verified_value = ?2, verified_at = ?3,
+                       code_hash = ?4
+                     WHERE id_hash = ?5 AND verified_at IS NULL AND expires_at > ?3",
                 )?
-                .execute(params![identity_type, identity_value, now, id_hash])?;
+                .execute(params![identity_type, identity_value, now, code_hash, id_hash])?;
             if n > 0 {
                 append(conn, head, &event)?;
             }
             Output::Flag(n > 0)
         }
-        Op::ClaimLogin {
+        Op::FailLogin {
             id_hash,
             now,
-            mut session,
-            mut event,
+            event,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE login_requests SET expires_at = ?1
+                     WHERE id_hash = ?2 AND verified_at IS NULL AND claimed_at IS NULL
+                       AND expires_at > ?1",
+                )?
+                .execute(params![now, id_hash])?;
+            if n > 0 {
+                append(conn, head, &event)?;
+            }
+            Output::Flag(n > 0)
+        }
+        Op::RedeemLoginCode {
+            id_hash,
+            code_hash,
+            max_attempts,
+            now,
+            session,
+            event,
         } => {
             let Some(l) = select_login(conn, "id_hash", &id_hash)? else {
                 return Ok(Output::Login(LoginClaim::Gone));
@@ -738,92 +781,64 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             if l.claimed_at.is_some() {
                 return Ok(Output::Login(LoginClaim::AlreadyClaimed));
             }
-            if now >= l.expires_at {
+            if now >= l.expires_at || l.code_attempts >= max_attempts {
                 return Ok(Output::Login(LoginClaim::Gone));
             }
-            let (Some(id_type), Some(id_value)) =
-                (l.verified_type.clone(), l.verified_value.clone())
-            else {
-                return Ok(Output::Login(LoginClaim::Pending));
-            };
-            let linked = select_identity(conn, &id_type, &id_value)?;
-            let outcome = if let (Some(master), Some(wallet)) =
-                (l.link_to.clone(), l.link_to_wallet.clone())
-            {
-                if let Some(existing) = linked {
-                    if existing.master != master {
-                        return Ok(Output::Login(LoginClaim::LinkedElsewhere));
-                    }
-                    existing
-                } else {
-                    let identity = Identity {
-                        identity_type: id_type,
-                        identity_value: id_value,
-                        master,
-                        master_wallet: wallet,
-                        linked_at: now,
-                    };
-                    conn.prepare_cached(
-                        "INSERT INTO identities (identity_type, identity_value, master, master_wallet, linked_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![
-                        identity.identity_type,
-                        identity.identity_value,
-                        identity.master,
-                        identity.master_wallet,
-                        identity.linked_at
-                    ])?;
-                    identity
-                }
-            } else {
-                // A sign-in: as the wallet master the identity is linked to, else as a master of
-                // its own (no wallet).
-                match linked {
-                    Some(i) => {
-                        session.omni = i.master;
-                        session.wallet = Some(i.master_wallet);
-                    }
-                    None => {
-                        session.omni =
-                            agentkeys_types::OmniAccount::derive(&id_type, &id_value).to_string();
-                        session.wallet = None;
-                    }
-                }
-                session.master = session.omni.clone();
-                session.kind = "master".into();
-                insert_session(conn, &session)?;
+            if l.code_hash.as_deref() != Some(code_hash.as_str()) {
                 conn.prepare_cached(
-                    "UPDATE login_requests SET claimed_at = ?1 WHERE id_hash = ?2",
+                    "UPDATE login_requests SET code_attempts = code_attempts + 1 WHERE id_hash = ?1",
                 )?
-                .execute(params![now, id_hash])?;
-                event.actor = Some(session.omni.clone());
-                event.master = Some(session.omni.clone());
-                append(conn, head, &event)?;
-                return Ok(Output::Login(LoginClaim::SignedIn(session)));
+                .execute([&id_hash])?;
+                let attempts_left = max_attempts.saturating_sub(l.code_attempts + 1);
+                return Ok(Output::Login(LoginClaim::WrongCode { attempts_left }));
+            }
+            Output::Login(claim_login(conn, head, l, now, session, event)?)
+        }
+        Op::RedeemLoginLink {
+            link_token_hash,
+            now,
+            session,
+            event,
+        } => {
+            let Some(l) = select_login(conn, "link_token_hash", &link_token_hash)? else {
+                return Ok(Output::Login(LoginClaim::Gone));
             };
-            conn.prepare_cached("UPDATE login_requests SET claimed_at = ?1 WHERE id_hash = ?2")?
-                .execute(params![now, id_hash])?;
-            event.actor = Some(outcome.master.clone());
-            event.master = Some(outcome.master.clone());
-            append(conn, head, &event)?;
-            Output::Login(LoginClaim::Linked(outcome))
+            if l.claimed_at.is_some() {
+                return Ok(Output::Login(LoginClaim::AlreadyClaimed));
+            }
+            // A link request completes only with the code typed into the linking master's CLI:
+            // a click in the mailbox owner's browser must never link it to someone else.
+            if now >= l.expires_at || l.link_to.is_some() {
+                return Ok(Output::Login(LoginClaim::Gone));
+            }
+            Output::Login(claim_login(conn, head, l, now, session, event)?)
         }
         Op::Unlink {
             master,
             identity_type,
             identity_value,
-            event,
+            now,
+            mut event,
         } => {
             let n = conn
                 .prepare_cached(
                     "DELETE FROM identities WHERE master = ?1 AND identity_type = ?2 AND identity_value = ?3",
                 )?
                 .execute(params![master, identity_type, identity_value])?;
-            if n > 0 {
-                append(conn, head, &event)?;
+            if n == 0 {
+                return Ok(Output::Unlinked(None));
             }
-            Output::Flag(n > 0)
+            let revoked = conn
+                .prepare_cached(
+                    "UPDATE sessions SET revoked_at = ?1
+                     WHERE omni = ?2 AND via_type = ?3 AND via_value = ?4
+                       AND revoked_at IS NULL AND expires_at > ?1",
+                )?
+                .execute(params![now, master, identity_type, identity_value])?
+                as u64;
+            event.details["sessions_revoked"] = revoked.into();
+            append(conn, head, &event)?;
+            Output::Unlinked(Some(revoked))
         }
         Op::AgentSession {
             omni,
@@ -874,13 +889,98 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
     })
 }
 
+/// The end of a proved login request: links the identity to the requesting wallet master, or
+/// signs in as the master the identity belongs to; marks the request collected.
+fn claim_login(
+    conn: &Connection,
+    head: &mut Head,
+    l: LoginRequest,
+    now: i64,
+    mut session: Session,
+    mut event: NewAuditEvent,
+) -> Result<LoginClaim> {
+    // An email request is proved by its code or link; an OIDC one at the provider callback.
+    let (id_type, id_value) = match (l.verified_type.clone(), l.verified_value.clone()) {
+        (Some(t), Some(v)) => (t, v),
+        _ if l.method == "email" => (IDENTITY_EMAIL.to_owned(), l.subject.clone()),
+        _ => return Ok(LoginClaim::WrongCode { attempts_left: 0 }),
+    };
+    conn.prepare_cached(
+        "UPDATE login_requests SET claimed_at = ?1, verified_type = ?2, verified_value = ?3,
+           verified_at = COALESCE(verified_at, ?1)
+         WHERE id_hash = ?4",
+    )?
+    .execute(params![now, id_type, id_value, l.id_hash])?;
+    let linked = select_identity(conn, &id_type, &id_value)?;
+    if let (Some(master), Some(wallet)) = (l.link_to, l.link_to_wallet) {
+        let identity = match linked {
+            Some(existing) if existing.master != master => return Ok(LoginClaim::LinkedElsewhere),
+            Some(existing) => existing,
+            None => {
+                let identity = Identity {
+                    identity_type: id_type,
+                    identity_value: id_value,
+                    master,
+                    master_wallet: wallet,
+                    linked_at: now,
+                };
+                conn.prepare_cached(
+                    "INSERT INTO identities (identity_type, identity_value, master, master_wallet, linked_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    identity.identity_type,
+                    identity.identity_value,
+                    identity.master,
+                    identity.master_wallet,
+                    identity.linked_at
+                ])?;
+                identity
+            }
+        };
+        event.actor = Some(identity.master.clone());
+        event.master = Some(identity.master.clone());
+        append(conn, head, &event)?;
+        return Ok(LoginClaim::Linked(identity));
+    }
+    // A sign-in: as the wallet master the identity is linked to, else as a master of its own
+    // (no wallet).
+    match linked {
+        Some(i) => {
+            session.omni = i.master;
+            session.wallet = Some(i.master_wallet);
+        }
+        None => {
+            session.omni = agentkeys_types::OmniAccount::derive(&id_type, &id_value).to_string();
+            session.wallet = None;
+        }
+    }
+    session.master = session.omni.clone();
+    session.kind = "master".into();
+    insert_session_via(conn, &session, Some((&id_type, &id_value)))?;
+    event.actor = Some(session.omni.clone());
+    event.master = Some(session.omni.clone());
+    append(conn, head, &event)?;
+    Ok(LoginClaim::SignedIn(session))
+}
+
 const SESSION_COLUMNS: &str =
     "token_hash, kind, omni, wallet, master, created_at, expires_at, revoked_at";
 
 fn insert_session(conn: &Connection, s: &Session) -> rusqlite::Result<()> {
+    insert_session_via(conn, s, None)
+}
+
+/// Stores a session; `via` is the email or OIDC identity it was obtained through.
+fn insert_session_via(
+    conn: &Connection,
+    s: &Session,
+    via: Option<(&str, &str)>,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO sessions (token_hash, kind, omni, wallet, master, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO sessions (token_hash, kind, omni, wallet, master, created_at, expires_at,
+           via_type, via_value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         s.token_hash,
@@ -889,7 +989,9 @@ fn insert_session(conn: &Connection, s: &Session) -> rusqlite::Result<()> {
         s.wallet,
         s.master,
         s.created_at,
-        s.expires_at
+        s.expires_at,
+        via.map(|v| v.0),
+        via.map(|v| v.1)
     ])?;
     Ok(())
 }
@@ -915,7 +1017,8 @@ fn select_pairing(conn: &Connection, id: &str) -> rusqlite::Result<Option<Pairin
 }
 
 const LOGIN_COLUMNS: &str = "id_hash, method, subject, link_token_hash, state, oidc_nonce, oidc_verifier, \
-     link_to, link_to_wallet, created_at, expires_at, verified_type, verified_value, verified_at, claimed_at";
+     link_to, link_to_wallet, created_at, expires_at, verified_type, verified_value, verified_at, claimed_at, \
+     client_challenge, code_hash, code_attempts, redirect_uri";
 
 /// The login request whose `column` (a fixed name from this file) equals `value`.
 fn select_login(
@@ -943,6 +1046,10 @@ fn select_login(
             verified_value: r.get(12)?,
             verified_at: r.get(13)?,
             claimed_at: r.get(14)?,
+            client_challenge: r.get(15)?,
+            code_hash: r.get(16)?,
+            code_attempts: r.get(17)?,
+            redirect_uri: r.get(18)?,
         })
     })
     .optional()
@@ -1375,6 +1482,7 @@ impl Store for SqliteStore {
         id_hash: &str,
         identity_type: &str,
         identity_value: &str,
+        code_hash: &str,
         now: i64,
         event: NewAuditEvent,
     ) -> Result<bool> {
@@ -1382,6 +1490,7 @@ impl Store for SqliteStore {
             id_hash: id_hash.to_owned(),
             identity_type: identity_type.to_owned(),
             identity_value: identity_value.to_owned(),
+            code_hash: code_hash.to_owned(),
             now,
             event,
         };
@@ -1391,22 +1500,55 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn claim_login(
+    async fn fail_login(&self, id_hash: &str, now: i64, event: NewAuditEvent) -> Result<bool> {
+        let op = Op::FailLogin {
+            id_hash: id_hash.to_owned(),
+            now,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Flag(done) => Ok(done),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn redeem_login_code(
         &self,
         id_hash: &str,
+        code_hash: &str,
+        max_attempts: u32,
         now: i64,
         session: Session,
         event: NewAuditEvent,
     ) -> Result<LoginClaim> {
-        match self
-            .write(Op::ClaimLogin {
-                id_hash: id_hash.to_owned(),
-                now,
-                session,
-                event,
-            })
-            .await?
-        {
+        let op = Op::RedeemLoginCode {
+            id_hash: id_hash.to_owned(),
+            code_hash: code_hash.to_owned(),
+            max_attempts,
+            now,
+            session,
+            event,
+        };
+        match self.write(op).await? {
+            Output::Login(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn redeem_login_link(
+        &self,
+        link_token_hash: &str,
+        now: i64,
+        session: Session,
+        event: NewAuditEvent,
+    ) -> Result<LoginClaim> {
+        let op = Op::RedeemLoginLink {
+            link_token_hash: link_token_hash.to_owned(),
+            now,
+            session,
+            event,
+        };
+        match self.write(op).await? {
             Output::Login(c) => Ok(c),
             _ => Err(unexpected()),
         }
@@ -1429,16 +1571,18 @@ impl Store for SqliteStore {
         master: &str,
         identity_type: &str,
         identity_value: &str,
+        now: i64,
         event: NewAuditEvent,
-    ) -> Result<bool> {
+    ) -> Result<Option<u64>> {
         let op = Op::Unlink {
             master: master.to_owned(),
             identity_type: identity_type.to_owned(),
             identity_value: identity_value.to_owned(),
+            now,
             event,
         };
         match self.write(op).await? {
-            Output::Flag(done) => Ok(done),
+            Output::Unlinked(n) => Ok(n),
             _ => Err(unexpected()),
         }
     }

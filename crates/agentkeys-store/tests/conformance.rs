@@ -701,7 +701,7 @@ fn login(id_hash: &str, link_to: Option<(&str, &str)>) -> LoginRequest {
         id_hash: id_hash.into(),
         method: "email".into(),
         subject: "alice@example.com".into(),
-        link_token_hash: Some(format!("link-{id_hash}")),
+        link_token_hash: link_to.is_none().then(|| format!("link-{id_hash}")),
         state: None,
         oidc_nonce: None,
         oidc_verifier: None,
@@ -713,50 +713,30 @@ fn login(id_hash: &str, link_to: Option<(&str, &str)>) -> LoginRequest {
         verified_value: None,
         verified_at: None,
         claimed_at: None,
+        client_challenge: Some("challenge".into()),
+        code_hash: Some(format!("code-{id_hash}")),
+        code_attempts: 0,
+        redirect_uri: None,
     }
 }
 
 #[tokio::test]
-async fn email_logins_verify_once_claim_once_and_honour_links() {
+async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     let f = Fixture::new().await;
     let s = &f.store;
-    // An unlinked identity signs in as a master of its own.
+    // An unlinked identity signs in as a master of its own; wrong codes are counted.
     s.create_login(login("r1", None), Some(event("email.start", 1)))
         .await
         .unwrap();
     assert_eq!(
-        s.claim_login("r1", 5, session("t1", 1000), event("sign_in", 2))
+        s.redeem_login_code("r1", "wrong", 3, 5, session("t1", 1000), event("sign_in", 2))
             .await
             .unwrap(),
-        LoginClaim::Pending
+        LoginClaim::WrongCode { attempts_left: 2 }
     );
-    let found = s.login_by_link_token("link-r1").await.unwrap().unwrap();
-    assert_eq!(found.id_hash, "r1");
-    assert!(
-        s.verify_login(
-            "r1",
-            "email",
-            "alice@example.com",
-            5,
-            event("email.verified", 3)
-        )
-        .await
-        .unwrap()
-    );
-    assert!(
-        !s.verify_login(
-            "r1",
-            "email",
-            "alice@example.com",
-            6,
-            event("email.verified", 4)
-        )
-        .await
-        .unwrap(),
-        "single use"
-    );
+    assert_eq!(s.login("r1").await.unwrap().unwrap().code_attempts, 1);
     let LoginClaim::SignedIn(own) = s
-        .claim_login("r1", 7, session("t1", 1000), event("sign_in", 5))
+        .redeem_login_code("r1", "code-r1", 3, 7, session("t1", 1000), event("sign_in", 5))
         .await
         .unwrap()
     else {
@@ -767,32 +747,50 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
         agentkeys_types::OmniAccount::derive("email", "alice@example.com").as_str()
     );
     assert_eq!(own.wallet, None);
+    assert!(s.session("t1").await.unwrap().is_some());
     assert_eq!(
-        s.claim_login("r1", 8, session("t2", 1000), event("sign_in", 6))
+        s.redeem_login_code("r1", "code-r1", 3, 8, session("t2", 1000), event("sign_in", 6))
+            .await
+            .unwrap(),
+        LoginClaim::AlreadyClaimed
+    );
+    // Its link was for the same request: used up with it.
+    assert_eq!(
+        s.redeem_login_link("link-r1", 8, session("t2", 1000), event("sign_in", 6))
             .await
             .unwrap(),
         LoginClaim::AlreadyClaimed
     );
 
-    // A wallet master links it; later sign-ins by it are that master's.
+    // Too many wrong codes kill a request, even for the right code.
+    s.create_login(login("dead", None), None).await.unwrap();
+    for left in [1, 0] {
+        assert_eq!(
+            s.redeem_login_code("dead", "x", 2, 5, session("d", 1000), event("sign_in", 6))
+                .await
+                .unwrap(),
+            LoginClaim::WrongCode { attempts_left: left }
+        );
+    }
+    assert_eq!(
+        s.redeem_login_code("dead", "code-dead", 2, 5, session("d", 1000), event("sign_in", 6))
+            .await
+            .unwrap(),
+        LoginClaim::Gone
+    );
+
+    // A wallet master links it; a link request has no link token, only the code completes it.
     s.create_login(
         login("r2", Some(("wallet-master", "0xabc"))),
         Some(event("link.start", 7)),
     )
     .await
     .unwrap();
-    s.verify_login(
-        "r2",
-        "email",
-        "alice@example.com",
-        9,
-        event("email.verified", 8),
-    )
-    .await
-    .unwrap();
     let LoginClaim::Linked(i) = s
-        .claim_login(
+        .redeem_login_code(
             "r2",
+            "code-r2",
+            3,
             10,
             session("unused", 1000),
             event("identity.linked", 9),
@@ -811,20 +809,12 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
         "linking creates no session"
     );
 
+    // A sign-in by the browser link is the wallet master's, and remembered as via the email.
     s.create_login(login("r3", None), Some(event("email.start", 10)))
         .await
         .unwrap();
-    s.verify_login(
-        "r3",
-        "email",
-        "alice@example.com",
-        11,
-        event("email.verified", 11),
-    )
-    .await
-    .unwrap();
     let LoginClaim::SignedIn(linked) = s
-        .claim_login("r3", 12, session("t3", 1000), event("sign_in", 12))
+        .redeem_login_link("link-r3", 12, session("t3", 1000), event("sign_in", 12))
         .await
         .unwrap()
     else {
@@ -834,72 +824,134 @@ async fn email_logins_verify_once_claim_once_and_honour_links() {
         (linked.omni.as_str(), linked.wallet.as_deref()),
         ("wallet-master", Some("0xabc"))
     );
+    // The wallet's own session is not via the email.
+    s.create_session(
+        Session {
+            omni: "wallet-master".into(),
+            master: "wallet-master".into(),
+            ..session("own", 1000)
+        },
+        event("sign_in.wallet", 12),
+    )
+    .await
+    .unwrap();
 
-    // Another master cannot take it over; the owner can unlink it.
+    // Another master cannot take it over; the owner can unlink it, which revokes the
+    // sessions obtained through it.
     s.create_login(
         login("r4", Some(("other-master", "0xdef"))),
         Some(event("link.start", 13)),
     )
     .await
     .unwrap();
-    s.verify_login(
-        "r4",
-        "email",
-        "alice@example.com",
-        14,
-        event("email.verified", 14),
-    )
-    .await
-    .unwrap();
     assert_eq!(
-        s.claim_login("r4", 15, session("x", 1000), event("identity.linked", 15))
+        s.redeem_login_code("r4", "code-r4", 3, 15, session("x", 1000), event("identity.linked", 15))
             .await
             .unwrap(),
         LoginClaim::LinkedElsewhere
     );
     assert_eq!(s.identities_of("wallet-master").await.unwrap().len(), 1);
-    assert!(
-        !s.unlink_identity(
+    assert_eq!(
+        s.unlink_identity(
             "other-master",
             "email",
             "alice@example.com",
+            16,
             event("identity.unlinked", 16)
         )
         .await
-        .unwrap()
+        .unwrap(),
+        None
     );
-    assert!(
+    assert_eq!(
         s.unlink_identity(
             "wallet-master",
             "email",
             "alice@example.com",
+            17,
             event("identity.unlinked", 17)
         )
         .await
-        .unwrap()
+        .unwrap(),
+        Some(1)
     );
     assert!(s.identities_of("wallet-master").await.unwrap().is_empty());
+    assert!(s.session("t3").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(s.session("own").await.unwrap().unwrap().revoked_at.is_none());
+    let last = s.audit_events(0, 1000).await.unwrap().pop().unwrap();
+    assert_eq!(last.details["sessions_revoked"], 1);
 
     // Expired requests are gone.
     s.create_login(login("r5", None), Some(event("email.start", 18)))
         .await
         .unwrap();
-    assert!(
-        !s.verify_login(
-            "r5",
-            "email",
-            "alice@example.com",
-            600,
-            event("email.verified", 19)
-        )
-        .await
-        .unwrap()
-    );
     assert_eq!(
-        s.claim_login("r5", 600, session("t5", 1000), event("sign_in", 20))
+        s.redeem_login_code("r5", "code-r5", 3, 600, session("t5", 1000), event("sign_in", 20))
             .await
             .unwrap(),
         LoginClaim::Gone
+    );
+    assert_eq!(
+        s.redeem_login_link("link-r5", 600, session("t5", 1000), event("sign_in", 20))
+            .await
+            .unwrap(),
+        LoginClaim::Gone
+    );
+}
+
+#[tokio::test]
+async fn oidc_logins_are_verified_at_the_callback_and_fail_once() {
+    let f = Fixture::new().await;
+    let s = &f.store;
+    let oidc = |id: &str| LoginRequest {
+        method: "oidc".into(),
+        subject: "corp".into(),
+        link_token_hash: None,
+        state: Some(format!("state-{id}")),
+        code_hash: None,
+        ..login(id, None)
+    };
+    s.create_login(oidc("o1"), None).await.unwrap();
+    // No code exists before the provider's answer is verified.
+    assert_eq!(
+        s.redeem_login_code("o1", "code-o1", 3, 5, session("t", 1000), event("sign_in", 1))
+            .await
+            .unwrap(),
+        LoginClaim::WrongCode { attempts_left: 2 }
+    );
+    assert!(
+        s.verify_login("o1", "oauth2_corp", "sub-1", "code-o1", 5, event("verified", 2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.verify_login("o1", "oauth2_corp", "sub-2", "other", 6, event("verified", 3))
+            .await
+            .unwrap(),
+        "single use"
+    );
+    let LoginClaim::SignedIn(own) = s
+        .redeem_login_code("o1", "code-o1", 3, 7, session("t", 1000), event("sign_in", 4))
+        .await
+        .unwrap()
+    else {
+        panic!("not signed in")
+    };
+    assert_eq!(
+        own.omni,
+        agentkeys_types::OmniAccount::derive("oauth2_corp", "sub-1").as_str()
+    );
+
+    // A failure ends the request once: a second failure writes nothing.
+    s.create_login(oidc("o2"), None).await.unwrap();
+    let before = s.audit_events(0, 1000).await.unwrap().len();
+    assert!(s.fail_login("o2", 8, event("failed", 8)).await.unwrap());
+    assert!(!s.fail_login("o2", 9, event("failed", 9)).await.unwrap());
+    assert_eq!(s.audit_events(0, 1000).await.unwrap().len(), before + 1);
+    assert!(
+        !s.verify_login("o2", "oauth2_corp", "sub-1", "c", 9, event("verified", 9))
+            .await
+            .unwrap()
     );
 }
 

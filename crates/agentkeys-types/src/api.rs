@@ -21,6 +21,30 @@ pub struct WalletChallengeRequest {
     /// EIP-155 chain id placed in the message; defaults to 1.
     #[serde(default)]
     pub chain_id: Option<u64>,
+    /// What the signature will be for: absent for a sign-in; a step-up names the identity a
+    /// signed-in wallet master is about to link, and the message's statement names it too.
+    #[serde(default)]
+    pub purpose: Option<ChallengePurpose>,
+}
+
+/// A wallet challenge that is not a sign-in: the statement of the message names the action,
+/// and the broker accepts the signature only for that action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChallengePurpose {
+    /// Linking this email address (canonical form) to the signing wallet's master.
+    LinkEmail(String),
+    /// Linking an identity at this OIDC provider (by name) to the signing wallet's master.
+    LinkOidc(String),
+}
+
+/// A fresh signature by the master's wallet over a challenge issued for one purpose.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WalletProof {
+    pub challenge_id: String,
+    /// The 65-byte EIP-191 signature as `0x` + 130 hex.
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -259,9 +283,48 @@ pub struct SessionList {
 #[serde(deny_unknown_fields)]
 pub struct EmailStartRequest {
     pub email: String,
+    /// PKCE-style (RFC 7636, S256): base64url, unpadded, of SHA-256 of a verifier that only the
+    /// requester holds and reveals when it collects the session.
+    pub code_challenge: String,
 }
 
-/// The request id is the requester's key to the result: keep it private.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcStartRequest {
+    /// A provider configured on the broker (BROKER_OIDC_PROVIDERS_FILE), e.g. `google`.
+    pub provider: String,
+    /// As for email: S256 of the requester's verifier.
+    pub code_challenge: String,
+    /// RFC 8252 loopback redirect of the requesting CLI, `http://127.0.0.1:<port>/<path>` or
+    /// `http://[::1]:<port>/<path>`. After the provider, the broker sends the browser there with
+    /// a one-time code. Absent: the broker shows the code for the user to paste.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+}
+
+/// Linking an email address: like a sign-in start, plus a fresh wallet signature over a
+/// challenge whose purpose names this address.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkEmailRequest {
+    pub email: String,
+    pub code_challenge: String,
+    pub wallet_proof: WalletProof,
+}
+
+/// Linking an OIDC identity: like a sign-in start, plus a fresh wallet signature over a
+/// challenge whose purpose names this provider.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkOidcRequest {
+    pub provider: String,
+    pub code_challenge: String,
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    pub wallet_proof: WalletProof,
+}
+
+/// The request id names the request; on its own it releases nothing.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginStartResponse {
     pub request_id: String,
@@ -279,18 +342,42 @@ impl std::fmt::Debug for LoginStartResponse {
     }
 }
 
+/// Collecting a sign-in (or link): the one-time code the user saw (in the email, or from the
+/// provider's redirect) and the verifier whose S256 was sent at the start.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EmailConsumeRequest {
+pub struct LoginCollectRequest {
+    pub request_id: String,
+    pub code: String,
+    pub code_verifier: String,
+}
+
+impl std::fmt::Debug for LoginCollectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginCollectRequest").finish_non_exhaustive()
+    }
+}
+
+/// The emailed link's token, posted by the landing page after the user clicks.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailLinkRequest {
     /// The token from the link's fragment.
     pub token: String,
+}
+
+/// What a browser learns when the emailed link signed it in (the session is in a cookie).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BrowserSignedIn {
+    pub omni_account: String,
+    pub wallet: Option<String>,
+    pub email: String,
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoginStatus {
-    /// The link was not opened (or the provider login not finished) yet.
-    Pending,
     /// Proved: this answer carries the session, once.
     Approved,
     /// Proved, and the identity is now linked to the requesting wallet master.
@@ -319,6 +406,13 @@ pub struct IdentityInfo {
     pub identity_type: String,
     pub identity_value: String,
     pub linked_at: String,
+}
+
+/// What unlinking an identity did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UnlinkResult {
+    /// Live sessions that had been obtained through the identity, now revoked.
+    pub sessions_revoked: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

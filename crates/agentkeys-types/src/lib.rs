@@ -8,6 +8,7 @@ pub mod api;
 pub mod aws_tags;
 pub mod claims;
 pub mod identity;
+pub mod login;
 pub mod pairing;
 
 pub use api::ErrorBody;

@@ -320,11 +320,36 @@ const MAX_LOGIN_TIMEOUT: u64 = 3600;
 /// How long to wait for the user to finish in the browser.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct TimeoutArg {
-    /// Give up after this many seconds without the link being opened (or the provider sign-in
-    /// finished).
+    /// Give up after this many seconds without the code (or the provider's redirect back to
+    /// this command).
     #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=MAX_LOGIN_TIMEOUT))]
     pub secs: u64,
+}
+
+/// How the one-time code of an email or OIDC sign-in (or link) reaches this command.
+#[derive(Debug, Clone, Args)]
+pub struct CodeArgs {
+    /// Finish the sign-in (or link) this profile started last with this code, e.g. after the
+    /// prompt was interrupted; nothing new is started.
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
+
+    #[command(flatten)]
+    pub timeout: TimeoutArg,
+}
+
+/// A wallet signature that proves the signed-in master's wallet is at hand (linking).
+#[derive(Debug, Clone, Args)]
+pub struct StepUpArgs {
+    /// The signed-in master's wallet key file: linking needs a fresh signature by it.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: PathBuf,
+
+    /// EIP-155 chain id placed in the message to sign.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub chain_id: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,18 +497,18 @@ pub enum LoginCommand {
         json: bool,
     },
 
-    /// Sign in by email: the broker mails a link to ADDRESS; open it in a browser (on any
-    /// device) and the session is saved here.
+    /// Sign in by email: the broker mails a one-time code to ADDRESS; type it at the prompt
+    /// and the session is saved here.
     ///
     /// An address linked to a wallet master (`agentkeys identities link-email`) signs in as that
     /// master; any other address is a master of its own, without a wallet.
     Email {
-        /// The email address to send the sign-in link to.
+        /// The email address to send the code to.
         #[arg(value_name = "ADDRESS")]
         address: String,
 
         #[command(flatten)]
-        timeout: TimeoutArg,
+        code: CodeArgs,
 
         /// Print the result as JSON (never includes the session token).
         #[arg(long)]
@@ -491,14 +516,20 @@ pub enum LoginCommand {
     },
 
     /// Sign in with an OpenID Connect provider configured on the broker: open the printed URL
-    /// in a browser, sign in there, and the session is saved here.
+    /// in a browser on this machine and sign in there; the broker sends the browser back to
+    /// this command (RFC 8252 loopback redirect) and the session is saved here.
     Oidc {
         /// The provider's name on the broker (e.g. google).
         #[arg(value_name = "PROVIDER")]
         provider: String,
 
+        /// For a browser on another machine: the broker shows a code to type at the prompt
+        /// instead of redirecting to this machine.
+        #[arg(long)]
+        no_browser: bool,
+
         #[command(flatten)]
-        timeout: TimeoutArg,
+        code: CodeArgs,
 
         /// Print the result as JSON (never includes the session token).
         #[arg(long)]
@@ -515,37 +546,49 @@ pub enum IdentitiesCommand {
         json: bool,
     },
 
-    /// Link an email address to the signed-in wallet master: the broker mails a link to
-    /// ADDRESS; opening it completes the link.
+    /// Link an email address to the signed-in wallet master: after a fresh signature by the
+    /// master's wallet, the broker mails a code to ADDRESS; type it at the prompt.
     LinkEmail {
         /// The email address to link.
         #[arg(value_name = "ADDRESS")]
         address: String,
 
         #[command(flatten)]
-        timeout: TimeoutArg,
+        step_up: StepUpArgs,
+
+        #[command(flatten)]
+        code: CodeArgs,
 
         /// Print the linked identity as JSON.
         #[arg(long)]
         json: bool,
     },
 
-    /// Link an account at an OpenID Connect provider to the signed-in wallet master: open the
-    /// printed URL in a browser and sign in there.
+    /// Link an account at an OpenID Connect provider to the signed-in wallet master: after a
+    /// fresh signature by the master's wallet, open the printed URL in a browser and sign in
+    /// there.
     LinkOidc {
         /// The provider's name on the broker (e.g. google).
         #[arg(value_name = "PROVIDER")]
         provider: String,
 
         #[command(flatten)]
-        timeout: TimeoutArg,
+        step_up: StepUpArgs,
+
+        /// For a browser on another machine: the broker shows a code to type at the prompt.
+        #[arg(long)]
+        no_browser: bool,
+
+        #[command(flatten)]
+        code: CodeArgs,
 
         /// Print the linked identity as JSON.
         #[arg(long)]
         json: bool,
     },
 
-    /// Unlink an identity; signing in with it afterwards makes a separate master again.
+    /// Unlink an identity: signing in with it afterwards makes a separate master again, and the
+    /// sessions obtained through it are revoked.
     Unlink {
         /// The identity's type, as listed: email or oauth2_<provider>.
         #[arg(value_name = "TYPE")]
@@ -708,8 +751,8 @@ mod tests {
             Cli::try_parse_from(["agentkeys", "login", "email", "a@example.com"]).expect("parse");
         assert!(matches!(
             cli.command,
-            Command::Login(LoginCommand::Email { ref address, timeout, json: false })
-                if address == "a@example.com" && timeout.secs == 600
+            Command::Login(LoginCommand::Email { ref address, ref code, json: false })
+                if address == "a@example.com" && code.timeout.secs == 600 && code.code.is_none()
         ));
         let cli = Cli::try_parse_from([
             "agentkeys",
@@ -718,13 +761,17 @@ mod tests {
             "google",
             "--timeout",
             "30",
+            "--no-browser",
+            "--code",
+            "ABCD-EFGH",
             "--json",
         ])
         .expect("parse");
         assert!(matches!(
             cli.command,
-            Command::Login(LoginCommand::Oidc { ref provider, timeout, json: true })
-                if provider == "google" && timeout.secs == 30
+            Command::Login(LoginCommand::Oidc { ref provider, ref code, no_browser: true, json: true })
+                if provider == "google" && code.timeout.secs == 30
+                    && code.code.as_deref() == Some("ABCD-EFGH")
         ));
         for t in ["0", "3601"] {
             assert!(
@@ -752,15 +799,19 @@ mod tests {
                 "identities",
                 "link-email",
                 "b@example.com",
+                "--key-file",
+                "k",
                 "--timeout",
                 "5",
             ],
-            &["identities", "link-oidc", "google"],
+            &["identities", "link-oidc", "google", "--key-file", "k"],
         ] {
             let mut v = vec!["agentkeys"];
             v.extend_from_slice(args);
             assert!(Cli::try_parse_from(&v).is_ok(), "{v:?}");
         }
+        // Linking needs the wallet key: a bearer session alone cannot link.
+        assert!(Cli::try_parse_from(["agentkeys", "identities", "link-email", "b@e.com"]).is_err());
     }
 
     #[test]

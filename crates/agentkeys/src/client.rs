@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use agentkeys_types::api::{
-    AgentInfo, AgentList, AgentSessionRequest, EmailStartRequest, IdentityList, LoginStartResponse,
-    LoginStatusResponse, MintRequest, MintResponse, PairingApproveRequest, PairingPollRequest,
-    PairingPollResponse, PairingStartRequest, PairingStartResponse, SessionIssued, SessionList,
+    AgentInfo, AgentList, AgentSessionRequest, EmailStartRequest, IdentityList, LinkEmailRequest,
+    LinkOidcRequest, LoginCollectRequest, LoginStartResponse, LoginStatusResponse, MintRequest,
+    MintResponse, OidcStartRequest, PairingApproveRequest, PairingPollRequest, PairingPollResponse,
+    PairingStartRequest, PairingStartResponse, SessionIssued, SessionList, UnlinkResult,
     WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest, WhoAmI,
 };
 use agentkeys_types::{ErrorBody, OmniAccount};
@@ -83,20 +84,14 @@ impl LoginMethod {
         format!("/v1/identities/{}", self.segment())
     }
 
-    /// `/v1/auth/<method>/status/<request_id>`. The id must have passed
-    /// [`check_request_id`]: it is a secret and goes into the path as it is.
-    pub(crate) fn status_path(self, request_id: &str) -> String {
-        format!("/v1/auth/{}/status/{request_id}", self.segment())
+    /// `/v1/auth/<method>/collect`: the code and the verifier go in the body, never a URL.
+    pub(crate) fn collect_path(self) -> String {
+        format!("/v1/auth/{}/collect", self.segment())
     }
 }
 
-/// The body that starts an OIDC sign-in or link (no shared type on purpose: one field).
-pub(crate) fn oidc_start_body(provider: &str) -> serde_json::Value {
-    serde_json::json!({ "provider": provider })
-}
-
-/// A request id is the requester's secret key to the result and goes into a URL path: it must
-/// be a short base64url token (the broker's are 43 characters).
+/// A request id names a sign-in request: it must be a short base64url token (the broker's are
+/// 43 characters).
 pub(crate) fn check_request_id(id: &str) -> bool {
     (16..=128).contains(&id.len())
         && id
@@ -297,7 +292,7 @@ impl BrokerClient {
         self.send_json(rb, self.owner()).await
     }
 
-    /// Starts an email sign-in (a link is mailed to the address).
+    /// Starts an email sign-in (a code is mailed to the address).
     pub async fn email_start(&self, req: &EmailStartRequest) -> Result<LoginStartResponse> {
         let rb = self
             .request(Method::POST, &LoginMethod::Email.start_path())
@@ -306,10 +301,10 @@ impl BrokerClient {
     }
 
     /// Starts a sign-in with an OIDC provider; the answer carries the authorization URL.
-    pub async fn oidc_start(&self, provider: &str) -> Result<LoginStartResponse> {
+    pub async fn oidc_start(&self, req: &OidcStartRequest) -> Result<LoginStartResponse> {
         let rb = self
             .request(Method::POST, &LoginMethod::Oidc.start_path())
-            .json(&oidc_start_body(provider));
+            .json(req);
         self.send_json(rb, None).await
     }
 
@@ -317,7 +312,7 @@ impl BrokerClient {
     pub async fn link_email_start(
         &self,
         token: &SecretToken,
-        req: &EmailStartRequest,
+        req: &LinkEmailRequest,
     ) -> Result<LoginStartResponse> {
         let rb = self
             .request(Method::POST, &LoginMethod::Email.link_path())
@@ -330,23 +325,22 @@ impl BrokerClient {
     pub async fn link_oidc_start(
         &self,
         token: &SecretToken,
-        provider: &str,
+        req: &LinkOidcRequest,
     ) -> Result<LoginStartResponse> {
         let rb = self
             .request(Method::POST, &LoginMethod::Oidc.link_path())
             .bearer_auth(token.expose())
-            .json(&oidc_start_body(provider));
+            .json(req);
         self.send_json(rb, self.owner()).await
     }
 
-    /// One poll of a sign-in or link. Pending (202) and done (200) both come back as `Ok`;
-    /// `status` tells them apart. `request_id` must pass [`check_request_id`].
-    pub async fn login_status(
+    /// Collects a sign-in or link with the one-time code and the verifier.
+    pub async fn login_collect(
         &self,
         method: LoginMethod,
-        request_id: &str,
+        req: &LoginCollectRequest,
     ) -> Result<LoginStatusResponse> {
-        let rb = self.request(Method::GET, &method.status_path(request_id));
+        let rb = self.request(Method::POST, &method.collect_path()).json(req);
         self.send_json(rb, None).await
     }
 
@@ -410,7 +404,7 @@ impl BrokerClient {
         token: &SecretToken,
         identity_type: &str,
         identity_value: &str,
-    ) -> Result<()> {
+    ) -> Result<UnlinkResult> {
         let path = unlink_path(identity_type, identity_value).ok_or_else(|| {
             Error::InvalidInput(
                 "the identity type and value must not be empty, `.` or `..`".to_owned(),
@@ -419,7 +413,7 @@ impl BrokerClient {
         let rb = self
             .request(Method::DELETE, &path)
             .bearer_auth(token.expose());
-        self.send(rb, self.owner()).await.map(drop)
+        self.send_json(rb, self.owner()).await
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -731,20 +725,17 @@ mod tests {
         assert_eq!(LoginMethod::Oidc.start_path(), "/v1/auth/oidc/start");
         assert_eq!(LoginMethod::Email.link_path(), "/v1/identities/email");
         assert_eq!(LoginMethod::Oidc.link_path(), "/v1/identities/oidc");
-        let id = "A".repeat(43);
-        assert_eq!(
-            LoginMethod::Oidc.status_path(&id),
-            format!("/v1/auth/oidc/status/{id}")
-        );
-        assert_eq!(
-            oidc_start_body("google"),
-            serde_json::json!({"provider": "google"})
-        );
+        assert_eq!(LoginMethod::Oidc.collect_path(), "/v1/auth/oidc/collect");
+        assert_eq!(LoginMethod::Email.collect_path(), "/v1/auth/email/collect");
         let email = serde_json::to_value(EmailStartRequest {
             email: "a@example.com".into(),
+            code_challenge: "c".into(),
         })
         .expect("json");
-        assert_eq!(email, serde_json::json!({"email": "a@example.com"}));
+        assert_eq!(
+            email,
+            serde_json::json!({"email": "a@example.com", "code_challenge": "c"})
+        );
     }
 
     #[test]

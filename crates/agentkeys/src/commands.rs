@@ -43,14 +43,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }) => login_wallet(&ctx()?, &key_file, chain_id, json, out).await,
         Command::Login(LoginCommand::Email {
             address,
-            timeout,
+            code,
             json,
-        }) => identities::login_email(&ctx()?, &address, timeout.secs, json, out).await,
+        }) => identities::login_email(&ctx()?, &address, &code, json, out).await,
         Command::Login(LoginCommand::Oidc {
             provider,
-            timeout,
+            no_browser,
+            code,
             json,
-        }) => identities::login_oidc(&ctx()?, &provider, timeout.secs, json, out).await,
+        }) => identities::login_oidc(&ctx()?, &provider, no_browser, &code, json, out).await,
         Command::Identities(command) => identities::identities(&ctx()?, command, out).await,
         Command::Whoami { json } => whoami(&ctx()?, json, out).await,
         Command::Logout { all: true, .. } => agents::logout_all(&ctx()?, out).await,
@@ -275,6 +276,7 @@ async fn login_wallet(
         .wallet_challenge(&WalletChallengeRequest {
             address: address.to_string(),
             chain_id: Some(chain_id),
+            purpose: None,
         })
         .await?;
     check_siwe_message(&challenge.message, address.as_str(), client.base_url())?;
@@ -329,7 +331,7 @@ async fn login_wallet(
 
 /// Refuses to sign anything that is not an EIP-4361 sign-in for this very address: the key
 /// signs only what it is meant to.
-fn check_siwe_message(message: &str, address: &str, broker: &str) -> Result<()> {
+pub(crate) fn check_siwe_message(message: &str, address: &str, broker: &str) -> Result<()> {
     let refuse = |why: &str| Error::BrokerProtocol {
         url: broker.to_owned(),
         detail: format!("refusing to sign the challenge: {why}"),

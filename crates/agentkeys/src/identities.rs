@@ -1,183 +1,239 @@
 //! Sign-in by email and by OIDC provider (`agentkeys login email|oidc`), and a wallet master's
 //! linked identities (`agentkeys identities …`).
 //!
-//! Both flows are the same for the client: the broker opens a request and answers with a secret
-//! request id; the user proves the identity in a browser (the emailed link, or the provider's
-//! sign-in page); the client polls the request's status until the broker hands over the
-//! session (sign-in) or reports the link, once. The request id is never printed or logged.
+//! Both flows bind the sign-in to this command: it keeps a random verifier and sends only its
+//! S256 hash at the start; the user then sees a one-time code (in the email, or through the
+//! provider's redirect to this command's loopback listener, or on the broker's page with
+//! `--no-browser`) and this command collects the session with both. The request id and the
+//! verifier are kept in the profile (0600) until the sign-in is finished, so `--code` can
+//! finish an interrupted one; neither is ever printed.
 
-use std::future::Future;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{
-    EmailStartRequest, IdentityInfo, LoginStartResponse, LoginStatus, LoginStatusResponse,
-    SessionIssued,
+    ChallengePurpose, EmailStartRequest, IdentityInfo, LinkEmailRequest, LinkOidcRequest,
+    LoginCollectRequest, LoginStartResponse, LoginStatus, LoginStatusResponse, OidcStartRequest,
+    SessionIssued, WalletChallengeRequest, WalletProof,
 };
 use agentkeys_types::identity::{IDENTITY_EMAIL, canonical_email};
+use agentkeys_types::login::{challenge_statement, code_challenge};
+use agentkeys_types::pairing::normalize_code;
+use alloy_signer::Signer;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
 
 use crate::agents::{profile_flag, table};
-use crate::cli::IdentitiesCommand;
+use crate::cli::{CodeArgs, IdentitiesCommand, StepUpArgs};
 use crate::client::{BrokerClient, LoginMethod, check_request_id, sanitize};
-use crate::commands::{Context, emit, to_json};
+use crate::commands::{Context, check_siwe_message, emit, to_json};
 use crate::config::{Profile, SavedSession};
-use crate::error::{Error, Result, RetryAfter};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::keyfile;
+use crate::loopback::Loopback;
 
-/// Time between polls of a sign-in or link request.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// Longest wait between polls, whatever a 429's Retry-After says.
-const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
-/// Wait after a 429 without a usable Retry-After in seconds.
-const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
-/// Consecutive failed polls (broker unreachable) tolerated before giving up.
-const MAX_POLL_FAILURES: u32 = 3;
 /// Longest authorization URL accepted from the broker.
 const MAX_AUTHORIZATION_URL: usize = 8 * 1024;
+/// The file (in the profile's directory, 0600) holding the sign-in being finished.
+const PENDING_FILE: &str = "pending-login.json";
 
-// ---- polling -------------------------------------------------------------------------------
+// ---- the sign-in in progress ---------------------------------------------------------------
 
-/// What a poll loop waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What this sign-in is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Goal {
-    /// A session (`approved`).
+    /// A session.
     SignIn,
-    /// A linked identity (`linked`).
+    /// A linked identity.
     Link,
 }
 
-/// One sign-in or link as the user sees it: what is awaited and how to start over.
-#[derive(Debug, Clone)]
-pub(crate) struct Flow {
-    pub goal: Goal,
-    /// What has not happened yet, e.g. "the link sent to a@example.com was not opened".
-    pub pending: String,
-    /// The command that starts over.
-    pub again: String,
-}
-
-impl Flow {
-    fn fail(&self, detail: String) -> Error {
-        match self.goal {
+impl Goal {
+    fn fail(self, detail: String) -> Error {
+        match self {
             Goal::SignIn => Error::SignIn(detail),
             Goal::Link => Error::Linking(detail),
         }
     }
+}
 
-    fn timed_out(&self, timeout: Duration) -> Error {
-        self.fail(format!(
-            "{} within {} s; run `{}` to start over",
-            self.pending,
-            timeout.as_secs(),
-            self.again
-        ))
+/// A started sign-in, kept until it is collected: the request id and the verifier are this
+/// command's proof that it started it.
+#[derive(Clone, Serialize, Deserialize)]
+struct Pending {
+    broker_url: String,
+    method: String,
+    goal: Goal,
+    /// The email address, or the provider's name.
+    subject: String,
+    request_id: String,
+    code_verifier: String,
+    expires_at: String,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("method", &self.method)
+            .field("goal", &self.goal)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
     }
 }
 
-/// What to do after one poll.
-#[derive(Debug)]
-pub(crate) enum Next {
-    /// The request is done: the answer carries the session or the identity.
-    Done(LoginStatusResponse),
-    /// Poll again after this long; `note` is said on stderr first.
-    Wait {
-        after: Duration,
-        note: Option<String>,
-    },
+fn pending_path(profile: &Profile) -> PathBuf {
+    profile.dir().join(PENDING_FILE)
 }
 
-/// The poll state machine: pure, so each transition is unit-tested.
-#[derive(Debug)]
-pub(crate) struct Poller {
-    interval: Duration,
-    failures: u32,
+fn save_pending(profile: &Profile, pending: &Pending) -> Result<()> {
+    fsutil::create_private_dir(profile.dir())?;
+    let json = serde_json::to_vec(pending).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    fsutil::write_private_atomic(&pending_path(profile), &json)
 }
 
-impl Poller {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            failures: 0,
+fn load_pending(profile: &Profile) -> Result<Option<Pending>> {
+    let path = pending_path(profile);
+    let Some(bytes) = fsutil::read_private(&path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::CorruptState {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+fn forget_pending(profile: &Profile) -> Result<()> {
+    fsutil::remove_if_exists(&pending_path(profile)).map(drop)
+}
+
+/// A fresh RFC 7636 verifier: 256 random bits, base64url.
+fn new_verifier() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The pending sign-in that `--code` finishes: the last one this profile started, if it is
+/// for the same broker, method, goal and subject.
+fn resume(
+    profile: &Profile,
+    client: &BrokerClient,
+    method: LoginMethod,
+    goal: Goal,
+    subject: &str,
+    again: &str,
+) -> Result<Pending> {
+    let wanted = method_name(method);
+    match load_pending(profile)? {
+        Some(p)
+            if p.broker_url == client.base_url()
+                && p.method == wanted
+                && p.goal == goal
+                && p.subject == subject =>
+        {
+            Ok(p)
         }
+        _ => Err(goal.fail(format!(
+            "profile `{}` has no unfinished {wanted} {} for {subject} at {}; run `{again}` \
+             (without --code) to start one",
+            profile.name(),
+            match goal {
+                Goal::SignIn => "sign-in",
+                Goal::Link => "link",
+            },
+            client.base_url()
+        ))),
     }
+}
 
-    pub(crate) fn next(
-        &mut self,
-        flow: &Flow,
-        polled: Result<LoginStatusResponse>,
-    ) -> Result<Next> {
-        let wait = |after| Next::Wait { after, note: None };
-        match polled {
-            Ok(r) if r.status == LoginStatus::Pending => {
-                self.failures = 0;
-                Ok(wait(self.interval))
+fn method_name(method: LoginMethod) -> &'static str {
+    match method {
+        LoginMethod::Email => "email",
+        LoginMethod::Oidc => "oidc",
+    }
+}
+
+// ---- where the code comes from -------------------------------------------------------------
+
+/// Reads one code from standard input (a terminal, or a pipe), within `timeout`.
+async fn prompt_code(goal: Goal, timeout: Duration, again_with_code: &str) -> Result<String> {
+    eprint!("Code: ");
+    let _ = std::io::stderr().flush();
+    // A blocking read on its own thread: a timeout leaves it waiting, and the process exits.
+    let read = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|n| (n, line))
+    });
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(goal.fail(format!(
+            "no code was typed within {} s; finish with `{again_with_code}` before the request \
+             expires",
+            timeout.as_secs()
+        ))),
+        Ok(Err(e)) => Err(goal.fail(format!("cannot read the code: {e}"))),
+        Ok(Ok(Err(e))) => Err(goal.fail(format!("cannot read the code: {e}"))),
+        Ok(Ok(Ok((0, _)))) => Err(goal.fail(format!(
+            "no code was typed; finish with `{again_with_code}` before the request expires"
+        ))),
+        Ok(Ok(Ok((_, line)))) => Ok(line.trim().to_owned()),
+    }
+}
+
+/// The code as the broker wants it, or a usage error that says what a code looks like.
+fn typed_code(goal: Goal, raw: &str) -> Result<String> {
+    normalize_code(raw).ok_or_else(|| {
+        goal.fail(format!(
+            "{:?} is not a code: codes are 8 letters and digits, e.g. ABCD-EFGH",
+            sanitize(raw, 40)
+        ))
+    })
+}
+
+/// Collects with the code; a wrong typed code may be typed again while the broker allows it.
+async fn collect(
+    client: &BrokerClient,
+    method: LoginMethod,
+    pending: &Pending,
+    mut code: String,
+    retype: Option<(Duration, &str)>,
+) -> Result<LoginStatusResponse> {
+    loop {
+        let req = LoginCollectRequest {
+            request_id: pending.request_id.clone(),
+            code: typed_code(pending.goal, &code)?,
+            code_verifier: pending.code_verifier.clone(),
+        };
+        match client.login_collect(method, &req).await {
+            Err(Error::Broker {
+                status: 422,
+                ref kind,
+                ref message,
+            }) if kind == "wrong_code" && retype.is_some() && !message.contains("no more") => {
+                eprintln!("agentkeys: {message}");
+                let (timeout, again) = retype.unwrap_or((Duration::ZERO, ""));
+                code = prompt_code(pending.goal, timeout, again).await?;
             }
-            Ok(r) => Ok(Next::Done(r)),
-            Err(Error::RateLimited { retry_after }) => {
-                let after = match retry_after {
-                    Some(RetryAfter::Seconds(n)) => Duration::from_secs(n),
-                    _ => RATE_LIMITED_WAIT,
-                };
-                Ok(wait(after.clamp(self.interval, MAX_POLL_INTERVAL)))
-            }
-            Err(e @ Error::BrokerUnreachable { .. }) if self.failures < MAX_POLL_FAILURES => {
-                self.failures += 1;
-                Ok(Next::Wait {
-                    after: self.interval,
-                    note: Some(format!("{e}; polling again")),
-                })
-            }
-            Err(Error::Broker { status: 404, .. }) => Err(flow.fail(format!(
-                "the broker no longer knows this request (it expired); run `{}` to start over",
-                flow.again
-            ))),
             Err(Error::Broker {
                 status: 409,
                 message,
                 ..
-            }) => Err(flow.fail(match flow.goal {
-                Goal::SignIn => format!(
-                    "the session of this sign-in was already collected, by an earlier poll whose \
-                     answer was lost; run `{}` to start over",
-                    flow.again
-                ),
-                // "linked to another master", or collected already: the broker says which.
-                Goal::Link => message,
-            })),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Polls until the request is done, the broker refuses, or `timeout` passes. The first poll is
-/// one interval after the start.
-pub(crate) async fn wait_for<F, Fut>(
-    flow: &Flow,
-    interval: Duration,
-    timeout: Duration,
-    mut poll: F,
-) -> Result<LoginStatusResponse>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<LoginStatusResponse>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut poller = Poller::new(interval);
-    let mut wait = interval;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(flow.timed_out(timeout));
-        }
-        tokio::time::sleep(wait.min(deadline - now)).await;
-        match poller.next(flow, poll().await)? {
-            Next::Done(r) => return Ok(r),
-            Next::Wait { after, note } => {
-                if let Some(note) = note {
-                    eprintln!("agentkeys: note: {note}");
-                }
-                wait = after;
+            }) => return Err(pending.goal.fail(message)),
+            Err(Error::Broker { status: 404, .. }) => {
+                return Err(pending.goal.fail(
+                    "the broker no longer knows this request (it expired or had too many wrong \
+                     codes); start again"
+                        .into(),
+                ));
             }
+            other => return other,
         }
     }
 }
@@ -286,102 +342,212 @@ enum Proof<'a> {
 pub(crate) async fn login_email(
     ctx: &Context,
     address: &str,
-    timeout: u64,
+    code: &CodeArgs,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let email = email_address(address)?;
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
-    let started = client
-        .email_start(&EmailStartRequest {
-            email: email.clone(),
-        })
-        .await?;
-    check_started(&client, &started)?;
-    eprintln!(
-        "A sign-in link was sent to {email}. Open it in a browser (on any device) to sign in to \
-         {}.\nWaiting up to {timeout} s (the link expires at {}); Ctrl-C cancels.",
-        client.base_url(),
-        sanitize(&started.expires_at, 64)
-    );
-    let flow = Flow {
-        goal: Goal::SignIn,
-        pending: format!("the link sent to {email} was not opened"),
-        again: format!("agentkeys {}login email {email}", profile_flag(&profile)),
+    let again = format!("agentkeys {}login email {email}", profile_flag(&profile));
+    let with_code = format!("{again} --code CODE");
+    let timeout = Duration::from_secs(code.timeout.secs);
+    let (pending, typed) = match &code.code {
+        Some(typed) => {
+            let pending = resume(
+                &profile,
+                &client,
+                LoginMethod::Email,
+                Goal::SignIn,
+                &email,
+                &again,
+            )?;
+            (pending, typed.clone())
+        }
+        None => {
+            let verifier = new_verifier();
+            let started = client
+                .email_start(&EmailStartRequest {
+                    email: email.clone(),
+                    code_challenge: code_challenge(&verifier),
+                })
+                .await?;
+            let pending = started_pending(
+                &client,
+                &profile,
+                LoginMethod::Email,
+                Goal::SignIn,
+                &email,
+                verifier,
+                &started,
+            )?;
+            eprintln!(
+                "A sign-in code was sent to {email}. Type it here to sign in to {} (it expires at \
+                 {}); Ctrl-C cancels, `{with_code}` finishes later.",
+                client.base_url(),
+                sanitize(&started.expires_at, 64)
+            );
+            let typed = prompt_code(Goal::SignIn, timeout, &with_code).await?;
+            (pending, typed)
+        }
     };
-    finish_login(
+    let done = collect(
         &client,
-        &profile,
         LoginMethod::Email,
-        &started,
-        &flow,
-        timeout,
-        Proof::Email(&email),
-        json,
-        out,
+        &pending,
+        typed,
+        Some((timeout, &with_code)),
     )
-    .await
+    .await?;
+    finish_login(&client, &profile, done, Proof::Email(&email), json, out)
 }
 
 pub(crate) async fn login_oidc(
     ctx: &Context,
     provider: &str,
-    timeout: u64,
+    no_browser: bool,
+    code: &CodeArgs,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let provider = provider_name(provider)?;
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
-    let started = client.oidc_start(&provider).await?;
-    check_started(&client, &started)?;
-    let url = check_authorization_url(started.authorization_url.as_deref())
-        .map_err(|why| protocol(&client, why))?;
-    eprintln!(
-        "Open this URL in a browser to sign in with {provider}:\n{url}\nWaiting up to {timeout} s \
-         (the request expires at {}); Ctrl-C cancels.",
-        sanitize(&started.expires_at, 64)
-    );
-    let flow = Flow {
-        goal: Goal::SignIn,
-        pending: format!("the sign-in with {provider} was not finished"),
-        again: format!("agentkeys {}login oidc {provider}", profile_flag(&profile)),
+    let again = format!("agentkeys {}login oidc {provider}", profile_flag(&profile));
+    let with_code = format!("{again} --no-browser --code CODE");
+    let timeout = Duration::from_secs(code.timeout.secs);
+    let (pending, typed) = match &code.code {
+        Some(typed) => {
+            let pending = resume(
+                &profile,
+                &client,
+                LoginMethod::Oidc,
+                Goal::SignIn,
+                &provider,
+                &again,
+            )?;
+            (pending, typed.clone())
+        }
+        None => {
+            let verifier = new_verifier();
+            let loopback = if no_browser {
+                None
+            } else {
+                Some(Loopback::bind().await?)
+            };
+            let started = client
+                .oidc_start(&OidcStartRequest {
+                    provider: provider.clone(),
+                    code_challenge: code_challenge(&verifier),
+                    redirect_uri: loopback.as_ref().map(|l| l.redirect_uri().to_owned()),
+                })
+                .await?;
+            let pending = started_pending(
+                &client,
+                &profile,
+                LoginMethod::Oidc,
+                Goal::SignIn,
+                &provider,
+                verifier,
+                &started,
+            )?;
+            let url = check_authorization_url(started.authorization_url.as_deref())
+                .map_err(|why| protocol(&client, why))?;
+            let typed = wait_for_code(
+                loopback,
+                url,
+                &format!("sign in with {provider}"),
+                Goal::SignIn,
+                timeout,
+                &with_code,
+            )
+            .await?;
+            (pending, typed)
+        }
     };
-    finish_login(
+    let done = collect(
         &client,
-        &profile,
         LoginMethod::Oidc,
-        &started,
-        &flow,
-        timeout,
-        Proof::Oidc(&provider),
-        json,
-        out,
+        &pending,
+        typed,
+        Some((timeout, &with_code)),
     )
-    .await
+    .await?;
+    finish_login(&client, &profile, done, Proof::Oidc(&provider), json, out)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn finish_login(
+/// Checks the start's answer and keeps the request until it is collected.
+fn started_pending(
     client: &BrokerClient,
     profile: &Profile,
     method: LoginMethod,
+    goal: Goal,
+    subject: &str,
+    code_verifier: String,
     started: &LoginStartResponse,
-    flow: &Flow,
-    timeout: u64,
+) -> Result<Pending> {
+    check_started(client, started)?;
+    let pending = Pending {
+        broker_url: client.base_url().to_owned(),
+        method: method_name(method).to_owned(),
+        goal,
+        subject: subject.to_owned(),
+        request_id: started.request_id.clone(),
+        code_verifier,
+        expires_at: sanitize(&started.expires_at, 64),
+    };
+    save_pending(profile, &pending)?;
+    Ok(pending)
+}
+
+/// Shows the provider's URL and waits for the code: from the loopback redirect, or typed.
+async fn wait_for_code(
+    loopback: Option<Loopback>,
+    url: &str,
+    what: &str,
+    goal: Goal,
+    timeout: Duration,
+    with_code: &str,
+) -> Result<String> {
+    match loopback {
+        Some(loopback) => {
+            eprintln!(
+                "Open this URL in a browser on this machine to {what}:\n{url}\nWaiting up to {} s \
+                 for the browser to come back here; Ctrl-C cancels.",
+                timeout.as_secs()
+            );
+            tokio::time::timeout(timeout, loopback.wait_for_code())
+                .await
+                .map_err(|_| {
+                    goal.fail(format!(
+                        "the browser did not come back within {} s; start again, or with \
+                         --no-browser type the code the broker shows",
+                        timeout.as_secs()
+                    ))
+                })?
+        }
+        None => {
+            eprintln!(
+                "Open this URL in a browser (on any device) to {what}, then type the code the \
+                 broker shows there:\n{url}"
+            );
+            prompt_code(goal, timeout, with_code).await
+        }
+    }
+}
+
+fn finish_login(
+    client: &BrokerClient,
+    profile: &Profile,
+    done: LoginStatusResponse,
     proof: Proof<'_>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let id = started.request_id.as_str();
-    let done = wait_for(flow, POLL_INTERVAL, Duration::from_secs(timeout), || {
-        client.login_status(method, id)
-    })
-    .await?;
     let issued = signed_in_session(done).map_err(|why| protocol(client, why))?;
     let saved = SavedSession::from_issued(client.base_url(), issued);
     profile.save_session(&saved)?;
+    forget_pending(profile)?;
 
     let wallet = saved.wallet.as_deref().map(|w| sanitize(w, 64));
     let expires_at = sanitize(&saved.expires_at, 64);
@@ -425,14 +591,17 @@ pub(crate) async fn identities(
         IdentitiesCommand::List { json } => list(ctx, json, out).await,
         IdentitiesCommand::LinkEmail {
             address,
-            timeout,
+            step_up,
+            code,
             json,
-        } => link_email(ctx, &address, timeout.secs, json, out).await,
+        } => link_email(ctx, &address, &step_up, &code, json, out).await,
         IdentitiesCommand::LinkOidc {
             provider,
-            timeout,
+            step_up,
+            no_browser,
+            code,
             json,
-        } => link_oidc(ctx, &provider, timeout.secs, json, out).await,
+        } => link_oidc(ctx, &provider, &step_up, no_browser, &code, json, out).await,
         IdentitiesCommand::Unlink {
             identity_type,
             identity_value,
@@ -449,8 +618,8 @@ async fn list(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {
     if list.identities.is_empty() {
         return emit(
             out,
-            "No linked identities. Link one with `agentkeys identities link-email ADDRESS` or \
-             `agentkeys identities link-oidc PROVIDER`.\n",
+            "No linked identities. Link one with `agentkeys identities link-email ADDRESS \
+             --key-file FILE` or `agentkeys identities link-oidc PROVIDER --key-file FILE`.\n",
         );
     }
     let rows: Vec<Vec<String>> = list
@@ -467,110 +636,231 @@ async fn list(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {
     emit(out, &table(&["TYPE", "VALUE", "LINKED"], &rows))
 }
 
+/// The step-up: a fresh signature by the signed-in master's own wallet over a challenge whose
+/// statement names exactly what is being linked. The key must be the session's wallet, and the
+/// message must say what the user asked for, or nothing is signed.
+async fn step_up(
+    client: &BrokerClient,
+    saved: &SavedSession,
+    args: &StepUpArgs,
+    purpose: ChallengePurpose,
+) -> Result<WalletProof> {
+    let signer = keyfile::read(&args.key_file)?;
+    let address = keyfile::address_of(&signer);
+    let wallet = saved.wallet.as_deref().ok_or_else(|| {
+        Error::Linking(
+            "only a master signed in with a wallet can link identities; run `agentkeys login \
+             wallet --key-file FILE` first"
+                .into(),
+        )
+    })?;
+    if !wallet.eq_ignore_ascii_case(address.as_str()) {
+        return Err(Error::Linking(format!(
+            "{} is the key of {address}, but this session is wallet {}; pass the signed-in \
+             wallet's key file",
+            args.key_file.display(),
+            sanitize(wallet, 64)
+        )));
+    }
+    let challenge = client
+        .wallet_challenge(&WalletChallengeRequest {
+            address: address.to_string(),
+            chain_id: Some(args.chain_id),
+            purpose: Some(purpose.clone()),
+        })
+        .await?;
+    check_siwe_message(&challenge.message, address.as_str(), client.base_url())?;
+    let expected = challenge_statement(Some(&purpose));
+    if challenge.message.lines().nth(3) != Some(expected.as_str()) {
+        return Err(protocol(
+            client,
+            &format!("refusing to sign: the message does not say \"{expected}\""),
+        ));
+    }
+    let signature = signer
+        .sign_message(challenge.message.as_bytes())
+        .await
+        .map_err(|e| Error::Signing(e.to_string()))?;
+    Ok(WalletProof {
+        challenge_id: challenge.challenge_id,
+        signature: signature.to_string(),
+    })
+}
+
 async fn link_email(
     ctx: &Context,
     address: &str,
-    timeout: u64,
+    step_up_args: &StepUpArgs,
+    code: &CodeArgs,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let email = email_address(address)?;
     let (profile, saved, client) = ctx.session()?;
-    let started = client
-        .link_email_start(
-            &saved.session_token,
-            &EmailStartRequest {
-                email: email.clone(),
-            },
-        )
-        .await?;
-    check_started(&client, &started)?;
-    eprintln!(
-        "A confirmation link was sent to {email}. Open it in a browser to link the address to \
-         master {}.\nWaiting up to {timeout} s (the link expires at {}); Ctrl-C cancels.",
-        saved.omni_account,
-        sanitize(&started.expires_at, 64)
+    let again = format!(
+        "agentkeys {}identities link-email {email} --key-file {}",
+        profile_flag(&profile),
+        step_up_args.key_file.display()
     );
-    let flow = Flow {
-        goal: Goal::Link,
-        pending: format!("the link sent to {email} was not opened"),
-        again: format!(
-            "agentkeys {}identities link-email {email}",
-            profile_flag(&profile)
-        ),
+    let with_code = format!("{again} --code CODE");
+    let timeout = Duration::from_secs(code.timeout.secs);
+    let (pending, typed) = match &code.code {
+        Some(typed) => {
+            let pending = resume(
+                &profile,
+                &client,
+                LoginMethod::Email,
+                Goal::Link,
+                &email,
+                &again,
+            )?;
+            (pending, typed.clone())
+        }
+        None => {
+            let proof = step_up(
+                &client,
+                &saved,
+                step_up_args,
+                ChallengePurpose::LinkEmail(email.clone()),
+            )
+            .await?;
+            let verifier = new_verifier();
+            let started = client
+                .link_email_start(
+                    &saved.session_token,
+                    &LinkEmailRequest {
+                        email: email.clone(),
+                        code_challenge: code_challenge(&verifier),
+                        wallet_proof: proof,
+                    },
+                )
+                .await?;
+            let pending = started_pending(
+                &client,
+                &profile,
+                LoginMethod::Email,
+                Goal::Link,
+                &email,
+                verifier,
+                &started,
+            )?;
+            eprintln!(
+                "A link code was sent to {email}. Type it here to link the address to master {} \
+                 (it expires at {}); Ctrl-C cancels, `{with_code}` finishes later.",
+                saved.omni_account,
+                sanitize(&started.expires_at, 64)
+            );
+            let typed = prompt_code(Goal::Link, timeout, &with_code).await?;
+            (pending, typed)
+        }
     };
-    finish_link(
+    let done = collect(
         &client,
         LoginMethod::Email,
-        &started,
-        &flow,
-        timeout,
-        &saved,
-        json,
-        out,
+        &pending,
+        typed,
+        Some((timeout, &with_code)),
     )
-    .await
+    .await?;
+    finish_link(&client, &profile, done, &saved, json, out)
 }
 
 async fn link_oidc(
     ctx: &Context,
     provider: &str,
-    timeout: u64,
+    step_up_args: &StepUpArgs,
+    no_browser: bool,
+    code: &CodeArgs,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let provider = provider_name(provider)?;
     let (profile, saved, client) = ctx.session()?;
-    let started = client
-        .link_oidc_start(&saved.session_token, &provider)
-        .await?;
-    check_started(&client, &started)?;
-    let url = check_authorization_url(started.authorization_url.as_deref())
-        .map_err(|why| protocol(&client, why))?;
-    eprintln!(
-        "Open this URL in a browser and sign in with {provider} to link that account to master \
-         {}:\n{url}\nWaiting up to {timeout} s (the request expires at {}); Ctrl-C cancels.",
-        saved.omni_account,
-        sanitize(&started.expires_at, 64)
+    let again = format!(
+        "agentkeys {}identities link-oidc {provider} --key-file {}",
+        profile_flag(&profile),
+        step_up_args.key_file.display()
     );
-    let flow = Flow {
-        goal: Goal::Link,
-        pending: format!("the sign-in with {provider} was not finished"),
-        again: format!(
-            "agentkeys {}identities link-oidc {provider}",
-            profile_flag(&profile)
-        ),
+    let with_code = format!("{again} --no-browser --code CODE");
+    let timeout = Duration::from_secs(code.timeout.secs);
+    let (pending, typed) = match &code.code {
+        Some(typed) => {
+            let pending = resume(
+                &profile,
+                &client,
+                LoginMethod::Oidc,
+                Goal::Link,
+                &provider,
+                &again,
+            )?;
+            (pending, typed.clone())
+        }
+        None => {
+            let proof = step_up(
+                &client,
+                &saved,
+                step_up_args,
+                ChallengePurpose::LinkOidc(provider.clone()),
+            )
+            .await?;
+            let verifier = new_verifier();
+            let loopback = if no_browser {
+                None
+            } else {
+                Some(Loopback::bind().await?)
+            };
+            let started = client
+                .link_oidc_start(
+                    &saved.session_token,
+                    &LinkOidcRequest {
+                        provider: provider.clone(),
+                        code_challenge: code_challenge(&verifier),
+                        redirect_uri: loopback.as_ref().map(|l| l.redirect_uri().to_owned()),
+                        wallet_proof: proof,
+                    },
+                )
+                .await?;
+            let pending = started_pending(
+                &client,
+                &profile,
+                LoginMethod::Oidc,
+                Goal::Link,
+                &provider,
+                verifier,
+                &started,
+            )?;
+            let url = check_authorization_url(started.authorization_url.as_deref())
+                .map_err(|why| protocol(&client, why))?;
+            let what = format!(
+                "sign in with {provider} and link that account to master {}",
+                saved.omni_account
+            );
+            let typed =
+                wait_for_code(loopback, url, &what, Goal::Link, timeout, &with_code).await?;
+            (pending, typed)
+        }
     };
-    finish_link(
+    let done = collect(
         &client,
         LoginMethod::Oidc,
-        &started,
-        &flow,
-        timeout,
-        &saved,
-        json,
-        out,
+        &pending,
+        typed,
+        Some((timeout, &with_code)),
     )
-    .await
+    .await?;
+    finish_link(&client, &profile, done, &saved, json, out)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn finish_link(
+fn finish_link(
     client: &BrokerClient,
-    method: LoginMethod,
-    started: &LoginStartResponse,
-    flow: &Flow,
-    timeout: u64,
+    profile: &Profile,
+    done: LoginStatusResponse,
     saved: &SavedSession,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let id = started.request_id.as_str();
-    let done = wait_for(flow, POLL_INTERVAL, Duration::from_secs(timeout), || {
-        client.login_status(method, id)
-    })
-    .await?;
     let identity = linked_identity(done).map_err(|why| protocol(client, why))?;
+    forget_pending(profile)?;
     if json {
         return emit(out, &to_json(&identity)?);
     }
@@ -603,42 +893,26 @@ async fn unlink(
     let identity_type = identity_type.trim();
     let value = unlink_value(identity_type, identity_value);
     let (_, saved, client) = ctx.session()?;
-    client
+    let result = client
         .unlink_identity(&saved.session_token, identity_type, &value)
         .await?;
     emit(
         out,
         &format!(
-            "Unlinked {} {}; signing in with it now makes a master of its own.\n",
+            "Unlinked {} {}; signing in with it now makes a master of its own. Sessions obtained \
+             through it, now revoked: {}.\n",
             sanitize(identity_type, 64),
-            sanitize(&value, 254)
+            sanitize(&value, 254),
+            result.sessions_revoked
         ),
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use super::*;
 
     const OMNI: &str = "abababababababababababababababababababababababababababababababab";
-
-    fn flow(goal: Goal) -> Flow {
-        Flow {
-            goal,
-            pending: "the link sent to a@example.com was not opened".into(),
-            again: "agentkeys login email a@example.com".into(),
-        }
-    }
-
-    fn pending() -> LoginStatusResponse {
-        LoginStatusResponse {
-            status: LoginStatus::Pending,
-            session: None,
-            identity: None,
-        }
-    }
 
     fn approved() -> LoginStatusResponse {
         LoginStatusResponse {
@@ -663,190 +937,6 @@ mod tests {
                 linked_at: "2030-01-01T00:00:00Z".into(),
             }),
         }
-    }
-
-    fn broker(status: u16, message: &str) -> Error {
-        Error::Broker {
-            status,
-            kind: "k".into(),
-            message: message.into(),
-        }
-    }
-
-    fn unreachable() -> Error {
-        Error::BrokerUnreachable {
-            url: "u".into(),
-            detail: "connection failed".into(),
-        }
-    }
-
-    /// Runs the poll loop over a fixed sequence of answers; returns the outcome and how many
-    /// answers were used.
-    async fn run(
-        goal: Goal,
-        answers: Vec<Result<LoginStatusResponse>>,
-        timeout: Duration,
-    ) -> (Result<LoginStatusResponse>, usize) {
-        let total = answers.len();
-        let mut seq: VecDeque<_> = answers.into();
-        let f = flow(goal);
-        let r = wait_for(&f, Duration::from_millis(1), timeout, || {
-            let next = seq.pop_front();
-            async move { next.unwrap_or_else(|| Ok(pending())) }
-        })
-        .await;
-        (r, total - seq.len().min(total))
-    }
-
-    #[tokio::test]
-    async fn polls_until_approved() {
-        let (r, used) = run(
-            Goal::SignIn,
-            vec![Ok(pending()), Ok(pending()), Ok(approved()), Ok(pending())],
-            Duration::from_secs(10),
-        )
-        .await;
-        let issued = signed_in_session(r.expect("done")).expect("session");
-        assert_eq!(issued.omni_account, OMNI);
-        assert_eq!(used, 3, "stops at the first done answer");
-    }
-
-    #[tokio::test]
-    async fn tolerates_a_few_unreachable_polls_then_gives_up() {
-        let (r, _) = run(
-            Goal::SignIn,
-            vec![
-                Err(unreachable()),
-                Err(unreachable()),
-                Ok(pending()),
-                Err(unreachable()),
-                Err(unreachable()),
-                Err(unreachable()),
-                Ok(approved()),
-            ],
-            Duration::from_secs(10),
-        )
-        .await;
-        assert!(r.is_ok(), "a pending answer resets the count: {r:?}");
-        let (r, used) = run(
-            Goal::SignIn,
-            vec![
-                Err(unreachable()),
-                Err(unreachable()),
-                Err(unreachable()),
-                Err(unreachable()),
-                Ok(approved()),
-            ],
-            Duration::from_secs(10),
-        )
-        .await;
-        assert!(matches!(r, Err(Error::BrokerUnreachable { .. })), "{r:?}");
-        assert_eq!(used, 4);
-    }
-
-    #[tokio::test]
-    async fn gives_up_at_the_timeout() {
-        let started = Instant::now();
-        let (r, _) = run(Goal::SignIn, vec![], Duration::from_millis(50)).await;
-        let e = r.expect_err("times out");
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(matches!(e, Error::SignIn(_)), "{e:?}");
-        let s = e.to_string();
-        assert!(
-            s.contains("was not opened within 0 s")
-                && s.contains("run `agentkeys login email a@example.com` to start over"),
-            "{s}"
-        );
-        let (r, _) = run(Goal::Link, vec![], Duration::from_millis(20)).await;
-        assert!(matches!(r, Err(Error::Linking(_))), "{r:?}");
-    }
-
-    #[tokio::test]
-    async fn refusals_end_the_wait() {
-        let (r, used) = run(
-            Goal::SignIn,
-            vec![Ok(pending()), Err(broker(404, "unknown")), Ok(approved())],
-            Duration::from_secs(10),
-        )
-        .await;
-        assert_eq!(used, 2);
-        let s = r.expect_err("404").to_string();
-        assert!(
-            s.starts_with("sign-in did not complete: ") && s.contains("expired"),
-            "{s}"
-        );
-
-        let (r, _) = run(
-            Goal::SignIn,
-            vec![Err(broker(409, "already collected"))],
-            Duration::from_secs(10),
-        )
-        .await;
-        let s = r.expect_err("409").to_string();
-        assert!(
-            s.contains("already collected") && s.contains("start over"),
-            "{s}"
-        );
-
-        let (r, _) = run(
-            Goal::Link,
-            vec![Err(broker(
-                409,
-                "that identity is linked to another master; unlink it there first",
-            ))],
-            Duration::from_secs(10),
-        )
-        .await;
-        let e = r.expect_err("409");
-        assert_eq!(
-            e.to_string(),
-            "linking did not complete: that identity is linked to another master; unlink it \
-             there first"
-        );
-        assert_eq!(e.exit_code(), crate::error::EXIT_FAILURE);
-
-        // Other errors pass through unchanged (exit codes included).
-        let (r, _) = run(
-            Goal::SignIn,
-            vec![Err(broker(400, "bad"))],
-            Duration::from_secs(10),
-        )
-        .await;
-        assert!(matches!(r, Err(Error::Broker { status: 400, .. })), "{r:?}");
-    }
-
-    #[test]
-    fn rate_limits_slow_the_polling_down() {
-        let f = flow(Goal::SignIn);
-        let mut p = Poller::new(POLL_INTERVAL);
-        let after = |n: Next| match n {
-            Next::Wait { after, .. } => after,
-            Next::Done(_) => panic!("not done"),
-        };
-        let limited = |ra: Option<RetryAfter>| Err(Error::RateLimited { retry_after: ra });
-        let n = p
-            .next(&f, limited(Some(RetryAfter::Seconds(7))))
-            .expect("wait");
-        assert_eq!(after(n), Duration::from_secs(7));
-        let n = p
-            .next(&f, limited(Some(RetryAfter::Seconds(0))))
-            .expect("wait");
-        assert_eq!(after(n), POLL_INTERVAL, "never faster than the interval");
-        let n = p
-            .next(&f, limited(Some(RetryAfter::Seconds(9999))))
-            .expect("wait");
-        assert_eq!(after(n), MAX_POLL_INTERVAL);
-        let n = p
-            .next(
-                &f,
-                limited(Some(RetryAfter::Date("Wed, 21 Oct 2015".into()))),
-            )
-            .expect("wait");
-        assert_eq!(after(n), RATE_LIMITED_WAIT);
-        let n = p.next(&f, Ok(pending())).expect("wait");
-        assert_eq!(after(n), POLL_INTERVAL);
-        let n = p.next(&f, Err(unreachable())).expect("wait");
-        assert!(matches!(n, Next::Wait { note: Some(_), .. }));
     }
 
     #[test]
@@ -901,6 +991,16 @@ mod tests {
         assert!(e.to_string().contains("name@example.com"), "{e}");
         assert_eq!(unlink_value("email", " Bob@Example.com"), "bob@example.com");
         assert_eq!(unlink_value("oauth2_google", "Sub-ABC"), "Sub-ABC");
+        assert_eq!(typed_code(Goal::SignIn, " abcd efgh ").expect("ok"), "ABCDEFGH");
+        let e = typed_code(Goal::SignIn, "12345").expect_err("bad");
+        assert!(e.to_string().contains("ABCD-EFGH"), "{e}");
+    }
+
+    #[test]
+    fn verifiers_are_rfc7636_and_fresh() {
+        let v = new_verifier();
+        assert!(agentkeys_types::login::valid_verifier(&v), "{v}");
+        assert_ne!(v, new_verifier());
     }
 
     const REQUEST_ID: &str = "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr";
@@ -914,101 +1014,72 @@ mod tests {
         .expect("json")
     }
 
-    fn json_of(r: &LoginStatusResponse) -> String {
-        serde_json::to_string(r).expect("json")
-    }
-
-    /// `login oidc` against a canned broker: start, one pending poll, the session.
+    /// A started sign-in is kept (0600) with its verifier, `--code` finishes it with the code
+    /// and the verifier in a POST body (nothing secret in a URL), and it is then forgotten.
     #[tokio::test]
-    async fn oidc_login_starts_polls_and_saves_the_session() {
-        let broker = crate::testutil::FakeServer::start(vec![
-            (200, started_json(Some("https://idp.example/auth?state=s"))),
-            (202, json_of(&pending())),
-            (200, json_of(&approved())),
-        ]);
+    async fn code_finishes_the_pending_sign_in_with_the_verifier() {
+        let broker = crate::testutil::FakeServer::start(vec![(
+            200,
+            serde_json::to_string(&approved()).expect("json"),
+        )]);
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = broker.url.clone();
-        let ctx = Context::for_test(dir.path(), Some(&url));
+        let ctx = Context::for_test(dir.path(), Some(&broker.url));
+        let profile = ctx.profile().expect("profile");
+        let client = ctx.broker_for_login(&profile).expect("client");
+        let verifier = new_verifier();
+        let started: LoginStartResponse =
+            serde_json::from_str(&started_json(None)).expect("started");
+        started_pending(
+            &client,
+            &profile,
+            LoginMethod::Email,
+            Goal::SignIn,
+            "a@example.com",
+            verifier.clone(),
+            &started,
+        )
+        .expect("pending");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(pending_path(&profile))
+                .expect("meta")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // Another address has nothing pending.
+        let args = |code: &str| CodeArgs {
+            code: Some(code.into()),
+            timeout: crate::cli::TimeoutArg { secs: 5 },
+        };
+        let e = login_email(&ctx, "b@example.com", &args("ABCD-EFGH"), true, &mut Vec::new())
+            .await
+            .expect_err("nothing pending");
+        assert!(e.to_string().contains("no unfinished email sign-in"), "{e}");
         let mut out = Vec::new();
-        login_oidc(&ctx, "Google", 60, true, &mut out)
+        login_email(&ctx, "a@example.com", &args("abcd-efgh"), true, &mut out)
             .await
             .expect("signed in");
         let requests = broker.requests();
+        assert_eq!(requests.len(), 1);
         assert!(
-            requests[0].starts_with("POST /v1/auth/oidc/start ")
-                && requests[0].ends_with(r#"{"provider":"google"}"#),
+            requests[0].starts_with("POST /v1/auth/email/collect "),
             "{}",
             requests[0]
         );
-        for r in &requests[1..] {
-            assert!(
-                r.starts_with(&format!("GET /v1/auth/oidc/status/{REQUEST_ID} ")),
-                "{r}"
-            );
-            assert!(!r.to_ascii_lowercase().contains("authorization:"), "{r}");
-        }
+        let body: serde_json::Value = serde_json::from_str(
+            requests[0].rsplit("\r\n\r\n").next().unwrap_or_default(),
+        )
+        .expect("body");
+        assert_eq!(body["request_id"], REQUEST_ID);
+        assert_eq!(body["code"], "ABCDEFGH");
+        assert_eq!(body["code_verifier"], verifier.as_str());
+        assert!(load_pending(&profile).expect("load").is_none());
         let printed: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(printed["omni_account"], OMNI);
-        assert_eq!(printed["provider"], "google");
-        assert!(printed["wallet"].is_null());
         let text = String::from_utf8_lossy(&out);
-        assert!(
-            !text.contains("tok") && !text.contains(REQUEST_ID),
-            "{text}"
-        );
-        let saved = ctx
-            .profile()
-            .expect("profile")
-            .require_session()
-            .expect("saved");
-        assert_eq!(saved.session_token.expose(), "tok");
-        assert_eq!(saved.broker_url, url);
-        assert!(!saved.is_agent());
+        assert!(!text.contains(REQUEST_ID) && !text.contains(&verifier), "{text}");
     }
 
-    /// `identities link-oidc`: the master's bearer on the start, the link reported.
-    #[tokio::test]
-    async fn oidc_link_sends_the_master_session() {
-        let mut identity = linked();
-        if let Some(i) = identity.identity.as_mut() {
-            i.identity_type = "oauth2_google".into();
-            i.identity_value = "subject-1".into();
-        }
-        let broker = crate::testutil::FakeServer::start(vec![
-            (200, started_json(Some("https://idp.example/auth"))),
-            (200, json_of(&identity)),
-        ]);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context::for_test(dir.path(), None);
-        let issued = approved().session.expect("session");
-        ctx.profile()
-            .expect("profile")
-            .save_session(&SavedSession::from_issued(&broker.url, issued))
-            .expect("save");
-        let mut out = Vec::new();
-        link_oidc(&ctx, "google", 60, false, &mut out)
-            .await
-            .expect("linked");
-        let requests = broker.requests();
-        assert!(
-            requests[0].starts_with("POST /v1/identities/oidc ")
-                && requests[0]
-                    .to_ascii_lowercase()
-                    .contains("authorization: bearer tok")
-                && requests[0].ends_with(r#"{"provider":"google"}"#),
-            "{}",
-            requests[0]
-        );
-        assert!(requests[1].starts_with(&format!("GET /v1/auth/oidc/status/{REQUEST_ID} ")));
-        let text = String::from_utf8_lossy(&out);
-        assert!(
-            text.starts_with("Linked oauth2_google subject-1 to master "),
-            "{text}"
-        );
-    }
-
-    /// A start answer without an authorization URL, or with a bad request id, is refused
-    /// before any poll.
+    /// A start answer without an authorization URL, or with a bad request id, is refused.
     #[tokio::test]
     async fn oidc_start_answers_are_checked() {
         for answer in [
@@ -1020,11 +1091,18 @@ mod tests {
             let broker = crate::testutil::FakeServer::start(vec![(200, answer)]);
             let dir = tempfile::tempdir().expect("tempdir");
             let ctx = Context::for_test(dir.path(), Some(&broker.url));
-            let e = login_oidc(&ctx, "google", 60, false, &mut Vec::new())
+            let code = CodeArgs {
+                code: None,
+                timeout: crate::cli::TimeoutArg { secs: 5 },
+            };
+            let e = login_oidc(&ctx, "google", true, &code, false, &mut Vec::new())
                 .await
                 .expect_err("refused");
             assert!(matches!(e, Error::BrokerProtocol { .. }), "{e:?}");
-            assert_eq!(broker.requests().len(), 1);
+            let requests = broker.requests();
+            assert_eq!(requests.len(), 1);
+            assert!(requests[0].contains(r#""code_challenge":""#), "{}", requests[0]);
+            assert!(!requests[0].contains("redirect_uri\":\"http"), "{}", requests[0]);
             assert!(
                 ctx.profile()
                     .expect("p")
@@ -1036,12 +1114,23 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_never_shows_the_request_id() {
+    fn debug_output_never_shows_the_request_id_or_verifier() {
         let started = LoginStartResponse {
             request_id: "secret-request-id-value-0123456789".into(),
             expires_at: "x".into(),
             authorization_url: None,
         };
         assert!(!format!("{started:?}").contains("secret-request-id"));
+        let pending = Pending {
+            broker_url: "u".into(),
+            method: "email".into(),
+            goal: Goal::SignIn,
+            subject: "a@example.com".into(),
+            request_id: "secret-request-id".into(),
+            code_verifier: "secret-verifier".into(),
+            expires_at: "x".into(),
+        };
+        let debug = format!("{pending:?}");
+        assert!(!debug.contains("secret"), "{debug}");
     }
 }

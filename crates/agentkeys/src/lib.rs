@@ -21,6 +21,7 @@ pub mod grants;
 pub mod identities;
 pub mod isolation;
 pub mod keyfile;
+mod loopback;
 pub mod pairing;
 #[cfg(test)]
 mod testutil;

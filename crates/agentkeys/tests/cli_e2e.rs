@@ -210,7 +210,7 @@ impl Cli {
             .env("HOME", self.home.path())
             .env_remove("AGENTKEYS_PROFILE")
             .env_remove("XDG_CONFIG_HOME")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -288,6 +288,14 @@ impl Running {
                 return (rest, drain);
             }
         }
+    }
+
+    /// Types a line at the command's prompt (its standard input).
+    fn type_line(&mut self, text: &str) {
+        let child = self.child.as_mut().expect("running");
+        let stdin = child.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{text}").expect("type into the prompt");
+        stdin.flush().expect("flush");
     }
 
     /// Waits (bounded) for the exit; returns the status and stdout.
@@ -1160,7 +1168,7 @@ fn quoted_printable_decoded(message: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The single-use token in a message's landing-page link.
+/// The token in a message's landing-page link.
 fn link_token(message: &str, broker_url: &str) -> String {
     let message = quoted_printable_decoded(message);
     let prefix = format!("{broker_url}/auth/email/landing#token=");
@@ -1171,44 +1179,20 @@ fn link_token(message: &str, broker_url: &str) -> String {
     message[start..start + 43].to_owned()
 }
 
-/// Status code of a plain HTTP/1.1 POST of a JSON body.
-fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> u16 {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the broker");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"))
+/// The one-time code in a message (`… code: ABCD-EFGH`).
+fn mailed_code(message: &str) -> String {
+    let message = quoted_printable_decoded(message);
+    let at = message
+        .find("code: ")
+        .unwrap_or_else(|| panic!("no code in the mail:\n{message}"))
+        + "code: ".len();
+    message[at..at + 9].to_owned()
 }
 
-/// What the landing page's script does with the emailed link: post its token to the broker.
-fn open_link(broker: &Broker, mail: &str) {
-    let token = link_token(mail, &broker.url);
-    let status = http_post_json(
-        broker.port,
-        "/v1/auth/email/consume",
-        &serde_json::json!({ "token": token }),
-    );
-    assert_eq!(status, 200, "consuming the link's token");
-}
-
-/// Runs `args` as a child, waits for its stderr line starting with `prefix`, opens the link of
-/// the next mail, and returns the exit status, stdout and stderr.
+/// Runs `args` as a child, waits for its stderr line starting with `prefix`, types the code of
+/// the next mail at its prompt, and returns the exit status, stdout and stderr.
 fn complete_by_mail(
     cli: &Cli,
-    broker: &Broker,
     smtp: &mut SmtpSink,
     args: &[&str],
     prefix: &str,
@@ -1218,7 +1202,7 @@ fn complete_by_mail(
     let (_, stderr) = running.stderr_line(prefix);
     let mail = smtp.next_message();
     assert!(mail.contains(expect_in_mail), "{expect_in_mail}: {mail}");
-    open_link(broker, &mail);
+    running.type_line(&mailed_code(&mail));
     let (status, stdout) = running.finish(Duration::from_secs(30));
     (status, stdout, stderr.join().expect("stderr thread"))
 }
@@ -1232,10 +1216,9 @@ fn email_sign_in_and_identity_linking() {
     let alice = Cli::new(&broker.url);
     let (status, stdout, stderr) = complete_by_mail(
         &alice,
-        &broker,
         &mut smtp,
         &["login", "email", " Alice@Example.COM", "--timeout", "60"],
-        "A sign-in link was sent to alice@example.com.",
+        "A sign-in code was sent to alice@example.com.",
         "To: alice@example.com",
     );
     assert!(
@@ -1247,9 +1230,14 @@ fn email_sign_in_and_identity_linking() {
         stdout.contains(alice_omni.as_str()) && stdout.contains("wallet:       (none)"),
         "{stdout}"
     );
-    let session_file = alice.config_dir().join("profiles/default/session.json");
+    let profile_dir = alice.config_dir().join("profiles/default");
+    let session_file = profile_dir.join("session.json");
     #[cfg(unix)]
     assert_eq!(mode(&session_file), 0o600);
+    assert!(
+        !profile_dir.join("pending-login.json").exists(),
+        "the finished request is forgotten"
+    );
     let alice_token = serde_json::from_str::<serde_json::Value>(
         &fs::read_to_string(&session_file).expect("read session"),
     )
@@ -1270,34 +1258,42 @@ fn email_sign_in_and_identity_linking() {
         "{claims}"
     );
 
-    // Only wallet masters link identities: refused before any mail is sent.
-    let err = alice.fails(&["identities", "link-email", "x@example.com"], 1);
-    assert!(
-        err.contains("403 wallet_master_only") && err.contains("login wallet"),
-        "{err}"
+    // Only wallet masters link identities, with their wallet's key: refused before any mail.
+    let (_, stray_key, _) = signed_in_master(&broker);
+    let err = alice.fails(
+        &["identities", "link-email", "x@example.com", "--key-file", &stray_key],
+        1,
     );
+    assert!(err.contains("only a master signed in with a wallet"), "{err}");
     let out = alice.ok(&["identities", "list"]);
     assert!(out.starts_with("No linked identities"), "{out}");
 
-    // A wallet master links bob@example.com.
+    // A wallet master links bob@example.com: a fresh signature, then the code from the mail.
     let (master, master_key, master_omni) = signed_in_master(&broker);
     let master_wallet = master
         .ok(&["key", "address", "--key-file", &master_key])
         .trim()
         .to_owned();
+    // Another wallet's key is refused before anything is signed.
+    let err = master.fails(
+        &["identities", "link-email", "bob@example.com", "--key-file", &stray_key],
+        1,
+    );
+    assert!(err.contains("pass the signed-in wallet's key file"), "{err}");
     let (status, stdout, stderr) = complete_by_mail(
         &master,
-        &broker,
         &mut smtp,
         &[
             "identities",
             "link-email",
             "bob@example.com",
+            "--key-file",
+            &master_key,
             "--timeout",
             "60",
         ],
-        "A confirmation link was sent to bob@example.com.",
-        "Link this address",
+        "A link code was sent to bob@example.com.",
+        "Link this address to the AgentKeys account",
     );
     assert!(
         status.success(),
@@ -1323,7 +1319,6 @@ fn email_sign_in_and_identity_linking() {
     // Signing in as bob@example.com, in another profile, gives the wallet master's session.
     let (status, stdout, stderr) = complete_by_mail(
         &alice,
-        &broker,
         &mut smtp,
         &[
             "--profile",
@@ -1333,7 +1328,7 @@ fn email_sign_in_and_identity_linking() {
             "bob@example.com",
             "--json",
         ],
-        "A sign-in link was sent to bob@example.com.",
+        "A sign-in code was sent to bob@example.com.",
         "To: bob@example.com",
     );
     assert!(
@@ -1359,31 +1354,43 @@ fn email_sign_in_and_identity_linking() {
         serde_json::from_str(&alice.ok(&["whoami", "--json"])).expect("json");
     assert_eq!(me["omni_account"], alice_omni.as_str());
 
-    // Unlink (typed in any case); a second unlink is the broker's 404.
+    // Unlink (typed in any case): the session obtained through bob@example.com is revoked, the
+    // wallet's own is not; a second unlink is the broker's 404.
     let out = master.ok(&["identities", "unlink", "email", "Bob@Example.com"]);
-    assert!(out.contains("Unlinked email bob@example.com"), "{out}");
+    assert!(
+        out.contains("Unlinked email bob@example.com") && out.contains("now revoked: 1."),
+        "{out}"
+    );
+    alice.fails(&["--profile", "bob", "whoami"], 3);
+    master.ok(&["whoami"]);
     let out = master.ok(&["identities", "list"]);
     assert!(out.starts_with("No linked identities"), "{out}");
     let err = master.fails(&["identities", "unlink", "email", "bob@example.com"], 1);
     assert!(err.contains("404"), "{err}");
     master.fails(&["identities", "unlink", "email", ".."], 1);
 
-    // Nobody opens the link: the wait ends at the timeout, nothing is saved.
+    // Nobody types the code: the command says how to finish later, and `--code` does.
     let carol = Cli::new(&broker.url);
-    let started = Instant::now();
-    let out = carol.run(&["login", "email", "carol@example.com", "--timeout", "1"]);
+    let out = carol.run(&["login", "email", "carol@example.com", "--timeout", "5"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
     assert!(
-        stderr.contains(
-            "sign-in did not complete: the link sent to carol@example.com was not opened within 1 s"
-        ) && stderr.contains("agentkeys login email carol@example.com"),
+        stderr.contains("sign-in did not complete: no code was typed")
+            && stderr.contains("agentkeys login email carol@example.com --code CODE"),
         "{stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
     carol.fails(&["whoami"], 3);
-    smtp.next_message(); // carol's mail was sent all the same
+    let code = mailed_code(&smtp.next_message());
+    let err = carol.fails(&["login", "email", "carol@example.com", "--code", "ZZZZ-ZZZZ"], 1);
+    assert!(err.contains("wrong_code") && err.contains("tries left"), "{err}");
+    let err = carol.fails(&["login", "email", "dave@example.com", "--code", &code], 1);
+    assert!(err.contains("no unfinished email sign-in for dave@example.com"), "{err}");
+    let out = carol.ok(&["login", "email", "carol@example.com", "--code", &code]);
+    assert!(
+        out.contains(OmniAccount::derive("email", "carol@example.com").as_str()),
+        "{out}"
+    );
 
     // Bad input is refused locally.
     let err = carol.fails(&["login", "email", "not-an-address"], 1);
@@ -1393,6 +1400,54 @@ fn email_sign_in_and_identity_linking() {
 
     let logs = broker.logs();
     assert!(!logs.contains(&alice_token), "session token in broker logs");
+}
+
+/// The attack, end to end: an attacker runs the real CLI's `login email` for the victim's
+/// address. The victim gets the genuine mail and a real browser opens its link and clicks
+/// everything the page offers. The victim's browser is signed in; the attacker's waiting CLI
+/// gets nothing, and its guesses kill the request.
+#[test]
+fn a_phished_victim_clicking_everything_gives_the_attacker_nothing() {
+    let mut smtp = SmtpSink::start();
+    let broker = Broker::start_with_env(&[], &smtp.broker_env());
+    let attacker = Cli::new(&broker.url);
+    let mut running = attacker.spawn(&["login", "email", "victim@example.com", "--timeout", "120"]);
+    let (_, stderr) = running.stderr_line("A sign-in code was sent to victim@example.com.");
+    let mail = smtp.next_message();
+    let link = format!(
+        "{}/auth/email/landing#token={}",
+        broker.url,
+        link_token(&mail, &broker.url)
+    );
+
+    let report = oidc_op::click_everything(&link).expect("the browser ran");
+    assert!(
+        report["clicked"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|b| b == "Sign in this browser")),
+        "{report}"
+    );
+    assert!(
+        report["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("This browser is signed in")),
+        "{report}"
+    );
+    let cookie = &report["cookies"][0];
+    assert_eq!(cookie["name"], "agentkeys_session", "{report}");
+    assert_eq!(cookie["httpOnly"], true, "{report}");
+    assert_eq!(cookie["sameSite"], "Strict", "{report}");
+
+    // The attacker has only guesses; every one is refused and then the request is dead.
+    running.type_line("ZZZZ-ZZZZ");
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    let stderr = stderr.join().expect("stderr");
+    assert!(!status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("already completed"),
+        "the victim's click completed the request: {stderr}"
+    );
+    attacker.fails(&["whoami"], 3);
 }
 
 #[test]
@@ -1407,13 +1462,13 @@ fn email_sign_in_without_smtp_is_explained() {
     cli.fails(&["whoami"], 3);
 }
 
-// The real OpenID Provider the broker's tests use (npm oidc-provider).
+// The real OpenID Provider the broker's tests use (npm oidc-provider), and the headless
+// browser that plays a phished user.
 #[path = "../../agentkeys-broker/tests/oidc_op/harness.rs"]
 #[allow(dead_code)]
 mod oidc_op;
 
-#[test]
-fn oidc_sign_in_with_a_real_provider() {
+fn broker_with_provider() -> Broker {
     let op = oidc_op::get();
     let dir = tempfile::tempdir().expect("tempdir");
     let providers = dir.path().join("providers.json");
@@ -1429,25 +1484,36 @@ fn oidc_sign_in_with_a_real_provider() {
             providers.display().to_string(),
         )],
     );
+    // The broker read the file at start-up.
+    drop(dir);
+    broker
+}
 
+#[test]
+fn oidc_sign_in_with_a_real_provider() {
+    let broker = broker_with_provider();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // Loopback redirect: the browser comes back to the CLI's own listener.
     let alice = Cli::new(&broker.url);
     let mut running = alice.spawn(&["login", "oidc", "corp", "--timeout", "60"]);
     // The CLI prints the authorization URL alone on a line; the test is the browser.
     let (rest, stderr) = running.stderr_line("http");
     let url = format!("http{rest}");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let callback = rt
         .block_on(oidc_op::sign_in(&url, "alice"))
         .expect("provider login");
+    // Following the broker's redirect lands on the CLI's loopback page.
     let page = rt.block_on(reqwest::get(callback)).expect("callback");
     assert_eq!(page.status(), 200);
+    assert!(page.url().as_str().starts_with("http://127.0.0.1:"), "{}", page.url());
+    assert!(rt.block_on(page.text()).expect("page").contains("terminal"));
     let (status, stdout) = running.finish(Duration::from_secs(30));
     let stderr = stderr.join().expect("stderr");
     assert!(
         status.success(),
         "login oidc failed ({status}):\n{stdout}\n{stderr}"
     );
-
     let me: serde_json::Value =
         serde_json::from_str(&alice.ok(&["whoami", "--json"])).expect("json");
     assert_eq!(
@@ -1455,6 +1521,61 @@ fn oidc_sign_in_with_a_real_provider() {
         OmniAccount::derive("oauth2_corp", "alice").as_str()
     );
     assert!(me["wallet"].is_null(), "{me}");
+
+    // --no-browser: the broker shows the code, the user types it.
+    let paula = Cli::new(&broker.url);
+    let mut running = paula.spawn(&["login", "oidc", "corp", "--no-browser", "--timeout", "60"]);
+    let (rest, stderr) = running.stderr_line("http");
+    let url = format!("http{rest}");
+    let callback = rt
+        .block_on(oidc_op::sign_in(&url, "paula"))
+        .expect("provider login");
+    let page = rt
+        .block_on(async { reqwest::get(callback).await?.text().await })
+        .expect("callback page");
+    let at = page.find("id=\"code\">").expect("code on the page") + "id=\"code\">".len();
+    running.type_line(&page[at..at + 9]);
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    let stderr = stderr.join().expect("stderr");
+    assert!(status.success(), "--no-browser failed ({status}):\n{stdout}\n{stderr}");
+    let me: serde_json::Value =
+        serde_json::from_str(&paula.ok(&["whoami", "--json"])).expect("json");
+    assert_eq!(
+        me["omni_account"],
+        OmniAccount::derive("oauth2_corp", "paula").as_str()
+    );
+}
+
+/// The OIDC attack, end to end: the attacker's real CLI starts a sign-in and the victim
+/// finishes it at the provider. The broker sends the victim's browser (and the code) to
+/// 127.0.0.1 on the victim's side, so the attacker's CLI, listening elsewhere, never gets it.
+#[test]
+fn a_victim_finishing_the_attackers_oidc_sign_in_hands_over_nothing() {
+    let broker = broker_with_provider();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let attacker = Cli::new(&broker.url);
+    let mut running = attacker.spawn(&["login", "oidc", "corp", "--timeout", "5"]);
+    let (rest, stderr) = running.stderr_line("http");
+    let url = format!("http{rest}");
+    let callback = rt
+        .block_on(oidc_op::sign_in(&url, "victim"))
+        .expect("provider login");
+    // The victim's browser is redirected to a loopback address on the victim's machine; in
+    // this test both sides share one machine, so the victim's browser is played by a client
+    // that does not follow the redirect (the attacker is not listening on the victim's host).
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = rt
+        .block_on(no_follow.get(callback).send())
+        .expect("callback");
+    assert_eq!(r.status(), 303);
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    let stderr = stderr.join().expect("stderr");
+    assert!(!status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("did not come back"), "{stderr}");
+    attacker.fails(&["whoami"], 3);
 }
 
 #[test]
@@ -1618,16 +1739,29 @@ fn no_secret_reaches_the_log_or_the_store() {
         master.ok(&["token"]).trim().as_bytes().to_vec(),
     ));
 
-    // An email sign-in: the link's token and the session.
+    // An email sign-in: the link's token, the code, the CLI's request id and verifier, and
+    // the session.
     let alice = Cli::new(&broker.url);
     let mut running = alice.spawn(&["login", "email", "alice@example.com", "--timeout", "60"]);
-    let (_, stderr) = running.stderr_line("A sign-in link was sent");
+    let (_, stderr) = running.stderr_line("A sign-in code was sent");
     let mail = smtp.next_message();
     secrets.push((
         "email link token",
         link_token(&mail, &broker.url).into_bytes(),
     ));
-    open_link(&broker, &mail);
+    let code = mailed_code(&mail);
+    secrets.push(("email code", code.clone().into_bytes()));
+    secrets.push(("email code (canonical)", code.replace('-', "").into_bytes()));
+    let pending: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(alice.config_dir().join("profiles/default/pending-login.json"))
+            .expect("pending sign-in"),
+    )
+    .expect("json");
+    for field in ["request_id", "code_verifier"] {
+        let value = pending[field].as_str().expect("kept").to_owned();
+        secrets.push((field, value.into_bytes()));
+    }
+    running.type_line(&code);
     let (status, _) = running.finish(Duration::from_secs(30));
     let _ = stderr.join();
     assert!(status.success());

@@ -137,6 +137,20 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// A step-up for linking: `wallet` signs a challenge issued for `purpose` (e.g.
+    /// `{"link_email": "bob@example.com"}`); returns the `wallet_proof` object.
+    pub async fn wallet_proof(&self, wallet: &PrivateKeySigner, purpose: Value) -> Value {
+        let r = self
+            .post_json(
+                "/v1/auth/wallet/challenge",
+                serde_json::json!({"address": wallet.address().to_string(), "purpose": purpose}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let c: WalletChallengeResponse = r.json().await.unwrap();
+        serde_json::json!({"challenge_id": c.challenge_id, "signature": sign(wallet, &c.message)})
+    }
+
     pub async fn mint(&self, token: &str, body: Option<Value>) -> reqwest::Response {
         let mut req = self
             .http

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use agentkeys_broker::clock::Clock;
 use agentkeys_broker::config::EmailDelivery;
 use agentkeys_broker::mailer::SmtpSettings;
 use agentkeys_types::OmniAccount;
@@ -175,9 +176,29 @@ fn link_token(message: &str, issuer: &str) -> String {
     message[start..start + 43].to_owned()
 }
 
-async fn start(app: &TestApp, email: &str) -> String {
+/// The one-time code in a message (`… code: ABCD-EFGH`).
+fn mailed_code(message: &str) -> String {
+    let message = decoded(message);
+    let at = message
+        .find("code: ")
+        .unwrap_or_else(|| panic!("no code in {message}"))
+        + "code: ".len();
+    message[at..at + 9].to_owned()
+}
+
+/// A requester's verifier (random) and its S256 challenge.
+pub fn verifier() -> (String, String) {
+    let v = agentkeys_broker::session::secret();
+    let c = agentkeys_types::login::code_challenge(&v);
+    (v, c)
+}
+
+async fn start(app: &TestApp, email: &str, challenge: &str) -> String {
     let r = app
-        .post_json("/v1/auth/email/start", json!({"email": email}))
+        .post_json(
+            "/v1/auth/email/start",
+            json!({"email": email, "code_challenge": challenge}),
+        )
         .await;
     let status = r.status();
     assert_eq!(status, StatusCode::OK, "{:?}", r.text().await);
@@ -187,57 +208,49 @@ async fn start(app: &TestApp, email: &str) -> String {
         .to_owned()
 }
 
-async fn consume(app: &TestApp, token: &str) -> reqwest::Response {
-    app.post_json("/v1/auth/email/consume", json!({"token": token}))
-        .await
+async fn collect(app: &TestApp, request_id: &str, code: &str, verifier: &str) -> reqwest::Response {
+    app.post_json(
+        "/v1/auth/email/collect",
+        json!({"request_id": request_id, "code": code, "code_verifier": verifier}),
+    )
+    .await
 }
 
-async fn status(app: &TestApp, request_id: &str) -> reqwest::Response {
-    app.get(&format!("/v1/auth/email/status/{request_id}"))
+/// What a browser that opened the link and clicked its button sends.
+async fn click(app: &TestApp, token: &str) -> reqwest::Response {
+    app.post_json("/v1/auth/email/browser", json!({"token": token}))
         .await
 }
 
 #[tokio::test]
-async fn an_emailed_link_signs_in_once() {
+async fn the_requester_collects_with_the_mailed_code_and_its_verifier() {
     let smtp = SmtpSink::start();
     let app = TestApp::start_with(|s| s.email = Some(smtp.settings())).await;
-    let request_id = start(&app, "  Alice@Example.COM ").await;
-    assert_eq!(
-        status(&app, &request_id).await.status(),
-        StatusCode::ACCEPTED
-    );
+    let (v, c) = verifier();
+    let request_id = start(&app, "  Alice@Example.COM ", &c).await;
 
     let mail = smtp.message(1).await;
     assert!(mail.contains("To: alice@example.com"), "{mail}");
-    assert!(mail.contains("Subject: Sign in to AgentKeys"), "{mail}");
-    let token = link_token(&mail, &app.url);
+    assert!(mail.contains("Subject: Your AgentKeys sign-in code"), "{mail}");
+    let code = mailed_code(&mail);
 
-    // The landing page consumes the fragment's token with its own script.
-    let page = app.get("/auth/email/landing").await;
-    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
-    assert!(
-        page.text()
-            .await
-            .unwrap()
-            .contains("/auth/email/landing.js")
-    );
-    assert!(
-        app.get("/auth/email/landing.js")
-            .await
-            .text()
-            .await
-            .unwrap()
-            .contains("/v1/auth/email/consume")
-    );
-
-    assert_eq!(consume(&app, &token).await.status(), StatusCode::OK);
+    // The request id alone: no route hands anything out for it any more.
     assert_eq!(
-        error_of(consume(&app, &token).await).await.0,
-        StatusCode::NOT_FOUND,
-        "single use"
+        error_of(app.get(&format!("/v1/auth/email/status/{request_id}")).await)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
     );
+    // Another client's verifier: refused, and it costs no attempt.
+    let (other_v, _) = verifier();
+    let (status, kind, _) = error_of(collect(&app, &request_id, &code, &other_v).await).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::FORBIDDEN, "verifier_mismatch"));
+    // A wrong code: refused with the tries left.
+    let (status, kind, message) = error_of(collect(&app, &request_id, "ZZZZ-ZZZZ", &v).await).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+    assert!(message.contains("4 tries left"), "{message}");
 
-    let r = status(&app, &request_id).await;
+    let r = collect(&app, &request_id, &code.to_lowercase(), &v).await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "approved");
@@ -247,76 +260,198 @@ async fn an_emailed_link_signs_in_once() {
     let token = body["session"]["session_token"].as_str().unwrap();
     app.mint_jwt(token).await;
     assert_eq!(
-        error_of(status(&app, &request_id).await).await.0,
+        error_of(collect(&app, &request_id, &code, &v).await).await.0,
         StatusCode::CONFLICT,
         "collected once"
+    );
+    // The link of a collected request signs in nothing either.
+    assert_eq!(
+        error_of(click(&app, &link_token(&mail, &app.url)).await).await.0,
+        StatusCode::NOT_FOUND
     );
 
     // Secrets never reach the audit log.
     let audit = serde_json::to_string(&app.audit().await).unwrap();
-    assert!(!audit.contains(&request_id) && !audit.contains(token));
+    assert!(!audit.contains(&request_id) && !audit.contains(token) && !audit.contains(&v));
+    assert!(!audit.contains(&code) && !audit.contains(&code.replace('-', "")));
     let kinds: Vec<String> = app.audit().await.into_iter().map(|e| e.kind).collect();
-    for k in [
-        "sign_in.email.requested",
-        "sign_in.email.verified",
-        "sign_in.email",
-    ] {
+    for k in ["sign_in.email.requested", "sign_in.email"] {
         assert!(kinds.iter().any(|x| x == k), "{k}: {kinds:?}");
     }
 }
 
+/// The attack: someone starts a sign-in for the victim's address and keeps the request. The
+/// victim's mail is genuine; a mail scanner fetches the page, the victim opens it and clicks
+/// everything. The attacker's collection still gets no session, and guessing codes kills the
+/// request.
 #[tokio::test]
-async fn a_linked_email_signs_in_as_its_wallet_master() {
+async fn a_sign_in_started_by_someone_else_releases_nothing_to_them() {
     let smtp = SmtpSink::start();
     let app = TestApp::start_with(|s| s.email = Some(smtp.settings())).await;
-    let (_, master) = app.sign_in().await;
+    let (attacker_v, attacker_c) = verifier();
+    let request_id = start(&app, "victim@example.com", &attacker_c).await;
+    let mail = smtp.message(1).await;
+    let token = link_token(&mail, &app.url);
 
+    // A scanner loads the page and its script: nothing is consumed on load.
+    let page = app.get("/auth/email/landing").await;
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert!(page.text().await.unwrap().contains("Sign in this browser"));
+    let script = app.get("/auth/email/landing.js").await.text().await.unwrap();
+    assert!(script.contains("addEventListener(\"click\""), "{script}");
+    // Nothing was consumed: the attacker's wrong guess is still counted against a live request.
+    let (status, kind, _) =
+        error_of(collect(&app, &request_id, "ZZZZ-ZZZZ", &attacker_v).await).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+
+    // The victim clicks: the victim's own browser is signed in (a cookie), nobody else.
+    let r = click(&app, &token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["agentkeys_session=aks_", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{attr}: {cookie}");
+    }
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["omni_account"],
+        OmniAccount::derive("email", "victim@example.com").as_str()
+    );
+    assert!(body.get("session_token").is_none());
+    // The cookie is a real session of the victim's.
+    let browser_token = cookie
+        .trim_start_matches("agentkeys_session=")
+        .split(';')
+        .next()
+        .unwrap();
+    let who = app
+        .http
+        .get(format!("{}/v1/session", app.url))
+        .bearer_auth(browser_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(who.status(), StatusCode::OK);
+    // Clicking again does nothing more.
+    assert_eq!(error_of(click(&app, &token).await).await.0, StatusCode::NOT_FOUND);
+
+    // The attacker holds the request id and the verifier, and gets nothing.
+    let (status, _, _) = error_of(collect(&app, &request_id, "ABCD-EFGH", &attacker_v).await).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let sessions_of_victim = app
+        .state
+        .store
+        .sessions_of(OmniAccount::derive("email", "victim@example.com").as_str(), app.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(sessions_of_victim.len(), 1, "only the victim's browser");
+}
+
+#[tokio::test]
+async fn guessing_the_code_kills_the_request() {
+    let smtp = SmtpSink::start();
+    let app = TestApp::start_with(|s| s.email = Some(smtp.settings())).await;
+    let (v, c) = verifier();
+    let request_id = start(&app, "guess@example.com", &c).await;
+    let code = mailed_code(&smtp.message(1).await);
+    let wrong = if code == "ZZZZ-ZZZZ" { "YYYY-YYYY" } else { "ZZZZ-ZZZZ" };
+    for left in (0..5).rev() {
+        let (status, kind, message) = error_of(collect(&app, &request_id, wrong, &v).await).await;
+        assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+        if left == 0 {
+            assert!(message.contains("no more tries"), "{message}");
+        }
+    }
+    assert_eq!(
+        error_of(collect(&app, &request_id, &code, &v).await).await.0,
+        StatusCode::NOT_FOUND,
+        "dead after five wrong codes, even with the right one"
+    );
+}
+
+#[tokio::test]
+async fn linking_needs_a_fresh_wallet_signature_and_the_code_from_the_mailbox() {
+    let smtp = SmtpSink::start();
+    let app = TestApp::start_with(|s| s.email = Some(smtp.settings())).await;
+    let (wallet, master) = app.sign_in().await;
+    let (thief_wallet, _) = app.sign_in().await;
+    let (v, c) = verifier();
+    let link = |proof: Value, email: &str| {
+        let body = json!({"email": email, "code_challenge": c, "wallet_proof": proof});
+        let req = app
+            .http
+            .post(format!("{}/v1/identities/email", app.url))
+            .bearer_auth(&master.session_token)
+            .json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let purpose = json!({"link_email": "bob@example.com"});
+
+    // Whoever holds only the bearer cannot link: no proof, a sign-in signature, another
+    // wallet's signature, or a signature for another address are all refused.
     let r = app
         .http
         .post(format!("{}/v1/identities/email", app.url))
         .bearer_auth(&master.session_token)
-        .json(&json!({"email": "bob@example.com"}))
+        .json(&json!({"email": "bob@example.com", "code_challenge": c}))
         .send()
         .await
         .unwrap();
+    assert_eq!(error_of(r).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    let sign_in = app.challenge(&wallet.address().to_string()).await;
+    let sign_in_proof = json!({"challenge_id": sign_in.challenge_id, "signature": crate::app::sign(&wallet, &sign_in.message)});
+    let refusals = [
+        sign_in_proof,
+        app.wallet_proof(&thief_wallet, purpose.clone()).await,
+        app.wallet_proof(&wallet, json!({"link_email": "other@example.com"})).await,
+    ];
+    for proof in refusals {
+        let (status, kind, _) = error_of(link(proof, "bob@example.com").await).await;
+        assert_eq!((status, kind.as_str()), (StatusCode::FORBIDDEN, "step_up_failed"));
+    }
+    let step_up_failures = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "identity.step_up" && e.outcome == "failed")
+        .count();
+    assert_eq!(step_up_failures, 3);
+
+    // With the wallet's fresh signature the mail goes out; it names the asking account and
+    // carries a code only, no link a click could complete.
+    let proof = app.wallet_proof(&wallet, purpose.clone()).await;
+    let r = link(proof.clone(), "bob@example.com").await;
     assert_eq!(r.status(), StatusCode::OK);
     let link_request = r.json::<Value>().await.unwrap()["request_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mail = smtp.message(1).await;
-    assert!(mail.contains("Link this address"), "{mail}");
-    consume(&app, &link_token(&mail, &app.url)).await;
-    let linked: Value = status(&app, &link_request).await.json().await.unwrap();
+    // A proof is single use.
+    assert_eq!(error_of(link(proof, "bob@example.com").await).await.0, StatusCode::FORBIDDEN);
+    let mail = decoded(&smtp.message(1).await);
+    let wallet_text = master.wallet.clone().unwrap();
+    assert!(mail.contains(&wallet_text), "{mail}");
+    assert!(!mail.contains("/auth/email/landing"), "{mail}");
+    let code = mailed_code(&mail);
+    let r = collect(&app, &link_request, &code, &v).await;
+    let linked: Value = r.json().await.unwrap();
     assert_eq!(linked["status"], "linked");
     assert_eq!(linked["identity"]["identity_value"], "bob@example.com");
 
-    let list: Value = app
-        .http
-        .get(format!("{}/v1/identities", app.url))
-        .bearer_auth(&master.session_token)
-        .send()
+    // Signing in by the linked address yields the wallet master's session.
+    let (v2, c2) = verifier();
+    let request_id = start(&app, "bob@example.com", &c2).await;
+    let mail = smtp.message(2).await;
+    let body: Value = collect(&app, &request_id, &mailed_code(&mail), &v2)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(list["identities"][0]["identity_type"], "email");
+    assert_eq!(body["session"]["omni_account"], master.omni_account.as_str());
+    assert_eq!(body["session"]["wallet"], wallet_text.as_str());
+    let via_email = body["session"]["session_token"].as_str().unwrap().to_owned();
+    app.mint_jwt(&via_email).await;
 
-    // Signing in by the linked address yields the wallet master's session.
-    let request_id = start(&app, "bob@example.com").await;
-    consume(&app, &link_token(&smtp.message(2).await, &app.url)).await;
-    let body: Value = status(&app, &request_id).await.json().await.unwrap();
-    assert_eq!(
-        body["session"]["omni_account"],
-        master.omni_account.as_str()
-    );
-    assert_eq!(
-        body["session"]["wallet"],
-        master.wallet.clone().unwrap().as_str()
-    );
-
-    // Unlinked, it is a master of its own again.
+    // Unlinked: the sessions obtained through it are revoked, the wallet's own are not.
     let r = app
         .http
         .delete(format!("{}/v1/identities/email/bob@example.com", app.url))
@@ -324,13 +459,78 @@ async fn a_linked_email_signs_in_as_its_wallet_master() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let request_id = start(&app, "bob@example.com").await;
-    consume(&app, &link_token(&smtp.message(3).await, &app.url)).await;
-    let body: Value = status(&app, &request_id).await.json().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["sessions_revoked"], 1);
+    assert_eq!(app.mint(&via_email, None).await.status(), StatusCode::UNAUTHORIZED);
+    app.mint_jwt(&master.session_token).await;
+    let unlinked = app
+        .audit()
+        .await
+        .into_iter()
+        .find(|e| e.kind == "identity.unlinked")
+        .unwrap();
+    assert_eq!(unlinked.details["sessions_revoked"], 1);
+
+    // And the address is a master of its own again.
+    let (v3, c3) = verifier();
+    let request_id = start(&app, "bob@example.com", &c3).await;
+    let body: Value = collect(&app, &request_id, &mailed_code(&smtp.message(3).await), &v3)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         body["session"]["omni_account"],
         OmniAccount::derive("email", "bob@example.com").as_str()
+    );
+}
+
+/// The variant of the takeover: a master asks to link the victim's address. The victim gets
+/// the mail and does whatever it offers; without the code typed into the asker's CLI nothing
+/// is linked, and the victim's sign-ins stay the victim's.
+#[tokio::test]
+async fn a_link_request_for_someone_elses_address_links_nothing() {
+    let smtp = SmtpSink::start();
+    let app = TestApp::start_with(|s| s.email = Some(smtp.settings())).await;
+    let (wallet, attacker) = app.sign_in().await;
+    let (v, c) = verifier();
+    let proof = app
+        .wallet_proof(&wallet, json!({"link_email": "victim@example.com"}))
+        .await;
+    let r = app
+        .http
+        .post(format!("{}/v1/identities/email", app.url))
+        .bearer_auth(&attacker.session_token)
+        .json(&json!({"email": "victim@example.com", "code_challenge": c, "wallet_proof": proof}))
+        .send()
+        .await
+        .unwrap();
+    let link_request = r.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mail = decoded(&smtp.message(1).await);
+    assert!(mail.contains("If that is not you, ignore this"), "{mail}");
+    // Guessing the code is bounded and then dead.
+    for _ in 0..5 {
+        collect(&app, &link_request, "ZZZZ-ZZZZ", &v).await;
+    }
+    assert_eq!(
+        error_of(collect(&app, &link_request, &mailed_code(&mail), &v).await)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (v2, c2) = verifier();
+    let request_id = start(&app, "victim@example.com", &c2).await;
+    let body: Value = collect(&app, &request_id, &mailed_code(&smtp.message(2).await), &v2)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["session"]["omni_account"],
+        OmniAccount::derive("email", "victim@example.com").as_str()
     );
 }
 
@@ -342,46 +542,61 @@ async fn email_sign_in_is_limited_checked_and_can_be_off() {
         s.email_rate_per_address_per_hour = 2;
     })
     .await;
-    start(&app, "carol@example.com").await;
-    start(&app, "carol@example.com").await;
+    let (v, c) = verifier();
+    start(&app, "carol@example.com", &c).await;
+    start(&app, "carol@example.com", &c).await;
     let r = app
         .post_json(
             "/v1/auth/email/start",
-            json!({"email": "carol@example.com"}),
+            json!({"email": "carol@example.com", "code_challenge": c}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    start(&app, "dave@example.com").await; // another address is unaffected
+    start(&app, "dave@example.com", &c).await; // another address is unaffected
 
     for bad in ["", "carol", "a@b", "x y@example.com"] {
         let r = app
-            .post_json("/v1/auth/email/start", json!({"email": bad}))
+            .post_json("/v1/auth/email/start", json!({"email": bad, "code_challenge": c}))
+            .await;
+        assert_eq!(error_of(r).await.0, StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    for bad in ["", "plain", &"A".repeat(44), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c="] {
+        let r = app
+            .post_json(
+                "/v1/auth/email/start",
+                json!({"email": "erin@example.com", "code_challenge": bad}),
+            )
             .await;
         assert_eq!(error_of(r).await.0, StatusCode::BAD_REQUEST, "{bad:?}");
     }
     assert_eq!(
-        error_of(consume(&app, "short").await).await.0,
+        error_of(click(&app, "short").await).await.0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        error_of(consume(&app, &"A".repeat(43)).await).await.0,
+        error_of(click(&app, &"A".repeat(43)).await).await.0,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        error_of(status(&app, &"A".repeat(43)).await).await.0,
-        StatusCode::NOT_FOUND
-    );
+    for (id, code, verifier, want) in [
+        ("A".repeat(43), "ABCD-EFGH", v.clone(), StatusCode::NOT_FOUND),
+        ("A".repeat(43), "ABCD", v.clone(), StatusCode::BAD_REQUEST),
+        ("A".repeat(43), "ABCD-EFGH", "short".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(error_of(collect(&app, &id, code, &verifier).await).await.0, want);
+    }
 
-    // An expired link does nothing.
-    let request_id = start(&app, "erin@example.com").await;
-    let token = link_token(&smtp.message(4).await, &app.url);
+    // An expired request does nothing.
+    let request_id = start(&app, "erin@example.com", &c).await;
+    let mail = smtp.message(4).await;
     app.clock.advance(600);
     assert_eq!(
-        error_of(consume(&app, &token).await).await.0,
+        error_of(click(&app, &link_token(&mail, &app.url)).await).await.0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        error_of(status(&app, &request_id).await).await.0,
+        error_of(collect(&app, &request_id, &mailed_code(&mail), &v).await)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 
@@ -389,7 +604,7 @@ async fn email_sign_in_is_limited_checked_and_can_be_off() {
     let r = off
         .post_json(
             "/v1/auth/email/start",
-            json!({"email": "carol@example.com"}),
+            json!({"email": "carol@example.com", "code_challenge": c}),
         )
         .await;
     assert_eq!(error_of(r).await.0, StatusCode::SERVICE_UNAVAILABLE);

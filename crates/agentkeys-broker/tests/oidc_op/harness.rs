@@ -18,6 +18,9 @@
 // loopback ports. It exits when the test process does (it watches its stdin). Needs Node.js
 // >= 20 and npm; without them every caller of `get()` panics with a message saying so.
 //
+// `click_everything` plays a phished user in a real headless Chromium (playwright-core from the
+// same npm install, Debian's chromium binary).
+//
 // Depends on std, reqwest, serde_json, sha2 and hex only.
 
 use std::collections::HashMap;
@@ -266,13 +269,53 @@ fn install() -> Result<PathBuf, String> {
         )?;
         std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
     }
-    let target = dir.join("server.mjs");
-    if std::fs::read(&target).ok().as_deref() != Some(&server[..]) {
-        let tmp = dir.join(format!("server.mjs.{}", std::process::id()));
-        std::fs::write(&tmp, &server).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &target).map_err(|e| e.to_string())?;
+    for (name, body) in [
+        ("server.mjs", &server[..]),
+        ("click_everything.mjs", &read("click_everything.mjs")?[..]),
+    ] {
+        let target = dir.join(name);
+        if std::fs::read(&target).ok().as_deref() != Some(body) {
+            let tmp = dir.join(format!("{name}.{}", std::process::id()));
+            std::fs::write(&tmp, body).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &target).map_err(|e| e.to_string())?;
+        }
     }
     Ok(dir)
+}
+
+/// A phished user in a real headless Chromium (`CHROMIUM`, default /usr/bin/chromium, from
+/// Debian's `chromium` package) opens `url` and clicks every button and same-origin link the
+/// page offers. Returns the script's report: `clicked`, the page's final `text`, the `cookies`
+/// of the origin (names and flags only).
+pub fn click_everything(url: &str) -> Result<serde_json::Value, String> {
+    check_node()?;
+    let dir = install()?;
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Err(format!(
+            "no Chromium at {chromium}: install Debian's chromium package (or set CHROMIUM)"
+        ));
+    }
+    let log = dir.join(format!("click-{}.log", std::process::id()));
+    let out = Command::new("node")
+        .arg(dir.join("click_everything.mjs"))
+        .arg(url)
+        .env("CHROMIUM", &chromium)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("node click_everything.mjs: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let _ = std::fs::write(&log, &out.stderr);
+        return Err(format!(
+            "click_everything.mjs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("{line:?}: {e}"))
 }
 
 fn start() -> Result<TestOp, String> {

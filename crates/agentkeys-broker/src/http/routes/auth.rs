@@ -2,8 +2,11 @@
 
 use agentkeys_store::{Challenge, NewAuditEvent, Session};
 use agentkeys_types::api::{
-    SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletVerifyRequest,
+    ChallengePurpose, SessionIssued, WalletChallengeRequest, WalletChallengeResponse,
+    WalletProof, WalletVerifyRequest,
 };
+use agentkeys_types::identity::canonical_email;
+use agentkeys_types::login::{SIGN_IN_STATEMENT, challenge_statement};
 use agentkeys_types::{OmniAccount, WalletAddress};
 use axum::extract::State;
 use serde_json::json;
@@ -17,7 +20,8 @@ use crate::wallet::{self, SignInError};
 
 pub const AUDIT_KIND: &str = "sign_in.wallet";
 
-/// Start a wallet sign-in: returns the EIP-4361 message to sign.
+/// Start a wallet sign-in (or, with `purpose`, a step-up for linking an identity): returns
+/// the EIP-4361 message to sign.
 #[utoipa::path(post, path = "/v1/auth/wallet/challenge", tag = "auth",
     request_body = WalletChallengeRequest,
     responses(
@@ -38,11 +42,26 @@ pub async fn wallet_challenge(
             "chain_id must be a positive EIP-155 chain id".into(),
         ));
     }
+    let purpose = match req.purpose {
+        None => None,
+        Some(ChallengePurpose::LinkEmail(email)) => Some(ChallengePurpose::LinkEmail(
+            canonical_email(&email).map_err(|e| ApiError::BadRequest(format!("email: {e}")))?,
+        )),
+        Some(ChallengePurpose::LinkOidc(provider)) => {
+            if !state.oidc.contains_key(&provider) {
+                return Err(ApiError::BadRequest(
+                    "purpose.link_oidc names no OIDC provider configured here".into(),
+                ));
+            }
+            Some(ChallengePurpose::LinkOidc(provider))
+        }
+    };
     let now = state.clock.now();
     let expires_at = now + state.settings.challenge_ttl_seconds;
     let message = wallet::message(
         &state.settings.issuer,
         &address,
+        challenge_statement(purpose.as_ref()),
         chain_id,
         &wallet::nonce(),
         now,
@@ -75,20 +94,12 @@ pub async fn wallet_verify(
     State(state): State<AppState>,
     Json(req): Json<WalletVerifyRequest>,
 ) -> Result<axum::Json<SessionIssued>, ApiError> {
-    // Shape checks first, so a typo does not burn the challenge.
-    let signature = wallet::parse_signature(&req.signature).ok_or_else(|| {
-        ApiError::BadRequest("signature must be 0x followed by 130 hex digits (65 bytes)".into())
-    })?;
-    if req.challenge_id.len() != 32 || !req.challenge_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest(
-            "challenge_id must be the 32-hex id returned by the challenge".into(),
-        ));
-    }
+    let signature = check_shape(&req.challenge_id, &req.signature)?;
     let now = state.clock.now();
     let challenge = state.store.take_challenge(&req.challenge_id).await?;
     let verified = match &challenge {
         None => Err(SignInError::UnknownChallenge),
-        Some(c) => wallet::verify(c, &signature, now),
+        Some(c) => wallet::verify(c, SIGN_IN_STATEMENT, &signature, now),
     };
     let wallet = match verified {
         Ok(w) => w,
@@ -141,4 +152,61 @@ pub async fn wallet_verify(
         omni_account: omni.to_string(),
         wallet: Some(wallet.to_string()),
     }))
+}
+
+/// Shape checks of a challenge answer, before the challenge is taken, so a typo does not burn
+/// it.
+fn check_shape(challenge_id: &str, signature: &str) -> Result<[u8; 65], ApiError> {
+    let signature = wallet::parse_signature(signature).ok_or_else(|| {
+        ApiError::BadRequest("signature must be 0x followed by 130 hex digits (65 bytes)".into())
+    })?;
+    if challenge_id.len() != 32 || !challenge_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(
+            "challenge_id must be the 32-hex id returned by the challenge".into(),
+        ));
+    }
+    Ok(signature)
+}
+
+/// A step-up: a fresh signature by the master's own wallet over a challenge issued for exactly
+/// `purpose`. Whoever holds only a master's bearer session cannot pass it. A failure is
+/// audited against the master.
+pub async fn step_up(
+    state: &AppState,
+    master_omni: &str,
+    master_wallet: &str,
+    proof: &WalletProof,
+    purpose: &ChallengePurpose,
+) -> Result<(), ApiError> {
+    let signature = check_shape(&proof.challenge_id, &proof.signature)?;
+    let now = state.clock.now();
+    let challenge = state.store.take_challenge(&proof.challenge_id).await?;
+    let verified = match &challenge {
+        None => Err(SignInError::UnknownChallenge),
+        Some(c) => wallet::verify(c, &challenge_statement(Some(purpose)), &signature, now),
+    };
+    let reason = match verified {
+        Ok(w) if w.as_str().eq_ignore_ascii_case(master_wallet) => return Ok(()),
+        Ok(_) => "the signature is not from this master's wallet".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let details = json!({"reason": reason, "purpose": purpose});
+    state
+        .store
+        .append_audit(NewAuditEvent {
+            time: now,
+            kind: "identity.step_up".into(),
+            actor: Some(master_omni.to_owned()),
+            master: Some(master_omni.to_owned()),
+            outcome: "failed".into(),
+            details,
+        })
+        .await?;
+    Err(ApiError::Forbidden {
+        kind: "step_up_failed",
+        message: format!(
+            "linking an identity needs a fresh signature by this master's wallet over a challenge \
+             for this identity: {reason}"
+        ),
+    })
 }

@@ -1,34 +1,42 @@
-//! Email magic-link sign-in, and linking an email to a wallet master.
+//! Email sign-in, and linking an email address to a wallet master.
 //!
-//! The requester gets a `request_id` (256 random bits, stored only as a hash) and polls
-//! `GET /v1/auth/email/status/{request_id}`. The email carries a link to the broker's landing
-//! page with a single-use token in the URL fragment (fragments are not sent to servers, so the
-//! token stays out of every access log); the page posts it to `/v1/auth/email/consume`. The
-//! session is created when the requester collects it, so no session token is ever stored.
+//! The mail carries a one-time code that the user types into the CLI that asked (which
+//! collects the session with it and its verifier, see `login.rs`), and, for a sign-in, a link
+//! that signs in the browser which opens it after a click on its page. Nothing is consumed
+//! when the page loads, so a mail scanner that fetches and runs it changes nothing. A link
+//! mail names the account that asked and carries only the code: a click by the mailbox owner
+//! never links the address to someone else.
 
 use std::net::SocketAddr;
 
-use agentkeys_store::{LoginClaim, LoginRequest, RateWindow, Session};
+use agentkeys_store::{LoginRequest, RateWindow, Session};
 use agentkeys_types::api::{
-    EmailConsumeRequest, EmailStartRequest, IdentityInfo, LoginStartResponse, LoginStatus,
-    LoginStatusResponse, SessionIssued,
+    BrowserSignedIn, ChallengePurpose, EmailLinkRequest, EmailStartRequest, LinkEmailRequest,
+    LoginCollectRequest, LoginStartResponse, LoginStatusResponse,
 };
-use agentkeys_types::identity::{IDENTITY_EMAIL, canonical_email};
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use agentkeys_types::identity::canonical_email;
+use agentkeys_types::pairing::display_code;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::event;
+use super::login::{client_challenge, code_hash, collect};
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
+use crate::mailer::SignInMail;
 use crate::session::{looks_like_secret, new_token, secret, session_ref, token_hash};
 use crate::state::AppState;
+
+/// The browser session's cookie (HttpOnly, SameSite=Strict), set by the emailed link's page.
+pub const SESSION_COOKIE: &str = "agentkeys_session";
 
 async fn start(
     state: &AppState,
     email: &str,
+    challenge: &str,
     peer: SocketAddr,
     link_to: Option<(&str, &str)>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
@@ -38,6 +46,7 @@ async fn start(
         )
     })?;
     let email = canonical_email(email).map_err(|e| ApiError::BadRequest(format!("email: {e}")))?;
+    let client_challenge = client_challenge(challenge)?;
     let now = state.clock.now();
     let settings = &state.settings;
     let kind = if link_to.is_some() {
@@ -63,7 +72,9 @@ async fn start(
         ),
     ];
     let request_id = secret();
-    let link_token = secret();
+    let code = crate::agents::new_code();
+    // A link request has no browser link: only the linking master's CLI completes it.
+    let link_token = link_to.is_none().then(secret);
     let details = json!({"email": email, "request": session_ref(&token_hash(&request_id)), "ip": peer.ip().to_string()});
     let mut denied = event(now, kind, actor, actor, "denied", details.clone());
     denied.details["reason"] = json!("rate_limited");
@@ -85,7 +96,7 @@ async fn start(
         id_hash: token_hash(&request_id),
         method: "email".into(),
         subject: email.clone(),
-        link_token_hash: Some(token_hash(&link_token)),
+        link_token_hash: link_token.as_deref().map(token_hash),
         state: None,
         oidc_nonce: None,
         oidc_verifier: None,
@@ -97,17 +108,22 @@ async fn start(
         verified_value: None,
         verified_at: None,
         claimed_at: None,
+        client_challenge: Some(client_challenge),
+        code_hash: Some(code_hash(&code)),
+        code_attempts: 0,
+        redirect_uri: None,
     };
     // The rate-limit gate above wrote this request's audit event.
     state.store.create_login(request, None).await?;
-    let link = format!(
-        "{}/auth/email/landing#token={link_token}",
-        settings.issuer.url
-    );
-    if let Err(e) = mailer
-        .send_sign_in_link(&email, &link, link_to.is_some())
-        .await
-    {
+    let link = link_token.map(|t| format!("{}/auth/email/landing#token={t}", settings.issuer.url));
+    let shown = display_code(&code);
+    let mail = SignInMail {
+        to: &email,
+        code: &shown,
+        browser_link: link.as_deref(),
+        linking_to: link_to.map(|(_, w)| w),
+    };
+    if let Err(e) = mailer.send_sign_in(&mail).await {
         tracing::error!(error = %e, "email.send_failed");
         return Err(ApiError::Unavailable(
             "the sign-in email could not be sent; try again later".into(),
@@ -120,7 +136,7 @@ async fn start(
     }))
 }
 
-/// Start an email sign-in: a link is mailed to the address.
+/// Start an email sign-in: a one-time code (and a browser link) is mailed to the address.
 #[utoipa::path(post, path = "/v1/auth/email/start", tag = "auth",
     request_body = EmailStartRequest,
     responses(
@@ -133,12 +149,14 @@ pub async fn email_start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<EmailStartRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
-    start(&state, &req.email, peer, None).await
+    start(&state, &req.email, &req.code_challenge, peer, None).await
 }
 
-/// Link an email address to the signed-in wallet master: a link is mailed to the address.
+/// Link an email address to the signed-in wallet master. Needs a fresh signature by the
+/// master's wallet over a challenge for this address (`purpose: {"link_email": …}`); the mail
+/// names the master and carries a code only.
 #[utoipa::path(post, path = "/v1/identities/email", tag = "identities", security(("bearer" = [])),
-    request_body = EmailStartRequest,
+    request_body = LinkEmailRequest,
     responses(
         (status = 200, body = LoginStartResponse),
         (status = 403, body = agentkeys_types::ErrorBody),
@@ -147,7 +165,7 @@ pub async fn link_email_start(
     State(state): State<AppState>,
     MasterSession(master): MasterSession,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(req): Json<EmailStartRequest>,
+    Json(req): Json<LinkEmailRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let Some(wallet) = master.wallet.as_deref() else {
         return Err(ApiError::Forbidden {
@@ -155,7 +173,35 @@ pub async fn link_email_start(
             message: "only a master signed in with a wallet can link identities".into(),
         });
     };
-    start(&state, &req.email, peer, Some((&master.omni, wallet))).await
+    let email =
+        canonical_email(&req.email).map_err(|e| ApiError::BadRequest(format!("email: {e}")))?;
+    let purpose = ChallengePurpose::LinkEmail(email.clone());
+    super::auth::step_up(&state, &master.omni, wallet, &req.wallet_proof, &purpose).await?;
+    start(
+        &state,
+        &email,
+        &req.code_challenge,
+        peer,
+        Some((&master.omni, wallet)),
+    )
+    .await
+}
+
+/// Collect an email sign-in (or link) with the mailed code and the verifier.
+#[utoipa::path(post, path = "/v1/auth/email/collect", tag = "auth",
+    request_body = LoginCollectRequest,
+    responses(
+        (status = 200, body = LoginStatusResponse),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 403, body = agentkeys_types::ErrorBody, description = "Another client's request (verifier mismatch)"),
+        (status = 404, body = agentkeys_types::ErrorBody),
+        (status = 409, body = agentkeys_types::ErrorBody),
+        (status = 422, body = agentkeys_types::ErrorBody, description = "Wrong code")))]
+pub async fn email_collect(
+    State(state): State<AppState>,
+    Json(req): Json<LoginCollectRequest>,
+) -> Result<axum::Json<LoginStatusResponse>, ApiError> {
+    collect(&state, "email", &req).await.map(axum::Json)
 }
 
 /// The page an emailed link opens; its script posts the fragment's token to the broker.
@@ -193,37 +239,52 @@ pub const LANDING_HTML: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>AgentKeys sign-in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family: sans-serif; max-width: 36em; margin: 4em auto">
-<h1>AgentKeys</h1><p id="status">Confirming your sign-in…</p>
+<h1>AgentKeys</h1>
+<p>Signing in the <code>agentkeys</code> command line? Type the code from the email into it;
+you do not need this page.</p>
+<p>To sign in <strong>this browser</strong> with the emailed link, confirm:</p>
+<p><button id="confirm" type="button">Sign in this browser</button></p>
+<p id="status" role="status"></p>
 <script src="/auth/email/landing.js"></script></body></html>
 "#;
 
-pub const LANDING_JS: &str = r#"(async () => {
+/// Nothing happens on load: the token is taken out of the address bar and kept until the user
+/// clicks. A scanner that runs the page consumes nothing.
+pub const LANDING_JS: &str = r#"(() => {
   const status = document.getElementById("status");
+  const button = document.getElementById("confirm");
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
   history.replaceState(null, "", location.pathname); // drop the token from the address bar
-  if (!token) { status.textContent = "This link has no token. Request a new one."; return; }
-  try {
-    const r = await fetch("/v1/auth/email/consume", {
-      method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify({token}),
-    });
-    const body = await r.json();
-    status.textContent = r.ok ? "Confirmed. Return to your terminal; you can close this page."
-                              : "Not confirmed: " + body.message;
-  } catch (e) { status.textContent = "Not confirmed: the broker could not be reached."; }
+  if (!token) { status.textContent = "This link has no token. Request a new one."; button.disabled = true; return; }
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const r = await fetch("/v1/auth/email/browser", {
+        method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify({token}),
+        credentials: "same-origin",
+      });
+      const body = await r.json();
+      status.textContent = r.ok
+        ? "This browser is signed in as " + (body.wallet || body.email) + "."
+        : "Not signed in: " + body.message;
+    } catch (e) { status.textContent = "Not signed in: the broker could not be reached."; }
+  });
 })();
 "#;
 
-/// Consume an emailed link's token (single use).
-#[utoipa::path(post, path = "/v1/auth/email/consume", tag = "auth",
-    request_body = EmailConsumeRequest,
+/// Sign in the browser that opened the emailed link (after a click on its page): the session
+/// goes into an HttpOnly, SameSite=Strict cookie of this browser and to no one else. Single
+/// use, together with the code: whichever is used first completes the request.
+#[utoipa::path(post, path = "/v1/auth/email/browser", tag = "auth",
+    request_body = EmailLinkRequest,
     responses(
-        (status = 200, description = "Verified", body = Object),
+        (status = 200, body = BrowserSignedIn, description = "Signed in; the session is in the Set-Cookie header"),
         (status = 400, body = agentkeys_types::ErrorBody),
         (status = 404, body = agentkeys_types::ErrorBody)))]
-pub async fn email_consume(
+pub async fn email_browser(
     State(state): State<AppState>,
-    Json(req): Json<EmailConsumeRequest>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Json(req): Json<EmailLinkRequest>,
+) -> Result<Response, ApiError> {
     let used = || {
         ApiError::NotFound(
             "this link is unknown, expired or already used; request a new one".into(),
@@ -234,122 +295,50 @@ pub async fn email_consume(
             "token is the 43-character value from the link".into(),
         ));
     }
+    let link_hash = token_hash(&req.token);
     let request = state
         .store
-        .login_by_link_token(&token_hash(&req.token))
+        .login_by_link_token(&link_hash)
         .await?
         .ok_or_else(used)?;
     let now = state.clock.now();
-    let actor = request.link_to.as_deref();
-    let verified = event(
-        now,
-        "sign_in.email.verified",
-        actor,
-        actor,
-        "ok",
-        json!({"email": request.subject}),
-    );
-    if !state
-        .store
-        .verify_login(
-            &request.id_hash,
-            IDENTITY_EMAIL,
-            &request.subject,
-            now,
-            verified,
-        )
-        .await?
-    {
-        return Err(used());
-    }
-    Ok(axum::Json(json!({"status": "verified"})))
-}
-
-/// Poll an email sign-in (or link): pending, then the session (or the link), once.
-#[utoipa::path(get, path = "/v1/auth/email/status/{request_id}", tag = "auth",
-    params(("request_id" = String, Path, description = "From /v1/auth/email/start")),
-    responses(
-        (status = 200, body = LoginStatusResponse),
-        (status = 202, body = LoginStatusResponse, description = "Pending"),
-        (status = 404, body = agentkeys_types::ErrorBody),
-        (status = 409, body = agentkeys_types::ErrorBody)))]
-pub async fn email_status(
-    State(state): State<AppState>,
-    Path(request_id): Path<String>,
-) -> Result<(StatusCode, axum::Json<LoginStatusResponse>), ApiError> {
-    collect(&state, &request_id).await
-}
-
-/// Collects a login request (email or OIDC) for its requester.
-pub async fn collect(
-    state: &AppState,
-    request_id: &str,
-) -> Result<(StatusCode, axum::Json<LoginStatusResponse>), ApiError> {
-    let gone = || ApiError::NotFound("unknown or expired sign-in request; start again".into());
-    if !looks_like_secret(request_id) {
-        return Err(gone());
-    }
-    let id_hash = token_hash(request_id);
-    let request = state.store.login(&id_hash).await?.ok_or_else(gone)?;
-    let now = state.clock.now();
     let token = new_token();
-    let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session::unowned(token.hash.clone(), "master", now, expires_at);
-    let kind = if request.link_to.is_some() {
-        "identity.linked".to_owned()
-    } else {
-        format!("sign_in.{}", request.method)
-    };
-    let details = json!({
-        "identity_type": request.verified_type, "identity_value": request.verified_value,
-        "session": request.link_to.is_none().then(|| session_ref(&token.hash).to_owned()),
-    });
-    let done = event(now, &kind, None, None, "ok", details);
-    let pending = || LoginStatusResponse {
-        status: LoginStatus::Pending,
-        session: None,
-        identity: None,
-    };
-    match state
+    let ttl = state.settings.session_ttl_seconds;
+    let template = Session::unowned(token.hash.clone(), "master", now, now + ttl);
+    let mut done = super::login::collected_event(&request, now, &token.hash);
+    done.details["browser"] = json!(true);
+    let claim = state
         .store
-        .claim_login(&id_hash, now, template, done)
-        .await?
-    {
-        LoginClaim::Pending => Ok((StatusCode::ACCEPTED, axum::Json(pending()))),
-        LoginClaim::SignedIn(s) => {
-            metrics::counter!(crate::metrics::SIGN_INS, "method" => request.method, "outcome" => "ok").increment(1);
-            Ok((
-                StatusCode::OK,
-                axum::Json(LoginStatusResponse {
-                    status: LoginStatus::Approved,
-                    session: Some(SessionIssued {
-                        session_token: token.token,
-                        expires_at: rfc3339(expires_at),
-                        omni_account: s.omni,
-                        wallet: s.wallet,
-                    }),
-                    identity: None,
-                }),
-            ))
-        }
-        LoginClaim::Linked(i) => Ok((
-            StatusCode::OK,
-            axum::Json(LoginStatusResponse {
-                status: LoginStatus::Linked,
-                session: None,
-                identity: Some(IdentityInfo {
-                    identity_type: i.identity_type,
-                    identity_value: i.identity_value,
-                    linked_at: rfc3339(i.linked_at),
-                }),
-            }),
-        )),
-        LoginClaim::AlreadyClaimed => Err(ApiError::Conflict(
-            "this sign-in was already collected".into(),
-        )),
-        LoginClaim::LinkedElsewhere => Err(ApiError::Conflict(
-            "that identity is linked to another master; unlink it there first".into(),
-        )),
-        LoginClaim::Gone => Err(gone()),
-    }
+        .redeem_login_link(&link_hash, now, template, done)
+        .await?;
+    let agentkeys_store::LoginClaim::SignedIn(session) = claim else {
+        return Err(used());
+    };
+    metrics::counter!(crate::metrics::SIGN_INS, "method" => "email_browser", "outcome" => "ok")
+        .increment(1);
+    let secure = if state.settings.issuer.url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={ttl}{secure}",
+        token.token
+    );
+    let cookie = HeaderValue::from_str(&cookie)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("session cookie: {e}")))?;
+    let body = BrowserSignedIn {
+        omni_account: session.omni,
+        wallet: session.wallet,
+        email: request.subject,
+        expires_at: rfc3339(now + ttl),
+    };
+    Ok((
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        axum::Json(body),
+    )
+        .into_response())
 }

@@ -1,8 +1,7 @@
 //! A wallet master's linked identities (email, OIDC).
 
-use agentkeys_types::api::{IdentityInfo, IdentityList};
+use agentkeys_types::api::{IdentityInfo, IdentityList, UnlinkResult};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use serde_json::json;
 
 use super::event;
@@ -31,17 +30,18 @@ pub async fn list(
     }))
 }
 
-/// Unlink an identity; sign-ins by it then make a master of its own again.
+/// Unlink an identity: sign-ins by it then make a master of its own again, and the sessions
+/// obtained through it are revoked (the one making this call too, if it was).
 #[utoipa::path(delete, path = "/v1/identities/{identity_type}/{identity_value}", tag = "identities",
     security(("bearer" = [])),
     params(("identity_type" = String, Path, description = "email or oauth2_<provider>"),
            ("identity_value" = String, Path, description = "The address or subject, URL-encoded")),
-    responses((status = 204, description = "Unlinked"), (status = 404, body = agentkeys_types::ErrorBody)))]
+    responses((status = 200, body = UnlinkResult), (status = 404, body = agentkeys_types::ErrorBody)))]
 pub async fn unlink(
     State(state): State<AppState>,
     MasterSession(master): MasterSession,
     Path((identity_type, identity_value)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::Json<UnlinkResult>, ApiError> {
     let now = state.clock.now();
     let audit = event(
         now,
@@ -51,15 +51,14 @@ pub async fn unlink(
         "ok",
         json!({"identity_type": identity_type, "identity_value": identity_value}),
     );
-    if state
+    match state
         .store
-        .unlink_identity(&master.omni, &identity_type, &identity_value, audit)
+        .unlink_identity(&master.omni, &identity_type, &identity_value, now, audit)
         .await?
     {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(
+        Some(sessions_revoked) => Ok(axum::Json(UnlinkResult { sessions_revoked })),
+        None => Err(ApiError::NotFound(
             "no such identity is linked to you; see GET /v1/identities".into(),
-        ))
+        )),
     }
 }

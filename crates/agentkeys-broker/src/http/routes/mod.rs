@@ -4,6 +4,7 @@ pub mod auth;
 pub mod email;
 pub mod grants;
 pub mod identities;
+pub mod login;
 pub mod mint;
 pub mod oidc;
 pub mod oidc_signin;

@@ -1,46 +1,56 @@
 //! Sign-in (and identity linking) with an external OpenID Connect provider: authorization code
-//! with PKCE, a random state that names the login request, and a nonce; the provider sends the
-//! browser back to `/auth/oidc/callback`, the requester polls for its session.
+//! with PKCE, a random state that names the login request, and a nonce. The provider sends the
+//! browser back to `/auth/oidc/callback`; the broker verifies the ID token and then hands a
+//! one-time code to the requesting CLI only: by an RFC 8252 loopback redirect to the CLI's own
+//! listener, or on a page for the user to paste into the CLI. The CLI collects the session
+//! with that code and its verifier (`login.rs`); a request id or a provider login alone
+//! releases nothing.
 
 use std::collections::HashMap;
 
 use agentkeys_store::LoginRequest;
-use agentkeys_types::api::{LoginStartResponse, LoginStatusResponse};
-use axum::extract::{Path, Query, State};
+use agentkeys_types::api::{
+    ChallengePurpose, LinkOidcRequest, LoginCollectRequest, LoginStartResponse,
+    LoginStatusResponse, OidcStartRequest,
+};
+use agentkeys_types::login::check_loopback_redirect;
+use agentkeys_types::pairing::display_code;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
-use utoipa::ToSchema;
 
-use super::email::collect;
 use super::event;
+use super::login::{client_challenge, code_hash, collect};
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::session::{looks_like_secret, secret, session_ref, token_hash};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OidcStartRequest {
-    /// A provider configured on the broker (BROKER_OIDC_PROVIDERS_FILE), e.g. `google`.
-    pub provider: String,
-}
+/// Longest provider `error` code kept in the audit log (RFC 6749 codes are short ASCII words).
+const MAX_ERROR_CODE: usize = 64;
 
 async fn start(
     state: &AppState,
     provider_name: &str,
+    challenge: &str,
+    redirect_uri: Option<&str>,
     link_to: Option<(&str, &str)>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let provider = state.oidc.get(provider_name).cloned().ok_or_else(|| {
         let mut names: Vec<&str> = state.oidc.keys().map(String::as_str).collect();
         names.sort();
         ApiError::NotFound(format!(
-            "no OIDC provider named {provider_name:?} here (configured: {})",
+            "no OIDC provider by that name here (configured: {})",
             names.join(", ")
         ))
     })?;
+    let client_challenge = client_challenge(challenge)?;
+    if let Some(uri) = redirect_uri {
+        check_loopback_redirect(uri)
+            .map_err(|why| ApiError::BadRequest(format!("redirect_uri: {why}")))?;
+    }
     let now = state.clock.now();
     let request_id = secret();
     let login_state = secret();
@@ -62,6 +72,10 @@ async fn start(
         verified_value: None,
         verified_at: None,
         claimed_at: None,
+        client_challenge: Some(client_challenge),
+        code_hash: None,
+        code_attempts: 0,
+        redirect_uri: redirect_uri.map(str::to_owned),
     };
     let kind = if link_to.is_some() {
         "identity.link_requested"
@@ -69,7 +83,10 @@ async fn start(
         "sign_in.oidc.requested"
     };
     let actor = link_to.map(|(m, _)| m);
-    let details = json!({"provider": provider_name, "request": session_ref(&request.id_hash)});
+    let details = json!({
+        "provider": provider_name, "request": session_ref(&request.id_hash),
+        "loopback": redirect_uri.is_some(),
+    });
     state
         .store
         .create_login(request, Some(event(now, kind, actor, actor, "ok", details)))
@@ -81,26 +98,40 @@ async fn start(
     }))
 }
 
-/// Start a sign-in with an OpenID Connect provider: open `authorization_url` in a browser,
-/// then poll the status.
+/// Start a sign-in with an OpenID Connect provider: open `authorization_url` in a browser;
+/// the one-time code comes back to `redirect_uri` (or is shown to paste), then collect.
 #[utoipa::path(post, path = "/v1/auth/oidc/start", tag = "auth",
     request_body = OidcStartRequest,
-    responses((status = 200, body = LoginStartResponse), (status = 404, body = agentkeys_types::ErrorBody)))]
+    responses(
+        (status = 200, body = LoginStartResponse),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 404, body = agentkeys_types::ErrorBody)))]
 pub async fn oidc_start(
     State(state): State<AppState>,
     Json(req): Json<OidcStartRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
-    start(&state, &req.provider, None).await
+    start(
+        &state,
+        &req.provider,
+        &req.code_challenge,
+        req.redirect_uri.as_deref(),
+        None,
+    )
+    .await
 }
 
-/// Link an OpenID Connect identity to the signed-in wallet master.
+/// Link an OpenID Connect identity to the signed-in wallet master. Needs a fresh signature by
+/// the master's wallet over a challenge for this provider (`purpose: {"link_oidc": …}`).
 #[utoipa::path(post, path = "/v1/identities/oidc", tag = "identities", security(("bearer" = [])),
-    request_body = OidcStartRequest,
-    responses((status = 200, body = LoginStartResponse), (status = 403, body = agentkeys_types::ErrorBody)))]
+    request_body = LinkOidcRequest,
+    responses(
+        (status = 200, body = LoginStartResponse),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 403, body = agentkeys_types::ErrorBody)))]
 pub async fn link_oidc_start(
     State(state): State<AppState>,
     MasterSession(master): MasterSession,
-    Json(req): Json<OidcStartRequest>,
+    Json(req): Json<LinkOidcRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let Some(wallet) = master.wallet.as_deref() else {
         return Err(ApiError::Forbidden {
@@ -108,21 +139,38 @@ pub async fn link_oidc_start(
             message: "only a master signed in with a wallet can link identities".into(),
         });
     };
-    start(&state, &req.provider, Some((&master.omni, wallet))).await
+    if !state.oidc.contains_key(&req.provider) {
+        return Err(ApiError::NotFound(
+            "no OIDC provider by that name here".into(),
+        ));
+    }
+    let purpose = ChallengePurpose::LinkOidc(req.provider.clone());
+    super::auth::step_up(&state, &master.omni, wallet, &req.wallet_proof, &purpose).await?;
+    start(
+        &state,
+        &req.provider,
+        &req.code_challenge,
+        req.redirect_uri.as_deref(),
+        Some((&master.omni, wallet)),
+    )
+    .await
 }
 
-/// Poll an OIDC sign-in (or link): pending, then the session (or the link), once.
-#[utoipa::path(get, path = "/v1/auth/oidc/status/{request_id}", tag = "auth",
-    params(("request_id" = String, Path, description = "From /v1/auth/oidc/start")),
+/// Collect an OIDC sign-in (or link) with the one-time code and the verifier.
+#[utoipa::path(post, path = "/v1/auth/oidc/collect", tag = "auth",
+    request_body = LoginCollectRequest,
     responses(
         (status = 200, body = LoginStatusResponse),
-        (status = 202, body = LoginStatusResponse, description = "Pending"),
-        (status = 404, body = agentkeys_types::ErrorBody)))]
-pub async fn oidc_status(
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 403, body = agentkeys_types::ErrorBody, description = "Another client's request (verifier mismatch)"),
+        (status = 404, body = agentkeys_types::ErrorBody),
+        (status = 409, body = agentkeys_types::ErrorBody),
+        (status = 422, body = agentkeys_types::ErrorBody, description = "Wrong code, or not finished at the provider")))]
+pub async fn oidc_collect(
     State(state): State<AppState>,
-    Path(request_id): Path<String>,
-) -> Result<(StatusCode, axum::Json<LoginStatusResponse>), ApiError> {
-    collect(&state, &request_id).await
+    Json(req): Json<LoginCollectRequest>,
+) -> Result<axum::Json<LoginStatusResponse>, ApiError> {
+    collect(&state, "oidc", &req).await.map(axum::Json)
 }
 
 fn page(status: StatusCode, message: &str) -> Response {
@@ -150,9 +198,56 @@ fn page(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Where the provider sends the browser back (`code`, `state`, `iss`, or `error`).
+/// The page that hands the code to a user whose CLI has no loopback listener (`--no-browser`).
+fn code_page(code: &str, linking: bool) -> Response {
+    let what = if linking {
+        "link this sign-in to your AgentKeys account"
+    } else {
+        "sign in"
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>AgentKeys sign-in</title></head>\
+         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto\"><h1>AgentKeys</h1>\
+         <p>To {what}, type this code into the <code>agentkeys</code> command that is waiting for it:</p>\
+         <p style=\"font-size: 2em; font-family: monospace\" id=\"code\">{code}</p>\
+         <p>Only into a command you started yourself, on your own machine. Never send this code to \
+         anyone and never type it into a web page: whoever has it, and started this sign-in, gets \
+         your account.</p></body></html>"
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// An RFC 6749 error code as stored: ASCII letters, digits and `_` only, bounded. The rest of
+/// what the caller sent (`error_description`, `error_uri`) is never stored.
+fn error_code(raw: &str) -> String {
+    let kept: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(MAX_ERROR_CODE)
+        .collect();
+    if kept.is_empty() { "unknown".into() } else { kept }
+}
+
+/// Where the provider sends the browser back (`code`, `state`, `iss`, or `error`). On success
+/// the browser is redirected to the requesting CLI's loopback listener with a one-time code,
+/// or shown the code to paste.
 #[utoipa::path(get, path = "/auth/oidc/callback", tag = "auth",
-    responses((status = 200, description = "HTML result page", content_type = "text/html")))]
+    responses(
+        (status = 200, description = "HTML page (the code to paste, or why it failed)", content_type = "text/html"),
+        (status = 303, description = "To the CLI's loopback redirect URI, with `code`")))]
 pub async fn callback(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -175,25 +270,28 @@ pub async fn callback(
     let Some(provider) = state.oidc.get(&request.subject).cloned() else {
         return bad_state();
     };
+    // A failure ends the request, so one started request writes at most one failure event.
     let fail = |reason: String| {
         let actor = request.link_to.clone();
         let store = state.store.clone();
+        let id_hash = request.id_hash.clone();
         let details = json!({"provider": request.subject, "reason": reason});
         async move {
-            let _ = store
-                .append_audit(event(
-                    now,
-                    "sign_in.oidc.verified",
-                    actor.as_deref(),
-                    actor.as_deref(),
-                    "failed",
-                    details,
-                ))
-                .await;
+            let failed = event(
+                now,
+                "sign_in.oidc.verified",
+                actor.as_deref(),
+                actor.as_deref(),
+                "failed",
+                details,
+            );
+            if let Err(e) = store.fail_login(&id_hash, now, failed).await {
+                tracing::error!(error = %e, "sign_in.oidc.fail_not_recorded");
+            }
         }
     };
     if let Some(error) = q.get("error") {
-        fail(format!("provider said {error}")).await;
+        fail(format!("provider said {}", error_code(error))).await;
         return page(
             StatusCode::FORBIDDEN,
             "The provider did not sign you in. Start again from your terminal.",
@@ -232,22 +330,36 @@ pub async fn callback(
         "ok",
         details,
     );
+    let one_time = crate::agents::new_code();
     match state
         .store
         .verify_login(
             &request.id_hash,
             &identity_type,
             &identity.subject,
+            &code_hash(&one_time),
             now,
             verified,
         )
         .await
     {
-        Ok(true) => page(
-            StatusCode::OK,
-            "Signed in. Return to your terminal; you can close this page.",
-        ),
-        Ok(false) => bad_state(),
-        Err(e) => ApiError::from(e).into_response(),
+        Ok(true) => {}
+        Ok(false) => return bad_state(),
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let shown = display_code(&one_time);
+    match &request.redirect_uri {
+        // Checked at the start to be a loopback URI with no query: the code goes to the
+        // requesting machine's own listener and nowhere else.
+        Some(uri) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, format!("{uri}?code={shown}")),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+                (header::REFERRER_POLICY, "no-referrer".to_owned()),
+            ],
+        )
+            .into_response(),
+        None => code_page(&shown, request.link_to.is_some()),
     }
 }
