@@ -396,7 +396,8 @@ pub(crate) async fn login_email(
         LoginMethod::Email,
         &pending,
         typed,
-        Some((timeout, &with_code)),
+        // A code given with --code is not asked for again.
+        code.code.is_none().then_some((timeout, with_code.as_str())),
     )
     .await?;
     finish_login(&client, &profile, done, Proof::Email(&email), json, out)
@@ -470,7 +471,8 @@ pub(crate) async fn login_oidc(
         LoginMethod::Oidc,
         &pending,
         typed,
-        Some((timeout, &with_code)),
+        // A code given with --code is not asked for again.
+        code.code.is_none().then_some((timeout, with_code.as_str())),
     )
     .await?;
     finish_login(&client, &profile, done, Proof::Oidc(&provider), json, out)
@@ -759,7 +761,8 @@ async fn link_email(
         LoginMethod::Email,
         &pending,
         typed,
-        Some((timeout, &with_code)),
+        // A code given with --code is not asked for again.
+        code.code.is_none().then_some((timeout, with_code.as_str())),
     )
     .await?;
     finish_link(&client, &profile, done, &saved, json, out)
@@ -845,7 +848,8 @@ async fn link_oidc(
         LoginMethod::Oidc,
         &pending,
         typed,
-        Some((timeout, &with_code)),
+        // A code given with --code is not asked for again.
+        code.code.is_none().then_some((timeout, with_code.as_str())),
     )
     .await?;
     finish_link(&client, &profile, done, &saved, json, out)

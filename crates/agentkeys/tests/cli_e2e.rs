@@ -1259,7 +1259,7 @@ fn email_sign_in_and_identity_linking() {
     );
 
     // Only wallet masters link identities, with their wallet's key: refused before any mail.
-    let (_, stray_key, _) = signed_in_master(&broker);
+    let (_stray, stray_key, _) = signed_in_master(&broker);
     let err = alice.fails(
         &["identities", "link-email", "x@example.com", "--key-file", &stray_key],
         1,
@@ -1825,7 +1825,9 @@ fn no_secret_reaches_the_log_or_the_store() {
         .any(|(_, b)| b.windows(wallet.len()).any(|w| w == wallet.as_bytes()));
     assert!(stored, "the scan sees the database's contents");
     for (what, secret) in &secrets {
-        assert!(secret.len() >= 32, "{what} is a real secret");
+        // Long enough that a chance match in the scanned bytes is out of the question (the
+        // shortest are the 8-character email codes).
+        assert!(secret.len() >= 8, "{what} is a real secret");
         for (place, bytes) in &places {
             let found = bytes.windows(secret.len()).any(|w| w == secret.as_slice());
             assert!(!found, "{what} appears in {place}");
