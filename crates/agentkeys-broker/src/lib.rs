@@ -113,6 +113,7 @@ pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 /// Runs `serve` with the system clock until SIGINT / SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
+    let shutdown = shutdown_signal()?;
     let state = prepare(settings, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind(listen)
         .await
@@ -124,23 +125,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         dev = state.settings.dev,
         "broker.listening"
     );
-    http::serve(listener, state, shutdown_signal()).await?;
+    http::serve(listener, state, shutdown).await?;
     maintenance.abort();
     tracing::info!("broker.stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+/// Registers SIGINT and SIGTERM handlers now (a signal that arrives while the broker is still
+/// starting must not kill it unclean) and resolves when either arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    })
 }

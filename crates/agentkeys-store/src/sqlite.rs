@@ -24,13 +24,13 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use agentkeys_types::identity::IDENTITY_EMAIL;
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
     Agent, AgentSessionOutcome, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome,
     Grant, GrantUse, Identity, LoginClaim, LoginRequest, NewAuditEvent, PairingRequest, RateWindow,
     Result, Session, SigningKeyRecord, Store, StoreError,
 };
+use agentkeys_types::identity::IDENTITY_EMAIL;
 
 /// Most operations one commit carries; bounds the latency a large burst adds to its first caller.
 const MAX_BATCH: usize = 512;

@@ -729,14 +729,28 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
         .await
         .unwrap();
     assert_eq!(
-        s.redeem_login_code("r1", "wrong", 3, 5, session("t1", 1000), event("sign_in", 2))
-            .await
-            .unwrap(),
+        s.redeem_login_code(
+            "r1",
+            "wrong",
+            3,
+            5,
+            session("t1", 1000),
+            event("sign_in", 2)
+        )
+        .await
+        .unwrap(),
         LoginClaim::WrongCode { attempts_left: 2 }
     );
     assert_eq!(s.login("r1").await.unwrap().unwrap().code_attempts, 1);
     let LoginClaim::SignedIn(own) = s
-        .redeem_login_code("r1", "code-r1", 3, 7, session("t1", 1000), event("sign_in", 5))
+        .redeem_login_code(
+            "r1",
+            "code-r1",
+            3,
+            7,
+            session("t1", 1000),
+            event("sign_in", 5),
+        )
         .await
         .unwrap()
     else {
@@ -749,9 +763,16 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     assert_eq!(own.wallet, None);
     assert!(s.session("t1").await.unwrap().is_some());
     assert_eq!(
-        s.redeem_login_code("r1", "code-r1", 3, 8, session("t2", 1000), event("sign_in", 6))
-            .await
-            .unwrap(),
+        s.redeem_login_code(
+            "r1",
+            "code-r1",
+            3,
+            8,
+            session("t2", 1000),
+            event("sign_in", 6)
+        )
+        .await
+        .unwrap(),
         LoginClaim::AlreadyClaimed
     );
     // Its link was for the same request: used up with it.
@@ -769,13 +790,22 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
             s.redeem_login_code("dead", "x", 2, 5, session("d", 1000), event("sign_in", 6))
                 .await
                 .unwrap(),
-            LoginClaim::WrongCode { attempts_left: left }
+            LoginClaim::WrongCode {
+                attempts_left: left
+            }
         );
     }
     assert_eq!(
-        s.redeem_login_code("dead", "code-dead", 2, 5, session("d", 1000), event("sign_in", 6))
-            .await
-            .unwrap(),
+        s.redeem_login_code(
+            "dead",
+            "code-dead",
+            2,
+            5,
+            session("d", 1000),
+            event("sign_in", 6)
+        )
+        .await
+        .unwrap(),
         LoginClaim::Gone
     );
 
@@ -845,9 +875,16 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     .await
     .unwrap();
     assert_eq!(
-        s.redeem_login_code("r4", "code-r4", 3, 15, session("x", 1000), event("identity.linked", 15))
-            .await
-            .unwrap(),
+        s.redeem_login_code(
+            "r4",
+            "code-r4",
+            3,
+            15,
+            session("x", 1000),
+            event("identity.linked", 15)
+        )
+        .await
+        .unwrap(),
         LoginClaim::LinkedElsewhere
     );
     assert_eq!(s.identities_of("wallet-master").await.unwrap().len(), 1);
@@ -877,7 +914,14 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     );
     assert!(s.identities_of("wallet-master").await.unwrap().is_empty());
     assert!(s.session("t3").await.unwrap().unwrap().revoked_at.is_some());
-    assert!(s.session("own").await.unwrap().unwrap().revoked_at.is_none());
+    assert!(
+        s.session("own")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
     let last = s.audit_events(0, 1000).await.unwrap().pop().unwrap();
     assert_eq!(last.details["sessions_revoked"], 1);
 
@@ -886,9 +930,16 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
         .await
         .unwrap();
     assert_eq!(
-        s.redeem_login_code("r5", "code-r5", 3, 600, session("t5", 1000), event("sign_in", 20))
-            .await
-            .unwrap(),
+        s.redeem_login_code(
+            "r5",
+            "code-r5",
+            3,
+            600,
+            session("t5", 1000),
+            event("sign_in", 20)
+        )
+        .await
+        .unwrap(),
         LoginClaim::Gone
     );
     assert_eq!(
@@ -914,24 +965,52 @@ async fn oidc_logins_are_verified_at_the_callback_and_fail_once() {
     s.create_login(oidc("o1"), None).await.unwrap();
     // No code exists before the provider's answer is verified.
     assert_eq!(
-        s.redeem_login_code("o1", "code-o1", 3, 5, session("t", 1000), event("sign_in", 1))
-            .await
-            .unwrap(),
+        s.redeem_login_code(
+            "o1",
+            "code-o1",
+            3,
+            5,
+            session("t", 1000),
+            event("sign_in", 1)
+        )
+        .await
+        .unwrap(),
         LoginClaim::WrongCode { attempts_left: 2 }
     );
     assert!(
-        s.verify_login("o1", "oauth2_corp", "sub-1", "code-o1", 5, event("verified", 2))
-            .await
-            .unwrap()
+        s.verify_login(
+            "o1",
+            "oauth2_corp",
+            "sub-1",
+            "code-o1",
+            5,
+            event("verified", 2)
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        !s.verify_login("o1", "oauth2_corp", "sub-2", "other", 6, event("verified", 3))
-            .await
-            .unwrap(),
+        !s.verify_login(
+            "o1",
+            "oauth2_corp",
+            "sub-2",
+            "other",
+            6,
+            event("verified", 3)
+        )
+        .await
+        .unwrap(),
         "single use"
     );
     let LoginClaim::SignedIn(own) = s
-        .redeem_login_code("o1", "code-o1", 3, 7, session("t", 1000), event("sign_in", 4))
+        .redeem_login_code(
+            "o1",
+            "code-o1",
+            3,
+            7,
+            session("t", 1000),
+            event("sign_in", 4),
+        )
         .await
         .unwrap()
     else {

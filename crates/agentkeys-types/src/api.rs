@@ -354,7 +354,8 @@ pub struct LoginCollectRequest {
 
 impl std::fmt::Debug for LoginCollectRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginCollectRequest").finish_non_exhaustive()
+        f.debug_struct("LoginCollectRequest")
+            .finish_non_exhaustive()
     }
 }
 

@@ -610,9 +610,16 @@ pub(crate) async fn logout_all(ctx: &Context, out: &mut dyn Write) -> Result<()>
     profile.delete_session()?;
     if saved.is_agent() {
         message.push_str(AGENT_SIGNED_OUT_NOTE);
+    } else {
+        message.push_str(LINKS_STAY_NOTE);
     }
     emit(out, &message)
 }
+
+/// Said after `logout --all` of a master: ending sessions does not remove the ways in.
+pub(crate) const LINKS_STAY_NOTE: &str = "Linked email and OIDC identities stay linked and can \
+     sign in again: see `agentkeys identities list`, and `agentkeys identities unlink` to remove \
+     one (that also revokes the sessions it gave).\n";
 
 #[cfg(test)]
 mod tests {

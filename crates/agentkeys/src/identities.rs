@@ -995,7 +995,10 @@ mod tests {
         assert!(e.to_string().contains("name@example.com"), "{e}");
         assert_eq!(unlink_value("email", " Bob@Example.com"), "bob@example.com");
         assert_eq!(unlink_value("oauth2_google", "Sub-ABC"), "Sub-ABC");
-        assert_eq!(typed_code(Goal::SignIn, " abcd efgh ").expect("ok"), "ABCDEFGH");
+        assert_eq!(
+            typed_code(Goal::SignIn, " abcd efgh ").expect("ok"),
+            "ABCDEFGH"
+        );
         let e = typed_code(Goal::SignIn, "12345").expect_err("bad");
         assert!(e.to_string().contains("ABCD-EFGH"), "{e}");
     }
@@ -1054,9 +1057,15 @@ mod tests {
             code: Some(code.into()),
             timeout: crate::cli::TimeoutArg { secs: 5 },
         };
-        let e = login_email(&ctx, "b@example.com", &args("ABCD-EFGH"), true, &mut Vec::new())
-            .await
-            .expect_err("nothing pending");
+        let e = login_email(
+            &ctx,
+            "b@example.com",
+            &args("ABCD-EFGH"),
+            true,
+            &mut Vec::new(),
+        )
+        .await
+        .expect_err("nothing pending");
         assert!(e.to_string().contains("no unfinished email sign-in"), "{e}");
         let mut out = Vec::new();
         login_email(&ctx, "a@example.com", &args("abcd-efgh"), true, &mut out)
@@ -1069,10 +1078,9 @@ mod tests {
             "{}",
             requests[0]
         );
-        let body: serde_json::Value = serde_json::from_str(
-            requests[0].rsplit("\r\n\r\n").next().unwrap_or_default(),
-        )
-        .expect("body");
+        let body: serde_json::Value =
+            serde_json::from_str(requests[0].rsplit("\r\n\r\n").next().unwrap_or_default())
+                .expect("body");
         assert_eq!(body["request_id"], REQUEST_ID);
         assert_eq!(body["code"], "ABCDEFGH");
         assert_eq!(body["code_verifier"], verifier.as_str());
@@ -1080,7 +1088,10 @@ mod tests {
         let printed: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(printed["omni_account"], OMNI);
         let text = String::from_utf8_lossy(&out);
-        assert!(!text.contains(REQUEST_ID) && !text.contains(&verifier), "{text}");
+        assert!(
+            !text.contains(REQUEST_ID) && !text.contains(&verifier),
+            "{text}"
+        );
     }
 
     /// A start answer without an authorization URL, or with a bad request id, is refused.
@@ -1105,8 +1116,16 @@ mod tests {
             assert!(matches!(e, Error::BrokerProtocol { .. }), "{e:?}");
             let requests = broker.requests();
             assert_eq!(requests.len(), 1);
-            assert!(requests[0].contains(r#""code_challenge":""#), "{}", requests[0]);
-            assert!(!requests[0].contains("redirect_uri\":\"http"), "{}", requests[0]);
+            assert!(
+                requests[0].contains(r#""code_challenge":""#),
+                "{}",
+                requests[0]
+            );
+            assert!(
+                !requests[0].contains("redirect_uri\":\"http"),
+                "{}",
+                requests[0]
+            );
             assert!(
                 ctx.profile()
                     .expect("p")

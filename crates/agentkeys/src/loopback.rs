@@ -33,9 +33,9 @@ pub struct Loopback {
 impl Loopback {
     /// Binds an OS-chosen port on 127.0.0.1.
     pub async fn bind() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::SignIn(format!("cannot listen on 127.0.0.1 for the redirect: {e}")))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
+            Error::SignIn(format!("cannot listen on 127.0.0.1 for the redirect: {e}"))
+        })?;
         let port = listener
             .local_addr()
             .map_err(|e| Error::SignIn(format!("cannot listen on 127.0.0.1: {e}")))?
@@ -155,7 +155,11 @@ mod tests {
                 .send()
                 .await
                 .expect("callback");
-            (stray.status().as_u16(), page.status().as_u16(), page.text().await.expect("body"))
+            (
+                stray.status().as_u16(),
+                page.status().as_u16(),
+                page.text().await.expect("body"),
+            )
         });
         let code = loopback.wait_for_code().await.expect("code");
         assert_eq!(code, "ABCD-EFGH");

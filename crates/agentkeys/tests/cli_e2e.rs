@@ -964,6 +964,10 @@ fn agent_pairing_and_lifecycle() {
     let master_session = master.config_dir().join("profiles/default/session.json");
     let out = master.ok(&["logout", "--all"]);
     assert!(out.contains("Ended every session"), "{out}");
+    assert!(
+        out.contains("Linked email and OIDC identities stay linked"),
+        "logout --all says the links stay: {out}"
+    );
     assert!(!master_session.exists());
     other.fails(&["whoami"], 3);
     master.fails(&["agents", "list"], 3);
@@ -1261,10 +1265,19 @@ fn email_sign_in_and_identity_linking() {
     // Only wallet masters link identities, with their wallet's key: refused before any mail.
     let (_stray, stray_key, _) = signed_in_master(&broker);
     let err = alice.fails(
-        &["identities", "link-email", "x@example.com", "--key-file", &stray_key],
+        &[
+            "identities",
+            "link-email",
+            "x@example.com",
+            "--key-file",
+            &stray_key,
+        ],
         1,
     );
-    assert!(err.contains("only a master signed in with a wallet"), "{err}");
+    assert!(
+        err.contains("only a master signed in with a wallet"),
+        "{err}"
+    );
     let out = alice.ok(&["identities", "list"]);
     assert!(out.starts_with("No linked identities"), "{out}");
 
@@ -1276,10 +1289,19 @@ fn email_sign_in_and_identity_linking() {
         .to_owned();
     // Another wallet's key is refused before anything is signed.
     let err = master.fails(
-        &["identities", "link-email", "bob@example.com", "--key-file", &stray_key],
+        &[
+            "identities",
+            "link-email",
+            "bob@example.com",
+            "--key-file",
+            &stray_key,
+        ],
         1,
     );
-    assert!(err.contains("pass the signed-in wallet's key file"), "{err}");
+    assert!(
+        err.contains("pass the signed-in wallet's key file"),
+        "{err}"
+    );
     let (status, stdout, stderr) = complete_by_mail(
         &master,
         &mut smtp,
@@ -1382,10 +1404,19 @@ fn email_sign_in_and_identity_linking() {
     );
     carol.fails(&["whoami"], 3);
     let code = mailed_code(&smtp.next_message());
-    let err = carol.fails(&["login", "email", "carol@example.com", "--code", "ZZZZ-ZZZZ"], 1);
-    assert!(err.contains("wrong_code") && err.contains("tries left"), "{err}");
+    let err = carol.fails(
+        &["login", "email", "carol@example.com", "--code", "ZZZZ-ZZZZ"],
+        1,
+    );
+    assert!(
+        err.contains("wrong_code") && err.contains("tries left"),
+        "{err}"
+    );
     let err = carol.fails(&["login", "email", "dave@example.com", "--code", &code], 1);
-    assert!(err.contains("no unfinished email sign-in for dave@example.com"), "{err}");
+    assert!(
+        err.contains("no unfinished email sign-in for dave@example.com"),
+        "{err}"
+    );
     let out = carol.ok(&["login", "email", "carol@example.com", "--code", &code]);
     assert!(
         out.contains(OmniAccount::derive("email", "carol@example.com").as_str()),
@@ -1506,7 +1537,11 @@ fn oidc_sign_in_with_a_real_provider() {
     // Following the broker's redirect lands on the CLI's loopback page.
     let page = rt.block_on(reqwest::get(callback)).expect("callback");
     assert_eq!(page.status(), 200);
-    assert!(page.url().as_str().starts_with("http://127.0.0.1:"), "{}", page.url());
+    assert!(
+        page.url().as_str().starts_with("http://127.0.0.1:"),
+        "{}",
+        page.url()
+    );
     assert!(rt.block_on(page.text()).expect("page").contains("terminal"));
     let (status, stdout) = running.finish(Duration::from_secs(30));
     let stderr = stderr.join().expect("stderr");
@@ -1537,7 +1572,10 @@ fn oidc_sign_in_with_a_real_provider() {
     running.type_line(&page[at..at + 9]);
     let (status, stdout) = running.finish(Duration::from_secs(30));
     let stderr = stderr.join().expect("stderr");
-    assert!(status.success(), "--no-browser failed ({status}):\n{stdout}\n{stderr}");
+    assert!(
+        status.success(),
+        "--no-browser failed ({status}):\n{stdout}\n{stderr}"
+    );
     let me: serde_json::Value =
         serde_json::from_str(&paula.ok(&["whoami", "--json"])).expect("json");
     assert_eq!(
@@ -1753,8 +1791,12 @@ fn no_secret_reaches_the_log_or_the_store() {
     secrets.push(("email code", code.clone().into_bytes()));
     secrets.push(("email code (canonical)", code.replace('-', "").into_bytes()));
     let pending: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(alice.config_dir().join("profiles/default/pending-login.json"))
-            .expect("pending sign-in"),
+        &fs::read_to_string(
+            alice
+                .config_dir()
+                .join("profiles/default/pending-login.json"),
+        )
+        .expect("pending sign-in"),
     )
     .expect("json");
     for field in ["request_id", "code_verifier"] {

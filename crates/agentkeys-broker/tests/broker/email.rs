@@ -231,23 +231,35 @@ async fn the_requester_collects_with_the_mailed_code_and_its_verifier() {
 
     let mail = smtp.message(1).await;
     assert!(mail.contains("To: alice@example.com"), "{mail}");
-    assert!(mail.contains("Subject: Your AgentKeys sign-in code"), "{mail}");
+    assert!(
+        mail.contains("Subject: Your AgentKeys sign-in code"),
+        "{mail}"
+    );
     let code = mailed_code(&mail);
 
     // The request id alone: no route hands anything out for it any more.
     assert_eq!(
-        error_of(app.get(&format!("/v1/auth/email/status/{request_id}")).await)
-            .await
-            .0,
+        error_of(
+            app.get(&format!("/v1/auth/email/status/{request_id}"))
+                .await
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
     // Another client's verifier: refused, and it costs no attempt.
     let (other_v, _) = verifier();
     let (status, kind, _) = error_of(collect(&app, &request_id, &code, &other_v).await).await;
-    assert_eq!((status, kind.as_str()), (StatusCode::FORBIDDEN, "verifier_mismatch"));
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::FORBIDDEN, "verifier_mismatch")
+    );
     // A wrong code: refused with the tries left.
     let (status, kind, message) = error_of(collect(&app, &request_id, "ZZZZ-ZZZZ", &v).await).await;
-    assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code")
+    );
     assert!(message.contains("4 tries left"), "{message}");
 
     let r = collect(&app, &request_id, &code.to_lowercase(), &v).await;
@@ -260,13 +272,17 @@ async fn the_requester_collects_with_the_mailed_code_and_its_verifier() {
     let token = body["session"]["session_token"].as_str().unwrap();
     app.mint_jwt(token).await;
     assert_eq!(
-        error_of(collect(&app, &request_id, &code, &v).await).await.0,
+        error_of(collect(&app, &request_id, &code, &v).await)
+            .await
+            .0,
         StatusCode::CONFLICT,
         "collected once"
     );
     // The link of a collected request signs in nothing either.
     assert_eq!(
-        error_of(click(&app, &link_token(&mail, &app.url)).await).await.0,
+        error_of(click(&app, &link_token(&mail, &app.url)).await)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 
@@ -297,18 +313,31 @@ async fn a_sign_in_started_by_someone_else_releases_nothing_to_them() {
     let page = app.get("/auth/email/landing").await;
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     assert!(page.text().await.unwrap().contains("Sign in this browser"));
-    let script = app.get("/auth/email/landing.js").await.text().await.unwrap();
+    let script = app
+        .get("/auth/email/landing.js")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(script.contains("addEventListener(\"click\""), "{script}");
     // Nothing was consumed: the attacker's wrong guess is still counted against a live request.
     let (status, kind, _) =
         error_of(collect(&app, &request_id, "ZZZZ-ZZZZ", &attacker_v).await).await;
-    assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code")
+    );
 
     // The victim clicks: the victim's own browser is signed in (a cookie), nobody else.
     let r = click(&app, &token).await;
     assert_eq!(r.status(), StatusCode::OK);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    for attr in ["agentkeys_session=aks_", "HttpOnly", "SameSite=Strict", "Path=/"] {
+    for attr in [
+        "agentkeys_session=aks_",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
         assert!(cookie.contains(attr), "{attr}: {cookie}");
     }
     let body: Value = r.json().await.unwrap();
@@ -332,7 +361,10 @@ async fn a_sign_in_started_by_someone_else_releases_nothing_to_them() {
         .unwrap();
     assert_eq!(who.status(), StatusCode::OK);
     // Clicking again does nothing more.
-    assert_eq!(error_of(click(&app, &token).await).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        error_of(click(&app, &token).await).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // The attacker holds the request id and the verifier, and gets nothing.
     let (status, _, _) = error_of(collect(&app, &request_id, "ABCD-EFGH", &attacker_v).await).await;
@@ -340,7 +372,10 @@ async fn a_sign_in_started_by_someone_else_releases_nothing_to_them() {
     let sessions_of_victim = app
         .state
         .store
-        .sessions_of(OmniAccount::derive("email", "victim@example.com").as_str(), app.clock.now())
+        .sessions_of(
+            OmniAccount::derive("email", "victim@example.com").as_str(),
+            app.clock.now(),
+        )
         .await
         .unwrap();
     assert_eq!(sessions_of_victim.len(), 1, "only the victim's browser");
@@ -353,16 +388,25 @@ async fn guessing_the_code_kills_the_request() {
     let (v, c) = verifier();
     let request_id = start(&app, "guess@example.com", &c).await;
     let code = mailed_code(&smtp.message(1).await);
-    let wrong = if code == "ZZZZ-ZZZZ" { "YYYY-YYYY" } else { "ZZZZ-ZZZZ" };
+    let wrong = if code == "ZZZZ-ZZZZ" {
+        "YYYY-YYYY"
+    } else {
+        "ZZZZ-ZZZZ"
+    };
     for left in (0..5).rev() {
         let (status, kind, message) = error_of(collect(&app, &request_id, wrong, &v).await).await;
-        assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+        assert_eq!(
+            (status, kind.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code")
+        );
         if left == 0 {
             assert!(message.contains("no more tries"), "{message}");
         }
     }
     assert_eq!(
-        error_of(collect(&app, &request_id, &code, &v).await).await.0,
+        error_of(collect(&app, &request_id, &code, &v).await)
+            .await
+            .0,
         StatusCode::NOT_FOUND,
         "dead after five wrong codes, even with the right one"
     );
@@ -402,11 +446,15 @@ async fn linking_needs_a_fresh_wallet_signature_and_the_code_from_the_mailbox() 
     let refusals = [
         sign_in_proof,
         app.wallet_proof(&thief_wallet, purpose.clone()).await,
-        app.wallet_proof(&wallet, json!({"link_email": "other@example.com"})).await,
+        app.wallet_proof(&wallet, json!({"link_email": "other@example.com"}))
+            .await,
     ];
     for proof in refusals {
         let (status, kind, _) = error_of(link(proof, "bob@example.com").await).await;
-        assert_eq!((status, kind.as_str()), (StatusCode::FORBIDDEN, "step_up_failed"));
+        assert_eq!(
+            (status, kind.as_str()),
+            (StatusCode::FORBIDDEN, "step_up_failed")
+        );
     }
     let step_up_failures = app
         .audit()
@@ -426,7 +474,10 @@ async fn linking_needs_a_fresh_wallet_signature_and_the_code_from_the_mailbox() 
         .unwrap()
         .to_owned();
     // A proof is single use.
-    assert_eq!(error_of(link(proof, "bob@example.com").await).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        error_of(link(proof, "bob@example.com").await).await.0,
+        StatusCode::FORBIDDEN
+    );
     let mail = decoded(&smtp.message(1).await);
     let wallet_text = master.wallet.clone().unwrap();
     assert!(mail.contains(&wallet_text), "{mail}");
@@ -446,9 +497,15 @@ async fn linking_needs_a_fresh_wallet_signature_and_the_code_from_the_mailbox() 
         .json()
         .await
         .unwrap();
-    assert_eq!(body["session"]["omni_account"], master.omni_account.as_str());
+    assert_eq!(
+        body["session"]["omni_account"],
+        master.omni_account.as_str()
+    );
     assert_eq!(body["session"]["wallet"], wallet_text.as_str());
-    let via_email = body["session"]["session_token"].as_str().unwrap().to_owned();
+    let via_email = body["session"]["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.mint_jwt(&via_email).await;
 
     // Unlinked: the sessions obtained through it are revoked, the wallet's own are not.
@@ -461,7 +518,10 @@ async fn linking_needs_a_fresh_wallet_signature_and_the_code_from_the_mailbox() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["sessions_revoked"], 1);
-    assert_eq!(app.mint(&via_email, None).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.mint(&via_email, None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     app.mint_jwt(&master.session_token).await;
     let unlinked = app
         .audit()
@@ -556,11 +616,19 @@ async fn email_sign_in_is_limited_checked_and_can_be_off() {
 
     for bad in ["", "carol", "a@b", "x y@example.com"] {
         let r = app
-            .post_json("/v1/auth/email/start", json!({"email": bad, "code_challenge": c}))
+            .post_json(
+                "/v1/auth/email/start",
+                json!({"email": bad, "code_challenge": c}),
+            )
             .await;
         assert_eq!(error_of(r).await.0, StatusCode::BAD_REQUEST, "{bad:?}");
     }
-    for bad in ["", "plain", &"A".repeat(44), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c="] {
+    for bad in [
+        "",
+        "plain",
+        &"A".repeat(44),
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c=",
+    ] {
         let r = app
             .post_json(
                 "/v1/auth/email/start",
@@ -578,11 +646,24 @@ async fn email_sign_in_is_limited_checked_and_can_be_off() {
         StatusCode::NOT_FOUND
     );
     for (id, code, verifier, want) in [
-        ("A".repeat(43), "ABCD-EFGH", v.clone(), StatusCode::NOT_FOUND),
+        (
+            "A".repeat(43),
+            "ABCD-EFGH",
+            v.clone(),
+            StatusCode::NOT_FOUND,
+        ),
         ("A".repeat(43), "ABCD", v.clone(), StatusCode::BAD_REQUEST),
-        ("A".repeat(43), "ABCD-EFGH", "short".to_owned(), StatusCode::BAD_REQUEST),
+        (
+            "A".repeat(43),
+            "ABCD-EFGH",
+            "short".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
-        assert_eq!(error_of(collect(&app, &id, code, &verifier).await).await.0, want);
+        assert_eq!(
+            error_of(collect(&app, &id, code, &verifier).await).await.0,
+            want
+        );
     }
 
     // An expired request does nothing.
@@ -590,7 +671,9 @@ async fn email_sign_in_is_limited_checked_and_can_be_off() {
     let mail = smtp.message(4).await;
     app.clock.advance(600);
     assert_eq!(
-        error_of(click(&app, &link_token(&mail, &app.url)).await).await.0,
+        error_of(click(&app, &link_token(&mail, &app.url)).await)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(

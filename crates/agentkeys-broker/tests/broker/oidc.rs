@@ -92,7 +92,10 @@ async fn the_provider_redirects_the_code_to_the_requesting_clis_loopback() {
     let s = start_with(&app, Some("http://127.0.0.1:45678/callback")).await;
     // Nothing to collect before the provider.
     let (status, kind, _) = error_of(collect(&app, &s, "ABCD-EFGH").await).await;
-    assert_eq!((status, kind.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"));
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code")
+    );
     let r = browser(&app, &s.url, "alice").await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
@@ -115,9 +118,12 @@ async fn the_provider_redirects_the_code_to_the_requesting_clis_loopback() {
     );
     // The old poll route is gone: a request id in a URL releases nothing.
     assert_eq!(
-        error_of(app.get(&format!("/v1/auth/oidc/status/{}", s.request_id)).await)
-            .await
-            .0,
+        error_of(
+            app.get(&format!("/v1/auth/oidc/status/{}", s.request_id))
+                .await
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
 }
@@ -132,7 +138,13 @@ async fn a_victim_finishing_someone_elses_oidc_request_hands_them_nothing() {
     let r = browser(&app, &attacker.url, "victim").await;
     // The code went to 127.0.0.1 of the victim's machine.
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    for guess in ["ABCD-EFGH", "ZZZZ-ZZZZ", "2345-6789", "QQQQ-QQQQ", "WWWW-WWWW"] {
+    for guess in [
+        "ABCD-EFGH",
+        "ZZZZ-ZZZZ",
+        "2345-6789",
+        "QQQQ-QQQQ",
+        "WWWW-WWWW",
+    ] {
         let (status, _, _) = error_of(collect(&app, &attacker, guess).await).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -261,7 +273,10 @@ async fn bad_state_replayed_code_and_denial_sign_nobody_in() {
 
     let (_, c) = crate::email::verifier();
     let r = app
-        .post_json("/v1/auth/oidc/start", json!({"provider": "nope", "code_challenge": c}))
+        .post_json(
+            "/v1/auth/oidc/start",
+            json!({"provider": "nope", "code_challenge": c}),
+        )
         .await;
     assert_eq!(error_of(r).await.0, StatusCode::NOT_FOUND);
 }
@@ -281,7 +296,9 @@ async fn a_linked_oidc_identity_signs_in_as_its_wallet_master() {
         .await
         .unwrap();
     assert_eq!(error_of(r).await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    let proof = app.wallet_proof(&wallet, json!({"link_oidc": "corp"})).await;
+    let proof = app
+        .wallet_proof(&wallet, json!({"link_oidc": "corp"}))
+        .await;
     let body: Value = app
         .http
         .post(format!("{}/v1/identities/oidc", app.url))

@@ -2,8 +2,8 @@
 
 use agentkeys_store::{Challenge, NewAuditEvent, Session};
 use agentkeys_types::api::{
-    ChallengePurpose, SessionIssued, WalletChallengeRequest, WalletChallengeResponse,
-    WalletProof, WalletVerifyRequest,
+    ChallengePurpose, SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletProof,
+    WalletVerifyRequest,
 };
 use agentkeys_types::identity::canonical_email;
 use agentkeys_types::login::{SIGN_IN_STATEMENT, challenge_statement};

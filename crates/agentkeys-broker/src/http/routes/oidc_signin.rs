@@ -238,7 +238,11 @@ fn error_code(raw: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(MAX_ERROR_CODE)
         .collect();
-    if kept.is_empty() { "unknown".into() } else { kept }
+    if kept.is_empty() {
+        "unknown".into()
+    } else {
+        kept
+    }
 }
 
 /// Where the provider sends the browser back (`code`, `state`, `iss`, or `error`). On success
