@@ -87,6 +87,23 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
+    ) -> Result<GateOutcome> {
+        self.gated_append(None, buckets, grant, now, on_allow, on_deny)
+            .await
+    }
+
+    /// The mint's gate, one transaction: with `live`, first re-checks that the session is
+    /// unrevoked and unexpired at `now` and, for an agent, that the agent is active (else
+    /// `on_deny` is written with that reason and [`GateOutcome::NotLive`] returned); then the
+    /// rate limit and the grant as in [`Store::rate_limited_append_buckets`].
+    async fn gated_append(
+        &self,
+        live: Option<&LiveCheck>,
+        buckets: &[(String, RateWindow)],
+        grant: Option<&GrantUse>,
+        now: i64,
+        on_allow: NewAuditEvent,
+        on_deny: NewAuditEvent,
     ) -> Result<GateOutcome>;
 
     // -- audit --

@@ -20,5 +20,6 @@ mod oidc;
 #[allow(dead_code)]
 mod oidc_op;
 mod rate_limit;
+mod revocation_race;
 mod rotation;
 mod sign_in;
