@@ -5,8 +5,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use agentkeys_store::RateWindow;
 use agentkeys_types::claims::{AUDIENCE_STS, JWT_TTL_MAX_SECONDS, JWT_TTL_MIN_SECONDS};
 use clap::{Args, CommandFactory};
+
+use crate::http::client_ip::TrustedProxies;
+use crate::limiter::{Limits, Rate};
 
 /// Settings of `agentkeys-broker serve`.
 #[derive(Debug, Clone, Args)]
@@ -141,15 +145,62 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(60..=3600))]
     pub login_ttl_seconds: u64,
 
-    /// Sign-in emails one address may receive per hour.
-    #[arg(long, env = "BROKER_EMAIL_RATE_PER_ADDRESS_PER_HOUR", default_value_t = 5, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub email_rate_per_address_per_hour: u64,
+    /// Sign-in emails one address may receive per email window (--email-rate-window-seconds).
+    /// Anyone can ask for mail to any address, so a full window locks that address out of email
+    /// sign-in until it ends: keep the window short.
+    #[arg(long, env = "BROKER_EMAIL_RATE_PER_ADDRESS", default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub email_rate_per_address: u64,
 
-    /// Sign-in emails one client IP may request per hour.
-    #[arg(long, env = "BROKER_EMAIL_RATE_PER_IP_PER_HOUR", default_value_t = 30, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub email_rate_per_ip_per_hour: u64,
+    /// Sign-in emails one client IP (see --trusted-proxies) may request per email window.
+    #[arg(long, env = "BROKER_EMAIL_RATE_PER_IP", default_value_t = 30, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub email_rate_per_ip: u64,
+
+    /// The window of the two email limits above, in seconds.
+    #[arg(long, env = "BROKER_EMAIL_RATE_WINDOW_SECONDS", default_value_t = 600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub email_rate_window_seconds: u64,
+
+    /// Proxies whose X-Forwarded-For the broker believes: comma-separated IPs or CIDR networks,
+    /// e.g. the TLS proxy in front of it (127.0.0.1, or 10.0.0.0/8). Only when the TCP peer is
+    /// one of them is the client the rightmost X-Forwarded-For address that is not itself listed;
+    /// otherwise the peer is the client. Unset, X-Forwarded-For is ignored, and behind a proxy
+    /// every client shares the proxy's per-IP limits.
+    #[arg(long, env = "BROKER_TRUSTED_PROXIES", value_name = "LIST", value_delimiter = ',',
+          value_parser = crate::http::client_ip::parse_trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Unauthenticated requests (wallet, email and OIDC sign-in, pairing, agent sessions by
+    /// device proof, mints without a valid session) one client IP may make per minute, as a
+    /// burst of that size refilled evenly (IPv6: per /64). Over it: 429, no store write.
+    #[arg(long, env = "BROKER_ANON_RATE_PER_IP_PER_MINUTE", default_value_t = 120, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub anon_rate_per_ip_per_minute: u64,
+
+    /// Unauthenticated requests per second the broker accepts from all clients together. Bounds
+    /// the store writes anonymous traffic can cause; a distributed flood can use it up, so set
+    /// it well above the sign-in rate you expect.
+    #[arg(long, env = "BROKER_ANON_RATE_GLOBAL_PER_SECOND", default_value_t = 200, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub anon_rate_global_per_second: u64,
+
+    /// Pairing approvals (code guesses) one client IP may attempt per hour, whatever master
+    /// signs them, on top of each master's 20 per 10 minutes.
+    #[arg(long, env = "BROKER_PAIRING_APPROVE_RATE_PER_IP_PER_HOUR", default_value_t = 60, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub pairing_approve_rate_per_ip_per_hour: u64,
+
+    /// Pairing approvals per minute from all clients together.
+    #[arg(long, env = "BROKER_PAIRING_APPROVE_RATE_GLOBAL_PER_MINUTE", default_value_t = 300, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub pairing_approve_rate_global_per_minute: u64,
+
+    /// Refused anonymous requests are written to the audit log as one `anonymous.denied` event
+    /// per client IP per this many seconds, with counts (and at shutdown).
+    #[arg(long, env = "BROKER_ANON_AUDIT_WINDOW_SECONDS", default_value_t = 60, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub anon_audit_window_seconds: u64,
 
     /// The longest STS session the cloud role allows (its MaxSessionDuration), in seconds.
     /// Grant responses state their worst-case exposure with it: JWT TTL + this.
@@ -287,11 +338,31 @@ pub struct Settings {
     /// How sign-in links are delivered; `None` turns email sign-in off.
     pub email: Option<EmailDelivery>,
     pub login_ttl_seconds: i64,
+    /// Email sign-in limits per address and per client IP.
+    pub email_limits: EmailLimits,
+    /// Transition only: `routes/email.rs` still counts these over fixed one-hour windows and
+    /// keys the IP bucket on the TCP peer. Resolved from the same settings as `email_limits`
+    /// (so behaviour stays what it was); delete both once email.rs reads `email_limits` and
+    /// `ClientIp`.
     pub email_rate_per_address_per_hour: u64,
     pub email_rate_per_ip_per_hour: u64,
+    /// Whose X-Forwarded-For is believed (see `http::client_ip`).
+    pub trusted_proxies: TrustedProxies,
+    /// In-memory limits on unauthenticated requests, per client IP and overall.
+    pub anonymous_limits: Limits,
+    /// In-memory limits on pairing approvals (code guesses), per client IP and overall.
+    pub approve_limits: Limits,
+    pub anon_audit_window_seconds: u64,
     pub sts_max_session_seconds: i64,
     /// OpenID Connect providers for sign-in (discovered at start-up).
     pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
+}
+
+/// How many sign-in emails one address, and one client IP, may cause per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmailLimits {
+    pub per_address: RateWindow,
+    pub per_ip: RateWindow,
 }
 
 #[derive(Debug, Clone)]
@@ -422,8 +493,28 @@ impl ServeSettings {
             log_json: self.log_format == "json",
             email,
             login_ttl_seconds: self.login_ttl_seconds as i64,
-            email_rate_per_address_per_hour: self.email_rate_per_address_per_hour,
-            email_rate_per_ip_per_hour: self.email_rate_per_ip_per_hour,
+            email_limits: EmailLimits {
+                per_address: RateWindow {
+                    seconds: self.email_rate_window_seconds as i64,
+                    limit: self.email_rate_per_address,
+                },
+                per_ip: RateWindow {
+                    seconds: self.email_rate_window_seconds as i64,
+                    limit: self.email_rate_per_ip,
+                },
+            },
+            email_rate_per_address_per_hour: self.email_rate_per_address,
+            email_rate_per_ip_per_hour: self.email_rate_per_ip,
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies),
+            anonymous_limits: Limits {
+                per_client: Rate::per_minute(self.anon_rate_per_ip_per_minute),
+                global: Rate::per_second(self.anon_rate_global_per_second),
+            },
+            approve_limits: Limits {
+                per_client: Rate::per_hour(self.pairing_approve_rate_per_ip_per_hour),
+                global: Rate::per_minute(self.pairing_approve_rate_global_per_minute),
+            },
+            anon_audit_window_seconds: self.anon_audit_window_seconds,
             oidc_providers,
             sts_max_session_seconds: self.sts_max_session_seconds as i64,
         })

@@ -5,6 +5,8 @@
 //! * `agentkeys_mint_duration_seconds` — histogram, request start to response
 //! * `agentkeys_audit_writes_total{outcome}`
 //! * `agentkeys_sign_ins_total{method, outcome}`
+//! * `agentkeys_anonymous_denials_total{kind}` — refusals aggregated into `anonymous.denied`
+//! * `agentkeys_rate_limited_total{limiter, scope}` — 429s of the in-memory limiters
 
 use std::sync::OnceLock;
 
@@ -15,6 +17,8 @@ pub const MINT_DENIALS: &str = "agentkeys_mint_denials_total";
 pub const MINT_DURATION: &str = "agentkeys_mint_duration_seconds";
 pub const AUDIT_WRITES: &str = "agentkeys_audit_writes_total";
 pub const SIGN_INS: &str = "agentkeys_sign_ins_total";
+pub const ANONYMOUS_DENIALS: &str = "agentkeys_anonymous_denials_total";
+pub const RATE_LIMITED: &str = "agentkeys_rate_limited_total";
 
 /// The process-wide recorder, installed on first use (a process has one `metrics` recorder).
 pub fn handle() -> PrometheusHandle {
@@ -42,3 +46,4 @@ pub fn mint_denied(reason: &'static str) {
     metrics::counter!(MINTS, "outcome" => "denied").increment(1);
     metrics::counter!(MINT_DENIALS, "reason" => reason).increment(1);
 }
+

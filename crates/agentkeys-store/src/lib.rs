@@ -237,8 +237,10 @@ pub trait Store: Send + Sync + 'static {
         event: NewAuditEvent,
     ) -> Result<u64>;
 
-    /// Deletes challenges, pairing requests and sessions that expired before `before`.
-    async fn purge_expired(&self, before: i64) -> Result<u64>;
+    /// Deletes wallet challenges, pairing requests and login requests that expired before
+    /// `requests_before`, and sessions that expired before `sessions_before`; returns how many
+    /// rows went. Audit events are never purged.
+    async fn purge_expired(&self, requests_before: i64, sessions_before: i64) -> Result<u64>;
 }
 
 /// Opens the backend a URL names. Only `sqlite://` exists today.

@@ -197,7 +197,8 @@ enum Op {
         event: NewAuditEvent,
     },
     Purge {
-        before: i64,
+        requests_before: i64,
+        sessions_before: i64,
     },
     CreatePairing(PairingRequest, NewAuditEvent),
     ApprovePairing {
@@ -528,13 +529,28 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             append(conn, head, &event)?;
             Output::Unit
         }
-        Op::Purge { before } => {
+        Op::Purge {
+            requests_before,
+            sessions_before,
+        } => {
             let mut purged = 0;
-            for sql in [
-                "DELETE FROM wallet_challenges WHERE expires_at < ?1",
-                "DELETE FROM pairing_requests WHERE expires_at < ?1",
-                "DELETE FROM login_requests WHERE expires_at < ?1",
-                "DELETE FROM sessions WHERE expires_at < ?1",
+            for (sql, before) in [
+                (
+                    "DELETE FROM wallet_challenges WHERE expires_at < ?1",
+                    requests_before,
+                ),
+                (
+                    "DELETE FROM pairing_requests WHERE expires_at < ?1",
+                    requests_before,
+                ),
+                (
+                    "DELETE FROM login_requests WHERE expires_at < ?1",
+                    requests_before,
+                ),
+                (
+                    "DELETE FROM sessions WHERE expires_at < ?1",
+                    sessions_before,
+                ),
             ] {
                 purged += conn.prepare_cached(sql)?.execute([before])?;
             }
@@ -1563,8 +1579,12 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn purge_expired(&self, before: i64) -> Result<u64> {
-        match self.write(Op::Purge { before }).await? {
+    async fn purge_expired(&self, requests_before: i64, sessions_before: i64) -> Result<u64> {
+        let op = Op::Purge {
+            requests_before,
+            sessions_before,
+        };
+        match self.write(op).await? {
             Output::Count(n) => Ok(n),
             _ => Err(unexpected()),
         }

@@ -359,7 +359,7 @@ async fn purge_removes_only_expired_rows() {
         .create_session(session("new", 1000), event("s", 2))
         .await
         .unwrap();
-    assert_eq!(f.store.purge_expired(500).await.unwrap(), 2);
+    assert_eq!(f.store.purge_expired(500, 500).await.unwrap(), 2);
     assert!(f.store.take_challenge("old").await.unwrap().is_none());
     assert!(f.store.take_challenge("new").await.unwrap().is_some());
     assert!(f.store.session("old").await.unwrap().is_none());
@@ -543,7 +543,7 @@ async fn expired_pairings_are_gone() {
         .unwrap();
     assert_eq!(late, ClaimOutcome::Gone);
     assert!(f.store.session("s2").await.unwrap().is_none());
-    assert_eq!(f.store.purge_expired(601).await.unwrap(), 2);
+    assert_eq!(f.store.purge_expired(601, 601).await.unwrap(), 2);
     assert!(f.store.pairing("p1").await.unwrap().is_none());
 }
 
@@ -1117,6 +1117,30 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
         s.grants_of(Some("master"), None).await.unwrap()[0].revoked_at,
         Some(12)
     );
+}
+
+#[tokio::test]
+async fn unused_requests_are_purged_without_the_grace_sessions_keep() {
+    let f = Fixture::new().await;
+    f.store
+        .insert_challenge(challenge("expired", 100))
+        .await
+        .unwrap();
+    f.store
+        .create_pairing(pairing("p1", "ABCDEFGH", 100), event("pair", 1))
+        .await
+        .unwrap();
+    f.store
+        .create_session(session("recent", 100), event("s", 2))
+        .await
+        .unwrap();
+    // Requests expired at 100 go at once; sessions keep a grace period (cutoff 100 - grace).
+    assert_eq!(f.store.purge_expired(101, 50).await.unwrap(), 2);
+    assert!(f.store.take_challenge("expired").await.unwrap().is_none());
+    assert!(f.store.pairing("p1").await.unwrap().is_none());
+    assert!(f.store.session("recent").await.unwrap().is_some());
+    assert_eq!(f.store.purge_expired(101, 101).await.unwrap(), 1);
+    assert!(f.store.session("recent").await.unwrap().is_none());
 }
 
 /// A mint reads its session, then races a logout / suspension / removal. Whatever commits

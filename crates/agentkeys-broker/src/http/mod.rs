@@ -1,8 +1,10 @@
 //! The HTTP surface: one router, registered through `utoipa_axum::routes!` so the OpenAPI
 //! document and the routes cannot drift.
 
+pub mod client_ip;
 pub mod error;
 pub mod extract;
+pub mod limit;
 pub mod routes;
 
 use std::future::Future;
@@ -48,20 +50,39 @@ impl utoipa::Modify for BearerAuth {
 /// The routes and the OpenAPI document built from them.
 pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = state.settings.body_limit_bytes;
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(oidc::openid_configuration))
-        .routes(routes!(oidc::jwks))
+    // Routes anyone may call before proving who they are: each request first takes a token
+    // from the client's and the global bucket (SPEC §11.9). Mints without a valid session are
+    // limited in the mint handler, since a valid session must not be.
+    let anonymous = OpenApiRouter::new()
         .routes(routes!(auth::wallet_challenge))
         .routes(routes!(auth::wallet_verify))
         .routes(routes!(email::email_start))
         .routes(routes!(email::email_consume))
         .routes(routes!(email::email_status))
-        .routes(routes!(email::landing))
-        .routes(routes!(email::landing_js))
-        .routes(routes!(email::link_email_start))
         .routes(routes!(oidc_signin::oidc_start))
         .routes(routes!(oidc_signin::oidc_status))
         .routes(routes!(oidc_signin::callback))
+        .routes(routes!(agents::pairing_start))
+        .routes(routes!(agents::pairing_poll))
+        .routes(routes!(agents::agent_session))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::anonymous,
+        ));
+    let anonymous_paths: Vec<String> = anonymous
+        .get_openapi()
+        .paths
+        .paths
+        .keys()
+        .cloned()
+        .collect();
+    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(oidc::openid_configuration))
+        .routes(routes!(oidc::jwks))
+        .merge(anonymous)
+        .routes(routes!(email::landing))
+        .routes(routes!(email::landing_js))
+        .routes(routes!(email::link_email_start))
         .routes(routes!(oidc_signin::link_oidc_start))
         .routes(routes!(grants::create))
         .routes(routes!(grants::list))
@@ -73,10 +94,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(session::logout_all))
         .routes(routes!(session::list_sessions))
         .routes(routes!(session::revoke_one))
-        .routes(routes!(agents::pairing_start))
         .routes(routes!(agents::pairing_approve))
-        .routes(routes!(agents::pairing_poll))
-        .routes(routes!(agents::agent_session))
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::suspend_agent))
         .routes(routes!(agents::resume_agent))
@@ -86,9 +104,9 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(mint::mint_aws_creds_retired))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .with_state(state)
-        .split_for_parts();
+        .routes(routes!(ops::metrics));
+    let (router, mut openapi) = api.with_state(state).split_for_parts();
+    document_rate_limit(&mut openapi, &anonymous_paths);
     let spec = openapi.clone();
     let router = router
         .route(
@@ -105,6 +123,36 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         }))
         .layer(TraceLayer::new_for_http());
     (router, openapi)
+}
+
+/// Documents the anonymous limiter's 429 on every operation behind it, in one place rather
+/// than on each handler.
+fn document_rate_limit(openapi: &mut utoipa::openapi::OpenApi, paths: &[String]) {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::{Content, Header, Ref, ResponseBuilder};
+    let retry_after = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)));
+    let response = ResponseBuilder::new()
+        .description("Too many unauthenticated requests from this client IP, or from all clients")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .header("Retry-After", Header::new(retry_after))
+        .build();
+    for path in paths {
+        let Some(item) = openapi.paths.paths.get_mut(path) else {
+            continue;
+        };
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| response.clone().into());
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -144,7 +192,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer address feeds per-IP limits (email sign-in).
+    // The peer address feeds `ClientIp` (per-IP limits).
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agents;
+mod anonymous;
 mod app;
 mod audit;
 mod audit_api;
