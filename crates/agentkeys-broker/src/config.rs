@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agentkeys_store::RateWindow;
 use agentkeys_types::claims::{AUDIENCE_STS, JWT_TTL_MAX_SECONDS, JWT_TTL_MIN_SECONDS};
@@ -202,6 +203,18 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub anon_audit_window_seconds: u64,
 
+    /// Time a client has to send a request's line and headers (and, on a kept-alive
+    /// connection, to start its next request) before the connection is closed.
+    #[arg(long, env = "BROKER_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Connections served at once. Further connections wait in the kernel's listen queue until
+    /// one closes; they are not refused.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
     /// The longest STS session the cloud role allows (its MaxSessionDuration), in seconds.
     /// Grant responses state their worst-case exposure with it: JWT TTL + this.
     #[arg(long, env = "BROKER_STS_MAX_SESSION_SECONDS", default_value_t = 3600, value_name = "SECONDS",
@@ -353,6 +366,8 @@ pub struct Settings {
     /// In-memory limits on pairing approvals (code guesses), per client IP and overall.
     pub approve_limits: Limits,
     pub anon_audit_window_seconds: u64,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub sts_max_session_seconds: i64,
     /// OpenID Connect providers for sign-in (discovered at start-up).
     pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
@@ -515,6 +530,8 @@ impl ServeSettings {
                 global: Rate::per_minute(self.pairing_approve_rate_global_per_minute),
             },
             anon_audit_window_seconds: self.anon_audit_window_seconds,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            max_connections: self.max_connections as usize,
             oidc_providers,
             sts_max_session_seconds: self.sts_max_session_seconds as i64,
         })

@@ -21,6 +21,7 @@ pub mod state;
 pub mod untrusted;
 pub mod wallet;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,6 +188,7 @@ pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
     let state = prepare(settings, Arc::new(SystemClock)).await?;
+    let shutdown = shutdown_signal();
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -197,7 +199,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         dev = state.settings.dev,
         "broker.listening"
     );
-    http::serve(listener, state.clone(), shutdown_signal()).await?;
+    http::serve(listener, state.clone(), shutdown).await?;
     maintenance.abort();
     // Nothing counted is lost at shutdown.
     flush_denials(&state).await;
@@ -205,17 +207,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves at SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives as soon as the port accepts is not lost.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        };
+        tokio::select! { () = wait(interrupt) => {}, () = wait(terminate) => {} }
+    }
 }

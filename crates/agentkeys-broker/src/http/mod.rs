@@ -8,12 +8,20 @@ pub mod limit;
 pub mod routes;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
@@ -186,15 +194,88 @@ async fn envelope_for_bare_errors(response: Response) -> Response {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// What one listener allows its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn of(state: &AppState) -> Self {
+        Self {
+            header_read_timeout: state.settings.header_read_timeout,
+            max_connections: state.settings.max_connections,
+        }
+    }
+}
+
+/// Serves the API until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer address feeds `ClientIp` (per-IP limits).
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = ConnectionLimits::of(&state);
+    serve_router(listener, router(state), limits, shutdown).await
+}
+
+/// HTTP/1.1 with hyper directly rather than `axum::serve`, which sets no timer and so no
+/// header-read timeout: a client trickling its headers held a connection for as long as it
+/// liked. Each connection records its peer address (`ConnectInfo`, read by `ClientIp`).
+///
+/// Connections beyond `max_connections` are not accepted until one closes: they wait in the
+/// kernel's listen queue (and time out on the client's side if it stays full) instead of being
+/// accepted and dropped, which would cost the same work per attempt and turn a burst into
+/// errors. The header-read timeout bounds how long a silent or trickling client holds a slot.
+pub async fn serve_router(
+    mut listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // `biased`: shutdown first, so it is polled (and wins) even when a slot or a
+        // connection is always ready.
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        };
+        let service = app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                request
+            },
+        );
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Timeouts and resets end here; they are the client's business, not an error of ours.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, peer = %peer, "http.connection_closed");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

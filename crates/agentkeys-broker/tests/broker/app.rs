@@ -69,6 +69,8 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
             global: Rate::per_minute(1_000_000),
         },
         anon_audit_window_seconds: 60,
+        header_read_timeout: std::time::Duration::from_secs(10),
+        max_connections: 1024,
     }
 }
 

@@ -12,6 +12,7 @@ mod audit;
 mod audit_api;
 mod bad_input;
 mod binary;
+mod connections;
 mod docs;
 mod email;
 mod grants;
