@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory};
 
 use crate::http::client_ip::TrustedProxies;
 use crate::limiter::{Limits, Rate};
+use crate::metrics::MetricsToken;
 
 /// Settings of `agentkeys-broker serve`.
 #[derive(Debug, Clone, Args)]
@@ -215,6 +216,21 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
+    /// Bearer token GET /metrics requires (compared in constant time). Without it, and without
+    /// --metrics-listen, /metrics is open to anyone who reaches the listener: in production set
+    /// one of the two. Prefer the environment variable: flags show up in process listings.
+    #[arg(
+        long,
+        env = "BROKER_METRICS_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+
+    /// Serve /metrics on this address (e.g. a private interface) instead of on --listen.
+    #[arg(long, env = "BROKER_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// The longest STS session the cloud role allows (its MaxSessionDuration), in seconds.
     /// Grant responses state their worst-case exposure with it: JWT TTL + this.
     #[arg(long, env = "BROKER_STS_MAX_SESSION_SECONDS", default_value_t = 3600, value_name = "SECONDS",
@@ -368,6 +384,8 @@ pub struct Settings {
     pub anon_audit_window_seconds: u64,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub metrics_token: Option<MetricsToken>,
+    pub metrics_listen: Option<SocketAddr>,
     pub sts_max_session_seconds: i64,
     /// OpenID Connect providers for sign-in (discovered at start-up).
     pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
@@ -490,6 +508,20 @@ impl ServeSettings {
                 SettingError::new("oidc_providers_file", path.display().to_string(), fix)
             })?,
         };
+        let metrics_token = self
+            .metrics_token
+            .as_deref()
+            .map(MetricsToken::new)
+            .transpose()
+            // The value is a secret: never echo it.
+            .map_err(|fix| SettingError::new("metrics_token", "(hidden)", fix))?;
+        if self.metrics_listen.is_some_and(|m| m == self.listen) {
+            return Err(SettingError::new(
+                "metrics_listen",
+                self.listen.to_string(),
+                "use an address other than --listen, or leave it unset to serve /metrics there",
+            ));
+        }
         Ok(Settings {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -532,6 +564,8 @@ impl ServeSettings {
             anon_audit_window_seconds: self.anon_audit_window_seconds,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             max_connections: self.max_connections as usize,
+            metrics_token,
+            metrics_listen: self.metrics_listen,
             oidc_providers,
             sts_max_session_seconds: self.sts_max_session_seconds as i64,
         })

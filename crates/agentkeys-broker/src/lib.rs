@@ -192,6 +192,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    // The metrics listener stops when the main one has drained (the sender is dropped).
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(());
+    let metrics_server = match state.settings.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            tracing::info!(listen = %metrics_listener.local_addr()?, "broker.metrics_listening");
+            let mut stopped = metrics_stopped.clone();
+            Some(tokio::spawn(http::serve_metrics(
+                metrics_listener,
+                state.clone(),
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
+    if !state.settings.dev
+        && state.settings.metrics_token.is_none()
+        && state.settings.metrics_listen.is_none()
+    {
+        tracing::warn!(
+            "metrics.open: /metrics is served to anyone who reaches --listen; set BROKER_METRICS_TOKEN or BROKER_METRICS_LISTEN"
+        );
+    }
     let maintenance = spawn_maintenance(state.clone());
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -200,6 +227,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "broker.listening"
     );
     http::serve(listener, state.clone(), shutdown).await?;
+    drop(stop_metrics);
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     maintenance.abort();
     // Nothing counted is lost at shutdown.
     flush_denials(&state).await;

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// 401 for a failed sign-in proof (signature, challenge).
     #[error("{0}")]
     SignInFailed(String),
+    /// 401: `/metrics` without the operator's bearer token.
+    #[error("GET /metrics needs the bearer token configured in BROKER_METRICS_TOKEN")]
+    MetricsTokenRequired,
     /// 403 with a stable kind.
     #[error("{message}")]
     Forbidden { kind: &'static str, message: String },
@@ -59,6 +62,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::SignInFailed(_) => (StatusCode::UNAUTHORIZED, "sign_in_failed"),
+            Self::MetricsTokenRequired => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::Forbidden { kind, .. } => (StatusCode::FORBIDDEN, kind),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Retired => (StatusCode::NOT_FOUND, "route_retired"),
@@ -91,6 +95,12 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Self::MetricsTokenRequired = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"metrics\""),
+            );
         }
         response
     }

@@ -84,7 +84,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .keys()
         .cloned()
         .collect();
-    let api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(oidc::openid_configuration))
         .routes(routes!(oidc::jwks))
         .merge(anonymous)
@@ -111,8 +111,11 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(mint::mint_oidc_jwt))
         .routes(routes!(mint::mint_aws_creds_retired))
         .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics));
+        .routes(routes!(ops::readyz));
+    // With its own listener, /metrics is not on the public one at all.
+    if state.settings.metrics_listen.is_none() {
+        api = api.routes(routes!(ops::metrics));
+    }
     let (router, mut openapi) = api.with_state(state).split_for_parts();
     document_rate_limit(&mut openapi, &anonymous_paths);
     let spec = openapi.clone();
@@ -194,6 +197,14 @@ async fn envelope_for_bare_errors(response: Response) -> Response {
     }
 }
 
+/// The router of the separate metrics listener (`BROKER_METRICS_LISTEN`): `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(routes::ops::metrics))
+        .with_state(state)
+        .fallback(|| async { ApiError::NotFound("this listener serves /metrics only".into()) })
+}
+
 /// What one listener allows its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -218,6 +229,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits = ConnectionLimits::of(&state);
     serve_router(listener, router(state), limits, shutdown).await
+}
+
+/// Serves [`metrics_router`] until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = ConnectionLimits::of(&state);
+    serve_router(listener, metrics_router(state), limits, shutdown).await
 }
 
 /// HTTP/1.1 with hyper directly rather than `axum::serve`, which sets no timer and so no

@@ -16,6 +16,7 @@ mod connections;
 mod docs;
 mod email;
 mod grants;
+mod metrics_access;
 mod mint;
 mod oidc;
 #[path = "../oidc_op/harness.rs"]
