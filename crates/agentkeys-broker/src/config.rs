@@ -210,6 +210,12 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_read_timeout_seconds: u64,
 
+    /// Longest time one request may take, body included; then it is answered 408 and its
+    /// connection closed. Bounds a client that sends its body slowly to hold a connection.
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECONDS", default_value_t = 60, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_seconds: u64,
+
     /// Connections served at once. Further connections wait in the kernel's listen queue until
     /// one closes; they are not refused.
     #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N",
@@ -383,6 +389,7 @@ pub struct Settings {
     pub approve_limits: Limits,
     pub anon_audit_window_seconds: u64,
     pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
     pub max_connections: usize,
     pub metrics_token: Option<MetricsToken>,
     pub metrics_listen: Option<SocketAddr>,
@@ -563,6 +570,7 @@ impl ServeSettings {
             },
             anon_audit_window_seconds: self.anon_audit_window_seconds,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_connections: self.max_connections as usize,
             metrics_token,
             metrics_listen: self.metrics_listen,

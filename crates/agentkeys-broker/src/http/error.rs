@@ -39,6 +39,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// 408: the request (body included) took longer than BROKER_REQUEST_TIMEOUT_SECONDS.
+    #[error("the request took too long to arrive or to answer (BROKER_REQUEST_TIMEOUT_SECONDS)")]
+    RequestTimeout,
     /// 422: well-formed JSON whose values are not acceptable.
     #[error("{message}")]
     Unprocessable { kind: &'static str, message: String },
@@ -72,6 +75,7 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unprocessable { kind, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

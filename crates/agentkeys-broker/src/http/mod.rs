@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -58,6 +59,7 @@ impl utoipa::Modify for BearerAuth {
 /// The routes and the OpenAPI document built from them.
 pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = state.settings.body_limit_bytes;
+    let request_timeout = state.settings.request_timeout;
     // Routes anyone may call before proving who they are: each request first takes a token
     // from the client's and the global bucket (SPEC §11.9). Mints without a valid session are
     // limited in the mint handler, since a valid session must not be.
@@ -126,6 +128,12 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         )
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // A body sent slowly must not hold its connection for ever (the header-read timeout
+        // covers only the head); the bare 408 gets the envelope below.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(axum::middleware::map_response(envelope_for_bare_errors))
@@ -186,6 +194,7 @@ async fn envelope_for_bare_errors(response: Response) -> Response {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.into_response(),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.into_response(),
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout.into_response(),
         StatusCode::NOT_FOUND => {
             ApiError::NotFound("no such route; see /openapi.json".into()).into_response()
         }

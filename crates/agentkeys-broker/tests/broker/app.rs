@@ -70,6 +70,7 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         },
         anon_audit_window_seconds: 60,
         header_read_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(60),
         max_connections: 1024,
         metrics_token: None,
         metrics_listen: None,

@@ -1,5 +1,6 @@
 //! The listener's own limits: a header-read timeout (a client trickling its request line and
-//! headers is disconnected) and a cap on connections served at once (the rest wait).
+//! headers is disconnected), a request timeout (so is one trickling its body) and a cap on
+//! connections served at once (the rest wait).
 
 use std::time::{Duration, Instant};
 
@@ -129,4 +130,32 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot_while_existing_ones_kee
     drop(b);
     let response = read_response(&mut c).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_is_answered_408_and_disconnected() {
+    let app = TestApp::start_with(|s| s.request_timeout = Duration::from_secs(1)).await;
+    let mut slow = connect(&app).await;
+    slow.write_all(
+        b"POST /v1/auth/wallet/challenge HTTP/1.1\r\nHost: broker\r\n\
+          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        assert!(started.elapsed() < PATIENCE, "still connected");
+        let _ = slow.write_all(b" ").await;
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    };
+    assert!(closed);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
 }
