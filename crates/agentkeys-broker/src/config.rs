@@ -4,9 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use agentkeys_store::RateWindow;
 use agentkeys_types::claims::{AUDIENCE_STS, JWT_TTL_MAX_SECONDS, JWT_TTL_MIN_SECONDS};
 use clap::{Args, CommandFactory};
+
+use crate::http::client_ip::TrustedProxies;
+use crate::limiter::{Limits, Rate};
+use crate::metrics::MetricsToken;
 
 /// Settings of `agentkeys-broker serve`.
 #[derive(Debug, Clone, Args)]
@@ -141,15 +147,95 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(60..=3600))]
     pub login_ttl_seconds: u64,
 
-    /// Sign-in emails one address may receive per hour.
-    #[arg(long, env = "BROKER_EMAIL_RATE_PER_ADDRESS_PER_HOUR", default_value_t = 5, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub email_rate_per_address_per_hour: u64,
+    /// Sign-in emails one address may receive per email window (--email-rate-window-seconds).
+    /// Anyone can ask for mail to any address, so a full window locks that address out of email
+    /// sign-in until it ends: keep the window short.
+    #[arg(long, env = "BROKER_EMAIL_RATE_PER_ADDRESS", default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub email_rate_per_address: u64,
 
-    /// Sign-in emails one client IP may request per hour.
-    #[arg(long, env = "BROKER_EMAIL_RATE_PER_IP_PER_HOUR", default_value_t = 30, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub email_rate_per_ip_per_hour: u64,
+    /// Sign-in emails one client IP (see --trusted-proxies) may request per email window.
+    #[arg(long, env = "BROKER_EMAIL_RATE_PER_IP", default_value_t = 30, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub email_rate_per_ip: u64,
+
+    /// The window of the two email limits above, in seconds.
+    #[arg(long, env = "BROKER_EMAIL_RATE_WINDOW_SECONDS", default_value_t = 600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub email_rate_window_seconds: u64,
+
+    /// Proxies whose X-Forwarded-For the broker believes: comma-separated IPs or CIDR networks,
+    /// e.g. the TLS proxy in front of it (127.0.0.1, or 10.0.0.0/8). Only when the TCP peer is
+    /// one of them is the client the rightmost X-Forwarded-For address that is not itself listed;
+    /// otherwise the peer is the client. Unset, X-Forwarded-For is ignored, and behind a proxy
+    /// every client shares the proxy's per-IP limits.
+    #[arg(long, env = "BROKER_TRUSTED_PROXIES", value_name = "LIST", value_delimiter = ',',
+          value_parser = crate::http::client_ip::parse_trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Unauthenticated requests (wallet, email and OIDC sign-in, pairing, agent sessions by
+    /// device proof, mints without a valid session) one client IP may make per minute, as a
+    /// burst of that size refilled evenly (IPv6: per /64). Over it: 429, no store write.
+    #[arg(long, env = "BROKER_ANON_RATE_PER_IP_PER_MINUTE", default_value_t = 120, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub anon_rate_per_ip_per_minute: u64,
+
+    /// Unauthenticated requests per second the broker accepts from all clients together. Bounds
+    /// the store writes anonymous traffic can cause; a distributed flood can use it up, so set
+    /// it well above the sign-in rate you expect.
+    #[arg(long, env = "BROKER_ANON_RATE_GLOBAL_PER_SECOND", default_value_t = 200, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub anon_rate_global_per_second: u64,
+
+    /// Pairing approvals (code guesses) one client IP may attempt per hour, whatever master
+    /// signs them, on top of each master's 20 per 10 minutes.
+    #[arg(long, env = "BROKER_PAIRING_APPROVE_RATE_PER_IP_PER_HOUR", default_value_t = 60, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub pairing_approve_rate_per_ip_per_hour: u64,
+
+    /// Pairing approvals per minute from all clients together.
+    #[arg(long, env = "BROKER_PAIRING_APPROVE_RATE_GLOBAL_PER_MINUTE", default_value_t = 300, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub pairing_approve_rate_global_per_minute: u64,
+
+    /// Refused anonymous requests are written to the audit log as one `anonymous.denied` event
+    /// per client IP per this many seconds, with counts (and at shutdown).
+    #[arg(long, env = "BROKER_ANON_AUDIT_WINDOW_SECONDS", default_value_t = 60, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub anon_audit_window_seconds: u64,
+
+    /// Time a client has to send a request's line and headers (and, on a kept-alive
+    /// connection, to start its next request) before the connection is closed.
+    #[arg(long, env = "BROKER_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Longest time one request may take, body included; then it is answered 408 and its
+    /// connection closed. Bounds a client that sends its body slowly to hold a connection.
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECONDS", default_value_t = 60, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_seconds: u64,
+
+    /// Connections served at once. Further connections wait in the kernel's listen queue until
+    /// one closes; they are not refused.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Bearer token GET /metrics requires (compared in constant time). Without it, and without
+    /// --metrics-listen, /metrics is open to anyone who reaches the listener: in production set
+    /// one of the two. Prefer the environment variable: flags show up in process listings.
+    #[arg(
+        long,
+        env = "BROKER_METRICS_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+
+    /// Serve /metrics on this address (e.g. a private interface) instead of on --listen.
+    #[arg(long, env = "BROKER_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// The longest STS session the cloud role allows (its MaxSessionDuration), in seconds.
     /// Grant responses state their worst-case exposure with it: JWT TTL + this.
@@ -287,11 +373,30 @@ pub struct Settings {
     /// How sign-in links are delivered; `None` turns email sign-in off.
     pub email: Option<EmailDelivery>,
     pub login_ttl_seconds: i64,
-    pub email_rate_per_address_per_hour: u64,
-    pub email_rate_per_ip_per_hour: u64,
+    /// Email sign-in limits per address and per client IP.
+    pub email_limits: EmailLimits,
+    /// Whose X-Forwarded-For is believed (see `http::client_ip`).
+    pub trusted_proxies: TrustedProxies,
+    /// In-memory limits on unauthenticated requests, per client IP and overall.
+    pub anonymous_limits: Limits,
+    /// In-memory limits on pairing approvals (code guesses), per client IP and overall.
+    pub approve_limits: Limits,
+    pub anon_audit_window_seconds: u64,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub metrics_token: Option<MetricsToken>,
+    pub metrics_listen: Option<SocketAddr>,
     pub sts_max_session_seconds: i64,
     /// OpenID Connect providers for sign-in (discovered at start-up).
     pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
+}
+
+/// How many sign-in emails one address, and one client IP, may cause per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmailLimits {
+    pub per_address: RateWindow,
+    pub per_ip: RateWindow,
 }
 
 #[derive(Debug, Clone)]
@@ -404,6 +509,20 @@ impl ServeSettings {
                 SettingError::new("oidc_providers_file", path.display().to_string(), fix)
             })?,
         };
+        let metrics_token = self
+            .metrics_token
+            .as_deref()
+            .map(MetricsToken::new)
+            .transpose()
+            // The value is a secret: never echo it.
+            .map_err(|fix| SettingError::new("metrics_token", "(hidden)", fix))?;
+        if self.metrics_listen.is_some_and(|m| m == self.listen) {
+            return Err(SettingError::new(
+                "metrics_listen",
+                self.listen.to_string(),
+                "use an address other than --listen, or leave it unset to serve /metrics there",
+            ));
+        }
         Ok(Settings {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -422,8 +541,31 @@ impl ServeSettings {
             log_json: self.log_format == "json",
             email,
             login_ttl_seconds: self.login_ttl_seconds as i64,
-            email_rate_per_address_per_hour: self.email_rate_per_address_per_hour,
-            email_rate_per_ip_per_hour: self.email_rate_per_ip_per_hour,
+            email_limits: EmailLimits {
+                per_address: RateWindow {
+                    seconds: self.email_rate_window_seconds as i64,
+                    limit: self.email_rate_per_address,
+                },
+                per_ip: RateWindow {
+                    seconds: self.email_rate_window_seconds as i64,
+                    limit: self.email_rate_per_ip,
+                },
+            },
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies),
+            anonymous_limits: Limits {
+                per_client: Rate::per_minute(self.anon_rate_per_ip_per_minute),
+                global: Rate::per_second(self.anon_rate_global_per_second),
+            },
+            approve_limits: Limits {
+                per_client: Rate::per_hour(self.pairing_approve_rate_per_ip_per_hour),
+                global: Rate::per_minute(self.pairing_approve_rate_global_per_minute),
+            },
+            anon_audit_window_seconds: self.anon_audit_window_seconds,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            max_connections: self.max_connections as usize,
+            metrics_token,
+            metrics_listen: self.metrics_listen,
             oidc_providers,
             sts_max_session_seconds: self.sts_max_session_seconds as i64,
         })

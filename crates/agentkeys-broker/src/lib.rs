@@ -7,8 +7,10 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod denials;
 pub mod http;
 pub mod keys;
+pub mod limiter;
 pub mod mailer;
 pub mod metrics;
 pub mod mint;
@@ -16,8 +18,10 @@ pub mod oidc_login;
 pub mod policy;
 pub mod session;
 pub mod state;
+pub mod untrusted;
 pub mod wallet;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,29 +87,99 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
     Ok(state)
 }
 
-/// Reloads keys and purges expired rows in the background.
-pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick =
-            tokio::time::interval(Duration::from_secs(state.settings.key_refresh_seconds));
-        tick.tick().await;
-        let mut last_purge = state.clock.now();
-        loop {
-            tick.tick().await;
-            let now = state.clock.now();
+/// How often expired challenges, pairing requests and login requests are deleted: they are
+/// written by anonymous callers, so they must not pile up (SPEC §11.5, §11.9).
+pub const PURGE_EVERY_SECONDS: i64 = 60;
+/// Expired sessions are kept this long after expiry, so recent ones stay explainable.
+pub const SESSION_GRACE_SECONDS: i64 = 86_400;
+
+/// The background chores, each run when due: key reload, purge of expired rows, and the flush
+/// of aggregated anonymous denials to the audit log.
+pub struct Maintenance {
+    state: AppState,
+    last_key_reload: i64,
+    last_purge: i64,
+    last_flush: i64,
+}
+
+impl Maintenance {
+    pub fn new(state: AppState) -> Self {
+        let now = state.clock.now();
+        Self {
+            state,
+            last_key_reload: now,
+            last_purge: now,
+            last_flush: now,
+        }
+    }
+
+    /// How often [`Maintenance::tick`] should run to meet every period.
+    pub fn period(&self) -> Duration {
+        let s = &self.state.settings;
+        let secs = s
+            .key_refresh_seconds
+            .min(s.anon_audit_window_seconds)
+            .min(PURGE_EVERY_SECONDS as u64)
+            .max(1);
+        Duration::from_secs(secs)
+    }
+
+    /// Does whatever is due at the clock's current time.
+    pub async fn tick(&mut self) {
+        let state = &self.state;
+        let now = state.clock.now();
+        if now - self.last_key_reload >= state.settings.key_refresh_seconds as i64 {
+            self.last_key_reload = now;
             match state.keys.reload(state.store.as_ref(), now).await {
                 Ok(problems) => problems
                     .iter()
                     .for_each(|p| tracing::error!(error = %p, "keys.load_failed")),
                 Err(e) => tracing::error!(error = %e, "keys.reload_failed"),
             }
-            if now - last_purge >= 3600 {
-                last_purge = now;
-                // A day of grace keeps recently expired sessions explainable.
-                if let Err(e) = state.store.purge_expired(now - 86_400).await {
-                    tracing::error!(error = %e, "store.purge_failed");
-                }
-            }
+        }
+        if now - self.last_purge >= PURGE_EVERY_SECONDS {
+            self.last_purge = now;
+            purge_expired(state).await;
+        }
+        if now - self.last_flush >= state.settings.anon_audit_window_seconds as i64 {
+            self.last_flush = now;
+            flush_denials(state).await;
+        }
+    }
+}
+
+/// Deletes expired challenges, pairing and login requests at once, and sessions after their
+/// grace period.
+pub async fn purge_expired(state: &AppState) {
+    let now = state.clock.now();
+    match state
+        .store
+        .purge_expired(now, now - SESSION_GRACE_SECONDS)
+        .await
+    {
+        Ok(n) if n > 0 => tracing::debug!(rows = n, "store.purged"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "store.purge_failed"),
+    }
+}
+
+/// Writes the aggregated anonymous denials; what fails stays counted for the next flush.
+pub async fn flush_denials(state: &AppState) {
+    if let Err(e) = state.denials.flush(&state.store, state.clock.now()).await {
+        tracing::error!(error = %e, pending = state.denials.pending(), "audit.denials_flush_failed");
+    }
+}
+
+/// Runs [`Maintenance`] in the background.
+pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut chores = Maintenance::new(state);
+        let mut tick = tokio::time::interval(chores.period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            chores.tick().await;
         }
     })
 }
@@ -113,11 +187,38 @@ pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 /// Runs `serve` with the system clock until SIGINT / SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
-    let shutdown = shutdown_signal()?;
     let state = prepare(settings, Arc::new(SystemClock)).await?;
+    let shutdown = shutdown_signal();
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    // The metrics listener stops when the main one has drained (the sender is dropped).
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(());
+    let metrics_server = match state.settings.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            tracing::info!(listen = %metrics_listener.local_addr()?, "broker.metrics_listening");
+            let mut stopped = metrics_stopped.clone();
+            Some(tokio::spawn(http::serve_metrics(
+                metrics_listener,
+                state.clone(),
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )))
+        }
+        None => None,
+    };
+    if !state.settings.dev
+        && state.settings.metrics_token.is_none()
+        && state.settings.metrics_listen.is_none()
+    {
+        tracing::warn!(
+            "metrics.open: /metrics is served to anyone who reaches --listen; set BROKER_METRICS_TOKEN or BROKER_METRICS_LISTEN"
+        );
+    }
     let maintenance = spawn_maintenance(state.clone());
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -125,19 +226,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         dev = state.settings.dev,
         "broker.listening"
     );
-    http::serve(listener, state, shutdown).await?;
+    http::serve(listener, state.clone(), shutdown).await?;
+    drop(stop_metrics);
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     maintenance.abort();
+    // Nothing counted is lost at shutdown.
+    flush_denials(&state).await;
     tracing::info!("broker.stopped");
     Ok(())
 }
 
-/// Registers SIGINT and SIGTERM handlers now (a signal that arrives while the broker is still
-/// starting must not kill it unclean) and resolves when either arrives.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+/// Resolves at SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives as soon as the port accepts is not lost.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    })
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { () = wait(interrupt) => {}, () = wait(terminate) => {} }
+    }
 }

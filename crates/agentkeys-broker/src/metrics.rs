@@ -5,6 +5,10 @@
 //! * `agentkeys_mint_duration_seconds` — histogram, request start to response
 //! * `agentkeys_audit_writes_total{outcome}`
 //! * `agentkeys_sign_ins_total{method, outcome}`
+//! * `agentkeys_anonymous_denials_total{kind}` — refusals aggregated into `anonymous.denied`
+//! * `agentkeys_rate_limited_total{limiter, scope}` — 429s of the in-memory limiters
+//!
+//! `/metrics` itself may require a bearer token ([`MetricsToken`]).
 
 use std::sync::OnceLock;
 
@@ -15,6 +19,8 @@ pub const MINT_DENIALS: &str = "agentkeys_mint_denials_total";
 pub const MINT_DURATION: &str = "agentkeys_mint_duration_seconds";
 pub const AUDIT_WRITES: &str = "agentkeys_audit_writes_total";
 pub const SIGN_INS: &str = "agentkeys_sign_ins_total";
+pub const ANONYMOUS_DENIALS: &str = "agentkeys_anonymous_denials_total";
+pub const RATE_LIMITED: &str = "agentkeys_rate_limited_total";
 
 /// The process-wide recorder, installed on first use (a process has one `metrics` recorder).
 pub fn handle() -> PrometheusHandle {
@@ -41,4 +47,56 @@ pub fn handle() -> PrometheusHandle {
 pub fn mint_denied(reason: &'static str) {
     metrics::counter!(MINTS, "outcome" => "denied").increment(1);
     metrics::counter!(MINT_DENIALS, "reason" => reason).increment(1);
+}
+
+/// The bearer token `/metrics` requires (`BROKER_METRICS_TOKEN`). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// The shortest token accepted: 128 bits as hex or base64 is longer than this.
+    pub const MIN_LEN: usize = 16;
+
+    pub fn new(token: &str) -> Result<Self, String> {
+        let token = token.trim();
+        if token.len() < Self::MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "use at least {} printable characters without spaces, e.g. `openssl rand -hex 32`",
+                Self::MIN_LEN
+            ));
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    /// Whether `presented` is the token, in time independent of where they differ: both sides
+    /// are hashed first, so neither the content nor the length leaks through timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(presented.as_bytes());
+        aws_lc_rs::constant_time::verify_slices_are_equal(&a, &b).is_ok()
+    }
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(…)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetricsToken;
+
+    #[test]
+    fn metrics_tokens_are_long_compared_whole_and_never_printed() {
+        assert!(MetricsToken::new("short").is_err());
+        assert!(MetricsToken::new("has a space in it!!").is_err());
+        let t = MetricsToken::new("0123456789abcdef0123").expect("valid");
+        assert!(t.matches("0123456789abcdef0123"));
+        assert!(!t.matches("0123456789abcdef012"));
+        assert!(!t.matches("0123456789abcdef01234"));
+        assert!(!t.matches(""));
+        assert!(!format!("{t:?}").contains("0123"));
+    }
 }

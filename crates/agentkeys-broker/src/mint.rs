@@ -1,6 +1,6 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
-use agentkeys_store::{GateOutcome, Grant, GrantUse, NewAuditEvent, Session};
+use agentkeys_store::{GateOutcome, Grant, GrantUse, LiveCheck, NewAuditEvent, NotLive, Session};
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
@@ -135,7 +135,9 @@ pub async fn mint(
     let now = state.clock.now();
     let settings = &state.settings;
 
-    // Gate 2: an agent must be active (suspension takes effect at its next mint).
+    // Gate 2: an agent must be active (suspension takes effect at its next mint). Checked here
+    // to refuse in the order of SPEC §6, and again (with gate 1) inside the gate's transaction
+    // below, so a logout, suspension or removal that commits meanwhile still wins.
     if is_agent(session) {
         let status = state.store.agent(&session.omni).await?.map(|a| a.status);
         if status.as_deref() != Some("active") {
@@ -263,30 +265,31 @@ pub async fn mint(
         "rate_limited",
         json!({"session": session_ref(&session.token_hash)}),
     );
-    let gate = match &grant {
-        None => {
-            state
-                .store
-                .rate_limited_append(&session.omni, &state.mint_windows, now, on_allow, on_deny)
-                .await
-        }
-        Some(g) => {
-            // One use of the grant is consumed in the same transaction as the audit event.
-            let buckets: Vec<_> = state
-                .mint_windows
-                .iter()
-                .map(|w| (session.omni.clone(), *w))
-                .collect();
-            let grant_use = GrantUse {
-                grant_id: g.id.clone(),
-                agent: session.omni.clone(),
-            };
-            state
-                .store
-                .rate_limited_append_buckets(&buckets, Some(&grant_use), now, on_allow, on_deny)
-                .await
-        }
+    let live = LiveCheck {
+        session_token_hash: session.token_hash.clone(),
+        agent: is_agent(session).then(|| session.omni.clone()),
     };
+    let buckets: Vec<_> = state
+        .mint_windows
+        .iter()
+        .map(|w| (session.omni.clone(), *w))
+        .collect();
+    // With a grant, one use is consumed in the same transaction as the audit event.
+    let grant_use = grant.as_ref().map(|g| GrantUse {
+        grant_id: g.id.clone(),
+        agent: session.omni.clone(),
+    });
+    let gate = state
+        .store
+        .gated_append(
+            Some(&live),
+            &buckets,
+            grant_use.as_ref(),
+            now,
+            on_allow,
+            on_deny,
+        )
+        .await;
     match gate {
         Ok(GateOutcome::Allowed { .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
@@ -304,6 +307,18 @@ pub async fn mint(
             Err(ApiError::Forbidden {
                 kind: "grant_unavailable",
                 message: "the grant was revoked, expired or used up just now".into(),
+            })
+        }
+        Ok(GateOutcome::NotLive { reason, .. }) => {
+            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
+            let kind = reason.reason();
+            mint_denied(kind);
+            Err(match reason {
+                NotLive::Session => ApiError::Unauthenticated,
+                NotLive::AgentSuspended | NotLive::AgentRemoved => ApiError::Forbidden {
+                    kind,
+                    message: format!("this agent cannot mint ({kind}); ask its master"),
+                },
             })
         }
         Ok(GateOutcome::Limited { retry_after, .. }) => {

@@ -8,7 +8,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::denials::Denials;
 use crate::keys::KeyRing;
+use crate::limiter::Limiter;
 use crate::mailer::Mailer;
 
 /// Cheap to clone; everything lives behind one `Arc`.
@@ -29,6 +31,12 @@ pub struct Inner {
     pub mailer: Option<Arc<dyn Mailer>>,
     /// OpenID Connect providers by name, discovered at start-up.
     pub oidc: std::collections::HashMap<String, Arc<crate::oidc_login::OidcProvider>>,
+    /// In front of every unauthenticated route (SPEC §11.9).
+    pub anonymous_limiter: Limiter,
+    /// In front of pairing approvals, per client IP whatever master signs them.
+    pub approve_limiter: Limiter,
+    /// Refused anonymous requests, written to the audit log in aggregate.
+    pub denials: Denials,
 }
 
 impl AppState {
@@ -50,6 +58,8 @@ impl AppState {
             },
         ];
         let keys = KeyRing::new(settings.data_dir.clone());
+        let anonymous_limiter = Limiter::new(settings.anonymous_limits);
+        let approve_limiter = Limiter::new(settings.approve_limits);
         Self(Arc::new(Inner {
             settings,
             store,
@@ -59,6 +69,9 @@ impl AppState {
             mint_windows,
             mailer,
             oidc,
+            anonymous_limiter,
+            approve_limiter,
+            denials: Denials::default(),
         }))
     }
 }

@@ -87,6 +87,23 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         on_allow: NewAuditEvent,
         on_deny: NewAuditEvent,
+    ) -> Result<GateOutcome> {
+        self.gated_append(None, buckets, grant, now, on_allow, on_deny)
+            .await
+    }
+
+    /// The mint's gate, one transaction: with `live`, first re-checks that the session is
+    /// unrevoked and unexpired at `now` and, for an agent, that the agent is active (else
+    /// `on_deny` is written with that reason and [`GateOutcome::NotLive`] returned); then the
+    /// rate limit and the grant as in [`Store::rate_limited_append_buckets`].
+    async fn gated_append(
+        &self,
+        live: Option<&LiveCheck>,
+        buckets: &[(String, RateWindow)],
+        grant: Option<&GrantUse>,
+        now: i64,
+        on_allow: NewAuditEvent,
+        on_deny: NewAuditEvent,
     ) -> Result<GateOutcome>;
 
     // -- audit --
@@ -243,8 +260,10 @@ pub trait Store: Send + Sync + 'static {
         event: NewAuditEvent,
     ) -> Result<u64>;
 
-    /// Deletes challenges, pairing requests and sessions that expired before `before`.
-    async fn purge_expired(&self, before: i64) -> Result<u64>;
+    /// Deletes wallet challenges, pairing requests and login requests that expired before
+    /// `requests_before`, and sessions that expired before `sessions_before`; returns how many
+    /// rows went. Audit events are never purged.
+    async fn purge_expired(&self, requests_before: i64, sessions_before: i64) -> Result<u64>;
 }
 
 /// Opens the backend a URL names. Only `sqlite://` exists today.

@@ -127,6 +127,41 @@ pub enum GateOutcome {
     /// The grant named for this use was revoked, expired or used up meanwhile; the denial
     /// (reason `grant_unavailable`) has this seq.
     GrantUnavailable { seq: u64 },
+    /// The session or its agent stopped being live between the caller's read and this
+    /// transaction (logout, revocation, expiry, suspension, removal); the denial (reason
+    /// [`NotLive::reason`]) has this seq.
+    NotLive { reason: NotLive, seq: u64 },
+}
+
+/// What a gated append re-checks inside its transaction, so a revocation that commits first
+/// always wins over a mint that read the session before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCheck {
+    /// The session must exist, be unrevoked and unexpired at `now`.
+    pub session_token_hash: String,
+    /// For an agent's session: this agent must be `active`.
+    pub agent: Option<String>,
+}
+
+/// Why a [`LiveCheck`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLive {
+    /// Revoked, expired or gone: answered like any unknown session.
+    Session,
+    AgentSuspended,
+    /// Removed, or no such agent.
+    AgentRemoved,
+}
+
+impl NotLive {
+    /// The `reason` written into the denial event.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotLive::Session => "unauthenticated",
+            NotLive::AgentSuspended => "agent_suspended",
+            NotLive::AgentRemoved => "agent_removed",
+        }
+    }
 }
 
 /// An agent paired to a master.

@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{GENESIS_HASH, canonical, chain_hash};
 use crate::{
     Agent, AgentSessionOutcome, ApproveOutcome, AuditEvent, Challenge, ClaimOutcome, GateOutcome,
-    Grant, GrantUse, Identity, LoginClaim, LoginRequest, NewAuditEvent, PairingRequest, RateWindow,
-    Result, Session, SigningKeyRecord, Store, StoreError,
+    Grant, GrantUse, Identity, LiveCheck, LoginClaim, LoginRequest, NewAuditEvent, NotLive,
+    PairingRequest, RateWindow, Result, Session, SigningKeyRecord, Store, StoreError,
 };
 use agentkeys_types::identity::IDENTITY_EMAIL;
 
@@ -184,6 +184,7 @@ enum Op {
         event: NewAuditEvent,
     },
     RateLimitedAppend {
+        live: Option<LiveCheck>,
         buckets: Vec<(String, RateWindow)>,
         grant: Option<GrantUse>,
         now: i64,
@@ -198,7 +199,8 @@ enum Op {
         event: NewAuditEvent,
     },
     Purge {
-        before: i64,
+        requests_before: i64,
+        sessions_before: i64,
     },
     CreatePairing(PairingRequest, NewAuditEvent),
     ApprovePairing {
@@ -450,12 +452,26 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             Output::Flag(revoked)
         }
         Op::RateLimitedAppend {
+            live,
             buckets,
             grant,
             now,
             on_allow,
             on_deny,
         } => {
+            // Gates 1 and 2 again, under the write lock: a logout, suspension or removal that
+            // committed after the caller read the session wins.
+            if let Some(reason) = live
+                .as_ref()
+                .map(|l| not_live(conn, l, now))
+                .transpose()?
+                .flatten()
+            {
+                let mut denied = on_deny;
+                denied.details["reason"] = serde_json::json!(reason.reason());
+                let seq = append(conn, head, &denied)?;
+                return Ok(Output::Gate(GateOutcome::NotLive { reason, seq }));
+            }
             for (actor, w) in &buckets {
                 let start = now - now.rem_euclid(w.seconds);
                 let used: i64 = conn
@@ -531,13 +547,28 @@ fn apply(conn: &Connection, head: &mut Head, op: Op) -> Result<Output> {
             append(conn, head, &event)?;
             Output::Unit
         }
-        Op::Purge { before } => {
+        Op::Purge {
+            requests_before,
+            sessions_before,
+        } => {
             let mut purged = 0;
-            for sql in [
-                "DELETE FROM wallet_challenges WHERE expires_at < ?1",
-                "DELETE FROM pairing_requests WHERE expires_at < ?1",
-                "DELETE FROM login_requests WHERE expires_at < ?1",
-                "DELETE FROM sessions WHERE expires_at < ?1",
+            for (sql, before) in [
+                (
+                    "DELETE FROM wallet_challenges WHERE expires_at < ?1",
+                    requests_before,
+                ),
+                (
+                    "DELETE FROM pairing_requests WHERE expires_at < ?1",
+                    requests_before,
+                ),
+                (
+                    "DELETE FROM login_requests WHERE expires_at < ?1",
+                    requests_before,
+                ),
+                (
+                    "DELETE FROM sessions WHERE expires_at < ?1",
+                    sessions_before,
+                ),
             ] {
                 purged += conn.prepare_cached(sql)?.execute([before])?;
             }
@@ -964,6 +995,30 @@ fn claim_login(
     Ok(LoginClaim::SignedIn(session))
 }
 
+/// Why `live` no longer holds at `now`, if it does not.
+fn not_live(conn: &Connection, live: &LiveCheck, now: i64) -> rusqlite::Result<Option<NotLive>> {
+    let session_live = conn
+        .prepare_cached(
+            "SELECT 1 FROM sessions WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+        )?
+        .exists(params![live.session_token_hash, now])?;
+    if !session_live {
+        return Ok(Some(NotLive::Session));
+    }
+    let Some(agent) = &live.agent else {
+        return Ok(None);
+    };
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM agents WHERE omni = ?1")?
+        .query_row([agent], |r| r.get(0))
+        .optional()?;
+    Ok(match status.as_deref() {
+        Some("active") => None,
+        Some("suspended") => Some(NotLive::AgentSuspended),
+        _ => Some(NotLive::AgentRemoved),
+    })
+}
+
 const SESSION_COLUMNS: &str =
     "token_hash, kind, omni, wallet, master, created_at, expires_at, revoked_at";
 
@@ -1225,8 +1280,9 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn rate_limited_append_buckets(
+    async fn gated_append(
         &self,
+        live: Option<&LiveCheck>,
         buckets: &[(String, RateWindow)],
         grant: Option<&GrantUse>,
         now: i64,
@@ -1234,6 +1290,7 @@ impl Store for SqliteStore {
         on_deny: NewAuditEvent,
     ) -> Result<GateOutcome> {
         let op = Op::RateLimitedAppend {
+            live: live.cloned(),
             buckets: buckets.to_vec(),
             grant: grant.cloned(),
             now,
@@ -1666,8 +1723,12 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn purge_expired(&self, before: i64) -> Result<u64> {
-        match self.write(Op::Purge { before }).await? {
+    async fn purge_expired(&self, requests_before: i64, sessions_before: i64) -> Result<u64> {
+        let op = Op::Purge {
+            requests_before,
+            sessions_before,
+        };
+        match self.write(op).await? {
             Output::Count(n) => Ok(n),
             _ => Err(unexpected()),
         }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    AgentSessionOutcome, ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, LoginClaim,
-    LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Session, SigningKeyRecord,
-    SqliteStore, Store, StoreError,
+    AgentSessionOutcome, ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, LiveCheck,
+    LoginClaim, LoginRequest, NewAuditEvent, NotLive, PairingRequest, RateWindow, Session,
+    SigningKeyRecord, SqliteStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -359,7 +359,7 @@ async fn purge_removes_only_expired_rows() {
         .create_session(session("new", 1000), event("s", 2))
         .await
         .unwrap();
-    assert_eq!(f.store.purge_expired(500).await.unwrap(), 2);
+    assert_eq!(f.store.purge_expired(500, 500).await.unwrap(), 2);
     assert!(f.store.take_challenge("old").await.unwrap().is_none());
     assert!(f.store.take_challenge("new").await.unwrap().is_some());
     assert!(f.store.session("old").await.unwrap().is_none());
@@ -543,7 +543,7 @@ async fn expired_pairings_are_gone() {
         .unwrap();
     assert_eq!(late, ClaimOutcome::Gone);
     assert!(f.store.session("s2").await.unwrap().is_none());
-    assert_eq!(f.store.purge_expired(601).await.unwrap(), 2);
+    assert_eq!(f.store.purge_expired(601, 601).await.unwrap(), 2);
     assert!(f.store.pairing("p1").await.unwrap().is_none());
 }
 
@@ -1248,4 +1248,210 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
         s.grants_of(Some("master"), None).await.unwrap()[0].revoked_at,
         Some(12)
     );
+}
+
+#[tokio::test]
+async fn unused_requests_are_purged_without_the_grace_sessions_keep() {
+    let f = Fixture::new().await;
+    f.store
+        .insert_challenge(challenge("expired", 100))
+        .await
+        .unwrap();
+    f.store
+        .create_pairing(pairing("p1", "ABCDEFGH", 100), event("pair", 1))
+        .await
+        .unwrap();
+    f.store
+        .create_session(session("recent", 100), event("s", 2))
+        .await
+        .unwrap();
+    // Requests expired at 100 go at once; sessions keep a grace period (cutoff 100 - grace).
+    assert_eq!(f.store.purge_expired(101, 50).await.unwrap(), 2);
+    assert!(f.store.take_challenge("expired").await.unwrap().is_none());
+    assert!(f.store.pairing("p1").await.unwrap().is_none());
+    assert!(f.store.session("recent").await.unwrap().is_some());
+    assert_eq!(f.store.purge_expired(101, 101).await.unwrap(), 1);
+    assert!(f.store.session("recent").await.unwrap().is_none());
+}
+
+/// A mint reads its session, then races a logout / suspension / removal. Whatever commits
+/// first, the gate re-checks inside its own transaction: a revocation that is already committed
+/// refuses the mint and the refusal is audited.
+#[tokio::test]
+async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_read() {
+    let f = Fixture::new().await;
+    let s = &f.store;
+    let window = [(
+        "omni".to_owned(),
+        RateWindow {
+            seconds: 60,
+            limit: 100,
+        },
+    )];
+    let gate = |live: LiveCheck, now: i64| {
+        let store = s.clone();
+        let window = window.clone();
+        async move {
+            store
+                .gated_append(
+                    Some(&live),
+                    &window,
+                    None,
+                    now,
+                    event("mint", now),
+                    event("mint.denied", now),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let master = |hash: &str| LiveCheck {
+        session_token_hash: hash.into(),
+        agent: None,
+    };
+
+    // A master's session: live, then revoked (logout) before the gated append.
+    s.create_session(session("m1", 1000), event("s", 1))
+        .await
+        .unwrap();
+    let read = s.session("m1").await.unwrap().unwrap();
+    assert!(read.revoked_at.is_none(), "the mint's read saw it live");
+    assert!(matches!(
+        gate(master("m1"), 10).await,
+        GateOutcome::Allowed { .. }
+    ));
+    assert!(
+        s.revoke_session("m1", 11, event("logout", 11))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        gate(master("m1"), 12).await,
+        GateOutcome::NotLive {
+            reason: NotLive::Session,
+            ..
+        }
+    ));
+    // Expired and unknown sessions are refused the same way.
+    s.create_session(session("m2", 20), event("s", 2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        gate(master("m2"), 20).await,
+        GateOutcome::NotLive {
+            reason: NotLive::Session,
+            ..
+        }
+    ));
+    assert!(matches!(
+        gate(master("never"), 12).await,
+        GateOutcome::NotLive {
+            reason: NotLive::Session,
+            ..
+        }
+    ));
+
+    // An agent's session: its agent is suspended, then removed, between read and append.
+    s.create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 3))
+        .await
+        .unwrap();
+    s.approve_pairing(
+        "ABCDEFGH",
+        "omni",
+        "bot",
+        "omni-bot",
+        1,
+        event("approve", 4),
+    )
+    .await
+    .unwrap();
+    let claimed = s
+        .claim_pairing("p1", 5, 2, agent_session("a1"), event("claim", 5))
+        .await
+        .unwrap();
+    assert!(matches!(claimed, ClaimOutcome::Claimed(_)));
+    let agent = || LiveCheck {
+        session_token_hash: "a1".into(),
+        agent: Some("omni-bot".into()),
+    };
+    assert!(matches!(
+        gate(agent(), 30).await,
+        GateOutcome::Allowed { .. }
+    ));
+    s.set_agent_status("omni", "omni-bot", "suspended", 31, event("suspend", 31))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        gate(agent(), 32).await,
+        GateOutcome::NotLive {
+            reason: NotLive::AgentSuspended,
+            ..
+        }
+    ));
+    s.set_agent_status("omni", "omni-bot", "active", 33, event("resume", 33))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        gate(agent(), 34).await,
+        GateOutcome::Allowed { .. }
+    ));
+    s.set_agent_status("omni", "omni-bot", "removed", 35, event("remove", 35))
+        .await
+        .unwrap()
+        .unwrap();
+    // Removal also revokes the agent's sessions: the session check refuses first.
+    assert!(matches!(
+        gate(agent(), 36).await,
+        GateOutcome::NotLive {
+            reason: NotLive::Session,
+            ..
+        }
+    ));
+    // A live session of an agent that is gone is refused as removed.
+    s.create_session(
+        Session {
+            omni: "omni-ghost".into(),
+            ..agent_session("a2")
+        },
+        event("s", 6),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        gate(
+            LiveCheck {
+                session_token_hash: "a2".into(),
+                agent: Some("omni-ghost".into()),
+            },
+            37
+        )
+        .await,
+        GateOutcome::NotLive {
+            reason: NotLive::AgentRemoved,
+            ..
+        }
+    ));
+
+    // Every refusal is in the chain with its reason, and no refused append was counted.
+    let events = s.audit_events(0, 100).await.unwrap();
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "mint.denied")
+        .map(|e| e.details["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "unauthenticated",
+            "unauthenticated",
+            "unauthenticated",
+            "agent_suspended",
+            "unauthenticated",
+            "agent_removed"
+        ]
+    );
+    assert_eq!(events.iter().filter(|e| e.kind == "mint").count(), 3);
+    verify_chain(s.as_ref()).await;
 }

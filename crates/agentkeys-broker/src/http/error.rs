@@ -17,6 +17,9 @@ pub enum ApiError {
     /// 401 for a failed sign-in proof (signature, challenge).
     #[error("{0}")]
     SignInFailed(String),
+    /// 401: `/metrics` without the operator's bearer token.
+    #[error("GET /metrics needs the bearer token configured in BROKER_METRICS_TOKEN")]
+    MetricsTokenRequired,
     /// 403 with a stable kind.
     #[error("{message}")]
     Forbidden { kind: &'static str, message: String },
@@ -36,6 +39,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// 408: the request (body included) took longer than BROKER_REQUEST_TIMEOUT_SECONDS.
+    #[error("the request took too long to arrive or to answer (BROKER_REQUEST_TIMEOUT_SECONDS)")]
+    RequestTimeout,
     /// 422: well-formed JSON whose values are not acceptable.
     #[error("{message}")]
     Unprocessable { kind: &'static str, message: String },
@@ -59,6 +65,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::SignInFailed(_) => (StatusCode::UNAUTHORIZED, "sign_in_failed"),
+            Self::MetricsTokenRequired => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::Forbidden { kind, .. } => (StatusCode::FORBIDDEN, kind),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Retired => (StatusCode::NOT_FOUND, "route_retired"),
@@ -68,6 +75,7 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unprocessable { kind, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -91,6 +99,12 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Self::MetricsTokenRequired = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"metrics\""),
+            );
         }
         response
     }

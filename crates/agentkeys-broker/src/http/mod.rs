@@ -1,19 +1,30 @@
 //! The HTTP surface: one router, registered through `utoipa_axum::routes!` so the OpenAPI
 //! document and the routes cannot drift.
 
+pub mod client_ip;
 pub mod error;
 pub mod extract;
+pub mod limit;
 pub mod routes;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -48,20 +59,40 @@ impl utoipa::Modify for BearerAuth {
 /// The routes and the OpenAPI document built from them.
 pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = state.settings.body_limit_bytes;
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(oidc::openid_configuration))
-        .routes(routes!(oidc::jwks))
+    let request_timeout = state.settings.request_timeout;
+    // Routes anyone may call before proving who they are: each request first takes a token
+    // from the client's and the global bucket (SPEC §11.9). Mints without a valid session are
+    // limited in the mint handler, since a valid session must not be.
+    let anonymous = OpenApiRouter::new()
         .routes(routes!(auth::wallet_challenge))
         .routes(routes!(auth::wallet_verify))
         .routes(routes!(email::email_start))
         .routes(routes!(email::email_collect))
         .routes(routes!(email::email_browser))
-        .routes(routes!(email::landing))
-        .routes(routes!(email::landing_js))
-        .routes(routes!(email::link_email_start))
         .routes(routes!(oidc_signin::oidc_start))
         .routes(routes!(oidc_signin::oidc_collect))
         .routes(routes!(oidc_signin::callback))
+        .routes(routes!(agents::pairing_start))
+        .routes(routes!(agents::pairing_poll))
+        .routes(routes!(agents::agent_session))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::anonymous,
+        ));
+    let anonymous_paths: Vec<String> = anonymous
+        .get_openapi()
+        .paths
+        .paths
+        .keys()
+        .cloned()
+        .collect();
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(oidc::openid_configuration))
+        .routes(routes!(oidc::jwks))
+        .merge(anonymous)
+        .routes(routes!(email::landing))
+        .routes(routes!(email::landing_js))
+        .routes(routes!(email::link_email_start))
         .routes(routes!(oidc_signin::link_oidc_start))
         .routes(routes!(grants::create))
         .routes(routes!(grants::list))
@@ -73,10 +104,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(session::logout_all))
         .routes(routes!(session::list_sessions))
         .routes(routes!(session::revoke_one))
-        .routes(routes!(agents::pairing_start))
         .routes(routes!(agents::pairing_approve))
-        .routes(routes!(agents::pairing_poll))
-        .routes(routes!(agents::agent_session))
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::suspend_agent))
         .routes(routes!(agents::resume_agent))
@@ -85,10 +113,13 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(mint::mint_oidc_jwt))
         .routes(routes!(mint::mint_aws_creds_retired))
         .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .with_state(state)
-        .split_for_parts();
+        .routes(routes!(ops::readyz));
+    // With its own listener, /metrics is not on the public one at all.
+    if state.settings.metrics_listen.is_none() {
+        api = api.routes(routes!(ops::metrics));
+    }
+    let (router, mut openapi) = api.with_state(state).split_for_parts();
+    document_rate_limit(&mut openapi, &anonymous_paths);
     let spec = openapi.clone();
     let router = router
         .route(
@@ -97,6 +128,12 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         )
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // A body sent slowly must not hold its connection for ever (the header-read timeout
+        // covers only the head); the bare 408 gets the envelope below.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(axum::middleware::map_response(envelope_for_bare_errors))
@@ -105,6 +142,36 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         }))
         .layer(TraceLayer::new_for_http());
     (router, openapi)
+}
+
+/// Documents the anonymous limiter's 429 on every operation behind it, in one place rather
+/// than on each handler.
+fn document_rate_limit(openapi: &mut utoipa::openapi::OpenApi, paths: &[String]) {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::{Content, Header, Ref, ResponseBuilder};
+    let retry_after = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)));
+    let response = ResponseBuilder::new()
+        .description("Too many unauthenticated requests from this client IP, or from all clients")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .header("Retry-After", Header::new(retry_after))
+        .build();
+    for path in paths {
+        let Some(item) = openapi.paths.paths.get_mut(path) else {
+            continue;
+        };
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| response.clone().into());
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -127,6 +194,7 @@ async fn envelope_for_bare_errors(response: Response) -> Response {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.into_response(),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.into_response(),
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout.into_response(),
         StatusCode::NOT_FOUND => {
             ApiError::NotFound("no such route; see /openapi.json".into()).into_response()
         }
@@ -138,15 +206,106 @@ async fn envelope_for_bare_errors(response: Response) -> Response {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// The router of the separate metrics listener (`BROKER_METRICS_LISTEN`): `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(routes::ops::metrics))
+        .with_state(state)
+        .fallback(|| async { ApiError::NotFound("this listener serves /metrics only".into()) })
+}
+
+/// What one listener allows its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn of(state: &AppState) -> Self {
+        Self {
+            header_read_timeout: state.settings.header_read_timeout,
+            max_connections: state.settings.max_connections,
+        }
+    }
+}
+
+/// Serves the API until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer address feeds per-IP limits (email sign-in).
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = ConnectionLimits::of(&state);
+    serve_router(listener, router(state), limits, shutdown).await
+}
+
+/// Serves [`metrics_router`] until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = ConnectionLimits::of(&state);
+    serve_router(listener, metrics_router(state), limits, shutdown).await
+}
+
+/// HTTP/1.1 with hyper directly rather than `axum::serve`, which sets no timer and so no
+/// header-read timeout: a client trickling its headers held a connection for as long as it
+/// liked. Each connection records its peer address (`ConnectInfo`, read by `ClientIp`).
+///
+/// Connections beyond `max_connections` are not accepted until one closes: they wait in the
+/// kernel's listen queue (and time out on the client's side if it stays full) instead of being
+/// accepted and dropped, which would cost the same work per attempt and turn a burst into
+/// errors. The header-read timeout bounds how long a silent or trickling client holds a slot.
+pub async fn serve_router(
+    mut listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // `biased`: shutdown first, so it is polled (and wins) even when a slot or a
+        // connection is always ready.
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        };
+        let service = app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                request
+            },
+        );
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Timeouts and resets end here; they are the client's business, not an error of ours.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, peer = %peer, "http.connection_closed");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

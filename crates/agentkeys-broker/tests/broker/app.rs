@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentkeys_broker::clock::{Clock, ManualClock};
-use agentkeys_broker::config::{Issuer, Settings};
+use agentkeys_broker::config::{EmailLimits, Issuer, Settings};
+use agentkeys_broker::http::client_ip::TrustedProxies;
+use agentkeys_broker::limiter::{Limits, Rate};
 use agentkeys_broker::state::AppState;
+use agentkeys_store::RateWindow;
 use agentkeys_types::api::{SessionIssued, WalletChallengeResponse};
 use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
@@ -41,10 +44,34 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         log_json: false,
         email: None,
         login_ttl_seconds: 600,
-        email_rate_per_address_per_hour: 5,
-        email_rate_per_ip_per_hour: 30,
+        email_limits: EmailLimits {
+            per_address: RateWindow {
+                seconds: 600,
+                limit: 5,
+            },
+            per_ip: RateWindow {
+                seconds: 600,
+                limit: 30,
+            },
+        },
         oidc_providers: vec![],
         sts_max_session_seconds: 3600,
+        trusted_proxies: TrustedProxies::default(),
+        // Out of the way unless a test is about them (every test client is 127.0.0.1).
+        anonymous_limits: Limits {
+            per_client: Rate::per_minute(1_000_000),
+            global: Rate::per_second(1_000_000),
+        },
+        approve_limits: Limits {
+            per_client: Rate::per_hour(1_000_000),
+            global: Rate::per_minute(1_000_000),
+        },
+        anon_audit_window_seconds: 60,
+        header_read_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(60),
+        max_connections: 1024,
+        metrics_token: None,
+        metrics_listen: None,
     }
 }
 

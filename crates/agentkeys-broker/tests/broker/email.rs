@@ -599,7 +599,7 @@ async fn email_sign_in_is_limited_checked_and_can_be_off() {
     let smtp = SmtpSink::start();
     let app = TestApp::start_with(|s| {
         s.email = Some(smtp.settings());
-        s.email_rate_per_address_per_hour = 2;
+        s.email_limits.per_address.limit = 2;
     })
     .await;
     let (v, c) = verifier();

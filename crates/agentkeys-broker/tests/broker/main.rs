@@ -6,19 +6,23 @@
 #![allow(clippy::unwrap_used)]
 
 mod agents;
+mod anonymous;
 mod app;
 mod audit;
 mod audit_api;
 mod bad_input;
 mod binary;
+mod connections;
 mod docs;
 mod email;
 mod grants;
+mod metrics_access;
 mod mint;
 mod oidc;
 #[path = "../oidc_op/harness.rs"]
 #[allow(dead_code)]
 mod oidc_op;
 mod rate_limit;
+mod revocation_race;
 mod rotation;
 mod sign_in;

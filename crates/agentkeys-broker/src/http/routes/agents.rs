@@ -19,8 +19,10 @@ use serde_json::json;
 use super::event;
 use crate::agents::{self, ProofError};
 use crate::clock::rfc3339;
+use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
+use crate::http::limit;
 use crate::session::{new_token, random_id, session_ref};
 use crate::state::AppState;
 
@@ -109,9 +111,14 @@ pub async fn pairing_start(
         (status = 429, body = agentkeys_types::ErrorBody)))]
 pub async fn pairing_approve(
     State(state): State<AppState>,
+    ip: ClientIp,
     MasterSession(master): MasterSession,
     Json(req): Json<PairingApproveRequest>,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
+    // Masters are free (anyone can make a wallet), so the per-master limit below alone would
+    // let one client guess codes with many masters: attempts are limited per client IP and
+    // overall too, in memory, before anything is read or written.
+    limit::admit(&state, &state.approve_limiter, "pairing_approve", ip)?;
     let code = normalize_code(&req.code).ok_or_else(|| {
         ApiError::BadRequest("code is the 8-character code the agent shows, e.g. ABCD-EFGH".into())
     })?;

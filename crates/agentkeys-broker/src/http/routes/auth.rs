@@ -12,6 +12,8 @@ use axum::extract::State;
 use serde_json::json;
 
 use crate::clock::rfc3339;
+use crate::denials::DenialKind;
+use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::session::{new_token, random_id, session_ref};
@@ -92,30 +94,42 @@ pub async fn wallet_challenge(
         (status = 401, body = agentkeys_types::ErrorBody)))]
 pub async fn wallet_verify(
     State(state): State<AppState>,
+    ip: ClientIp,
     Json(req): Json<WalletVerifyRequest>,
 ) -> Result<axum::Json<SessionIssued>, ApiError> {
     let signature = check_shape(&req.challenge_id, &req.signature)?;
     let now = state.clock.now();
-    let challenge = state.store.take_challenge(&req.challenge_id).await?;
-    let verified = match &challenge {
-        None => Err(SignInError::UnknownChallenge),
-        Some(c) => wallet::verify(c, SIGN_IN_STATEMENT, &signature, now),
+    let Some(challenge) = state.store.take_challenge(&req.challenge_id).await? else {
+        // A made-up (or spent) id names no address: nobody's sign-in was attempted, so it is
+        // counted in aggregate rather than chained one event per guess.
+        metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed")
+            .increment(1);
+        state
+            .denials
+            .record(ip.0, DenialKind::WalletUnknownChallenge, now);
+        return Err(ApiError::SignInFailed(
+            SignInError::UnknownChallenge.to_string(),
+        ));
     };
-    let wallet = match verified {
+    let wallet = match wallet::verify(&challenge, SIGN_IN_STATEMENT, &signature, now) {
         Ok(w) => w,
         Err(reason) => {
+            // A failed answer to a real challenge is an attempt on a real address: audited.
             metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed").increment(1);
-            let address = challenge.as_ref().map(|c| c.address.clone());
             let event = NewAuditEvent {
                 time: now,
                 kind: AUDIT_KIND.into(),
-                actor: address
-                    .as_deref()
-                    .and_then(|a| a.parse().ok())
+                actor: challenge
+                    .address
+                    .parse()
+                    .ok()
                     .map(|w| OmniAccount::for_wallet(&w).to_string()),
                 master: None,
                 outcome: "failed".into(),
-                details: json!({"reason": reason.to_string(), "address": address, "challenge_id": req.challenge_id}),
+                details: json!({
+                    "reason": reason.to_string(), "address": challenge.address,
+                    "challenge_id": req.challenge_id, "ip": ip.to_string(),
+                }),
             };
             state.store.append_audit(event).await?;
             return Err(ApiError::SignInFailed(reason.to_string()));

@@ -7,16 +7,14 @@
 //! mail names the account that asked and carries only the code: a click by the mailbox owner
 //! never links the address to someone else.
 
-use std::net::SocketAddr;
-
-use agentkeys_store::{LoginRequest, RateWindow, Session};
+use agentkeys_store::{LoginRequest, Session};
 use agentkeys_types::api::{
     BrowserSignedIn, ChallengePurpose, EmailLinkRequest, EmailStartRequest, LinkEmailRequest,
     LoginCollectRequest, LoginStartResponse, LoginStatusResponse,
 };
 use agentkeys_types::identity::canonical_email;
 use agentkeys_types::pairing::display_code;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -24,6 +22,7 @@ use serde_json::json;
 use super::event;
 use super::login::{client_challenge, code_hash, collect};
 use crate::clock::rfc3339;
+use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::mailer::SignInMail;
@@ -37,7 +36,7 @@ async fn start(
     state: &AppState,
     email: &str,
     challenge: &str,
-    peer: SocketAddr,
+    ip: ClientIp,
     link_to: Option<(&str, &str)>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let mailer = state.mailer.clone().ok_or_else(|| {
@@ -56,26 +55,17 @@ async fn start(
     };
     let actor = link_to.map(|(m, _)| m);
     let buckets = [
+        (format!("email:{email}"), settings.email_limits.per_address),
         (
-            format!("email:{email}"),
-            RateWindow {
-                seconds: 3600,
-                limit: settings.email_rate_per_address_per_hour,
-            },
-        ),
-        (
-            format!("ip:{}", peer.ip()),
-            RateWindow {
-                seconds: 3600,
-                limit: settings.email_rate_per_ip_per_hour,
-            },
+            format!("ip:{}", crate::limiter::ClientKey::from(ip.0)),
+            settings.email_limits.per_ip,
         ),
     ];
     let request_id = secret();
     let code = crate::agents::new_code();
     // A link request has no browser link: only the linking master's CLI completes it.
     let link_token = link_to.is_none().then(secret);
-    let details = json!({"email": email, "request": session_ref(&token_hash(&request_id)), "ip": peer.ip().to_string()});
+    let details = json!({"email": email, "request": session_ref(&token_hash(&request_id)), "ip": ip.to_string()});
     let mut denied = event(now, kind, actor, actor, "denied", details.clone());
     denied.details["reason"] = json!("rate_limited");
     if let agentkeys_store::GateOutcome::Limited { retry_after, .. } = state
@@ -146,10 +136,10 @@ async fn start(
         (status = 503, body = agentkeys_types::ErrorBody)))]
 pub async fn email_start(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ip: ClientIp,
     Json(req): Json<EmailStartRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
-    start(&state, &req.email, &req.code_challenge, peer, None).await
+    start(&state, &req.email, &req.code_challenge, ip, None).await
 }
 
 /// Link an email address to the signed-in wallet master. Needs a fresh signature by the
@@ -164,7 +154,7 @@ pub async fn email_start(
 pub async fn link_email_start(
     State(state): State<AppState>,
     MasterSession(master): MasterSession,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ip: ClientIp,
     Json(req): Json<LinkEmailRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let Some(wallet) = master.wallet.as_deref() else {
@@ -181,7 +171,7 @@ pub async fn link_email_start(
         &state,
         &email,
         &req.code_challenge,
-        peer,
+        ip,
         Some((&master.omni, wallet)),
     )
     .await

@@ -6,8 +6,12 @@ use agentkeys_types::api::{MintRequest, MintResponse};
 use axum::extract::State;
 
 use crate::clock::rfc3339;
+use crate::denials::DenialKind;
+use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthSession, OptionalJson};
+use crate::http::limit;
+use crate::metrics::mint_denied;
 use crate::mint;
 use crate::state::AppState;
 
@@ -24,14 +28,24 @@ use crate::state::AppState;
         (status = 503, body = agentkeys_types::ErrorBody)))]
 pub async fn mint_oidc_jwt(
     State(state): State<AppState>,
+    ip: ClientIp,
     auth: Result<AuthSession, ApiError>,
     body: Result<OptionalJson<MintRequest>, ApiError>,
 ) -> Result<axum::Json<MintResponse>, ApiError> {
     let started = Instant::now();
-    // Gate 1: a live session. A refusal is audited like every other gate.
+    // Gate 1: a live session. Without one the caller proved nothing, so the refusal is limited
+    // per client IP and audited in aggregate (one `anonymous.denied` per IP per window), not
+    // one chained event per request.
     let session = match auth {
         Ok(AuthSession(s)) => s,
-        Err(e) => return Err(mint::deny(&state, None, "unauthenticated", e).await),
+        Err(e) => {
+            limit::admit(&state, &state.anonymous_limiter, "anonymous", ip)?;
+            mint_denied("unauthenticated");
+            state
+                .denials
+                .record(ip.0, DenialKind::MintUnauthenticated, state.clock.now());
+            return Err(e);
+        }
     };
     let request = match body {
         Ok(OptionalJson(r)) => r,

@@ -3,9 +3,11 @@
 use agentkeys_types::api::{Health, Readiness};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 
+use crate::http::error::ApiError;
+use crate::http::extract::bearer_of;
 use crate::state::AppState;
 
 /// Liveness: the process answers.
@@ -38,11 +40,23 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     )
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+/// Prometheus text exposition. With `BROKER_METRICS_TOKEN` set it needs that bearer token;
+/// with `BROKER_METRICS_LISTEN` set it is served only on that address.
+#[utoipa::path(get, path = "/metrics", tag = "ops", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus metrics", content_type = "text/plain"),
+        (status = 401, body = agentkeys_types::ErrorBody, description = "A metrics token is configured and the request lacks it")))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(token) = &state.settings.metrics_token
+        && !bearer_of(&headers).is_some_and(|presented| token.matches(presented))
+    {
+        return Err(ApiError::MetricsTokenRequired);
+    }
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
-    )
+    ))
 }
