@@ -20,10 +20,7 @@ use crate::client::{AgentAction, BrokerClient};
 use crate::config::{self, DEFAULT_BROKER_URL, Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::isolation;
-use crate::{agents, exec, identities, keyfile};
-
-/// Largest sign-in message this client agrees to sign.
-const MAX_SIWE_MESSAGE: usize = 8 * 1024;
+use crate::{agents, exec, identities, keyfile, siwe_check};
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
@@ -277,7 +274,15 @@ async fn login_wallet(
             chain_id: Some(chain_id),
         })
         .await?;
-    check_siwe_message(&challenge.message, address.as_str(), client.base_url())?;
+    // Only a message for the broker at this URL: a relay must not get a signature it can use
+    // at the broker it relays.
+    siwe_check::check_siwe_message(
+        &challenge.message,
+        &address,
+        client.base_url(),
+        chain_id,
+        time::OffsetDateTime::now_utc(),
+    )?;
     let signature = signer
         .sign_message(challenge.message.as_bytes())
         .await
@@ -324,27 +329,6 @@ async fn login_wallet(
                 saved.expires_at
             ),
         )
-    }
-}
-
-/// Refuses to sign anything that is not an EIP-4361 sign-in for this very address: the key
-/// signs only what it is meant to.
-fn check_siwe_message(message: &str, address: &str, broker: &str) -> Result<()> {
-    let refuse = |why: &str| Error::BrokerProtocol {
-        url: broker.to_owned(),
-        detail: format!("refusing to sign the challenge: {why}"),
-    };
-    if message.len() > MAX_SIWE_MESSAGE {
-        return Err(refuse("the message is too long"));
-    }
-    let mut lines = message.lines();
-    let first = lines.next().unwrap_or_default();
-    if !first.ends_with(" wants you to sign in with your Ethereum account:") {
-        return Err(refuse("it is not an EIP-4361 sign-in message"));
-    }
-    match lines.next() {
-        Some(a) if a.trim().eq_ignore_ascii_case(address) => Ok(()),
-        _ => Err(refuse("it is not for the address of this key")),
     }
 }
 
@@ -678,36 +662,6 @@ async fn verify_isolation(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ADDR: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
-
-    fn siwe(addr: &str) -> String {
-        format!(
-            "127.0.0.1:8091 wants you to sign in with your Ethereum account:\n{addr}\n\nSign in to AgentKeys.\n\n\
-             URI: http://127.0.0.1:8091\nVersion: 1\nChain ID: 1\nNonce: abcdefgh12345678\nIssued At: 2030-01-01T00:00:00Z"
-        )
-    }
-
-    #[test]
-    fn signs_only_siwe_for_own_address() {
-        // EIP-55 checksummed in the message is fine.
-        check_siwe_message(
-            &siwe("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
-            ADDR,
-            "u",
-        )
-        .expect("ok");
-        assert!(
-            check_siwe_message(
-                &siwe("0x0000000000000000000000000000000000000001"),
-                ADDR,
-                "u"
-            )
-            .is_err()
-        );
-        assert!(check_siwe_message("please sign this transaction", ADDR, "u").is_err());
-        assert!(check_siwe_message(&"x".repeat(MAX_SIWE_MESSAGE + 1), ADDR, "u").is_err());
-    }
 
     fn ctx(dir: &Path, broker: Option<&str>) -> Context {
         Context {

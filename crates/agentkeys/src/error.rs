@@ -66,6 +66,14 @@ pub enum Error {
         requested: String,
     },
 
+    /// The CLI refused to sign a sign-in message: it is not for the broker the CLI talks to,
+    /// for this key and chain, or valid now (see [`crate::siwe_check`]).
+    #[error("refusing to sign the sign-in message from the broker at {url}: {reason}")]
+    SiweRefused {
+        url: String,
+        reason: crate::siwe_check::SiweRefusal,
+    },
+
     /// 429 from the broker.
     #[error("the broker is rate limiting this account; {}", retry_text(.retry_after))]
     RateLimited { retry_after: Option<RetryAfter> },
@@ -509,6 +517,13 @@ mod tests {
                 detail: "d".into(),
             },
             Error::IsolationFailed("x".into()),
+            Error::SiweRefused {
+                url: "u".into(),
+                reason: crate::siwe_check::SiweRefusal::Domain {
+                    expected: "a".into(),
+                    found: "b".into(),
+                },
+            },
             Error::Exec {
                 program: "p".into(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),

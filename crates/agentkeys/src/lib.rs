@@ -22,6 +22,7 @@ pub mod identities;
 pub mod isolation;
 pub mod keyfile;
 pub mod pairing;
+pub mod siwe_check;
 #[cfg(test)]
 mod testutil;
 
