@@ -136,10 +136,54 @@ struct Discovery {
     issuer: String,
 }
 
+/// Whether a plain-http broker off loopback may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpPolicy {
+    /// https anywhere; http only to a loopback address (127.0.0.0/8, ::1, localhost).
+    #[default]
+    LoopbackOnly,
+    /// http anywhere: `--insecure-http` / `AGENTKEYS_INSECURE_HTTP`.
+    AllowInsecure,
+}
+
+/// Refuses an `http://` broker off loopback under [`HttpPolicy::LoopbackOnly`]: session tokens,
+/// device proofs and minted JWTs would cross the network in clear text.
+pub fn check_transport(base_url: &str, policy: HttpPolicy) -> Result<()> {
+    let url = reqwest::Url::parse(base_url)
+        .map_err(|e| Error::InvalidInput(format!("invalid broker URL {base_url:?}: {e}")))?;
+    if url.scheme() == "https" || policy == HttpPolicy::AllowInsecure || is_loopback(&url) {
+        Ok(())
+    } else {
+        Err(Error::InsecureBrokerUrl {
+            url: base_url.to_owned(),
+        })
+    }
+}
+
+/// Loopback by address (any of 127.0.0.0/8, ::1) or the name `localhost`; no resolution.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host_str() {
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 impl BrokerClient {
-    /// `base_url` must already be normalised (see [`crate::config::normalize_broker_url`]);
-    /// `profile` only names the profile in error messages.
+    /// A client that refuses plain http off loopback; see [`BrokerClient::with_policy`].
     pub fn new(base_url: &str, profile: &str) -> Result<Self> {
+        Self::with_policy(base_url, profile, HttpPolicy::LoopbackOnly)
+    }
+
+    /// `base_url` must already be normalised (see [`crate::config::normalize_broker_url`]);
+    /// `profile` only names the profile in error messages. Every client is built here, so the
+    /// transport check cannot be skipped.
+    pub fn with_policy(base_url: &str, profile: &str, policy: HttpPolicy) -> Result<Self> {
+        check_transport(base_url, policy)?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -620,6 +664,45 @@ mod tests {
             e.to_string().contains("run `agentkeys agent login` again"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_allowed() {
+        for ok in [
+            "https://broker.example",
+            "https://10.0.0.1:8443",
+            "http://127.0.0.1:8091",
+            "http://127.1.2.3",
+            "http://localhost:8091",
+            "http://LOCALHOST",
+            "http://[::1]:8091",
+        ] {
+            let url = crate::config::normalize_broker_url(ok).expect(ok);
+            assert!(
+                BrokerClient::new(&url, "p").is_ok(),
+                "{ok} should be accepted"
+            );
+        }
+        for bad in [
+            "http://broker.example",
+            "http://10.0.0.1:8091",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://localhost.evil.example",
+            "http://0.0.0.0:8091",
+        ] {
+            let url = crate::config::normalize_broker_url(bad).expect(bad);
+            let e = BrokerClient::new(&url, "p")
+                .err()
+                .unwrap_or_else(|| panic!("{bad} should be refused"));
+            assert!(matches!(e, Error::InsecureBrokerUrl { .. }), "{bad}: {e:?}");
+            let s = e.to_string();
+            assert!(
+                s.contains("--insecure-http") && s.contains("AGENTKEYS_INSECURE_HTTP"),
+                "{s}"
+            );
+            BrokerClient::with_policy(&url, "p", HttpPolicy::AllowInsecure).expect(bad);
+        }
     }
 
     #[test]

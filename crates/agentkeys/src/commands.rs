@@ -16,7 +16,7 @@ use crate::cli::{
     AgentCommand, AgentsCommand, AwsCommand, Cli, Command, CredentialFormat, GlobalArgs,
     KeyCommand, LoginCommand, StsArgs,
 };
-use crate::client::{AgentAction, BrokerClient};
+use crate::client::{AgentAction, BrokerClient, HttpPolicy};
 use crate::config::{self, DEFAULT_BROKER_URL, Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::isolation;
@@ -161,6 +161,8 @@ pub(crate) struct Context {
     config_dir: Option<std::path::PathBuf>,
     /// From `--broker-url` / `AGENTKEYS_BROKER_URL`, normalised.
     explicit_broker: Option<String>,
+    /// `--insecure-http`: whether plain http off loopback is allowed.
+    http_policy: HttpPolicy,
 }
 
 impl Context {
@@ -174,6 +176,11 @@ impl Context {
             profile_name: g.profile.clone(),
             config_dir: g.config_dir.clone(),
             explicit_broker,
+            http_policy: if g.insecure_http {
+                HttpPolicy::AllowInsecure
+            } else {
+                HttpPolicy::LoopbackOnly
+            },
         })
     }
 
@@ -184,6 +191,7 @@ impl Context {
             profile_name: crate::config::DEFAULT_PROFILE.to_owned(),
             config_dir: Some(config_dir.to_path_buf()),
             explicit_broker: broker.map(str::to_owned),
+            http_policy: HttpPolicy::LoopbackOnly,
         }
     }
 
@@ -209,7 +217,10 @@ impl Context {
                 requested: explicit.clone(),
             });
         }
-        Ok(BrokerClient::new(&saved_url, &self.profile_name)?.with_agent_session(saved.is_agent()))
+        Ok(
+            BrokerClient::with_policy(&saved_url, &self.profile_name, self.http_policy)?
+                .with_agent_session(saved.is_agent()),
+        )
     }
 
     /// The profile, its saved session and a client for the broker that issued it.
@@ -229,7 +240,7 @@ impl Context {
                 _ => DEFAULT_BROKER_URL.to_owned(),
             },
         };
-        BrokerClient::new(&url, &self.profile_name)
+        BrokerClient::with_policy(&url, &self.profile_name, self.http_policy)
     }
 }
 
@@ -663,11 +674,13 @@ async fn verify_isolation(
 mod tests {
     use super::*;
 
+    /// A context that allows plain http anywhere: these tests are about which broker is chosen.
     fn ctx(dir: &Path, broker: Option<&str>) -> Context {
         Context {
             profile_name: "default".into(),
             config_dir: Some(dir.to_path_buf()),
             explicit_broker: broker.map(str::to_owned),
+            http_policy: HttpPolicy::AllowInsecure,
         }
     }
 
@@ -717,6 +730,33 @@ mod tests {
             c2.broker_for_login(&p).expect("client").base_url(),
             "http://b:1"
         );
+    }
+
+    #[test]
+    fn every_broker_client_of_a_context_checks_the_transport() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let strict = |broker: Option<&str>| Context {
+            http_policy: HttpPolicy::LoopbackOnly,
+            ..ctx(dir.path(), broker)
+        };
+        // A saved session of a plain-http broker off loopback is not used without the flag ...
+        let s = saved("http://10.0.0.1:9000");
+        let e = strict(None).broker_for_session(&s).err();
+        assert!(matches!(e, Some(Error::InsecureBrokerUrl { .. })), "{e:?}");
+        ctx(dir.path(), None)
+            .broker_for_session(&s)
+            .expect("allowed with --insecure-http");
+        // ... nor is such a broker signed in to.
+        let c = strict(Some("http://10.0.0.1:9000"));
+        let p = c.profile().expect("profile");
+        let e = c.broker_for_login(&p).err();
+        assert!(matches!(e, Some(Error::InsecureBrokerUrl { .. })), "{e:?}");
+        strict(Some("https://10.0.0.1:9000"))
+            .broker_for_login(&p)
+            .expect("https");
+        strict(None)
+            .broker_for_login(&p)
+            .expect("the default broker is loopback");
     }
 
     #[tokio::test]

@@ -74,6 +74,14 @@ pub enum Error {
         reason: crate::siwe_check::SiweRefusal,
     },
 
+    /// A broker URL that would carry bearer tokens in clear text over a network.
+    #[error(
+        "refusing to talk to the broker at {url}: plain http off loopback sends sessions and \
+         tokens in clear text; use its https:// URL, or pass --insecure-http \
+         (AGENTKEYS_INSECURE_HTTP=1) only on a network you trust"
+    )]
+    InsecureBrokerUrl { url: String },
+
     /// 429 from the broker.
     #[error("the broker is rate limiting this account; {}", retry_text(.retry_after))]
     RateLimited { retry_after: Option<RetryAfter> },
@@ -524,6 +532,7 @@ mod tests {
                     found: "b".into(),
                 },
             },
+            Error::InsecureBrokerUrl { url: "u".into() },
             Error::Exec {
                 program: "p".into(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
