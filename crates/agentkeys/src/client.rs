@@ -218,6 +218,7 @@ impl BrokerClient {
     }
 
     /// The broker's issuer URL from its discovery document, verbatim (device proofs name it).
+    /// It must be this client's URL: see [`check_own_issuer`].
     pub async fn issuer(&self) -> Result<String> {
         let rb = self.request(Method::GET, "/.well-known/openid-configuration");
         let doc: Discovery = self.send_json(rb, None).await?;
@@ -225,6 +226,7 @@ impl BrokerClient {
             url: self.base.clone(),
             detail: format!("the discovery document's issuer {why}"),
         })?;
+        check_own_issuer(&self.base, &doc.issuer)?;
         Ok(doc.issuer)
     }
 
@@ -604,6 +606,22 @@ fn check_issuer(issuer: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// A discovery document names the URL it was fetched from as its issuer (OpenID Connect
+/// Discovery §4.3). One that names another is a relay's (or a misconfigured broker's): a device
+/// proof for that issuer would be accepted by the other broker, and the session sent here.
+/// Compared after normalising both, so host case and a default port do not matter.
+pub(crate) fn check_own_issuer(base_url: &str, issuer: &str) -> Result<()> {
+    let own = crate::config::normalize_broker_url(issuer).is_ok_and(|i| i == base_url);
+    if own {
+        Ok(())
+    } else {
+        Err(Error::ForeignIssuer {
+            url: base_url.to_owned(),
+            issuer: sanitize(issuer, 200),
+        })
+    }
+}
+
 /// Keeps a broker-provided string to one printable line of bounded length.
 pub(crate) fn sanitize(s: &str, max_chars: usize) -> String {
     let mut out: String = s
@@ -702,6 +720,24 @@ mod tests {
                 "{s}"
             );
             BrokerClient::with_policy(&url, "p", HttpPolicy::AllowInsecure).expect(bad);
+        }
+    }
+
+    #[test]
+    fn the_issuer_must_be_the_url_discovery_came_from() {
+        check_own_issuer(URL, URL).expect("same");
+        check_own_issuer("https://b.example", "https://B.example:443").expect("same origin");
+        check_own_issuer("https://b.example/ak", "https://b.example/ak").expect("with a path");
+        for other in [
+            "http://127.0.0.1:8092",
+            "https://127.0.0.1:8091",
+            "http://127.0.0.1:8091/other",
+            "https://broker.example",
+            "not a url",
+        ] {
+            let e = check_own_issuer(URL, other).expect_err(other);
+            assert!(matches!(e, Error::ForeignIssuer { .. }), "{e:?}");
+            assert!(e.to_string().contains("relaying"), "{e}");
         }
     }
 
