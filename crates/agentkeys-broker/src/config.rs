@@ -16,7 +16,8 @@ pub struct ServeSettings {
           value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// Directory for the SQLite database and the signing keys (created if missing).
+    /// Directory for the SQLite database and the signing keys: created 0700 if missing (the
+    /// database files 0600); an existing one that group or others can enter is refused.
     #[arg(
         long,
         env = "BROKER_DATA_DIR",
@@ -379,6 +380,13 @@ impl ServeSettings {
                 "use sqlite://PATH (PostgreSQL is not supported yet)",
             ));
         }
+        crate::data_dir::check(&self.data_dir).map_err(|e| {
+            SettingError::new(
+                "data_dir",
+                self.data_dir.display().to_string(),
+                e.to_string(),
+            )
+        })?;
         if self.email_dev_log_links && !self.dev {
             return Err(SettingError::new(
                 "email_dev_log_links",
@@ -536,3 +544,4 @@ pub fn render_markdown() -> String {
     }
     out
 }
+

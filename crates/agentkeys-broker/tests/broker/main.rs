@@ -11,6 +11,7 @@ mod audit;
 mod audit_api;
 mod bad_input;
 mod binary;
+mod data_dir;
 mod docs;
 mod email;
 mod grants;
