@@ -32,6 +32,9 @@ use crate::state::AppState;
 /// Opens the store, prepares keys and returns the state `serve` runs with.
 pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
     data_dir::ensure(&settings.data_dir).context("the data dir (BROKER_DATA_DIR)")?;
+    // The settings registry refuses these too; this covers settings built in code.
+    oidc_login::check_provider_names(&settings.oidc_providers)
+        .context("BROKER_OIDC_PROVIDERS_FILE")?;
     let store = agentkeys_store::open(&settings.database_url)
         .await
         .with_context(|| format!("opening the store {}", settings.database_url))?;
