@@ -50,8 +50,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn agentkeys_store::Store>> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    crate::data_dir::ensure(&args.data_dir).context("the data dir (BROKER_DATA_DIR)")?;
     agentkeys_store::open(&args.database_url())
         .await
         .with_context(|| format!("opening {}", args.database_url()))

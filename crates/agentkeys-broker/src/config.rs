@@ -22,7 +22,8 @@ pub struct ServeSettings {
           value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// Directory for the SQLite database and the signing keys (created if missing).
+    /// Directory for the SQLite database and the signing keys: created 0700 if missing (the
+    /// database files 0600); an existing one that group or others can enter is refused.
     #[arg(
         long,
         env = "BROKER_DATA_DIR",
@@ -139,6 +140,7 @@ pub struct ServeSettings {
     /// JSON file naming the OpenID Connect providers humans may sign in with:
     /// `{"providers": [{"name": "google", "client_id": "…", "client_secret_file": "/path"}]}`
     /// (`issuer` is required except for `google`; `client_secret` may stand in for the file).
+    /// No name may be a prefix of another (`git` and `github` could share accounts).
     #[arg(long, env = "BROKER_OIDC_PROVIDERS_FILE", value_name = "FILE")]
     pub oidc_providers_file: Option<PathBuf>,
 
@@ -484,6 +486,13 @@ impl ServeSettings {
                 "use sqlite://PATH (PostgreSQL is not supported yet)",
             ));
         }
+        crate::data_dir::check(&self.data_dir).map_err(|e| {
+            SettingError::new(
+                "data_dir",
+                self.data_dir.display().to_string(),
+                e.to_string(),
+            )
+        })?;
         if self.email_dev_log_links && !self.dev {
             return Err(SettingError::new(
                 "email_dev_log_links",
@@ -626,6 +635,7 @@ fn load_oidc_providers(
         }
         out.push(config);
     }
+    crate::oidc_login::check_provider_names(&out).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -677,4 +687,56 @@ pub fn render_markdown() -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkeys_types::OmniAccount;
+
+    fn providers_file(dir: &std::path::Path, names: &[&str]) -> PathBuf {
+        let providers: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n,
+                    "issuer": format!("https://{n}.example"),
+                    "client_id": "id",
+                    "client_secret": "secret",
+                })
+            })
+            .collect();
+        let path = dir.join("providers.json");
+        std::fs::write(
+            &path,
+            serde_json::json!({ "providers": providers }).to_string(),
+        )
+        .expect("write");
+        path
+    }
+
+    #[test]
+    fn provider_names_that_prefix_one_another_would_share_accounts() {
+        // Why: the omni concatenates without a separator (SPEC §3, fixed), so provider `git`'s
+        // user `hub123` is provider `github`'s user `123`.
+        assert_eq!(
+            OmniAccount::derive("oauth2_git", "hub123"),
+            OmniAccount::derive("oauth2_github", "123")
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        for names in [&["git", "github"][..], &["github", "google", "git"]] {
+            let e = load_oidc_providers(&providers_file(dir.path(), names)).expect_err("refused");
+            assert!(
+                e.contains("\"git\"") && e.contains("\"github\"") && e.contains("prefix"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        let e =
+            load_oidc_providers(&providers_file(dir.path(), &["git", "git"])).expect_err("twice");
+        assert!(e.contains("twice"), "{e}");
+        let ok = load_oidc_providers(&providers_file(dir.path(), &["google", "gitlab", "github"]))
+            .expect("no name is a prefix of another");
+        assert_eq!(ok.len(), 3);
+    }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod data_dir;
 pub mod denials;
 pub mod http;
 pub mod keys;
@@ -34,8 +35,10 @@ use crate::state::AppState;
 
 /// Opens the store, prepares keys and returns the state `serve` runs with.
 pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
+    data_dir::ensure(&settings.data_dir).context("the data dir (BROKER_DATA_DIR)")?;
+    // The settings registry refuses these too; this covers settings built in code.
+    oidc_login::check_provider_names(&settings.oidc_providers)
+        .context("BROKER_OIDC_PROVIDERS_FILE")?;
     let store = agentkeys_store::open(&settings.database_url)
         .await
         .with_context(|| format!("opening the store {}", settings.database_url))?;

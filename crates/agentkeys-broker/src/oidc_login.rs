@@ -179,6 +179,38 @@ impl ProviderConfig {
     }
 }
 
+/// The OmniAccount of an OIDC user is `SHA-256("agentkeys" ‖ "oauth2_" ‖ name ‖ sub)`, with no
+/// separator (SPEC §3, fixed: existing prefixes depend on it). So provider `git`'s user `hub123`
+/// and provider `github`'s user `123` would be one account: providers whose names are prefixes
+/// of one another are refused.
+pub fn check_provider_names(providers: &[ProviderConfig]) -> Result<(), OidcLoginError> {
+    for (i, a) in providers.iter().enumerate() {
+        for b in &providers[i + 1..] {
+            if a.name == b.name {
+                return Err(OidcLoginError::Config(format!(
+                    "provider {:?} is listed twice",
+                    a.name
+                )));
+            }
+            let (short, long) = if a.name.len() <= b.name.len() {
+                (&a.name, &b.name)
+            } else {
+                (&b.name, &a.name)
+            };
+            if long.starts_with(short.as_str()) {
+                return Err(OidcLoginError::Config(format!(
+                    "provider {short:?} is a prefix of provider {long:?}, so a {short:?} user whose \
+                     id starts with {:?} would share an account with a {long:?} user (the \
+                     account id joins oauth2_<name> and the user id without a separator); \
+                     rename one of them",
+                    &long[short.len()..]
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `https`, or `http` to a loopback host (tests, local development).
 fn require_secure(provider: &str, what: &str, url: &url::Url) -> Result<(), OidcLoginError> {
     let loopback = match url.host() {

@@ -59,8 +59,15 @@ impl SqliteStore {
         let path = path_of(url)?;
         let path_for_setup = path.clone();
         let writer_conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            create_private(&path_for_setup)?;
             let mut conn = connect(&path_for_setup, true)?;
             migrate(&mut conn)?;
+            // The WAL and shared-memory files exist now; older ones may predate 0600.
+            for sidecar in ["-wal", "-shm", "-journal"] {
+                let mut p = path_for_setup.clone().into_os_string();
+                p.push(sidecar);
+                make_private(Path::new(&p))?;
+            }
             Ok(conn)
         })
         .await
@@ -111,6 +118,46 @@ fn path_of(url: &str) -> Result<PathBuf> {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     }
     Ok(PathBuf::from(rest))
+}
+
+/// The database holds emails, IP addresses and PKCE verifiers: owner-only whatever the umask.
+/// Created 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file), and an existing file is made 0600.
+fn create_private(path: &Path) -> Result<()> {
+    if path == Path::new(":memory:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|e| {
+        StoreError::Migrate(format!(
+            "cannot create the database {}: {e}",
+            path.display()
+        ))
+    })?;
+    make_private(path)
+}
+
+/// chmod 0600 (not subject to the umask); a missing file is fine.
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Migrate(format!(
+                    "cannot make {} readable by its owner only (chmod 600): {e}",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn connect(path: &Path, write: bool) -> Result<Connection> {

@@ -16,7 +16,7 @@ use crate::cache::CredentialCache;
 use crate::cli::{AgentTarget, SessionsCommand};
 use crate::client::{AgentAction, BrokerClient, sanitize};
 use crate::commands::{Context, emit, to_json};
-use crate::config::{DEFAULT_PROFILE, Profile, SavedSession};
+use crate::config::{DEFAULT_PROFILE, PairedBroker, Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::pairing::{self, AgentRef, DeviceProver};
 use crate::{fsutil, keyfile};
@@ -147,6 +147,8 @@ pub(crate) async fn agent_pair(
         )));
     }
     let client = ctx.broker_for_login(&profile)?;
+    // Pairing (again) is how a profile moves to another broker: whatever it was paired with
+    // before, the issuer of this broker is pinned once the pairing completes.
     let issuer = client.issuer().await?;
     let mut prover = DeviceProver::new(signer, &issuer);
     let started = client
@@ -168,6 +170,18 @@ pub(crate) async fn agent_pair(
     let (issued, agent) = check_approved(&client, &prover, approved)?;
     let saved = SavedSession::from_pairing(client.base_url(), issued, &agent.label);
     profile.save_session(&saved)?;
+    let previous = profile.load_paired().ok().flatten();
+    profile.save_paired(&PairedBroker {
+        issuer: issuer.clone(),
+    })?;
+    if let Some(old) = previous.filter(|p| p.issuer != issuer) {
+        eprintln!(
+            "agentkeys: note: profile {} was paired with the broker {}; it is now paired with {}",
+            profile.name(),
+            old.issuer,
+            issuer
+        );
+    }
     if let Some(old) = replaced {
         eprintln!(
             "agentkeys: note: replaced profile {}'s saved session of agent {} ({})",
@@ -249,6 +263,8 @@ pub(crate) async fn agent_login(
         .unwrap_or_default();
     let client = ctx.broker_for_login(&profile)?;
     let issuer = client.issuer().await?;
+    let paired = profile.load_paired()?;
+    check_paired_issuer(&profile, client.base_url(), paired.as_ref(), &issuer)?;
     let mut prover = DeviceProver::new(signer, &issuer);
     let issued = client
         .agent_session(&prover.session_request(&omni, pairing::now_ms())?)
@@ -261,6 +277,10 @@ pub(crate) async fn agent_login(
     }
     let saved = SavedSession::from_pairing(client.base_url(), issued, &label);
     profile.save_session(&saved)?;
+    if paired.is_none() {
+        // A profile paired before issuers were pinned: pin the one that just accepted the key.
+        profile.save_paired(&PairedBroker { issuer })?;
+    }
     if json {
         emit(
             out,
@@ -281,6 +301,26 @@ pub(crate) async fn agent_login(
                 sanitize(&saved.expires_at, 64)
             ),
         )
+    }
+}
+
+/// A device proof names the broker's issuer; the device signs one only for the issuer its
+/// profile was paired with, so a server with another issuer (another broker, or one the URL now
+/// leads to) gets no proof it could use. A profile paired before pins existed has none.
+fn check_paired_issuer(
+    profile: &Profile,
+    url: &str,
+    paired: Option<&PairedBroker>,
+    issuer: &str,
+) -> Result<()> {
+    match paired {
+        Some(p) if p.issuer != issuer => Err(Error::IssuerChanged {
+            profile: profile.name().to_owned(),
+            url: url.to_owned(),
+            pinned: p.issuer.clone(),
+            found: issuer.to_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -646,6 +686,27 @@ mod tests {
             let e = approve_request("ABCD-EFGH", bad).expect_err(bad);
             assert!(e.to_string().contains("--label"), "{e}");
         }
+    }
+
+    #[test]
+    fn device_proofs_only_for_the_paired_issuer() {
+        let p = Profile::new(std::path::Path::new("/c"), "bot").expect("profile");
+        let a = PairedBroker {
+            issuer: "https://a.example".into(),
+        };
+        check_paired_issuer(&p, "https://a.example", Some(&a), "https://a.example").expect("same");
+        check_paired_issuer(&p, "https://b.example", None, "https://b.example")
+            .expect("nothing pinned yet");
+        let e = check_paired_issuer(&p, "https://b.example", Some(&a), "https://b.example")
+            .expect_err("another issuer");
+        assert!(matches!(e, Error::IssuerChanged { .. }), "{e:?}");
+        let s = e.to_string();
+        assert!(
+            s.contains("https://a.example")
+                && s.contains("https://b.example")
+                && s.contains("agentkeys --profile bot --broker-url https://b.example agent pair"),
+            "{s}"
+        );
     }
 
     #[test]

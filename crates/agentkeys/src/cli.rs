@@ -44,6 +44,12 @@ pub struct GlobalArgs {
     /// ~/.config/agentkeys).
     #[arg(long, env = "AGENTKEYS_CONFIG_DIR", value_name = "DIR", global = true)]
     pub config_dir: Option<PathBuf>,
+
+    /// Allow a plain http:// broker URL that is not loopback (127.0.0.0/8, ::1, localhost).
+    /// Sessions and tokens then cross the network in clear text: only on a network you trust.
+    #[arg(long, env = "AGENTKEYS_INSECURE_HTTP", global = true,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -623,6 +629,14 @@ mod tests {
         .expect("parse");
         assert_eq!(cli.global.profile, "p");
         assert_eq!(cli.global.broker_url.as_deref(), Some("http://x"));
+    }
+
+    #[test]
+    fn insecure_http_is_off_unless_asked() {
+        let cli = Cli::try_parse_from(["agentkeys", "whoami"]).expect("parse");
+        assert!(!cli.global.insecure_http);
+        let cli = Cli::try_parse_from(["agentkeys", "whoami", "--insecure-http"]).expect("parse");
+        assert!(cli.global.insecure_http);
     }
 
     #[test]

@@ -131,10 +131,54 @@ struct Discovery {
     issuer: String,
 }
 
+/// Whether a plain-http broker off loopback may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpPolicy {
+    /// https anywhere; http only to a loopback address (127.0.0.0/8, ::1, localhost).
+    #[default]
+    LoopbackOnly,
+    /// http anywhere: `--insecure-http` / `AGENTKEYS_INSECURE_HTTP`.
+    AllowInsecure,
+}
+
+/// Refuses an `http://` broker off loopback under [`HttpPolicy::LoopbackOnly`]: session tokens,
+/// device proofs and minted JWTs would cross the network in clear text.
+pub fn check_transport(base_url: &str, policy: HttpPolicy) -> Result<()> {
+    let url = reqwest::Url::parse(base_url)
+        .map_err(|e| Error::InvalidInput(format!("invalid broker URL {base_url:?}: {e}")))?;
+    if url.scheme() == "https" || policy == HttpPolicy::AllowInsecure || is_loopback(&url) {
+        Ok(())
+    } else {
+        Err(Error::InsecureBrokerUrl {
+            url: base_url.to_owned(),
+        })
+    }
+}
+
+/// Loopback by address (any of 127.0.0.0/8, ::1) or the name `localhost`; no resolution.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host_str() {
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 impl BrokerClient {
-    /// `base_url` must already be normalised (see [`crate::config::normalize_broker_url`]);
-    /// `profile` only names the profile in error messages.
+    /// A client that refuses plain http off loopback; see [`BrokerClient::with_policy`].
     pub fn new(base_url: &str, profile: &str) -> Result<Self> {
+        Self::with_policy(base_url, profile, HttpPolicy::LoopbackOnly)
+    }
+
+    /// `base_url` must already be normalised (see [`crate::config::normalize_broker_url`]);
+    /// `profile` only names the profile in error messages. Every client is built here, so the
+    /// transport check cannot be skipped.
+    pub fn with_policy(base_url: &str, profile: &str, policy: HttpPolicy) -> Result<Self> {
+        check_transport(base_url, policy)?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -169,6 +213,7 @@ impl BrokerClient {
     }
 
     /// The broker's issuer URL from its discovery document, verbatim (device proofs name it).
+    /// It must be this client's URL: see [`check_own_issuer`].
     pub async fn issuer(&self) -> Result<String> {
         let rb = self.request(Method::GET, "/.well-known/openid-configuration");
         let doc: Discovery = self.send_json(rb, None).await?;
@@ -176,6 +221,7 @@ impl BrokerClient {
             url: self.base.clone(),
             detail: format!("the discovery document's issuer {why}"),
         })?;
+        check_own_issuer(&self.base, &doc.issuer)?;
         Ok(doc.issuer)
     }
 
@@ -554,6 +600,22 @@ fn check_issuer(issuer: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// A discovery document names the URL it was fetched from as its issuer (OpenID Connect
+/// Discovery §4.3). One that names another is a relay's (or a misconfigured broker's): a device
+/// proof for that issuer would be accepted by the other broker, and the session sent here.
+/// Compared after normalising both, so host case and a default port do not matter.
+pub(crate) fn check_own_issuer(base_url: &str, issuer: &str) -> Result<()> {
+    let own = crate::config::normalize_broker_url(issuer).is_ok_and(|i| i == base_url);
+    if own {
+        Ok(())
+    } else {
+        Err(Error::ForeignIssuer {
+            url: base_url.to_owned(),
+            issuer: sanitize(issuer, 200),
+        })
+    }
+}
+
 /// Keeps a broker-provided string to one printable line of bounded length.
 pub(crate) fn sanitize(s: &str, max_chars: usize) -> String {
     let mut out: String = s
@@ -614,6 +676,63 @@ mod tests {
             e.to_string().contains("run `agentkeys agent login` again"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_allowed() {
+        for ok in [
+            "https://broker.example",
+            "https://10.0.0.1:8443",
+            "http://127.0.0.1:8091",
+            "http://127.1.2.3",
+            "http://localhost:8091",
+            "http://LOCALHOST",
+            "http://[::1]:8091",
+        ] {
+            let url = crate::config::normalize_broker_url(ok).expect(ok);
+            assert!(
+                BrokerClient::new(&url, "p").is_ok(),
+                "{ok} should be accepted"
+            );
+        }
+        for bad in [
+            "http://broker.example",
+            "http://10.0.0.1:8091",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://localhost.evil.example",
+            "http://0.0.0.0:8091",
+        ] {
+            let url = crate::config::normalize_broker_url(bad).expect(bad);
+            let e = BrokerClient::new(&url, "p")
+                .err()
+                .unwrap_or_else(|| panic!("{bad} should be refused"));
+            assert!(matches!(e, Error::InsecureBrokerUrl { .. }), "{bad}: {e:?}");
+            let s = e.to_string();
+            assert!(
+                s.contains("--insecure-http") && s.contains("AGENTKEYS_INSECURE_HTTP"),
+                "{s}"
+            );
+            BrokerClient::with_policy(&url, "p", HttpPolicy::AllowInsecure).expect(bad);
+        }
+    }
+
+    #[test]
+    fn the_issuer_must_be_the_url_discovery_came_from() {
+        check_own_issuer(URL, URL).expect("same");
+        check_own_issuer("https://b.example", "https://B.example:443").expect("same origin");
+        check_own_issuer("https://b.example/ak", "https://b.example/ak").expect("with a path");
+        for other in [
+            "http://127.0.0.1:8092",
+            "https://127.0.0.1:8091",
+            "http://127.0.0.1:8091/other",
+            "https://broker.example",
+            "not a url",
+        ] {
+            let e = check_own_issuer(URL, other).expect_err(other);
+            assert!(matches!(e, Error::ForeignIssuer { .. }), "{e:?}");
+            assert!(e.to_string().contains("relaying"), "{e}");
+        }
     }
 
     #[test]

@@ -16,14 +16,11 @@ use crate::cli::{
     AgentCommand, AgentsCommand, AwsCommand, Cli, Command, CredentialFormat, GlobalArgs,
     KeyCommand, LoginCommand, StsArgs,
 };
-use crate::client::{AgentAction, BrokerClient};
+use crate::client::{AgentAction, BrokerClient, HttpPolicy};
 use crate::config::{self, DEFAULT_BROKER_URL, Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::isolation;
-use crate::{agents, exec, identities, keyfile};
-
-/// Largest sign-in message this client agrees to sign.
-const MAX_SIWE_MESSAGE: usize = 8 * 1024;
+use crate::{agents, exec, identities, keyfile, siwe_check};
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
@@ -165,6 +162,8 @@ pub(crate) struct Context {
     config_dir: Option<std::path::PathBuf>,
     /// From `--broker-url` / `AGENTKEYS_BROKER_URL`, normalised.
     explicit_broker: Option<String>,
+    /// `--insecure-http`: whether plain http off loopback is allowed.
+    http_policy: HttpPolicy,
 }
 
 impl Context {
@@ -178,6 +177,11 @@ impl Context {
             profile_name: g.profile.clone(),
             config_dir: g.config_dir.clone(),
             explicit_broker,
+            http_policy: if g.insecure_http {
+                HttpPolicy::AllowInsecure
+            } else {
+                HttpPolicy::LoopbackOnly
+            },
         })
     }
 
@@ -188,6 +192,7 @@ impl Context {
             profile_name: crate::config::DEFAULT_PROFILE.to_owned(),
             config_dir: Some(config_dir.to_path_buf()),
             explicit_broker: broker.map(str::to_owned),
+            http_policy: HttpPolicy::LoopbackOnly,
         }
     }
 
@@ -213,7 +218,10 @@ impl Context {
                 requested: explicit.clone(),
             });
         }
-        Ok(BrokerClient::new(&saved_url, &self.profile_name)?.with_agent_session(saved.is_agent()))
+        Ok(
+            BrokerClient::with_policy(&saved_url, &self.profile_name, self.http_policy)?
+                .with_agent_session(saved.is_agent()),
+        )
     }
 
     /// The profile, its saved session and a client for the broker that issued it.
@@ -233,7 +241,7 @@ impl Context {
                 _ => DEFAULT_BROKER_URL.to_owned(),
             },
         };
-        BrokerClient::new(&url, &self.profile_name)
+        BrokerClient::with_policy(&url, &self.profile_name, self.http_policy)
     }
 }
 
@@ -279,7 +287,22 @@ async fn login_wallet(
             purpose: None,
         })
         .await?;
-    check_siwe_message(&challenge.message, address.as_str(), client.base_url())?;
+    // Only a message for the broker at this URL: a relay must not get a signature it can use
+    // at the broker it relays.
+    let message = siwe_check::check_siwe_message(
+        &challenge.message,
+        &address,
+        client.base_url(),
+        chain_id,
+        time::OffsetDateTime::now_utc(),
+    )?;
+    // And only a sign-in: a message for another purpose (linking) is not what was asked for.
+    if message.statement.as_deref() != Some(agentkeys_types::login::SIGN_IN_STATEMENT) {
+        return Err(Error::BrokerProtocol {
+            url: client.base_url().to_owned(),
+            detail: "refusing to sign: the message is not a sign-in".into(),
+        });
+    }
     let signature = signer
         .sign_message(challenge.message.as_bytes())
         .await
@@ -326,27 +349,6 @@ async fn login_wallet(
                 saved.expires_at
             ),
         )
-    }
-}
-
-/// Refuses to sign anything that is not an EIP-4361 sign-in for this very address: the key
-/// signs only what it is meant to.
-pub(crate) fn check_siwe_message(message: &str, address: &str, broker: &str) -> Result<()> {
-    let refuse = |why: &str| Error::BrokerProtocol {
-        url: broker.to_owned(),
-        detail: format!("refusing to sign the challenge: {why}"),
-    };
-    if message.len() > MAX_SIWE_MESSAGE {
-        return Err(refuse("the message is too long"));
-    }
-    let mut lines = message.lines();
-    let first = lines.next().unwrap_or_default();
-    if !first.ends_with(" wants you to sign in with your Ethereum account:") {
-        return Err(refuse("it is not an EIP-4361 sign-in message"));
-    }
-    match lines.next() {
-        Some(a) if a.trim().eq_ignore_ascii_case(address) => Ok(()),
-        _ => Err(refuse("it is not for the address of this key")),
     }
 }
 
@@ -681,41 +683,13 @@ async fn verify_isolation(
 mod tests {
     use super::*;
 
-    const ADDR: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
-
-    fn siwe(addr: &str) -> String {
-        format!(
-            "127.0.0.1:8091 wants you to sign in with your Ethereum account:\n{addr}\n\nSign in to AgentKeys.\n\n\
-             URI: http://127.0.0.1:8091\nVersion: 1\nChain ID: 1\nNonce: abcdefgh12345678\nIssued At: 2030-01-01T00:00:00Z"
-        )
-    }
-
-    #[test]
-    fn signs_only_siwe_for_own_address() {
-        // EIP-55 checksummed in the message is fine.
-        check_siwe_message(
-            &siwe("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
-            ADDR,
-            "u",
-        )
-        .expect("ok");
-        assert!(
-            check_siwe_message(
-                &siwe("0x0000000000000000000000000000000000000001"),
-                ADDR,
-                "u"
-            )
-            .is_err()
-        );
-        assert!(check_siwe_message("please sign this transaction", ADDR, "u").is_err());
-        assert!(check_siwe_message(&"x".repeat(MAX_SIWE_MESSAGE + 1), ADDR, "u").is_err());
-    }
-
+    /// A context that allows plain http anywhere: these tests are about which broker is chosen.
     fn ctx(dir: &Path, broker: Option<&str>) -> Context {
         Context {
             profile_name: "default".into(),
             config_dir: Some(dir.to_path_buf()),
             explicit_broker: broker.map(str::to_owned),
+            http_policy: HttpPolicy::AllowInsecure,
         }
     }
 
@@ -765,6 +739,33 @@ mod tests {
             c2.broker_for_login(&p).expect("client").base_url(),
             "http://b:1"
         );
+    }
+
+    #[test]
+    fn every_broker_client_of_a_context_checks_the_transport() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let strict = |broker: Option<&str>| Context {
+            http_policy: HttpPolicy::LoopbackOnly,
+            ..ctx(dir.path(), broker)
+        };
+        // A saved session of a plain-http broker off loopback is not used without the flag ...
+        let s = saved("http://10.0.0.1:9000");
+        let e = strict(None).broker_for_session(&s).err();
+        assert!(matches!(e, Some(Error::InsecureBrokerUrl { .. })), "{e:?}");
+        ctx(dir.path(), None)
+            .broker_for_session(&s)
+            .expect("allowed with --insecure-http");
+        // ... nor is such a broker signed in to.
+        let c = strict(Some("http://10.0.0.1:9000"));
+        let p = c.profile().expect("profile");
+        let e = c.broker_for_login(&p).err();
+        assert!(matches!(e, Some(Error::InsecureBrokerUrl { .. })), "{e:?}");
+        strict(Some("https://10.0.0.1:9000"))
+            .broker_for_login(&p)
+            .expect("https");
+        strict(None)
+            .broker_for_login(&p)
+            .expect("the default broker is loopback");
     }
 
     #[tokio::test]

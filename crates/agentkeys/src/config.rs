@@ -1,5 +1,5 @@
 //! Where the client keeps its state: `<config dir>/profiles/<profile>/session.json` and, for an
-//! agent, `device.key` (0600, in 0700 directories). The config dir is `AGENTKEYS_CONFIG_DIR`,
+//! agent, `device.key` and `paired.json` (0600, in 0700 directories). The config dir is `AGENTKEYS_CONFIG_DIR`,
 //! else `$XDG_CONFIG_HOME/agentkeys`, else `~/.config/agentkeys`.
 
 use std::fmt;
@@ -15,6 +15,7 @@ pub const DEFAULT_BROKER_URL: &str = "http://127.0.0.1:8091";
 pub const DEFAULT_PROFILE: &str = "default";
 const SESSION_FILE: &str = "session.json";
 const DEVICE_KEY_FILE: &str = "device.key";
+const PAIRED_FILE: &str = "paired.json";
 
 /// A bearer secret. Its `Debug` is redacted and it has no `Display`, so it cannot end up in a
 /// log line or an error message by accident.
@@ -90,6 +91,15 @@ impl SavedSession {
     }
 }
 
+/// The broker an agent profile was paired with, by the issuer its discovery document named at
+/// pairing. Device proofs name the issuer, so the device signs them only for this broker; a
+/// different issuer later needs a new pairing. Kept apart from the session so that a logout does
+/// not forget it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairedBroker {
+    pub issuer: String,
+}
+
 /// One profile's state directory.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -153,6 +163,28 @@ impl Profile {
             .map_err(|e| Error::InvalidInput(format!("cannot encode the session: {e}")))?;
         json.push(b'\n');
         fsutil::write_private_atomic(&self.session_path(), &json)
+    }
+
+    /// The broker this agent profile was paired with, if it was.
+    pub fn load_paired(&self) -> Result<Option<PairedBroker>> {
+        let path = self.dir.join(PAIRED_FILE);
+        let Some(bytes) = fsutil::read_private(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::CorruptState {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn save_paired(&self, paired: &PairedBroker) -> Result<()> {
+        fsutil::create_private_dir(&self.dir)?;
+        let mut json = serde_json::to_vec_pretty(paired)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode the pairing: {e}")))?;
+        json.push(b'\n');
+        fsutil::write_private_atomic(&self.dir.join(PAIRED_FILE), &json)
     }
 
     /// Deletes the saved session; `Ok(false)` if there was none.
@@ -328,6 +360,28 @@ mod tests {
                 .contains("label"),
             "no label key for masters"
         );
+    }
+
+    #[test]
+    fn the_paired_broker_outlives_the_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Profile::new(dir.path(), "bot").expect("profile");
+        assert_eq!(p.load_paired().expect("load"), None);
+        let paired = PairedBroker {
+            issuer: "https://broker.example".into(),
+        };
+        p.save_paired(&paired).expect("save");
+        assert_eq!(
+            std::fs::metadata(p.dir().join(PAIRED_FILE))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        p.save_session(&sample()).expect("save session");
+        p.delete_session().expect("logout");
+        assert_eq!(p.load_paired().expect("load"), Some(paired));
     }
 
     #[test]

@@ -66,6 +66,45 @@ pub enum Error {
         requested: String,
     },
 
+    /// The CLI refused to sign a sign-in message: it is not for the broker the CLI talks to,
+    /// for this key and chain, or valid now (see [`crate::siwe_check`]).
+    #[error("refusing to sign the sign-in message from the broker at {url}: {reason}")]
+    SiweRefused {
+        url: String,
+        reason: crate::siwe_check::SiweRefusal,
+    },
+
+    /// A broker URL that would carry bearer tokens in clear text over a network.
+    #[error(
+        "refusing to talk to the broker at {url}: plain http off loopback sends sessions and \
+         tokens in clear text; use its https:// URL, or pass --insecure-http \
+         (AGENTKEYS_INSECURE_HTTP=1) only on a network you trust"
+    )]
+    InsecureBrokerUrl { url: String },
+
+    /// The discovery document names another issuer than the URL it was fetched from (OpenID
+    /// Connect Discovery §4.3): a device proof for it would be valid at another broker.
+    #[error(
+        "the server at {url} says it is the broker {issuer}: a broker names its own URL, so this \
+         one may be relaying another broker; refusing to sign device proofs for it (use the \
+         broker's own URL)"
+    )]
+    ForeignIssuer { url: String, issuer: String },
+
+    /// The broker's issuer is not the one the agent profile was paired with.
+    #[error(
+        "profile `{profile}` was paired with the broker {pinned}, but {url} is the broker \
+         {found}; its device key signs proofs only for the broker it was paired with. To move \
+         this agent there, pair it again: `agentkeys {flag}--broker-url {url} agent pair`",
+        flag = profile_flag(profile)
+    )]
+    IssuerChanged {
+        profile: String,
+        url: String,
+        pinned: String,
+        found: String,
+    },
+
     /// 429 from the broker.
     #[error("the broker is rate limiting this account; {}", retry_text(.retry_after))]
     RateLimited { retry_after: Option<RetryAfter> },
@@ -246,14 +285,19 @@ fn sts_hint(code: Option<&str>, message: Option<&str>) -> &'static str {
     }
 }
 
-/// The command that gets the profile a session again: sign in for a master; for an agent, a new
-/// session by device proof.
-fn login_hint(profile: &str, agent: bool) -> String {
-    let global = if profile == crate::config::DEFAULT_PROFILE {
+/// `--profile NAME ` unless it is the default profile.
+fn profile_flag(profile: &str) -> String {
+    if profile == crate::config::DEFAULT_PROFILE {
         String::new()
     } else {
         format!("--profile {profile} ")
-    };
+    }
+}
+
+/// The command that gets the profile a session again: sign in for a master; for an agent, a new
+/// session by device proof.
+fn login_hint(profile: &str, agent: bool) -> String {
+    let global = profile_flag(profile);
     if agent {
         format!("agentkeys {global}agent login")
     } else if global.is_empty() {
@@ -509,6 +553,24 @@ mod tests {
                 detail: "d".into(),
             },
             Error::IsolationFailed("x".into()),
+            Error::SiweRefused {
+                url: "u".into(),
+                reason: crate::siwe_check::SiweRefusal::Domain {
+                    expected: "a".into(),
+                    found: "b".into(),
+                },
+            },
+            Error::InsecureBrokerUrl { url: "u".into() },
+            Error::ForeignIssuer {
+                url: "u".into(),
+                issuer: "i".into(),
+            },
+            Error::IssuerChanged {
+                profile: "p".into(),
+                url: "u".into(),
+                pinned: "a".into(),
+                found: "b".into(),
+            },
             Error::Exec {
                 program: "p".into(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::agents::{profile_flag, table};
 use crate::cli::{CodeArgs, IdentitiesCommand, StepUpArgs};
 use crate::client::{BrokerClient, LoginMethod, check_request_id, sanitize};
-use crate::commands::{Context, check_siwe_message, emit, to_json};
+use crate::commands::{Context, emit, to_json};
 use crate::config::{Profile, SavedSession};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -671,9 +671,15 @@ async fn step_up(
             purpose: Some(purpose.clone()),
         })
         .await?;
-    check_siwe_message(&challenge.message, address.as_str(), client.base_url())?;
+    let message = crate::siwe_check::check_siwe_message(
+        &challenge.message,
+        &address,
+        client.base_url(),
+        args.chain_id,
+        time::OffsetDateTime::now_utc(),
+    )?;
     let expected = challenge_statement(Some(&purpose));
-    if challenge.message.lines().nth(3) != Some(expected.as_str()) {
+    if message.statement.as_deref() != Some(expected.as_str()) {
         return Err(protocol(
             client,
             &format!("refusing to sign: the message does not say \"{expected}\""),

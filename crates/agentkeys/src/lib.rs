@@ -23,6 +23,7 @@ pub mod isolation;
 pub mod keyfile;
 mod loopback;
 pub mod pairing;
+pub mod siwe_check;
 #[cfg(test)]
 mod testutil;
 

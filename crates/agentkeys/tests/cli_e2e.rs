@@ -1934,3 +1934,6 @@ fn a_master_reads_its_audit_trail() {
     // An agent has no audit view of its own.
     agent.fails(&["audit"], 1);
 }
+
+#[path = "cli_e2e/relay.rs"]
+mod relay;

@@ -24,6 +24,14 @@ pub struct TestApp {
     _server: tokio::task::JoinHandle<()>,
 }
 
+/// A temp dir the broker accepts as its data dir: 0700, whatever the umask made it.
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
 /// Settings as `serve --dev` would resolve them, with overrides.
 pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
     Settings {
@@ -86,7 +94,7 @@ impl TestApp {
             .with_test_writer()
             .with_env_filter("warn")
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_tempdir();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mut s = settings(dir.path(), &url);

@@ -3,6 +3,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::app::private_tempdir;
+
 fn broker() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"));
     // Start from a clean environment so a developer's BROKER_* variables do not leak in.
@@ -25,7 +27,7 @@ fn run(c: &mut Command) -> (i32, String) {
 
 #[test]
 fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     // (flags, environment, words the one-line message must contain)
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a [&'a str]);
     let cases: Vec<Case> = vec![
@@ -92,7 +94,7 @@ fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
 
 #[test]
 fn production_mode_refuses_to_start_without_a_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let mut c = broker();
     c.args([
         "serve",
@@ -139,7 +141,7 @@ fn production_mode_refuses_to_start_without_a_key() {
 
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tempdir();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

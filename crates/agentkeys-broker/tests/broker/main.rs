@@ -13,6 +13,7 @@ mod audit_api;
 mod bad_input;
 mod binary;
 mod connections;
+mod data_dir;
 mod docs;
 mod email;
 mod grants;
