@@ -4,7 +4,9 @@
 #
 #   scripts/test.sh
 #
-# Needs: Rust (stable), python3 with venv, and root for apt (Ceph RGW for the isolation test).
+# Needs: Rust (stable), python3 with venv, Node.js >= 20 with npm (a real OpenID Provider and a
+# headless-browser driver for the sign-in tests), Debian's chromium, and root for apt (Ceph RGW
+# for the isolation test).
 # Everything else it fetches from crates.io, PyPI and Debian.
 # Exits non-zero on the first failure.
 set -euo pipefail
