@@ -121,39 +121,6 @@ fn new_verifier() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The pending sign-in that `--code` finishes: the last one this profile started, if it is
-/// for the same broker, method, goal and subject.
-fn resume(
-    profile: &Profile,
-    client: &BrokerClient,
-    method: LoginMethod,
-    goal: Goal,
-    subject: &str,
-    again: &str,
-) -> Result<Pending> {
-    let wanted = method_name(method);
-    match load_pending(profile)? {
-        Some(p)
-            if p.broker_url == client.base_url()
-                && p.method == wanted
-                && p.goal == goal
-                && p.subject == subject =>
-        {
-            Ok(p)
-        }
-        _ => Err(goal.fail(format!(
-            "profile `{}` has no unfinished {wanted} {} for {subject} at {}; run `{again}` \
-             (without --code) to start one",
-            profile.name(),
-            match goal {
-                Goal::SignIn => "sign-in",
-                Goal::Link => "link",
-            },
-            client.base_url()
-        ))),
-    }
-}
-
 fn method_name(method: LoginMethod) -> &'static str {
     match method {
         LoginMethod::Email => "email",
@@ -339,6 +306,161 @@ enum Proof<'a> {
     Oidc(&'a str),
 }
 
+/// One sign-in or link as this command runs it.
+struct Flow<'a> {
+    profile: &'a Profile,
+    client: &'a BrokerClient,
+    method: LoginMethod,
+    goal: Goal,
+    /// The email address, or the provider's name.
+    subject: &'a str,
+    /// The command that starts it over, and the one that finishes it with a code.
+    again: String,
+    with_code: String,
+    timeout: Duration,
+}
+
+/// How the code of a started request reaches this command.
+enum Delivery {
+    /// By mail: say this, then ask for the code.
+    Mail(String),
+    /// Through the provider's sign-in at this URL: back to the loopback listener, or (none)
+    /// typed from the broker's page. `what` completes "Open this URL … to".
+    Provider {
+        url: String,
+        what: String,
+        loopback: Option<Loopback>,
+    },
+}
+
+impl Flow<'_> {
+    /// Finishes the pending request with `--code`, or starts a new one with `start` (given the
+    /// S256 challenge of a fresh verifier) and waits for its code; then collects it.
+    async fn run(
+        &self,
+        code: &CodeArgs,
+        start: impl AsyncFnOnce(String) -> Result<(LoginStartResponse, Delivery)>,
+    ) -> Result<LoginStatusResponse> {
+        let (pending, typed) = match &code.code {
+            Some(typed) => (self.resume()?, typed.clone()),
+            None => {
+                let verifier = new_verifier();
+                let (started, delivery) = start(code_challenge(&verifier)).await?;
+                let pending = self.keep(verifier, &started)?;
+                (pending, self.receive(delivery).await?)
+            }
+        };
+        // A code given with --code is not asked for again.
+        let retype = code
+            .code
+            .is_none()
+            .then_some((self.timeout, self.with_code.as_str()));
+        collect(self.client, self.method, &pending, typed, retype).await
+    }
+
+    /// The pending request `--code` finishes: the last one this profile started, if it is for
+    /// the same broker, method, goal and subject.
+    fn resume(&self) -> Result<Pending> {
+        let wanted = method_name(self.method);
+        match load_pending(self.profile)? {
+            Some(p)
+                if p.broker_url == self.client.base_url()
+                    && p.method == wanted
+                    && p.goal == self.goal
+                    && p.subject == self.subject =>
+            {
+                Ok(p)
+            }
+            _ => Err(self.goal.fail(format!(
+                "profile `{}` has no unfinished {wanted} {} for {} at {}; run `{}` (without \
+                 --code) to start one",
+                self.profile.name(),
+                match self.goal {
+                    Goal::SignIn => "sign-in",
+                    Goal::Link => "link",
+                },
+                self.subject,
+                self.client.base_url(),
+                self.again
+            ))),
+        }
+    }
+
+    /// Checks the start's answer and keeps the request until it is collected.
+    fn keep(&self, code_verifier: String, started: &LoginStartResponse) -> Result<Pending> {
+        check_started(self.client, started)?;
+        let pending = Pending {
+            broker_url: self.client.base_url().to_owned(),
+            method: method_name(self.method).to_owned(),
+            goal: self.goal,
+            subject: self.subject.to_owned(),
+            request_id: started.request_id.clone(),
+            code_verifier,
+            expires_at: sanitize(&started.expires_at, 64),
+        };
+        save_pending(self.profile, &pending)?;
+        Ok(pending)
+    }
+
+    /// Waits for the code: typed after the mail, from the loopback redirect, or typed from
+    /// the broker's page.
+    async fn receive(&self, delivery: Delivery) -> Result<String> {
+        let timeout = self.timeout;
+        match delivery {
+            Delivery::Mail(said) => {
+                eprintln!("{said}");
+                prompt_code(self.goal, timeout, &self.with_code).await
+            }
+            Delivery::Provider {
+                url,
+                what,
+                loopback: Some(loopback),
+            } => {
+                eprintln!(
+                    "Open this URL in a browser on this machine to {what}:\n{url}\nWaiting up to \
+                     {} s for the browser to come back here; Ctrl-C cancels.",
+                    timeout.as_secs()
+                );
+                tokio::time::timeout(timeout, loopback.wait_for_code())
+                    .await
+                    .map_err(|_| {
+                        self.goal.fail(format!(
+                            "the browser did not come back within {} s; start again, or with \
+                             --no-browser type the code the broker shows",
+                            timeout.as_secs()
+                        ))
+                    })?
+            }
+            Delivery::Provider {
+                url,
+                what,
+                loopback: None,
+            } => {
+                eprintln!(
+                    "Open this URL in a browser (on any device) to {what}, then type the code \
+                     the broker shows there:\n{url}"
+                );
+                prompt_code(self.goal, timeout, &self.with_code).await
+            }
+        }
+    }
+}
+
+/// The provider's URL from a start's answer, checked.
+fn provider_url(client: &BrokerClient, started: &LoginStartResponse) -> Result<String> {
+    check_authorization_url(started.authorization_url.as_deref())
+        .map(str::to_owned)
+        .map_err(|why| protocol(client, why))
+}
+
+async fn loopback_unless(no_browser: bool) -> Result<Option<Loopback>> {
+    if no_browser {
+        Ok(None)
+    } else {
+        Loopback::bind().await.map(Some)
+    }
+}
+
 pub(crate) async fn login_email(
     ctx: &Context,
     address: &str,
@@ -350,56 +472,34 @@ pub(crate) async fn login_email(
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
     let again = format!("agentkeys {}login email {email}", profile_flag(&profile));
-    let with_code = format!("{again} --code CODE");
-    let timeout = Duration::from_secs(code.timeout.secs);
-    let (pending, typed) = match &code.code {
-        Some(typed) => {
-            let pending = resume(
-                &profile,
-                &client,
-                LoginMethod::Email,
-                Goal::SignIn,
-                &email,
-                &again,
-            )?;
-            (pending, typed.clone())
-        }
-        None => {
-            let verifier = new_verifier();
+    let flow = Flow {
+        profile: &profile,
+        client: &client,
+        method: LoginMethod::Email,
+        goal: Goal::SignIn,
+        subject: &email,
+        with_code: format!("{again} --code CODE"),
+        again,
+        timeout: Duration::from_secs(code.timeout.secs),
+    };
+    let done = flow
+        .run(code, async |code_challenge| {
             let started = client
                 .email_start(&EmailStartRequest {
                     email: email.clone(),
-                    code_challenge: code_challenge(&verifier),
+                    code_challenge,
                 })
                 .await?;
-            let pending = started_pending(
-                &client,
-                &profile,
-                LoginMethod::Email,
-                Goal::SignIn,
-                &email,
-                verifier,
-                &started,
-            )?;
-            eprintln!(
-                "A sign-in code was sent to {email}. Type it here to sign in to {} (it expires at \
-                 {}); Ctrl-C cancels, `{with_code}` finishes later.",
+            let said = format!(
+                "A sign-in code was sent to {email}. Type it here to sign in to {} (it expires \
+                 at {}); Ctrl-C cancels, `{}` finishes later.",
                 client.base_url(),
-                sanitize(&started.expires_at, 64)
+                sanitize(&started.expires_at, 64),
+                flow.with_code
             );
-            let typed = prompt_code(Goal::SignIn, timeout, &with_code).await?;
-            (pending, typed)
-        }
-    };
-    let done = collect(
-        &client,
-        LoginMethod::Email,
-        &pending,
-        typed,
-        // A code given with --code is not asked for again.
-        code.code.is_none().then_some((timeout, with_code.as_str())),
-    )
-    .await?;
+            Ok((started, Delivery::Mail(said)))
+        })
+        .await?;
     finish_login(&client, &profile, done, Proof::Email(&email), json, out)
 }
 
@@ -415,127 +515,39 @@ pub(crate) async fn login_oidc(
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
     let again = format!("agentkeys {}login oidc {provider}", profile_flag(&profile));
-    let with_code = format!("{again} --no-browser --code CODE");
-    let timeout = Duration::from_secs(code.timeout.secs);
-    let (pending, typed) = match &code.code {
-        Some(typed) => {
-            let pending = resume(
-                &profile,
-                &client,
-                LoginMethod::Oidc,
-                Goal::SignIn,
-                &provider,
-                &again,
-            )?;
-            (pending, typed.clone())
-        }
-        None => {
-            let verifier = new_verifier();
-            let loopback = if no_browser {
-                None
-            } else {
-                Some(Loopback::bind().await?)
-            };
+    let flow = Flow {
+        profile: &profile,
+        client: &client,
+        method: LoginMethod::Oidc,
+        goal: Goal::SignIn,
+        subject: &provider,
+        with_code: format!("{again} --no-browser --code CODE"),
+        again,
+        timeout: Duration::from_secs(code.timeout.secs),
+    };
+    let done = flow
+        .run(code, async |code_challenge| {
+            let loopback = loopback_unless(no_browser).await?;
             let started = client
                 .oidc_start(&OidcStartRequest {
                     provider: provider.clone(),
-                    code_challenge: code_challenge(&verifier),
+                    code_challenge,
                     redirect_uri: loopback.as_ref().map(|l| l.redirect_uri().to_owned()),
                 })
                 .await?;
-            let pending = started_pending(
-                &client,
-                &profile,
-                LoginMethod::Oidc,
-                Goal::SignIn,
-                &provider,
-                verifier,
-                &started,
-            )?;
-            let url = check_authorization_url(started.authorization_url.as_deref())
-                .map_err(|why| protocol(&client, why))?;
-            let typed = wait_for_code(
-                loopback,
-                url,
-                &format!("sign in with {provider}"),
-                Goal::SignIn,
-                timeout,
-                &with_code,
-            )
-            .await?;
-            (pending, typed)
-        }
-    };
-    let done = collect(
-        &client,
-        LoginMethod::Oidc,
-        &pending,
-        typed,
-        // A code given with --code is not asked for again.
-        code.code.is_none().then_some((timeout, with_code.as_str())),
-    )
-    .await?;
+            let url = provider_url(&client, &started)?;
+            let what = format!("sign in with {provider}");
+            Ok((
+                started,
+                Delivery::Provider {
+                    url,
+                    what,
+                    loopback,
+                },
+            ))
+        })
+        .await?;
     finish_login(&client, &profile, done, Proof::Oidc(&provider), json, out)
-}
-
-/// Checks the start's answer and keeps the request until it is collected.
-fn started_pending(
-    client: &BrokerClient,
-    profile: &Profile,
-    method: LoginMethod,
-    goal: Goal,
-    subject: &str,
-    code_verifier: String,
-    started: &LoginStartResponse,
-) -> Result<Pending> {
-    check_started(client, started)?;
-    let pending = Pending {
-        broker_url: client.base_url().to_owned(),
-        method: method_name(method).to_owned(),
-        goal,
-        subject: subject.to_owned(),
-        request_id: started.request_id.clone(),
-        code_verifier,
-        expires_at: sanitize(&started.expires_at, 64),
-    };
-    save_pending(profile, &pending)?;
-    Ok(pending)
-}
-
-/// Shows the provider's URL and waits for the code: from the loopback redirect, or typed.
-async fn wait_for_code(
-    loopback: Option<Loopback>,
-    url: &str,
-    what: &str,
-    goal: Goal,
-    timeout: Duration,
-    with_code: &str,
-) -> Result<String> {
-    match loopback {
-        Some(loopback) => {
-            eprintln!(
-                "Open this URL in a browser on this machine to {what}:\n{url}\nWaiting up to {} s \
-                 for the browser to come back here; Ctrl-C cancels.",
-                timeout.as_secs()
-            );
-            tokio::time::timeout(timeout, loopback.wait_for_code())
-                .await
-                .map_err(|_| {
-                    goal.fail(format!(
-                        "the browser did not come back within {} s; start again, or with \
-                         --no-browser type the code the broker shows",
-                        timeout.as_secs()
-                    ))
-                })?
-        }
-        None => {
-            eprintln!(
-                "Open this URL in a browser (on any device) to {what}, then type the code the \
-                 broker shows there:\n{url}"
-            );
-            prompt_code(goal, timeout, with_code).await
-        }
-    }
 }
 
 fn finish_login(
@@ -710,67 +722,40 @@ async fn link_email(
         profile_flag(&profile),
         step_up_args.key_file.display()
     );
-    let with_code = format!("{again} --code CODE");
-    let timeout = Duration::from_secs(code.timeout.secs);
-    let (pending, typed) = match &code.code {
-        Some(typed) => {
-            let pending = resume(
-                &profile,
-                &client,
-                LoginMethod::Email,
-                Goal::Link,
-                &email,
-                &again,
-            )?;
-            (pending, typed.clone())
-        }
-        None => {
-            let proof = step_up(
-                &client,
-                &saved,
-                step_up_args,
-                ChallengePurpose::LinkEmail(email.clone()),
-            )
-            .await?;
-            let verifier = new_verifier();
+    let flow = Flow {
+        profile: &profile,
+        client: &client,
+        method: LoginMethod::Email,
+        goal: Goal::Link,
+        subject: &email,
+        with_code: format!("{again} --code CODE"),
+        again,
+        timeout: Duration::from_secs(code.timeout.secs),
+    };
+    let done = flow
+        .run(code, async |code_challenge| {
+            let purpose = ChallengePurpose::LinkEmail(email.clone());
+            let wallet_proof = step_up(&client, &saved, step_up_args, purpose).await?;
             let started = client
                 .link_email_start(
                     &saved.session_token,
                     &LinkEmailRequest {
                         email: email.clone(),
-                        code_challenge: code_challenge(&verifier),
-                        wallet_proof: proof,
+                        code_challenge,
+                        wallet_proof,
                     },
                 )
                 .await?;
-            let pending = started_pending(
-                &client,
-                &profile,
-                LoginMethod::Email,
-                Goal::Link,
-                &email,
-                verifier,
-                &started,
-            )?;
-            eprintln!(
+            let said = format!(
                 "A link code was sent to {email}. Type it here to link the address to master {} \
-                 (it expires at {}); Ctrl-C cancels, `{with_code}` finishes later.",
+                 (it expires at {}); Ctrl-C cancels, `{}` finishes later.",
                 saved.omni_account,
-                sanitize(&started.expires_at, 64)
+                sanitize(&started.expires_at, 64),
+                flow.with_code
             );
-            let typed = prompt_code(Goal::Link, timeout, &with_code).await?;
-            (pending, typed)
-        }
-    };
-    let done = collect(
-        &client,
-        LoginMethod::Email,
-        &pending,
-        typed,
-        // A code given with --code is not asked for again.
-        code.code.is_none().then_some((timeout, with_code.as_str())),
-    )
-    .await?;
+            Ok((started, Delivery::Mail(said)))
+        })
+        .await?;
     finish_link(&client, &profile, done, &saved, json, out)
 }
 
@@ -790,74 +775,47 @@ async fn link_oidc(
         profile_flag(&profile),
         step_up_args.key_file.display()
     );
-    let with_code = format!("{again} --no-browser --code CODE");
-    let timeout = Duration::from_secs(code.timeout.secs);
-    let (pending, typed) = match &code.code {
-        Some(typed) => {
-            let pending = resume(
-                &profile,
-                &client,
-                LoginMethod::Oidc,
-                Goal::Link,
-                &provider,
-                &again,
-            )?;
-            (pending, typed.clone())
-        }
-        None => {
-            let proof = step_up(
-                &client,
-                &saved,
-                step_up_args,
-                ChallengePurpose::LinkOidc(provider.clone()),
-            )
-            .await?;
-            let verifier = new_verifier();
-            let loopback = if no_browser {
-                None
-            } else {
-                Some(Loopback::bind().await?)
-            };
+    let flow = Flow {
+        profile: &profile,
+        client: &client,
+        method: LoginMethod::Oidc,
+        goal: Goal::Link,
+        subject: &provider,
+        with_code: format!("{again} --no-browser --code CODE"),
+        again,
+        timeout: Duration::from_secs(code.timeout.secs),
+    };
+    let done = flow
+        .run(code, async |code_challenge| {
+            let purpose = ChallengePurpose::LinkOidc(provider.clone());
+            let wallet_proof = step_up(&client, &saved, step_up_args, purpose).await?;
+            let loopback = loopback_unless(no_browser).await?;
             let started = client
                 .link_oidc_start(
                     &saved.session_token,
                     &LinkOidcRequest {
                         provider: provider.clone(),
-                        code_challenge: code_challenge(&verifier),
+                        code_challenge,
                         redirect_uri: loopback.as_ref().map(|l| l.redirect_uri().to_owned()),
-                        wallet_proof: proof,
+                        wallet_proof,
                     },
                 )
                 .await?;
-            let pending = started_pending(
-                &client,
-                &profile,
-                LoginMethod::Oidc,
-                Goal::Link,
-                &provider,
-                verifier,
-                &started,
-            )?;
-            let url = check_authorization_url(started.authorization_url.as_deref())
-                .map_err(|why| protocol(&client, why))?;
+            let url = provider_url(&client, &started)?;
             let what = format!(
                 "sign in with {provider} and link that account to master {}",
                 saved.omni_account
             );
-            let typed =
-                wait_for_code(loopback, url, &what, Goal::Link, timeout, &with_code).await?;
-            (pending, typed)
-        }
-    };
-    let done = collect(
-        &client,
-        LoginMethod::Oidc,
-        &pending,
-        typed,
-        // A code given with --code is not asked for again.
-        code.code.is_none().then_some((timeout, with_code.as_str())),
-    )
-    .await?;
+            Ok((
+                started,
+                Delivery::Provider {
+                    url,
+                    what,
+                    loopback,
+                },
+            ))
+        })
+        .await?;
     finish_link(&client, &profile, done, &saved, json, out)
 }
 
@@ -1042,16 +1000,17 @@ mod tests {
         let verifier = new_verifier();
         let started: LoginStartResponse =
             serde_json::from_str(&started_json(None)).expect("started");
-        started_pending(
-            &client,
-            &profile,
-            LoginMethod::Email,
-            Goal::SignIn,
-            "a@example.com",
-            verifier.clone(),
-            &started,
-        )
-        .expect("pending");
+        let flow = Flow {
+            profile: &profile,
+            client: &client,
+            method: LoginMethod::Email,
+            goal: Goal::SignIn,
+            subject: "a@example.com",
+            again: "agentkeys login email a@example.com".into(),
+            with_code: String::new(),
+            timeout: Duration::from_secs(5),
+        };
+        flow.keep(verifier.clone(), &started).expect("pending");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(pending_path(&profile))
                 .expect("meta")

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::event;
-use super::login::{client_challenge, code_hash, collect};
+use super::login::{LinkingMaster, client_challenge, code_hash, collect};
 use crate::clock::rfc3339;
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
@@ -37,7 +37,7 @@ async fn start(
     email: &str,
     challenge: &str,
     ip: ClientIp,
-    link_to: Option<(&str, &str)>,
+    link_to: Option<&LinkingMaster>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let mailer = state.mailer.clone().ok_or_else(|| {
         ApiError::Unavailable(
@@ -53,7 +53,7 @@ async fn start(
     } else {
         "sign_in.email.requested"
     };
-    let actor = link_to.map(|(m, _)| m);
+    let actor = link_to.map(|m| m.omni.as_str());
     let buckets = [
         (format!("email:{email}"), settings.email_limits.per_address),
         (
@@ -90,8 +90,8 @@ async fn start(
         state: None,
         oidc_nonce: None,
         oidc_verifier: None,
-        link_to: link_to.map(|(m, _)| m.to_owned()),
-        link_to_wallet: link_to.map(|(_, w)| w.to_owned()),
+        link_to: link_to.map(|m| m.omni.clone()),
+        link_to_wallet: link_to.map(|m| m.wallet.clone()),
         created_at: now,
         expires_at,
         verified_type: None,
@@ -111,7 +111,7 @@ async fn start(
         to: &email,
         code: &shown,
         browser_link: link.as_deref(),
-        linking_to: link_to.map(|(_, w)| w),
+        linking_to: link_to.map(|m| m.wallet.as_str()),
     };
     if let Err(e) = mailer.send_sign_in(&mail).await {
         tracing::error!(error = %e, "email.send_failed");
@@ -157,24 +157,11 @@ pub async fn link_email_start(
     ip: ClientIp,
     Json(req): Json<LinkEmailRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
-    let Some(wallet) = master.wallet.as_deref() else {
-        return Err(ApiError::Forbidden {
-            kind: "wallet_master_only",
-            message: "only a master signed in with a wallet can link identities".into(),
-        });
-    };
     let email =
         canonical_email(&req.email).map_err(|e| ApiError::BadRequest(format!("email: {e}")))?;
     let purpose = ChallengePurpose::LinkEmail(email.clone());
-    super::auth::step_up(&state, &master.omni, wallet, &req.wallet_proof, &purpose).await?;
-    start(
-        &state,
-        &email,
-        &req.code_challenge,
-        ip,
-        Some((&master.omni, wallet)),
-    )
-    .await
+    let linking = LinkingMaster::prove(&state, &master, &req.wallet_proof, &purpose).await?;
+    start(&state, &email, &req.code_challenge, ip, Some(&linking)).await
 }
 
 /// Collect an email sign-in (or link) with the mailed code and the verifier.

@@ -10,7 +10,8 @@
 
 use agentkeys_store::{LoginClaim, LoginRequest, Session};
 use agentkeys_types::api::{
-    IdentityInfo, LoginCollectRequest, LoginStatus, LoginStatusResponse, SessionIssued,
+    ChallengePurpose, IdentityInfo, LoginCollectRequest, LoginStatus, LoginStatusResponse,
+    SessionIssued, WalletProof,
 };
 use agentkeys_types::login::{CODE_ATTEMPTS, code_challenge, valid_challenge, valid_verifier};
 use agentkeys_types::pairing::normalize_code;
@@ -32,6 +33,35 @@ pub fn client_challenge(challenge: &str) -> Result<String, ApiError> {
              43 characters"
                 .into(),
         ))
+    }
+}
+
+/// The right to open a link request: a wallet master's session together with a fresh signature
+/// by that master's wallet over a challenge for exactly this identity. Only
+/// [`LinkingMaster::prove`] makes one, and a link request cannot be opened without one.
+pub struct LinkingMaster {
+    pub omni: String,
+    pub wallet: String,
+}
+
+impl LinkingMaster {
+    pub async fn prove(
+        state: &AppState,
+        master: &Session,
+        proof: &WalletProof,
+        purpose: &ChallengePurpose,
+    ) -> Result<Self, ApiError> {
+        let Some(wallet) = master.wallet.as_deref() else {
+            return Err(ApiError::Forbidden {
+                kind: "wallet_master_only",
+                message: "only a master signed in with a wallet can link identities".into(),
+            });
+        };
+        super::auth::step_up(state, &master.omni, wallet, proof, purpose).await?;
+        Ok(Self {
+            omni: master.omni.clone(),
+            wallet: wallet.to_owned(),
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::event;
-use super::login::{client_challenge, code_hash, collect};
+use super::login::{LinkingMaster, client_challenge, code_hash, collect};
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
@@ -36,7 +36,7 @@ async fn start(
     provider_name: &str,
     challenge: &str,
     redirect_uri: Option<&str>,
-    link_to: Option<(&str, &str)>,
+    link_to: Option<&LinkingMaster>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
     let provider = state.oidc.get(provider_name).cloned().ok_or_else(|| {
         let mut names: Vec<&str> = state.oidc.keys().map(String::as_str).collect();
@@ -64,8 +64,8 @@ async fn start(
         state: Some(login_state),
         oidc_nonce: Some(start.nonce.clone()),
         oidc_verifier: Some(start.pkce_verifier.clone()),
-        link_to: link_to.map(|(m, _)| m.to_owned()),
-        link_to_wallet: link_to.map(|(_, w)| w.to_owned()),
+        link_to: link_to.map(|m| m.omni.clone()),
+        link_to_wallet: link_to.map(|m| m.wallet.clone()),
         created_at: now,
         expires_at,
         verified_type: None,
@@ -82,7 +82,7 @@ async fn start(
     } else {
         "sign_in.oidc.requested"
     };
-    let actor = link_to.map(|(m, _)| m);
+    let actor = link_to.map(|m| m.omni.as_str());
     let details = json!({
         "provider": provider_name, "request": session_ref(&request.id_hash),
         "loopback": redirect_uri.is_some(),
@@ -133,25 +133,19 @@ pub async fn link_oidc_start(
     MasterSession(master): MasterSession,
     Json(req): Json<LinkOidcRequest>,
 ) -> Result<axum::Json<LoginStartResponse>, ApiError> {
-    let Some(wallet) = master.wallet.as_deref() else {
-        return Err(ApiError::Forbidden {
-            kind: "wallet_master_only",
-            message: "only a master signed in with a wallet can link identities".into(),
-        });
-    };
     if !state.oidc.contains_key(&req.provider) {
         return Err(ApiError::NotFound(
             "no OIDC provider by that name here".into(),
         ));
     }
     let purpose = ChallengePurpose::LinkOidc(req.provider.clone());
-    super::auth::step_up(&state, &master.omni, wallet, &req.wallet_proof, &purpose).await?;
+    let linking = LinkingMaster::prove(&state, &master, &req.wallet_proof, &purpose).await?;
     start(
         &state,
         &req.provider,
         &req.code_challenge,
         req.redirect_uri.as_deref(),
-        Some((&master.omni, wallet)),
+        Some(&linking),
     )
     .await
 }
