@@ -167,29 +167,13 @@ pub async fn oidc_collect(
     collect(&state, "oidc", &req).await.map(axum::Json)
 }
 
+/// A page with one message, escaped.
 fn page(status: StatusCode, message: &str) -> Response {
     let escaped = message
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;");
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>AgentKeys sign-in</title></head>\
-         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto\"><h1>AgentKeys</h1><p>{escaped}</p></body></html>"
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'",
-            ),
-        ],
-        html,
-    )
-        .into_response()
+    html(status, &format!("<p>{escaped}</p>"))
 }
 
 /// The page that hands the code to a user whose CLI has no loopback listener (`--no-browser`).
@@ -199,17 +183,26 @@ fn code_page(code: &str, linking: bool) -> Response {
     } else {
         "sign in"
     };
+    html(
+        StatusCode::OK,
+        &format!(
+            "<p>To {what}, type this code into the <code>agentkeys</code> command that is waiting \
+             for it:</p><p style=\"font-size: 2em; font-family: monospace\" id=\"code\">{code}</p>\
+             <p>Only into a command you started yourself, on your own machine. Never send this \
+             code to anyone and never type it into a web page: whoever has it, and started this \
+             sign-in, gets your account.</p>"
+        ),
+    )
+}
+
+/// The broker's callback pages: no script, nothing cached, no referrer.
+fn html(status: StatusCode, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>AgentKeys sign-in</title></head>\
-         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto\"><h1>AgentKeys</h1>\
-         <p>To {what}, type this code into the <code>agentkeys</code> command that is waiting for it:</p>\
-         <p style=\"font-size: 2em; font-family: monospace\" id=\"code\">{code}</p>\
-         <p>Only into a command you started yourself, on your own machine. Never send this code to \
-         anyone and never type it into a web page: whoever has it, and started this sign-in, gets \
-         your account.</p></body></html>"
+         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto\"><h1>AgentKeys</h1>{body}</body></html>"
     );
     (
-        StatusCode::OK,
+        status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
