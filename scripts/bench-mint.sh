@@ -114,7 +114,9 @@ start_broker() {
   for _ in $(seq 20); do
     port=$((20000 + RANDOM % 40000))
     port_in_use "$port" && continue
+    # The load signs in its masters from one address: the anonymous limiter is opened too.
     BROKER_MINT_RATE_PER_MINUTE=100000000 BROKER_MINT_RATE_PER_HOUR=100000000 BROKER_LOG=warn \
+      BROKER_ANON_RATE_PER_IP_PER_MINUTE=1000000 BROKER_ANON_RATE_GLOBAL_PER_SECOND=1000000 \
       "$broker_bin" serve --dev --data-dir "$data" --listen "127.0.0.1:$port" \
       >>"$work/broker.log" 2>&1 &
     broker_pid=$!

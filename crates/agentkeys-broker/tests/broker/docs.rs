@@ -1,5 +1,6 @@
 //! Documents that must not drift from the code: docs/configuration.md (rendered from the
-//! settings registry) and docs/openapi.json (rendered from the routes). Run with
+//! settings registry) and docs/openapi.json (rendered from the routes), and the test names
+//! docs/security.md cites. Run with
 //! `UPDATE_DOCS=1` to rewrite them after an intended change.
 
 use std::path::PathBuf;
@@ -58,4 +59,47 @@ async fn openapi_doc_matches_the_routes() {
             );
         }
     }
+}
+
+/// Every test docs/security.md names as a guard exists: a renamed or deleted test must not
+/// leave the threat model pointing at nothing. Names are the backticked snake_case words with
+/// at least three underscores (test names are sentences); each must be a `fn` under crates/.
+#[test]
+fn the_tests_security_md_names_exist() {
+    let doc = std::fs::read_to_string(repo_file("docs/security.md")).unwrap();
+    let mut sources = String::new();
+    let mut dirs = vec![repo_file("crates")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("node_modules") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let named: Vec<&str> = doc
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|quoted| quoted.rsplit("::").next().unwrap_or(quoted))
+        .filter(|name| {
+            name.matches('_').count() >= 3
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .collect();
+    assert!(named.len() >= 20, "the doc names its tests: {named:?}");
+    let missing: Vec<&&str> = named
+        .iter()
+        .filter(|name| !sources.contains(&format!("fn {name}(")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/security.md names tests that do not exist: {missing:?}"
+    );
 }
