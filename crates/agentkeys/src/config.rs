@@ -136,16 +136,7 @@ impl Profile {
 
     /// The saved session, if any.
     pub fn load_session(&self) -> Result<Option<SavedSession>> {
-        let path = self.session_path();
-        let Some(bytes) = fsutil::read_private(&path)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::CorruptState {
-                path,
-                reason: e.to_string(),
-            })
+        self.load_state(SESSION_FILE)
     }
 
     /// The saved session, or [`Error::NotLoggedIn`] (whose advice is to pair when the profile
@@ -158,16 +149,24 @@ impl Profile {
     }
 
     pub fn save_session(&self, session: &SavedSession) -> Result<()> {
-        fsutil::create_private_dir(&self.dir)?;
-        let mut json = serde_json::to_vec_pretty(session)
-            .map_err(|e| Error::InvalidInput(format!("cannot encode the session: {e}")))?;
-        json.push(b'\n');
-        fsutil::write_private_atomic(&self.session_path(), &json)
+        self.save_state(SESSION_FILE, session, "the session")
     }
 
     /// The broker this agent profile was paired with, if it was.
     pub fn load_paired(&self) -> Result<Option<PairedBroker>> {
-        let path = self.dir.join(PAIRED_FILE);
+        self.load_state(PAIRED_FILE)
+    }
+
+    pub fn save_paired(&self, paired: &PairedBroker) -> Result<()> {
+        self.save_state(PAIRED_FILE, paired, "the pairing")
+    }
+
+    /// One JSON state file of the profile (0600, refused when looser), if it exists.
+    pub(crate) fn load_state<T: serde::de::DeserializeOwned>(
+        &self,
+        file: &str,
+    ) -> Result<Option<T>> {
+        let path = self.dir.join(file);
         let Some(bytes) = fsutil::read_private(&path)? else {
             return Ok(None);
         };
@@ -179,12 +178,13 @@ impl Profile {
             })
     }
 
-    pub fn save_paired(&self, paired: &PairedBroker) -> Result<()> {
+    /// Writes one JSON state file of the profile atomically, 0600 in a 0700 directory.
+    pub(crate) fn save_state<T: Serialize>(&self, file: &str, value: &T, what: &str) -> Result<()> {
         fsutil::create_private_dir(&self.dir)?;
-        let mut json = serde_json::to_vec_pretty(paired)
-            .map_err(|e| Error::InvalidInput(format!("cannot encode the pairing: {e}")))?;
+        let mut json = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode {what}: {e}")))?;
         json.push(b'\n');
-        fsutil::write_private_atomic(&self.dir.join(PAIRED_FILE), &json)
+        fsutil::write_private_atomic(&self.dir.join(file), &json)
     }
 
     /// Deletes the saved session; `Ok(false)` if there was none.

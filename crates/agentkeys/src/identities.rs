@@ -92,22 +92,11 @@ fn pending_path(profile: &Profile) -> PathBuf {
 }
 
 fn save_pending(profile: &Profile, pending: &Pending) -> Result<()> {
-    fsutil::create_private_dir(profile.dir())?;
-    let json = serde_json::to_vec(pending).map_err(|e| Error::InvalidInput(e.to_string()))?;
-    fsutil::write_private_atomic(&pending_path(profile), &json)
+    profile.save_state(PENDING_FILE, pending, "the pending sign-in")
 }
 
 fn load_pending(profile: &Profile) -> Result<Option<Pending>> {
-    let path = pending_path(profile);
-    let Some(bytes) = fsutil::read_private(&path)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::CorruptState {
-            path,
-            reason: e.to_string(),
-        })
+    profile.load_state(PENDING_FILE)
 }
 
 fn forget_pending(profile: &Profile) -> Result<()> {
@@ -333,7 +322,34 @@ enum Delivery {
     },
 }
 
-impl Flow<'_> {
+impl<'a> Flow<'a> {
+    /// `again` is the command that starts it over; finishing with a code adds `--code` to it
+    /// (and, for a provider's flow, `--no-browser`, since the code then comes from its page).
+    fn new(
+        profile: &'a Profile,
+        client: &'a BrokerClient,
+        method: LoginMethod,
+        goal: Goal,
+        subject: &'a str,
+        again: String,
+        code: &CodeArgs,
+    ) -> Self {
+        let with_code = match method {
+            LoginMethod::Email => format!("{again} --code CODE"),
+            LoginMethod::Oidc => format!("{again} --no-browser --code CODE"),
+        };
+        Flow {
+            profile,
+            client,
+            method,
+            goal,
+            subject,
+            again,
+            with_code,
+            timeout: Duration::from_secs(code.timeout.secs),
+        }
+    }
+
     /// Finishes the pending request with `--code`, or starts a new one with `start` (given the
     /// S256 challenge of a fresh verifier) and waits for its code; then collects it.
     async fn run(
@@ -472,16 +488,15 @@ pub(crate) async fn login_email(
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
     let again = format!("agentkeys {}login email {email}", profile_flag(&profile));
-    let flow = Flow {
-        profile: &profile,
-        client: &client,
-        method: LoginMethod::Email,
-        goal: Goal::SignIn,
-        subject: &email,
-        with_code: format!("{again} --code CODE"),
+    let flow = Flow::new(
+        &profile,
+        &client,
+        LoginMethod::Email,
+        Goal::SignIn,
+        &email,
         again,
-        timeout: Duration::from_secs(code.timeout.secs),
-    };
+        code,
+    );
     let done = flow
         .run(code, async |code_challenge| {
             let started = client
@@ -515,16 +530,15 @@ pub(crate) async fn login_oidc(
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
     let again = format!("agentkeys {}login oidc {provider}", profile_flag(&profile));
-    let flow = Flow {
-        profile: &profile,
-        client: &client,
-        method: LoginMethod::Oidc,
-        goal: Goal::SignIn,
-        subject: &provider,
-        with_code: format!("{again} --no-browser --code CODE"),
+    let flow = Flow::new(
+        &profile,
+        &client,
+        LoginMethod::Oidc,
+        Goal::SignIn,
+        &provider,
         again,
-        timeout: Duration::from_secs(code.timeout.secs),
-    };
+        code,
+    );
     let done = flow
         .run(code, async |code_challenge| {
             let loopback = loopback_unless(no_browser).await?;
@@ -722,16 +736,15 @@ async fn link_email(
         profile_flag(&profile),
         step_up_args.key_file.display()
     );
-    let flow = Flow {
-        profile: &profile,
-        client: &client,
-        method: LoginMethod::Email,
-        goal: Goal::Link,
-        subject: &email,
-        with_code: format!("{again} --code CODE"),
+    let flow = Flow::new(
+        &profile,
+        &client,
+        LoginMethod::Email,
+        Goal::Link,
+        &email,
         again,
-        timeout: Duration::from_secs(code.timeout.secs),
-    };
+        code,
+    );
     let done = flow
         .run(code, async |code_challenge| {
             let purpose = ChallengePurpose::LinkEmail(email.clone());
@@ -775,16 +788,15 @@ async fn link_oidc(
         profile_flag(&profile),
         step_up_args.key_file.display()
     );
-    let flow = Flow {
-        profile: &profile,
-        client: &client,
-        method: LoginMethod::Oidc,
-        goal: Goal::Link,
-        subject: &provider,
-        with_code: format!("{again} --no-browser --code CODE"),
+    let flow = Flow::new(
+        &profile,
+        &client,
+        LoginMethod::Oidc,
+        Goal::Link,
+        &provider,
         again,
-        timeout: Duration::from_secs(code.timeout.secs),
-    };
+        code,
+    );
     let done = flow
         .run(code, async |code_challenge| {
             let purpose = ChallengePurpose::LinkOidc(provider.clone());
