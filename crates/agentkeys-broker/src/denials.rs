@@ -29,8 +29,6 @@ pub enum DenialKind {
     MintUnauthenticated,
     /// `POST /v1/auth/wallet/verify` naming a challenge that does not exist (or was used).
     WalletUnknownChallenge,
-    /// The OIDC callback carried the provider's `error=` instead of a code.
-    OidcProviderError,
 }
 
 impl DenialKind {
@@ -38,7 +36,6 @@ impl DenialKind {
         match self {
             DenialKind::MintUnauthenticated => "mint.unauthenticated",
             DenialKind::WalletUnknownChallenge => "sign_in.wallet.unknown_challenge",
-            DenialKind::OidcProviderError => "sign_in.oidc.provider_error",
         }
     }
 }
@@ -209,8 +206,8 @@ mod tests {
             d.record(ip("192.0.2.1"), DenialKind::MintUnauthenticated, 10);
         }
         d.record(ip("192.0.2.1"), DenialKind::WalletUnknownChallenge, 12);
-        d.record(ip("2001:db8::1"), DenialKind::OidcProviderError, 11);
-        d.record(ip("2001:db8::2"), DenialKind::OidcProviderError, 11);
+        d.record(ip("2001:db8::1"), DenialKind::WalletUnknownChallenge, 11);
+        d.record(ip("2001:db8::2"), DenialKind::WalletUnknownChallenge, 11);
         // Over the cap: these two share `*`.
         d.record(ip("198.51.100.1"), DenialKind::MintUnauthenticated, 13);
         d.record(ip("198.51.100.2"), DenialKind::MintUnauthenticated, 14);

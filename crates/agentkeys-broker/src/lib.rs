@@ -19,7 +19,6 @@ pub mod oidc_login;
 pub mod policy;
 pub mod session;
 pub mod state;
-pub mod untrusted;
 pub mod wallet;
 
 use std::future::Future;
