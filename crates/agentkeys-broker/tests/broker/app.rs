@@ -140,6 +140,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `post_json` with a session's bearer token.
+    pub async fn post_json_as(&self, token: &str, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn challenge(&self, address: &str) -> WalletChallengeResponse {
         let r = self
             .post_json("/v1/auth/wallet/challenge", json!({"address": address}))

@@ -421,25 +421,19 @@ async fn linking_needs_a_fresh_wallet_signature_and_the_code_from_the_mailbox() 
     let (v, c) = verifier();
     let link = |proof: Value, email: &str| {
         let body = json!({"email": email, "code_challenge": c, "wallet_proof": proof});
-        let req = app
-            .http
-            .post(format!("{}/v1/identities/email", app.url))
-            .bearer_auth(&master.session_token)
-            .json(&body);
-        async move { req.send().await.unwrap() }
+        app.post_json_as(&master.session_token, "/v1/identities/email", body)
     };
     let purpose = json!({"link_email": "bob@example.com"});
 
     // Whoever holds only the bearer cannot link: no proof, a sign-in signature, another
     // wallet's signature, or a signature for another address are all refused.
     let r = app
-        .http
-        .post(format!("{}/v1/identities/email", app.url))
-        .bearer_auth(&master.session_token)
-        .json(&json!({"email": "bob@example.com", "code_challenge": c}))
-        .send()
-        .await
-        .unwrap();
+        .post_json_as(
+            &master.session_token,
+            "/v1/identities/email",
+            json!({"email": "bob@example.com", "code_challenge": c}),
+        )
+        .await;
     assert_eq!(error_of(r).await.0, StatusCode::UNPROCESSABLE_ENTITY);
     let sign_in = app.challenge(&wallet.address().to_string()).await;
     let sign_in_proof = json!({"challenge_id": sign_in.challenge_id, "signature": crate::app::sign(&wallet, &sign_in.message)});
@@ -558,13 +552,12 @@ async fn a_link_request_for_someone_elses_address_links_nothing() {
         .wallet_proof(&wallet, json!({"link_email": "victim@example.com"}))
         .await;
     let r = app
-        .http
-        .post(format!("{}/v1/identities/email", app.url))
-        .bearer_auth(&attacker.session_token)
-        .json(&json!({"email": "victim@example.com", "code_challenge": c, "wallet_proof": proof}))
-        .send()
-        .await
-        .unwrap();
+        .post_json_as(
+            &attacker.session_token,
+            "/v1/identities/email",
+            json!({"email": "victim@example.com", "code_challenge": c, "wallet_proof": proof}),
+        )
+        .await;
     let link_request = r.json::<Value>().await.unwrap()["request_id"]
         .as_str()
         .unwrap()

@@ -288,25 +288,23 @@ async fn a_linked_oidc_identity_signs_in_as_its_wallet_master() {
     let (verifier, challenge) = crate::email::verifier();
     // A bearer alone cannot link.
     let r = app
-        .http
-        .post(format!("{}/v1/identities/oidc", app.url))
-        .bearer_auth(&master.session_token)
-        .json(&json!({"provider": "corp", "code_challenge": challenge}))
-        .send()
-        .await
-        .unwrap();
+        .post_json_as(
+            &master.session_token,
+            "/v1/identities/oidc",
+            json!({"provider": "corp", "code_challenge": challenge}),
+        )
+        .await;
     assert_eq!(error_of(r).await.0, StatusCode::UNPROCESSABLE_ENTITY);
     let proof = app
         .wallet_proof(&wallet, json!({"link_oidc": "corp"}))
         .await;
     let body: Value = app
-        .http
-        .post(format!("{}/v1/identities/oidc", app.url))
-        .bearer_auth(&master.session_token)
-        .json(&json!({"provider": "corp", "code_challenge": challenge, "wallet_proof": proof}))
-        .send()
+        .post_json_as(
+            &master.session_token,
+            "/v1/identities/oidc",
+            json!({"provider": "corp", "code_challenge": challenge, "wallet_proof": proof}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
