@@ -184,8 +184,8 @@ fn check_shape(challenge_id: &str, signature: &str) -> Result<[u8; 65], ApiError
 
 /// A step-up: a fresh signature by the master's own wallet over a challenge issued for exactly
 /// `purpose`. Whoever holds only a master's bearer session cannot pass it. A failure is
-/// audited against the master.
-pub async fn step_up(
+/// audited against the master. Only [`super::login::LinkingMaster::prove`] calls it.
+pub(super) async fn step_up(
     state: &AppState,
     master_omni: &str,
     master_wallet: &str,

@@ -53,7 +53,7 @@ async fn start(
     } else {
         "sign_in.email.requested"
     };
-    let actor = link_to.map(|m| m.omni.as_str());
+    let actor = link_to.map(LinkingMaster::omni);
     let buckets = [
         (format!("email:{email}"), settings.email_limits.per_address),
         (
@@ -90,8 +90,8 @@ async fn start(
         state: None,
         oidc_nonce: None,
         oidc_verifier: None,
-        link_to: link_to.map(|m| m.omni.clone()),
-        link_to_wallet: link_to.map(|m| m.wallet.clone()),
+        link_to: link_to.map(|m| m.omni().to_owned()),
+        link_to_wallet: link_to.map(|m| m.wallet().to_owned()),
         created_at: now,
         expires_at,
         verified_type: None,
@@ -111,7 +111,7 @@ async fn start(
         to: &email,
         code: &shown,
         browser_link: link.as_deref(),
-        linking_to: link_to.map(|m| m.wallet.as_str()),
+        linking_to: link_to.map(LinkingMaster::wallet),
     };
     if let Err(e) = mailer.send_sign_in(&mail).await {
         tracing::error!(error = %e, "email.send_failed");

@@ -40,11 +40,19 @@ pub fn client_challenge(challenge: &str) -> Result<String, ApiError> {
 /// by that master's wallet over a challenge for exactly this identity. Only
 /// [`LinkingMaster::prove`] makes one, and a link request cannot be opened without one.
 pub struct LinkingMaster {
-    pub omni: String,
-    pub wallet: String,
+    omni: String,
+    wallet: String,
 }
 
 impl LinkingMaster {
+    pub fn omni(&self) -> &str {
+        &self.omni
+    }
+
+    pub fn wallet(&self) -> &str {
+        &self.wallet
+    }
+
     pub async fn prove(
         state: &AppState,
         master: &Session,

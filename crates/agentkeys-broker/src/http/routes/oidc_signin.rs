@@ -64,8 +64,8 @@ async fn start(
         state: Some(login_state),
         oidc_nonce: Some(start.nonce.clone()),
         oidc_verifier: Some(start.pkce_verifier.clone()),
-        link_to: link_to.map(|m| m.omni.clone()),
-        link_to_wallet: link_to.map(|m| m.wallet.clone()),
+        link_to: link_to.map(|m| m.omni().to_owned()),
+        link_to_wallet: link_to.map(|m| m.wallet().to_owned()),
         created_at: now,
         expires_at,
         verified_type: None,
@@ -82,7 +82,7 @@ async fn start(
     } else {
         "sign_in.oidc.requested"
     };
-    let actor = link_to.map(|m| m.omni.as_str());
+    let actor = link_to.map(LinkingMaster::omni);
     let details = json!({
         "provider": provider_name, "request": session_ref(&request.id_hash),
         "loopback": redirect_uri.is_some(),
