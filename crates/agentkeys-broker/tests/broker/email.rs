@@ -73,42 +73,58 @@ fn venv_python() -> PathBuf {
 }
 
 impl SmtpSink {
+    /// Starts aiosmtpd on a free port. The port is picked by binding and releasing it, so
+    /// another test may take it first: a sink whose process exits (its bind failed) is started
+    /// again on another port, rather than this test talking to someone else's sink.
     fn start() -> Self {
         let python = venv_python();
-        let maildir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(python)
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
-            .arg(maildir.path().join("mail"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "aiosmtpd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..5 {
+            let maildir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(&python)
+                .args([
+                    "-m",
+                    "aiosmtpd",
+                    "-n",
+                    "-l",
+                    &format!("127.0.0.1:{port}"),
+                    "-c",
+                    "aiosmtpd.handlers.Mailbox",
+                ])
+                .arg(maildir.path().join("mail"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            let mut exited = false;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if child.try_wait().unwrap().is_some() {
+                    exited = true;
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "aiosmtpd did not start"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Something answers on the port; still ours only if our process lives on.
+            std::thread::sleep(Duration::from_millis(100));
+            if exited || child.try_wait().unwrap().is_some() {
+                continue;
+            }
+            return Self {
+                child,
+                port,
+                maildir,
+            };
         }
-        Self {
-            child,
-            port,
-            maildir,
-        }
+        panic!("aiosmtpd could not get a port in five tries")
     }
 
     fn settings(&self) -> EmailDelivery {
