@@ -1,5 +1,7 @@
 //! Rows and values that cross the [`crate::Store`] boundary.
 
+use agentkeys_types::OmniAccount;
+pub use agentkeys_types::api::{ActorKind, AgentStatus};
 use serde::{Deserialize, Serialize};
 
 /// A pending wallet sign-in: the exact message the wallet must sign.
@@ -16,32 +18,31 @@ pub struct Challenge {
 pub struct Session {
     /// Hex SHA-256 of the bearer token; the token itself is never stored.
     pub token_hash: String,
-    /// `master` or `agent`.
-    pub kind: String,
-    pub omni: String,
+    pub kind: ActorKind,
+    pub omni: OmniAccount,
     pub wallet: Option<String>,
     /// The master this session acts for: itself for a master, the owner for an agent.
-    pub master: String,
+    pub master: OmniAccount,
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// The email or OIDC identity the session was obtained through: unlinking it revokes the
+    /// session.
+    pub via: Option<IdentityRef>,
 }
 
 impl Session {
-    /// A new session whose owner (omni, master, wallet) the store fills in when it learns it:
-    /// at pairing, at email/OIDC collection, at an agent's device proof.
-    pub fn unowned(token_hash: String, kind: &str, created_at: i64, expires_at: i64) -> Self {
-        Self {
-            token_hash,
-            kind: kind.to_owned(),
-            omni: String::new(),
-            wallet: None,
-            master: String::new(),
-            created_at,
-            expires_at,
-            revoked_at: None,
-        }
+    /// Unrevoked and unexpired at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
     }
+}
+
+/// Names an email or OIDC identity: `email` or `oauth2_<provider>`, and its canonical value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdentityRef {
+    pub identity_type: String,
+    pub identity_value: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -57,6 +58,7 @@ impl std::fmt::Debug for Session {
             .field("master", &self.master)
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
+            .field("via", &self.via)
             .finish()
     }
 }
@@ -98,6 +100,9 @@ pub struct SigningKeyRecord {
     pub public_jwk: String,
     /// Base64 DER of a self-signed certificate over the key.
     pub certificate: String,
+    /// The private key sealed under the key-encryption key, when keys live in the store; the
+    /// store keeps these bytes and never opens them.
+    pub sealed_private_key: Option<Vec<u8>>,
     pub created_at: i64,
     /// When the key may start signing; it is published from `created_at`.
     pub activates_at: i64,
@@ -114,65 +119,14 @@ pub struct RateWindow {
     pub limit: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GateOutcome {
-    /// Allowed; the audit event has this seq.
-    Allowed { seq: u64 },
-    /// A window is full; retry after this many seconds.
-    Limited {
-        retry_after: i64,
-        window_seconds: i64,
-        seq: u64,
-    },
-    /// The grant named for this use was revoked, expired or used up meanwhile; the denial
-    /// (reason `grant_unavailable`) has this seq.
-    GrantUnavailable { seq: u64 },
-    /// The session or its agent stopped being live between the caller's read and this
-    /// transaction (logout, revocation, expiry, suspension, removal); the denial (reason
-    /// [`NotLive::reason`]) has this seq.
-    NotLive { reason: NotLive, seq: u64 },
-}
-
-/// What a gated append re-checks inside its transaction, so a revocation that commits first
-/// always wins over a mint that read the session before it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveCheck {
-    /// The session must exist, be unrevoked and unexpired at `now`.
-    pub session_token_hash: String,
-    /// For an agent's session: this agent must be `active`.
-    pub agent: Option<String>,
-}
-
-/// Why a [`LiveCheck`] failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotLive {
-    /// Revoked, expired or gone: answered like any unknown session.
-    Session,
-    AgentSuspended,
-    /// Removed, or no such agent.
-    AgentRemoved,
-}
-
-impl NotLive {
-    /// The `reason` written into the denial event.
-    pub fn reason(self) -> &'static str {
-        match self {
-            NotLive::Session => "unauthenticated",
-            NotLive::AgentSuspended => "agent_suspended",
-            NotLive::AgentRemoved => "agent_removed",
-        }
-    }
-}
-
 /// An agent paired to a master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
-    pub omni: String,
-    pub master: String,
+    pub omni: OmniAccount,
+    pub master: OmniAccount,
     pub label: String,
     pub device_address: String,
-    /// `active`, `suspended` or `removed`.
-    pub status: String,
+    pub status: AgentStatus,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -189,43 +143,9 @@ pub struct PairingRequest {
     pub expires_at: i64,
     pub last_proof_ms: i64,
     /// Set when approved.
-    pub agent: Option<String>,
+    pub agent: Option<OmniAccount>,
     /// Set when the agent's session was handed out.
     pub claimed_at: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApproveOutcome {
-    Approved(Agent),
-    /// No pending, unexpired request has this code.
-    UnknownCode,
-    /// The master already has (or had) an agent with this label.
-    LabelTaken,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimOutcome {
-    /// Not approved yet.
-    Pending,
-    /// Approved; the session passed in was stored for this agent.
-    Claimed(Agent),
-    /// The session was already handed out.
-    AlreadyClaimed,
-    /// Unknown, expired, or its agent is no longer active.
-    Gone,
-    /// The proof's timestamp is not later than the last one seen (a replay).
-    StaleProof,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentSessionOutcome {
-    /// The session passed in was stored for this agent.
-    Issued(Agent),
-    /// Suspended or removed.
-    NotActive(Agent),
-    Unknown,
-    /// The proof's timestamp is not later than this agent's last one (a replay).
-    StaleProof,
 }
 
 /// An email or OIDC identity linked to a wallet master.
@@ -234,9 +154,18 @@ pub struct Identity {
     /// `email` or `oauth2_<provider>`.
     pub identity_type: String,
     pub identity_value: String,
-    pub master: String,
+    pub master: OmniAccount,
     pub master_wallet: String,
     pub linked_at: i64,
+}
+
+impl Identity {
+    pub fn key(&self) -> IdentityRef {
+        IdentityRef {
+            identity_type: self.identity_type.clone(),
+            identity_value: self.identity_value.clone(),
+        }
+    }
 }
 
 /// A sign-in (or link) in progress, by email link or OIDC login.
@@ -253,7 +182,7 @@ pub struct LoginRequest {
     pub oidc_nonce: Option<String>,
     pub oidc_verifier: Option<String>,
     /// Set when a signed-in wallet master is linking this identity instead of signing in.
-    pub link_to: Option<String>,
+    pub link_to: Option<OmniAccount>,
     pub link_to_wallet: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
@@ -286,30 +215,12 @@ impl std::fmt::Debug for LoginRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginClaim {
-    /// The code does not match (or none was issued yet); the request dies when no attempts
-    /// are left.
-    WrongCode { attempts_left: u32 },
-    /// The session passed in was stored: as the linked wallet master, or as the identity's
-    /// own master.
-    SignedIn(Session),
-    /// The identity is now linked to the requesting wallet master.
-    Linked(Identity),
-    /// The result was already collected (by the code, or by the emailed link in a browser).
-    AlreadyClaimed,
-    /// Unknown, expired, or dead after too many wrong codes.
-    Gone,
-    /// Linking refused: the identity is linked to another master.
-    LinkedElsewhere,
-}
-
 /// A master's grant of `scope` (a path under its own prefix) to one of its agents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub id: String,
-    pub master: String,
-    pub agent: String,
+    pub master: OmniAccount,
+    pub agent: OmniAccount,
     pub scope: String,
     pub created_at: i64,
     pub expires_at: i64,
@@ -318,9 +229,22 @@ pub struct Grant {
     pub revoked_at: Option<i64>,
 }
 
-/// A use of a grant, consumed in the same transaction as the mint's audit event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrantUse {
-    pub grant_id: String,
-    pub agent: String,
+/// How a login request is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginKey<'a> {
+    /// SHA-256 of the request id the requester holds.
+    IdHash(&'a str),
+    /// SHA-256 of the emailed link's token.
+    LinkTokenHash(&'a str),
+    /// The OIDC `state` parameter.
+    State(&'a str),
+}
+
+/// Which of an actor's live sessions [`crate::Tx::revoke_sessions`] revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFilter<'a> {
+    /// All of them but the one with this token hash, if given.
+    AllExcept(Option<&'a str>),
+    /// Those obtained through this identity.
+    Via(&'a IdentityRef),
 }
