@@ -1,10 +1,15 @@
-//! Agent pairing: device proofs and pairing codes. The HTTP handlers in
-//! `http/routes/agents.rs` call these and the store.
+//! Agent pairing and lifecycle: device proofs, pairing codes, and the decisions that pair,
+//! renew, suspend and remove agents (each one store transaction). The HTTP handlers in
+//! `http/routes/agents.rs` call these.
 
-use agentkeys_types::WalletAddress;
+use agentkeys_store::{
+    ActorKind, Agent, AgentStatus, IdentityRef, NewAuditEvent, Result as StoreResult, Session,
+    SessionFilter, Tx,
+};
 use agentkeys_types::pairing::{
     CODE_ALPHABET, CODE_LEN, PROOF_MAX_SKEW_SECONDS, ProofAction, proof_message,
 };
+use agentkeys_types::{OmniAccount, WalletAddress};
 use alloy_primitives::Signature;
 use rand::Rng;
 
@@ -76,4 +81,207 @@ mod tests {
         );
         assert_ne!(new_code(), new_code());
     }
+}
+
+// ---- decisions, each inside one store transaction -------------------------------------------
+
+/// What approving a pairing code did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApproveOutcome {
+    Approved(Agent),
+    /// No pending, unexpired request has this code.
+    UnknownCode,
+    /// The master already has (or had) an agent with this label.
+    LabelTaken,
+}
+
+/// What a device's poll of its pairing request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Not approved yet.
+    Pending,
+    /// Approved; the agent's new session was stored.
+    Claimed(Agent),
+    /// The session was already handed out.
+    AlreadyClaimed,
+    /// Unknown, expired, or its agent is no longer active.
+    Gone,
+    /// The proof's timestamp is not later than the last one seen (a replay).
+    StaleProof,
+}
+
+/// What a paired agent's request for a new session found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// The agent's new session was stored.
+    Issued(Agent),
+    /// Suspended or removed.
+    NotActive(Agent),
+    Unknown,
+    /// The proof's timestamp is not later than this agent's last one (a replay).
+    StaleProof,
+}
+
+/// A new session token's hash and lifetime, before anyone owns it.
+#[derive(Debug, Clone)]
+pub struct SessionSlot {
+    pub token_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl SessionSlot {
+    /// The session of `agent`: it acts for the agent's master.
+    pub fn for_agent(&self, agent: &Agent) -> Session {
+        Session {
+            token_hash: self.token_hash.clone(),
+            kind: ActorKind::Agent,
+            omni: agent.omni.clone(),
+            wallet: None,
+            master: agent.master.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            via: None,
+        }
+    }
+
+    /// The session of a master, signed in with `wallet` if it has one, through `via` when it
+    /// came by email or OIDC.
+    pub fn for_master(
+        &self,
+        omni: OmniAccount,
+        wallet: Option<String>,
+        via: Option<IdentityRef>,
+    ) -> Session {
+        Session {
+            token_hash: self.token_hash.clone(),
+            kind: ActorKind::Master,
+            master: omni.clone(),
+            omni,
+            wallet,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            via,
+        }
+    }
+}
+
+/// Turns the pending request with `code` into `master`'s agent labelled `label`; the event is
+/// written only when it does. The agent's omni is derived from the master and the label, so a
+/// label names one identity (and one S3 prefix) forever.
+pub fn approve(
+    tx: &mut dyn Tx,
+    code: &str,
+    master: &OmniAccount,
+    label: &str,
+    now: i64,
+    event: &NewAuditEvent,
+) -> StoreResult<ApproveOutcome> {
+    let Some(request) = tx.pending_pairing(code, now)? else {
+        return Ok(ApproveOutcome::UnknownCode);
+    };
+    if tx.label_taken(master, label)? {
+        return Ok(ApproveOutcome::LabelTaken);
+    }
+    let agent = Agent {
+        omni: OmniAccount::for_agent(master, label),
+        master: master.clone(),
+        label: label.to_owned(),
+        device_address: request.device_address,
+        status: AgentStatus::Active,
+        created_at: now,
+        updated_at: now,
+    };
+    tx.insert_agent(&agent)?;
+    if !tx.set_pairing_agent(&request.id, &agent.omni)? {
+        return Ok(ApproveOutcome::UnknownCode);
+    }
+    tx.append(event)?;
+    Ok(ApproveOutcome::Approved(agent))
+}
+
+/// Records a device's proof made at `proof_ms` on its pairing request and, once approved and
+/// not yet collected, stores the agent's session (`slot`) with `event`.
+pub fn claim(
+    tx: &mut dyn Tx,
+    pairing_id: &str,
+    proof_ms: i64,
+    now: i64,
+    slot: &SessionSlot,
+    event: &NewAuditEvent,
+) -> StoreResult<ClaimOutcome> {
+    let Some(request) = tx.pairing(pairing_id)? else {
+        return Ok(ClaimOutcome::Gone);
+    };
+    // Expiry covers an approved but uncollected session too (SPEC §11.5).
+    if now >= request.expires_at {
+        return Ok(ClaimOutcome::Gone);
+    }
+    if !tx.advance_pairing_proof(pairing_id, proof_ms)? {
+        return Ok(ClaimOutcome::StaleProof);
+    }
+    let Some(agent_omni) = &request.agent else {
+        return Ok(ClaimOutcome::Pending);
+    };
+    if request.claimed_at.is_some() {
+        return Ok(ClaimOutcome::AlreadyClaimed);
+    }
+    match tx.agent(agent_omni)? {
+        Some(agent) if agent.status == AgentStatus::Active => {
+            if !tx.mark_pairing_claimed(pairing_id, now)? {
+                return Ok(ClaimOutcome::AlreadyClaimed);
+            }
+            tx.insert_session(&slot.for_agent(&agent))?;
+            tx.append(event)?;
+            Ok(ClaimOutcome::Claimed(agent))
+        }
+        _ => Ok(ClaimOutcome::Gone),
+    }
+}
+
+/// Issues a paired, active agent a new session (`slot`) for a device proof made at
+/// `proof_ms`, later than any earlier proof of this agent.
+pub fn renew(
+    tx: &mut dyn Tx,
+    omni: &OmniAccount,
+    proof_ms: i64,
+    slot: &SessionSlot,
+    event: &NewAuditEvent,
+) -> StoreResult<RenewOutcome> {
+    let Some(agent) = tx.agent(omni)? else {
+        return Ok(RenewOutcome::Unknown);
+    };
+    if agent.status != AgentStatus::Active {
+        return Ok(RenewOutcome::NotActive(agent));
+    }
+    if !tx.advance_agent_proof(omni, proof_ms)? {
+        return Ok(RenewOutcome::StaleProof);
+    }
+    tx.insert_session(&slot.for_agent(&agent))?;
+    tx.append(event)?;
+    Ok(RenewOutcome::Issued(agent))
+}
+
+/// Moves `master`'s live agent to `status`; removal also revokes every session of the agent.
+/// `None` if `master` has no such live agent.
+pub fn set_status(
+    tx: &mut dyn Tx,
+    master: &OmniAccount,
+    omni: &OmniAccount,
+    status: AgentStatus,
+    now: i64,
+    event: &NewAuditEvent,
+) -> StoreResult<Option<Agent>> {
+    match tx.agent(omni)? {
+        Some(agent) if &agent.master == master && agent.status != AgentStatus::Removed => {}
+        _ => return Ok(None),
+    }
+    tx.set_agent_status(omni, status, now)?;
+    if status == AgentStatus::Removed {
+        tx.revoke_sessions(omni, SessionFilter::AllExcept(None), now)?;
+    }
+    tx.append(event)?;
+    tx.agent(omni)
 }

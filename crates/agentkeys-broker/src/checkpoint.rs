@@ -67,14 +67,14 @@ pub async fn verify_chain(store: &dyn Store) -> anyhow::Result<ChainVerifier> {
     Ok(verifier)
 }
 
-/// Verifies the chain and signs its head with the active key of the broker at `data_dir`.
+/// Verifies the chain and signs its head with the broker's active key, opened from `vault`.
 pub async fn create(
     store: &dyn Store,
-    data_dir: &std::path::Path,
+    vault: crate::keys::Vault,
     now: i64,
 ) -> anyhow::Result<(Checkpoint, String)> {
     let verifier = verify_chain(store).await?;
-    let ring = KeyRing::new(data_dir.to_path_buf());
+    let ring = KeyRing::new(vault);
     let problems = ring.reload(store, now).await?;
     let signer = ring.current().signer(now).ok_or_else(|| {
         let why = problems
@@ -83,8 +83,7 @@ pub async fn create(
             .collect::<Vec<_>>()
             .join("; ");
         anyhow!(
-            "no active signing key in {} to sign with{}",
-            crate::keys::key_dir(data_dir).display(),
+            "no active signing key to sign with{}",
             if why.is_empty() {
                 String::new()
             } else {
@@ -198,7 +197,7 @@ pub async fn run(
     let url = args.database_url();
     let store = agentkeys_store::open(&url)
         .await
-        .with_context(|| format!("opening {url}"))?;
+        .with_context(|| format!("opening {}", agentkeys_store::redact_url(&url)))?;
     match command {
         AuditCommand::Verify => {
             let v = verify_chain(store.as_ref()).await?;
@@ -215,7 +214,9 @@ pub async fn run(
             eprintln!("exported {n} events");
         }
         AuditCommand::Checkpoint => {
-            let (cp, jws) = create(store.as_ref(), &args.data_dir, now).await?;
+            let vault =
+                crate::keys::Vault::new(&args.data_dir, args.key_encryption_key_file.as_deref())?;
+            let (cp, jws) = create(store.as_ref(), vault, now).await?;
             println!("{jws}");
             eprintln!(
                 "checkpoint of seq {} (head {}) at {}",

@@ -64,6 +64,14 @@ pub struct StoreArgs {
     /// Store URL; defaults to the SQLite file broker.db in the data dir.
     #[arg(long, env = "BROKER_DATABASE_URL", value_name = "URL", global = true)]
     pub database_url: Option<String>,
+    /// The key-encryption key that seals signing keys in the store (as for `serve`).
+    #[arg(
+        long,
+        env = "BROKER_KEY_ENCRYPTION_KEY_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -96,6 +104,14 @@ pub enum KeysCommand {
         kid: String,
         #[arg(long)]
         immediately: bool,
+    },
+    /// Re-seal every signing key kept in the store under a new key-encryption key, in one
+    /// transaction. Afterwards, point BROKER_KEY_ENCRYPTION_KEY_FILE of every instance at the
+    /// new file and restart them.
+    RotateKek {
+        /// The new key-encryption key (32 random bytes in base64, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
     },
 }
 

@@ -35,7 +35,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         } => policy_aws(&args),
         Command::Migrate { store } => {
             open(&store).await?;
-            println!("store at {} is up to date", store.database_url());
+            println!(
+                "store at {} is up to date",
+                agentkeys_store::redact_url(&store.database_url())
+            );
             Ok(())
         }
         Command::Keys { store, command } => run_keys(&store, command, clock.now()).await,
@@ -50,14 +53,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn agentkeys_store::Store>> {
+    let url = args.database_url();
+    keys::check_store_and_kek(
+        &url,
+        &args.data_dir,
+        args.key_encryption_key_file.as_deref(),
+    )
+    .map_err(|(setting, fix)| anyhow::anyhow!("{setting}: {fix}"))?;
     crate::data_dir::ensure(&args.data_dir).context("the data dir (BROKER_DATA_DIR)")?;
-    agentkeys_store::open(&args.database_url())
+    agentkeys_store::open(&url)
         .await
-        .with_context(|| format!("opening {}", args.database_url()))
+        .with_context(|| format!("opening {}", agentkeys_store::redact_url(&url)))
 }
 
 pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyhow::Result<()> {
     let store = open(args).await?;
+    let vault = keys::Vault::new(&args.data_dir, args.key_encryption_key_file.as_deref())?;
     let lifecycle = Lifecycle::new(store.signing_keys().await?);
     let out = &mut std::io::stdout();
     match command {
@@ -89,7 +100,7 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                     active.kid
                 );
             }
-            let r = keys::create(store.as_ref(), &args.data_dir, now, now, "key.generate").await?;
+            let r = keys::create(store.as_ref(), &vault, now, now, "key.generate").await?;
             writeln!(out, "generated {} (active now)", r.kid)?;
         }
         KeysCommand::Rotate { overlap_seconds } => {
@@ -107,14 +118,7 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                 .max()
                 .unwrap_or(i64::MIN);
             let activates_at = (now + overlap_seconds as i64).max(latest + 1);
-            let r = keys::create(
-                store.as_ref(),
-                &args.data_dir,
-                now,
-                activates_at,
-                "key.rotate",
-            )
-            .await?;
+            let r = keys::create(store.as_ref(), &vault, now, activates_at, "key.rotate").await?;
             writeln!(
                 out,
                 "generated {}: published now, signs from {}",
@@ -147,8 +151,16 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                 (None, "key.retire")
             };
             let event = keys::key_event(now, kind, &kid, serde_json::json!({}));
+            let target = kid.clone();
             store
-                .update_signing_key(&kid, retired_at, withdrawn_at, event)
+                .transact(move |tx| {
+                    if !tx.update_signing_key(&target, retired_at, withdrawn_at)? {
+                        return Err(agentkeys_store::StoreError::Conflict(format!(
+                            "no signing key with kid {target}"
+                        )));
+                    }
+                    tx.append(&event)
+                })
                 .await?;
             let after = Lifecycle::new(store.signing_keys().await?);
             match after
@@ -173,6 +185,30 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                     "warning: {kid} was the active key; mints fail until a pending key activates"
                 )?;
             }
+        }
+        KeysCommand::RotateKek { new_key_file } => {
+            let keys::Vault::Sealed(old) = &vault else {
+                bail!(
+                    "no key-encryption key is configured (BROKER_KEY_ENCRYPTION_KEY_FILE): the \
+                     signing keys are files in the data dir, there is nothing to re-seal"
+                );
+            };
+            keys::check_store_and_kek(&args.database_url(), &args.data_dir, Some(&new_key_file))
+                .map_err(|(_, fix)| anyhow::anyhow!("--new-key-file: {fix}"))?;
+            let new = keys::Kek::load(&new_key_file)?;
+            if new.id() == old.id() {
+                bail!(
+                    "the new key-encryption key is the one in use; make a new one with `openssl rand -base64 32`"
+                );
+            }
+            let n = keys::rotate_kek(store.as_ref(), old, &new, now).await?;
+            writeln!(
+                out,
+                "re-sealed {n} signing key(s) under {} (was {}); now set BROKER_KEY_ENCRYPTION_KEY_FILE={} on every instance and restart them",
+                new.id(),
+                old.id(),
+                new_key_file.display()
+            )?;
         }
     }
     Ok(())

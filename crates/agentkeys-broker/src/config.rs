@@ -42,9 +42,18 @@ pub struct ServeSettings {
     #[arg(long, env = "BROKER_DEV", default_value_t = false)]
     pub dev: bool,
 
-    /// Store URL. Defaults to the SQLite file broker.db in the data dir.
+    /// Store URL: sqlite://PATH, or postgres://USER@HOST:PORT/DB for several instances on one
+    /// PostgreSQL (then BROKER_KEY_ENCRYPTION_KEY_FILE is required). Defaults to the SQLite
+    /// file broker.db in the data dir.
     #[arg(long, env = "BROKER_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+
+    /// File with the key-encryption key (32 random bytes in base64, mode 0600: `openssl rand
+    /// -base64 32`) that seals the private signing keys kept in the store. Required with
+    /// PostgreSQL; with SQLite and no such file, private keys are files under the data dir's
+    /// keys/. Keep it outside the data dir and its backups.
+    #[arg(long, env = "BROKER_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
 
     /// Lifetime of minted JWTs in seconds (60–3600).
     #[arg(long, env = "BROKER_OIDC_JWT_TTL_SECONDS", default_value_t = 300, value_name = "SECONDS",
@@ -362,6 +371,7 @@ pub struct Settings {
     pub issuer: Issuer,
     pub dev: bool,
     pub database_url: String,
+    pub key_encryption_key_file: Option<PathBuf>,
     pub jwt_ttl_seconds: i64,
     pub audiences: Vec<String>,
     pub session_ttl_seconds: i64,
@@ -479,13 +489,22 @@ impl ServeSettings {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("broker.db").display()));
-        if !database_url.starts_with("sqlite:") {
-            return Err(SettingError::new(
-                "database_url",
-                &database_url,
-                "use sqlite://PATH (PostgreSQL is not supported yet)",
-            ));
-        }
+        crate::keys::check_store_and_kek(
+            &database_url,
+            &self.data_dir,
+            self.key_encryption_key_file.as_deref(),
+        )
+        .map_err(|(setting, fix)| {
+            let value = match setting {
+                "database_url" => agentkeys_store::redact_url(&database_url),
+                _ => self
+                    .key_encryption_key_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            };
+            SettingError::new(setting, value, fix)
+        })?;
         crate::data_dir::check(&self.data_dir).map_err(|e| {
             SettingError::new(
                 "data_dir",
@@ -538,6 +557,7 @@ impl ServeSettings {
             issuer,
             dev: self.dev,
             database_url,
+            key_encryption_key_file: self.key_encryption_key_file,
             jwt_ttl_seconds: self.oidc_jwt_ttl_seconds as i64,
             audiences: self.audiences,
             session_ttl_seconds: self.session_ttl_seconds as i64,

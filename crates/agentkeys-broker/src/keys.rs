@@ -1,8 +1,16 @@
 //! ES256 signing keys: generation, files, lifecycle, the JWKS, and signing.
 //!
-//! Private keys are PKCS#8 files `<data-dir>/keys/<kid>.pk8`, mode 0600 (a more open file is
-//! refused). Their public halves and lifecycle live in the store so every broker instance sees
-//! the same key set. Lifecycle, all derived from timestamps with `now` as input:
+//! Where private keys live is one choice, the [`Vault`]:
+//!
+//! * with a key-encryption key (`BROKER_KEY_ENCRYPTION_KEY_FILE`, required on PostgreSQL), in
+//!   the store next to their public halves, sealed with AES-256-GCM under that key, so every
+//!   instance sharing the database signs with the same keys and the database alone (a backup,
+//!   a stolen dump) cannot sign anything;
+//! * without one (SQLite only), as PKCS#8 files `<data-dir>/keys/<kid>.pk8`, mode 0600 (a more
+//!   open file is refused), beside the one database file they belong with.
+//!
+//! Public halves and lifecycle always live in the store so every instance sees the same key
+//! set. Lifecycle, all derived from timestamps with `now` as input:
 //!
 //! * published from `created_at`; signs from `activates_at` (a rotation sets it one overlap
 //!   ahead, so verifiers have cached the key before any token needs it);
@@ -50,6 +58,10 @@ pub enum KeyError {
     Store(#[from] agentkeys_store::StoreError),
     #[error("{0}")]
     Refused(String),
+    #[error("key-encryption key {path}: {why}")]
+    Kek { path: PathBuf, why: String },
+    #[error("the private key of {kid} cannot be opened: {why}")]
+    Sealed { kid: String, why: String },
 }
 
 /// Where key files live.
@@ -93,6 +105,7 @@ pub fn generate(now: i64, activates_at: i64) -> Result<NewKey, KeyError> {
             activates_at,
             retired_at: None,
             withdrawn_at: None,
+            sealed_private_key: None,
         },
         pkcs8,
     })
@@ -159,25 +172,295 @@ fn read_private_key(data_dir: &Path, kid: &str) -> Result<SigningKey, KeyError> 
     SigningKey::from_pkcs8(kid, &pkcs8).ok_or(KeyError::Malformed(path))
 }
 
-/// Generates a key, stores its record (with an audit event) and writes its file.
+/// Generates a key, keeps its private half in the vault and stores its record (with an audit
+/// event).
 pub async fn create(
     store: &dyn Store,
-    data_dir: &Path,
+    vault: &Vault,
     now: i64,
     activates_at: i64,
     audit_kind: &str,
 ) -> Result<SigningKeyRecord, KeyError> {
-    let key = generate(now, activates_at)?;
-    // The file first: a record without its file would be a published key nobody can sign with.
-    write_private_key(data_dir, &key.record.kid, &key.pkcs8)?;
+    let mut key = generate(now, activates_at)?;
+    match vault {
+        // The file first: a record without its file would be a published key nobody can sign
+        // with.
+        Vault::Files { data_dir } => {
+            write_private_key(data_dir, &key.record.kid, &key.pkcs8)?;
+        }
+        Vault::Sealed(kek) => {
+            key.record.sealed_private_key = Some(kek.seal(&key.record.kid, &key.pkcs8)?);
+        }
+    }
     let event = key_event(
         now,
         audit_kind,
         &key.record.kid,
-        serde_json::json!({"activates_at": activates_at}),
+        serde_json::json!({"activates_at": activates_at, "sealed": vault.is_sealed()}),
     );
-    store.insert_signing_key(key.record.clone(), event).await?;
+    let record = key.record.clone();
+    store
+        .transact(move |tx| {
+            tx.insert_signing_key(&record)?;
+            tx.append(&event)
+        })
+        .await?;
     Ok(key.record)
+}
+
+/// The rules between the store and the key-encryption key, as `(setting, how to fix)`: only
+/// SQLite and PostgreSQL URLs; PostgreSQL keeps keys in the store, so it needs a KEK; a KEK
+/// never sits inside the data dir (a copy of the data would carry the key that opens it).
+pub fn check_store_and_kek(
+    database_url: &str,
+    data_dir: &Path,
+    kek_file: Option<&Path>,
+) -> Result<(), (&'static str, String)> {
+    let postgres = database_url.starts_with("postgres:") || database_url.starts_with("postgresql:");
+    if !postgres && !database_url.starts_with("sqlite:") {
+        return Err((
+            "database_url",
+            "use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
+        ));
+    }
+    if postgres && kek_file.is_none() {
+        return Err((
+            "key_encryption_key_file",
+            "PostgreSQL keeps the signing keys in the database, sealed: set \
+             BROKER_KEY_ENCRYPTION_KEY_FILE to a file made with `openssl rand -base64 32` (mode 0600)"
+                .into(),
+        ));
+    }
+    if let Some(kek) = kek_file {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        if absolute(kek).starts_with(absolute(data_dir)) {
+            return Err((
+                "key_encryption_key_file",
+                "keep the key-encryption key outside the data dir: a copy of the data must not \
+                 carry the key that opens it"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where private signing keys are kept (see the module documentation).
+#[derive(Debug)]
+pub enum Vault {
+    Files { data_dir: PathBuf },
+    Sealed(Kek),
+}
+
+impl Vault {
+    /// Sealed in the store when a key-encryption key is configured, else files in the data dir.
+    pub fn new(data_dir: &Path, kek_file: Option<&Path>) -> Result<Self, KeyError> {
+        Ok(match kek_file {
+            Some(path) => Vault::Sealed(Kek::load(path)?),
+            None => Vault::Files {
+                data_dir: data_dir.to_owned(),
+            },
+        })
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, Vault::Sealed(_))
+    }
+
+    /// The private key of `record`, checked against its public half.
+    fn open(&self, record: &SigningKeyRecord) -> Result<SigningKey, KeyError> {
+        let key = match (&record.sealed_private_key, self) {
+            (Some(sealed), Vault::Sealed(kek)) => {
+                let pkcs8 = kek.open(&record.kid, sealed)?;
+                SigningKey::from_pkcs8(&record.kid, &pkcs8).ok_or_else(|| KeyError::Sealed {
+                    kid: record.kid.clone(),
+                    why: "not a P-256 PKCS#8 key".into(),
+                })?
+            }
+            (Some(_), Vault::Files { .. }) => {
+                return Err(KeyError::Sealed {
+                    kid: record.kid.clone(),
+                    why: "it is sealed in the store; set BROKER_KEY_ENCRYPTION_KEY_FILE".into(),
+                });
+            }
+            (None, Vault::Files { data_dir }) => read_private_key(data_dir, &record.kid)?,
+            (None, Vault::Sealed(_)) => {
+                return Err(KeyError::Sealed {
+                    kid: record.kid.clone(),
+                    why: "it was made without a key-encryption key and lives in a key file; \
+                          run this instance without BROKER_KEY_ENCRYPTION_KEY_FILE, or rotate \
+                          to a key made with it"
+                        .into(),
+                });
+            }
+        };
+        if jwk_matches(&record.public_jwk, key.public_point()) {
+            Ok(key)
+        } else {
+            Err(KeyError::Sealed {
+                kid: record.kid.clone(),
+                why: "it does not match the published public key".into(),
+            })
+        }
+    }
+}
+
+/// Prefix of a sealed key: format version 1, then the KEK's fingerprint, the nonce and the
+/// AES-256-GCM ciphertext with its tag.
+const SEALED_V1: &[u8; 4] = b"AKS1";
+const KEK_ID_LEN: usize = 8;
+
+/// The key-encryption key: 32 random bytes, base64 in a file readable by its owner only (as
+/// `openssl rand -base64 32 > kek && chmod 600 kek` makes it).
+pub struct Kek {
+    key: aws_lc_rs::aead::LessSafeKey,
+    /// First bytes of SHA-256 of the key: says which KEK sealed a blob without revealing it.
+    id: [u8; KEK_ID_LEN],
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kek({})", hex::encode(self.id))
+    }
+}
+
+impl Kek {
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let fail = |why: String| KeyError::Kek {
+            path: path.to_owned(),
+            why,
+        };
+        let meta = fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(fail(format!(
+                "readable by group or others; run `chmod 600 {}`",
+                path.display()
+            )));
+        }
+        let text = fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|_| fail("not base64; make one with `openssl rand -base64 32`".into()))?;
+        Self::from_bytes(&bytes).ok_or_else(|| {
+            fail(format!(
+                "holds {} bytes, not 32; make one with `openssl rand -base64 32`",
+                bytes.len()
+            ))
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 32 {
+            return None;
+        }
+        let unbound =
+            aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, bytes).ok()?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+        let mut id = [0u8; KEK_ID_LEN];
+        id.copy_from_slice(&digest.as_ref()[..KEK_ID_LEN]);
+        Some(Self {
+            key: aws_lc_rs::aead::LessSafeKey::new(unbound),
+            id,
+        })
+    }
+
+    /// Seals `pkcs8` for key `kid` (bound to it as associated data, so a sealed key cannot be
+    /// passed off as another kid's).
+    pub fn seal(&self, kid: &str, pkcs8: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce};
+        use aws_lc_rs::rand::SecureRandom;
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| KeyError::Generate("no randomness for a nonce".into()))?;
+        let mut sealed = pkcs8.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kid.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| KeyError::Generate("sealing the private key failed".into()))?;
+        let mut out = Vec::with_capacity(4 + KEK_ID_LEN + NONCE_LEN + sealed.len());
+        out.extend_from_slice(SEALED_V1);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    pub fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce};
+        let fail = |why: &str| KeyError::Sealed {
+            kid: kid.to_owned(),
+            why: why.to_owned(),
+        };
+        let rest = sealed
+            .strip_prefix(SEALED_V1.as_slice())
+            .ok_or_else(|| fail("unknown sealing format"))?;
+        if rest.len() < KEK_ID_LEN + NONCE_LEN {
+            return Err(fail("truncated"));
+        }
+        let (id, rest) = rest.split_at(KEK_ID_LEN);
+        if id != self.id {
+            return Err(fail(&format!(
+                "it is sealed under another key-encryption key ({}; this one is {})",
+                hex::encode(id),
+                hex::encode(self.id)
+            )));
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| fail("bad nonce"))?;
+        let mut buf = ciphertext.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buf)
+            .map_err(|_| fail("it does not authenticate (tampered, or another kid's)"))?;
+        Ok(plain.to_vec())
+    }
+
+    /// This KEK's fingerprint, as `keys list` shows it.
+    pub fn id(&self) -> String {
+        hex::encode(self.id)
+    }
+}
+
+/// Re-seals every sealed key under `new`, in one transaction with its audit event; how many.
+pub async fn rotate_kek(
+    store: &dyn Store,
+    old: &Kek,
+    new: &Kek,
+    now: i64,
+) -> Result<usize, KeyError> {
+    let mut resealed = Vec::new();
+    for r in store.signing_keys().await? {
+        if let Some(sealed) = &r.sealed_private_key {
+            let pkcs8 = old.open(&r.kid, sealed)?;
+            resealed.push((r.kid.clone(), new.seal(&r.kid, &pkcs8)?));
+        }
+    }
+    let count = resealed.len();
+    let event = NewAuditEvent {
+        time: now,
+        kind: "key.rotate_kek".into(),
+        actor: None,
+        master: None,
+        outcome: "ok".into(),
+        details: serde_json::json!({"from": old.id(), "to": new.id(), "keys": count}),
+    };
+    store
+        .transact(move |tx| {
+            for (kid, sealed) in &resealed {
+                if !tx.reseal_signing_key(kid, sealed)? {
+                    return Err(agentkeys_store::StoreError::Conflict(format!(
+                        "signing key {kid} disappeared during the rotation; run it again"
+                    )));
+                }
+            }
+            tx.append(&event)
+        })
+        .await?;
+    Ok(count)
 }
 
 pub fn key_event(now: i64, kind: &str, kid: &str, mut details: serde_json::Value) -> NewAuditEvent {
@@ -368,7 +651,7 @@ impl SigningKey {
 /// The broker's view of its keys: records from the store plus the private keys it could load.
 /// Reloaded periodically so a rotation made by the `keys` command needs no restart.
 pub struct KeyRing {
-    data_dir: PathBuf,
+    vault: Vault,
     inner: RwLock<Arc<Loaded>>,
 }
 
@@ -387,14 +670,18 @@ impl Loaded {
 }
 
 impl KeyRing {
-    pub fn new(data_dir: PathBuf) -> Self {
+    pub fn new(vault: Vault) -> Self {
         Self {
-            data_dir,
+            vault,
             inner: RwLock::new(Arc::new(Loaded {
                 lifecycle: Lifecycle::new(vec![]),
                 signers: HashMap::new(),
             })),
         }
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     pub fn current(&self) -> Arc<Loaded> {
@@ -429,11 +716,10 @@ impl KeyRing {
                 signers.insert(r.kid.clone(), k.clone());
                 continue;
             }
-            match read_private_key(&self.data_dir, &r.kid) {
-                Ok(k) if jwk_matches(&r.public_jwk, k.public_point()) => {
+            match self.vault.open(r) {
+                Ok(k) => {
                     signers.insert(r.kid.clone(), Arc::new(k));
                 }
-                Ok(_) => problems.push(KeyError::Malformed(key_path(&self.data_dir, &r.kid))),
                 Err(e) => problems.push(e),
             }
         }
@@ -472,6 +758,7 @@ mod tests {
             activates_at: activates,
             retired_at: None,
             withdrawn_at: None,
+            sealed_private_key: None,
         }
     }
 
@@ -530,6 +817,63 @@ mod tests {
             serde_json::from_str(&generate(10, 10).unwrap().record.public_jwk).unwrap();
         let dk = jsonwebtoken::DecodingKey::from_jwk(&other).unwrap();
         assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &dk, &v).is_err());
+    }
+
+    #[test]
+    fn sealed_keys_open_only_under_their_kek_and_their_kid() {
+        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let other = Kek::from_bytes(&[8u8; 32]).unwrap();
+        let key = generate(0, 0).unwrap();
+        let sealed = kek.seal(&key.record.kid, &key.pkcs8).unwrap();
+        assert!(
+            !sealed
+                .windows(16)
+                .any(|w| key.pkcs8.windows(16).any(|p| p == w)),
+            "no stretch of the private key appears in the sealed bytes"
+        );
+        assert_eq!(kek.open(&key.record.kid, &sealed).unwrap(), key.pkcs8);
+        let wrong_kek = other.open(&key.record.kid, &sealed).unwrap_err();
+        assert!(
+            wrong_kek.to_string().contains("another key-encryption key"),
+            "{wrong_kek}"
+        );
+        assert!(
+            kek.open("another-kid", &sealed).is_err(),
+            "bound to its kid"
+        );
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(kek.open(&key.record.kid, &tampered).is_err());
+        assert!(Kek::from_bytes(&[0u8; 31]).is_none());
+    }
+
+    #[test]
+    fn a_kek_file_must_be_private_base64_of_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let write = |text: &str, mode: u32| {
+            fs::write(&path, text).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write(&format!("{}\n", STANDARD.encode([1u8; 32])), 0o600);
+        assert!(Kek::load(&path).is_ok());
+        write(&STANDARD.encode([1u8; 32]), 0o644);
+        assert!(
+            Kek::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
+        write(&STANDARD.encode([1u8; 16]), 0o600);
+        assert!(Kek::load(&path).unwrap_err().to_string().contains("not 32"));
+        write("not base64 at all!", 0o600);
+        assert!(
+            Kek::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not base64")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod denials;
+pub mod gate;
 pub mod http;
 pub mod keys;
 pub mod limiter;
@@ -18,6 +19,7 @@ pub mod mint;
 pub mod oidc_login;
 pub mod policy;
 pub mod session;
+pub mod sign_in;
 pub mod state;
 pub mod wallet;
 
@@ -38,9 +40,18 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
     // The settings registry refuses these too; this covers settings built in code.
     oidc_login::check_provider_names(&settings.oidc_providers)
         .context("BROKER_OIDC_PROVIDERS_FILE")?;
+    let vault = keys::Vault::new(
+        &settings.data_dir,
+        settings.key_encryption_key_file.as_deref(),
+    )?;
     let store = agentkeys_store::open(&settings.database_url)
         .await
-        .with_context(|| format!("opening the store {}", settings.database_url))?;
+        .with_context(|| {
+            format!(
+                "opening the store {}",
+                agentkeys_store::redact_url(&settings.database_url)
+            )
+        })?;
     let mailer: Option<Arc<dyn mailer::Mailer>> = match &settings.email {
         None => None,
         Some(config::EmailDelivery::Log) => Some(Arc::new(mailer::LogMailer)),
@@ -60,7 +71,7 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
             oidc.insert(name, Arc::new(provider));
         }
     }
-    let state = AppState::new(settings, store, clock, mailer, oidc);
+    let state = AppState::new(settings, store, clock, mailer, oidc, vault);
     let now = state.clock.now();
     let problems = state.keys.reload(state.store.as_ref(), now).await?;
     for p in &problems {
@@ -70,7 +81,7 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
         if state.settings.dev && state.keys.current().lifecycle.records().is_empty() {
             let key = keys::create(
                 state.store.as_ref(),
-                &state.settings.data_dir,
+                state.keys.vault(),
                 now,
                 now,
                 "key.generate",
@@ -80,9 +91,8 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
             state.keys.reload(state.store.as_ref(), now).await?;
         } else {
             anyhow::bail!(
-                "no active signing key in {}: run `agentkeys-broker keys generate --data-dir {}` (or pass --dev to generate one)",
-                keys::key_dir(&state.settings.data_dir).display(),
-                state.settings.data_dir.display()
+                "no active signing key in the store: run `agentkeys-broker keys generate` with the \
+                 same data dir, database URL and key-encryption key (or pass --dev to generate one)"
             );
         }
     }
@@ -154,11 +164,10 @@ impl Maintenance {
 /// grace period.
 pub async fn purge_expired(state: &AppState) {
     let now = state.clock.now();
-    match state
+    let purging = state
         .store
-        .purge_expired(now, now - SESSION_GRACE_SECONDS)
-        .await
-    {
+        .transact(move |tx| tx.purge_expired(now, now - SESSION_GRACE_SECONDS));
+    match purging.await {
         Ok(n) if n > 0 => tracing::debug!(rows = n, "store.purged"),
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "store.purge_failed"),

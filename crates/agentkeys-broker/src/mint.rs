@@ -1,12 +1,13 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
-use agentkeys_store::{GateOutcome, Grant, GrantUse, LiveCheck, NewAuditEvent, NotLive, Session};
+use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session};
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::gate::{Gate, GateOutcome, GrantUse, LiveCheck, NotLive};
 use crate::http::error::ApiError;
 use crate::metrics::mint_denied;
 use crate::session::{random_id, session_ref};
@@ -84,7 +85,7 @@ fn denied_event(
     NewAuditEvent {
         time: now,
         kind: AUDIT_KIND.into(),
-        actor: session.map(|s| s.omni.clone()),
+        actor: session.map(|s| s.omni.to_string()),
         master: session.map(master_of),
         outcome: "denied".into(),
         details,
@@ -92,11 +93,11 @@ fn denied_event(
 }
 
 fn master_of(s: &Session) -> String {
-    s.master.clone()
+    s.master.to_string()
 }
 
 fn is_agent(s: &Session) -> bool {
-    s.kind == "agent"
+    s.kind == ActorKind::Agent
 }
 
 /// Records a refusal durably, then returns the error to send. If even the audit write fails
@@ -140,12 +141,8 @@ pub async fn mint(
     // below, so a logout, suspension or removal that commits meanwhile still wins.
     if is_agent(session) {
         let status = state.store.agent(&session.omni).await?.map(|a| a.status);
-        if status.as_deref() != Some("active") {
-            let reason = if status.as_deref() == Some("suspended") {
-                "agent_suspended"
-            } else {
-                "agent_removed"
-            };
+        if let Some(not_live) = NotLive::of_agent(status) {
+            let reason = not_live.reason();
             let e = ApiError::Forbidden {
                 kind: reason,
                 message: format!("this agent cannot mint ({reason}); ask its master"),
@@ -192,12 +189,12 @@ pub async fn mint(
     // Claims, checked against AWS's tag contract before anything is signed. An agent's tags
     // name only the agent: never its master's wallet, so no tenant-wide rule covers an agent.
     let wallet = if is_agent(session) {
-        &session.omni
+        session.omni.as_str()
     } else {
-        session.wallet.as_deref().unwrap_or(&session.omni)
+        session.wallet.as_deref().unwrap_or(session.omni.as_str())
     };
     let subject = if is_agent(session) {
-        claims::agent_subject(&session.omni)
+        claims::agent_subject(session.omni.as_str())
     } else {
         claims::master_subject(wallet)
     };
@@ -230,7 +227,7 @@ pub async fn mint(
         exp,
         jti: jti.clone(),
         agentkeys_user_wallet: wallet,
-        agentkeys_actor_omni: &session.omni,
+        agentkeys_actor_omni: session.omni.as_str(),
         agentkeys_scope: scope,
         aws_tags: tags,
         aws_roles: request.role_arn.as_deref(),
@@ -254,7 +251,7 @@ pub async fn mint(
     let on_allow = NewAuditEvent {
         time: now,
         kind: AUDIT_KIND.into(),
-        actor: Some(session.omni.clone()),
+        actor: Some(session.omni.to_string()),
         master: Some(master_of(session)),
         outcome: "ok".into(),
         details,
@@ -269,27 +266,20 @@ pub async fn mint(
         session_token_hash: session.token_hash.clone(),
         agent: is_agent(session).then(|| session.omni.clone()),
     };
-    let buckets: Vec<_> = state
-        .mint_windows
-        .iter()
-        .map(|w| (session.omni.clone(), *w))
-        .collect();
-    // With a grant, one use is consumed in the same transaction as the audit event.
-    let grant_use = grant.as_ref().map(|g| GrantUse {
-        grant_id: g.id.clone(),
-        agent: session.omni.clone(),
-    });
-    let gate = state
-        .store
-        .gated_append(
-            Some(&live),
-            &buckets,
-            grant_use.as_ref(),
-            now,
-            on_allow,
-            on_deny,
-        )
-        .await;
+    let gate = Gate {
+        live: Some(live),
+        buckets: state
+            .mint_windows
+            .iter()
+            .map(|w| (session.omni.to_string(), *w))
+            .collect(),
+        // With a grant, one use is consumed in the same transaction as the audit event.
+        grant: grant.as_ref().map(|g| GrantUse {
+            grant_id: g.id.clone(),
+            agent: session.omni.clone(),
+        }),
+    };
+    let gate = gate.append(&*state.store, now, on_allow, on_deny).await;
     match gate {
         Ok(GateOutcome::Allowed { .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
@@ -298,7 +288,7 @@ pub async fn mint(
                 jwt,
                 expires_at: exp,
                 wallet: wallet.to_owned(),
-                actor_omni: session.omni.clone(),
+                actor_omni: session.omni.to_string(),
             })
         }
         Ok(GateOutcome::GrantUnavailable { .. }) => {

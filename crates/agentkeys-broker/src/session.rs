@@ -1,6 +1,8 @@
 //! Session tokens: `aks_` + 43 base64url characters (256 random bits). Only their SHA-256 is
 //! stored; the token itself is returned once, at sign-in.
 
+use agentkeys_store::{NewAuditEvent, Result as StoreResult, SessionFilter, Tx};
+use agentkeys_types::OmniAccount;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -86,4 +88,33 @@ mod tests {
         assert!(!looks_like_token("aks_short"));
         assert!(!looks_like_token(&a.token.replace("aks_", "xyz_")));
     }
+}
+
+/// Revokes one live session, with its event; whether it was live.
+pub fn revoke(
+    tx: &mut dyn Tx,
+    token_hash: &str,
+    now: i64,
+    event: &NewAuditEvent,
+) -> StoreResult<bool> {
+    let revoked = tx.revoke_session(token_hash, now)?;
+    if revoked {
+        tx.append(event)?;
+    }
+    Ok(revoked)
+}
+
+/// Revokes every live session of `omni` but `keep`, with one event if any was; how many.
+pub fn revoke_all(
+    tx: &mut dyn Tx,
+    omni: &OmniAccount,
+    keep: Option<&str>,
+    now: i64,
+    event: &NewAuditEvent,
+) -> StoreResult<u64> {
+    let revoked = tx.revoke_sessions(omni, SessionFilter::AllExcept(keep), now)?;
+    if revoked > 0 {
+        tx.append(event)?;
+    }
+    Ok(revoked)
 }

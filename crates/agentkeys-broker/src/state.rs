@@ -46,6 +46,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         mailer: Option<Arc<dyn Mailer>>,
         oidc: std::collections::HashMap<String, Arc<crate::oidc_login::OidcProvider>>,
+        vault: crate::keys::Vault,
     ) -> Self {
         let mint_windows = vec![
             RateWindow {
@@ -57,7 +58,7 @@ impl AppState {
                 limit: settings.mint_rate_per_hour,
             },
         ];
-        let keys = KeyRing::new(settings.data_dir.clone());
+        let keys = KeyRing::new(vault);
         let anonymous_limiter = Limiter::new(settings.anonymous_limits);
         let approve_limiter = Limiter::new(settings.approve_limits);
         Self(Arc::new(Inner {

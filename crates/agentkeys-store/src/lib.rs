@@ -121,8 +121,12 @@ pub trait Tx {
     fn count_wrong_code(&mut self, id_hash: &str) -> Result<()>;
     /// Marks the request collected with the identity it proved, if it was not collected yet;
     /// whether it was not.
-    fn mark_login_claimed(&mut self, id_hash: &str, identity: &IdentityRef, now: i64)
-    -> Result<bool>;
+    fn mark_login_claimed(
+        &mut self,
+        id_hash: &str,
+        identity: &IdentityRef,
+        now: i64,
+    ) -> Result<bool>;
 
     // -- identities --
     fn identity(&mut self, identity: &IdentityRef) -> Result<Option<Identity>>;
@@ -224,5 +228,47 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _password)) = userinfo.split_once(':')
+    {
+        out = format!("{scheme}://{user}:***@{host}");
+    }
+    if let Some((base, query)) = out.clone().split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{base}?{}", query.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        use super::redact_url;
+        assert_eq!(
+            redact_url("postgres://ak:s3cret@db:5432/agentkeys?sslmode=disable"),
+            "postgres://ak:***@db:5432/agentkeys?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://ak@db/x?password=s3cret&application_name=b"),
+            "postgres://ak@db/x?password=***&application_name=b"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/ak/broker.db"),
+            "sqlite:///var/lib/ak/broker.db"
+        );
     }
 }

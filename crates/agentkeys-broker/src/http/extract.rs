@@ -158,7 +158,7 @@ impl FromRequestParts<AppState> for MasterSession {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let AuthSession(session) = AuthSession::from_request_parts(parts, state).await?;
-        if session.kind != "master" {
+        if session.kind != agentkeys_store::ActorKind::Master {
             return Err(ApiError::Forbidden {
                 kind: "masters_only",
                 message: "only a master's session can do this; an agent cannot manage agents"

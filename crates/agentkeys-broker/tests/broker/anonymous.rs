@@ -65,12 +65,6 @@ fn pairing_body(app: &TestApp) -> Value {
     json!({"device_address": address, "timestamp_ms": ts, "signature": sign(&key, &msg)})
 }
 
-fn count_rows(app: &TestApp, table: &str) -> i64 {
-    let db = rusqlite::Connection::open(app.data_dir().join("broker.db")).unwrap();
-    db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
-}
-
 fn anonymous_limits(per_minute: u64) -> Limits {
     Limits {
         per_client: Rate::per_minute(per_minute),
@@ -203,8 +197,8 @@ async fn a_flood_of_every_unauthenticated_route_is_refused_in_memory_and_others_
     let token = session["session_token"].as_str().unwrap().to_owned();
 
     let audit_before = app.audit().await.len();
-    let challenges_before = count_rows(&app, "wallet_challenges");
-    let pairings_before = count_rows(&app, "pairing_requests");
+    let challenges_before = app.count_rows("wallet_challenges").await;
+    let pairings_before = app.count_rows("pairing_requests").await;
     let mut admitted_challenges = 0;
     let mut admitted_pairings = 0;
     for route in 0..ROUTES {
@@ -244,11 +238,11 @@ async fn a_flood_of_every_unauthenticated_route_is_refused_in_memory_and_others_
 
     // The refused requests wrote nothing: only admitted ones left rows.
     assert_eq!(
-        count_rows(&app, "wallet_challenges") - challenges_before,
+        app.count_rows("wallet_challenges").await - challenges_before,
         LIMIT as i64
     );
     assert_eq!(
-        count_rows(&app, "pairing_requests") - pairings_before,
+        app.count_rows("pairing_requests").await - pairings_before,
         LIMIT as i64
     );
     // The audit log grew by the admitted pairings (each a device's signed request) and, once
@@ -472,19 +466,19 @@ async fn expired_challenges_and_pairing_requests_are_purged_by_the_maintenance_t
         .post_json("/v1/agents/pairing", pairing_body(&app))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(count_rows(&app, "wallet_challenges"), 1);
-    assert_eq!(count_rows(&app, "pairing_requests"), 1);
+    assert_eq!(app.count_rows("wallet_challenges").await, 1);
+    assert_eq!(app.count_rows("pairing_requests").await, 1);
 
     let mut chores = agentkeys_broker::Maintenance::new(app.state.clone());
     // Not yet expired: a purge keeps them.
     app.clock.advance(agentkeys_broker::PURGE_EVERY_SECONDS);
     chores.tick().await;
-    assert_eq!(count_rows(&app, "wallet_challenges"), 1);
+    assert_eq!(app.count_rows("wallet_challenges").await, 1);
     // Past both lifetimes (600 s): the next due purge removes them, with no day of grace.
     app.clock.advance(600);
     chores.tick().await;
-    assert_eq!(count_rows(&app, "wallet_challenges"), 0);
-    assert_eq!(count_rows(&app, "pairing_requests"), 0);
+    assert_eq!(app.count_rows("wallet_challenges").await, 0);
+    assert_eq!(app.count_rows("pairing_requests").await, 0);
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// Holds the key-encryption key on PostgreSQL: never inside the data dir.
+    _kek_dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -32,6 +34,41 @@ pub fn private_tempdir() -> tempfile::TempDir {
     dir
 }
 
+/// With `AGENTKEYS_TEST_DATABASE=postgres://…`, a URL for a fresh schema of that database (one
+/// per test, so tests never see each other's rows); `None` runs the test on SQLite.
+pub async fn test_database() -> Option<String> {
+    let admin = std::env::var("AGENTKEYS_TEST_DATABASE").ok()?;
+    if !admin.starts_with("postgres") {
+        return None;
+    }
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("AGENTKEYS_TEST_DATABASE names a PostgreSQL that accepts connections");
+    tokio::spawn(connection);
+    let schema = format!("t_{}", agentkeys_broker::session::random_id());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if admin.contains('?') { '&' } else { '?' };
+    Some(format!("{admin}{sep}options=-csearch_path%3D{schema}"))
+}
+
+/// A key-encryption key file (mode 0600) in `dir`.
+pub fn write_kek(dir: &std::path::Path) -> PathBuf {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("kek");
+    let bytes: [u8; 32] = rand::random();
+    std::fs::write(
+        &path,
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// Settings as `serve --dev` would resolve them, with overrides.
 pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
     Settings {
@@ -40,6 +77,7 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         issuer: Issuer::parse(url, true).unwrap(),
         dev: true,
         database_url: format!("sqlite://{}", dir.join("broker.db").display()),
+        key_encryption_key_file: None,
         jwt_ttl_seconds: 300,
         audiences: vec!["sts.amazonaws.com".into(), "gcp-wif".into()],
         session_ttl_seconds: 43_200,
@@ -98,6 +136,11 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mut s = settings(dir.path(), &url);
+        let kek_dir = private_tempdir();
+        if let Some(database_url) = test_database().await {
+            s.database_url = database_url;
+            s.key_encryption_key_file = Some(write_kek(kek_dir.path()));
+        }
         tweak(&mut s);
         let clock = Arc::new(ManualClock::new(agentkeys_broker::clock::SystemClock.now()));
         let state = agentkeys_broker::prepare(s, clock.clone()).await.unwrap();
@@ -115,7 +158,47 @@ impl TestApp {
             clock,
             http: reqwest::Client::new(),
             dir,
+            _kek_dir: kek_dir,
             _server: server,
+        }
+    }
+
+    /// Whether this app's store is the SQLite file `broker.db` in its data dir (tests that
+    /// open that file directly only run there).
+    pub fn on_sqlite(&self) -> bool {
+        self.state.settings.database_url.starts_with("sqlite:")
+    }
+
+    /// Runs SQL on the broker's database behind its back, as someone with access to the
+    /// database (or a failing disk) would.
+    pub async fn sql(&self, statements: &str) {
+        let url = &self.state.settings.database_url;
+        if self.on_sqlite() {
+            let db = rusqlite::Connection::open(self.data_dir().join("broker.db")).unwrap();
+            db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            db.execute_batch(statements).unwrap();
+        } else {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(statements).await.unwrap();
+        }
+    }
+
+    /// Rows in `table`, counted behind the broker's back.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let query = format!("SELECT count(*) FROM {table}");
+        if self.on_sqlite() {
+            let db = rusqlite::Connection::open(self.data_dir().join("broker.db")).unwrap();
+            db.query_row(&query, [], |r| r.get(0)).unwrap()
+        } else {
+            let url = &self.state.settings.database_url;
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.query_one(&query, &[]).await.unwrap().get(0)
         }
     }
 

@@ -12,14 +12,6 @@ fn count(events: &[agentkeys_store::AuditEvent], kind: &str, outcome: &str) -> u
         .count()
 }
 
-/// A second, independent connection to the broker's database, as an attacker or a failing
-/// disk would see it.
-fn raw_db(app: &TestApp) -> rusqlite::Connection {
-    let db = rusqlite::Connection::open(app.data_dir().join("broker.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    db
-}
-
 #[tokio::test]
 async fn every_sign_in_and_mint_is_one_audit_event() {
     let app = TestApp::start().await;
@@ -99,12 +91,17 @@ async fn every_sign_in_and_mint_is_one_audit_event() {
 async fn no_durable_audit_event_means_no_jwt() {
     let app = TestApp::start().await;
     let (_, s) = app.sign_in().await;
-    let db = raw_db(&app);
-    db.execute_batch(
+    app.sql(if app.on_sqlite() {
         "CREATE TRIGGER refuse_mint_audit BEFORE INSERT ON audit_events WHEN NEW.kind = 'mint'
-         BEGIN SELECT RAISE(ABORT, 'simulated audit failure'); END;",
-    )
-    .unwrap();
+         BEGIN SELECT RAISE(ABORT, 'simulated audit failure'); END;"
+    } else {
+        "CREATE FUNCTION refuse_mint_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.kind = 'mint' THEN RAISE EXCEPTION 'simulated audit failure'; END IF;
+         RETURN NEW; END $$;
+         CREATE TRIGGER refuse_mint_audit BEFORE INSERT ON audit_events
+         FOR EACH ROW EXECUTE FUNCTION refuse_mint_audit();"
+    })
+    .await;
 
     let r = app.mint(&s.session_token, None).await;
     let status = r.status();
@@ -123,7 +120,12 @@ async fn no_durable_audit_event_means_no_jwt() {
         0
     );
 
-    db.execute_batch("DROP TRIGGER refuse_mint_audit").unwrap();
+    app.sql(if app.on_sqlite() {
+        "DROP TRIGGER refuse_mint_audit"
+    } else {
+        "DROP TRIGGER refuse_mint_audit ON audit_events"
+    })
+    .await;
     assert_eq!(
         app.mint(&s.session_token, None).await.status(),
         StatusCode::OK
@@ -152,18 +154,16 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("audit chain ok: 6 events"));
 
-    let db = raw_db(&app);
-    db.execute_batch("UPDATE audit_events SET details = '{\"aud\":\"forged\"}' WHERE seq = 4")
-        .unwrap();
+    app.sql("UPDATE audit_events SET details = '{\"aud\":\"forged\"}' WHERE seq = 4")
+        .await;
     let bad = verify();
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("seq 4"), "{stderr}");
 
     // A deleted event is found too.
-    db.execute_batch("UPDATE audit_events SET details = (SELECT details FROM audit_events WHERE seq = 5) WHERE seq = 4").unwrap();
-    db.execute_batch("DELETE FROM audit_events WHERE seq = 3")
-        .unwrap();
+    app.sql("UPDATE audit_events SET details = (SELECT details FROM audit_events WHERE seq = 5) WHERE seq = 4").await;
+    app.sql("DELETE FROM audit_events WHERE seq = 3").await;
     let stderr = String::from_utf8_lossy(&verify().stderr).into_owned();
     assert!(stderr.contains("seq 3"), "{stderr}");
 }

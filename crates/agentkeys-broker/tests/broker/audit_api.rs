@@ -211,12 +211,6 @@ fn ok(out: &std::process::Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-fn raw_db(app: &TestApp) -> rusqlite::Connection {
-    let db = rusqlite::Connection::open(app.data_dir().join("broker.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    db
-}
-
 #[tokio::test]
 async fn the_ndjson_export_reverifies() {
     let app = TestApp::start().await;
@@ -323,9 +317,8 @@ async fn a_checkpoint_verifies_against_the_jwks_and_catches_tampering() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("signature"));
 
     // A rewritten row at that seq fails, even with the chain recomputed after it.
-    let db = raw_db(&app);
-    db.execute_batch("UPDATE audit_events SET outcome = 'denied' WHERE seq = 5")
-        .unwrap();
+    app.sql("UPDATE audit_events SET outcome = 'denied' WHERE seq = 5")
+        .await;
     let out = verify(&cp_file);
     assert!(!out.status.success());
     assert!(
@@ -333,7 +326,7 @@ async fn a_checkpoint_verifies_against_the_jwks_and_catches_tampering() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    rechain(&db);
+    rechain(&app).await;
     ok(&broker(&app, &["audit", "verify"]));
     let out = verify(&cp_file);
     assert!(!out.status.success());
@@ -341,45 +334,33 @@ async fn a_checkpoint_verifies_against_the_jwks_and_catches_tampering() {
     assert!(stderr.contains("rewritten"), "{stderr}");
 
     // A truncated tail fails too.
-    db.execute_batch("DELETE FROM audit_events WHERE seq >= 5")
-        .unwrap();
+    app.sql("DELETE FROM audit_events WHERE seq >= 5").await;
     let out = verify(&cp_file);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("removed"));
 }
 
 /// Recomputes every hash, as an attacker who rewrote history would.
-fn rechain(db: &rusqlite::Connection) {
+async fn rechain(app: &TestApp) {
     use agentkeys_store::audit::{GENESIS_HASH, canonical, chain_hash};
-    let mut stmt = db
-        .prepare("SELECT seq, time, kind, actor, master, outcome, details FROM audit_events ORDER BY seq")
-        .unwrap();
-    let rows: Vec<(u64, agentkeys_store::NewAuditEvent)> = stmt
-        .query_map([], |r| {
-            let details: String = r.get(6)?;
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                agentkeys_store::NewAuditEvent {
-                    time: r.get(1)?,
-                    kind: r.get(2)?,
-                    actor: r.get(3)?,
-                    master: r.get(4)?,
-                    outcome: r.get(5)?,
-                    details: serde_json::from_str(&details).unwrap(),
-                },
-            ))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let events = app.state.store.audit_events(0, 1_000_000).await.unwrap();
     let mut prev = GENESIS_HASH.to_owned();
-    for (seq, e) in rows {
-        let hash = chain_hash(&prev, &canonical(seq, &e));
-        db.execute(
-            "UPDATE audit_events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            rusqlite::params![prev, hash, seq as i64],
-        )
-        .unwrap();
+    let mut updates = String::new();
+    for e in events {
+        let event = agentkeys_store::NewAuditEvent {
+            time: e.time,
+            kind: e.kind,
+            actor: e.actor,
+            master: e.master,
+            outcome: e.outcome,
+            details: e.details,
+        };
+        let hash = chain_hash(&prev, &canonical(e.seq, &event));
+        updates.push_str(&format!(
+            "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}' WHERE seq = {};\n",
+            e.seq
+        ));
         prev = hash;
     }
+    app.sql(&updates).await;
 }

@@ -389,7 +389,7 @@ async fn a_sign_in_started_by_someone_else_releases_nothing_to_them() {
         .state
         .store
         .sessions_of(
-            OmniAccount::derive("email", "victim@example.com").as_str(),
+            &OmniAccount::derive("email", "victim@example.com"),
             app.clock.now(),
         )
         .await

@@ -158,7 +158,7 @@ async fn a_victim_finishing_someone_elses_oidc_request_hands_them_nothing() {
     assert!(
         app.state
             .store
-            .sessions_of(victim.as_str(), app.clock.now())
+            .sessions_of(&victim, app.clock.now())
             .await
             .unwrap()
             .is_empty()

@@ -7,9 +7,11 @@ use reqwest::StatusCode;
 use crate::app::{TestApp, verify_jwt};
 
 fn store_args(app: &TestApp) -> agentkeys_broker::cli::StoreArgs {
+    let settings = &app.state.settings;
     agentkeys_broker::cli::StoreArgs {
         data_dir: app.data_dir(),
-        database_url: None,
+        database_url: Some(settings.database_url.clone()),
+        key_encryption_key_file: settings.key_encryption_key_file.clone(),
     }
 }
 

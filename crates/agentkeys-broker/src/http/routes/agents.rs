@@ -1,9 +1,6 @@
 //! Agent pairing (device side and master side) and the agent lifecycle.
 
-use agentkeys_store::{
-    Agent, AgentSessionOutcome, ApproveOutcome, ClaimOutcome, GateOutcome, PairingRequest,
-    RateWindow, Session,
-};
+use agentkeys_store::{Agent, PairingRequest, RateWindow, Session};
 use agentkeys_types::OmniAccount;
 use agentkeys_types::WalletAddress;
 use agentkeys_types::api::{
@@ -17,8 +14,9 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::event;
-use crate::agents::{self, ProofError};
+use crate::agents::{self, ApproveOutcome, ClaimOutcome, ProofError, RenewOutcome, SessionSlot};
 use crate::clock::rfc3339;
+use crate::gate::{Gate, GateOutcome};
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
@@ -35,14 +33,10 @@ fn proof_error(e: ProofError) -> ApiError {
 
 pub fn agent_info(a: &Agent) -> AgentInfo {
     AgentInfo {
-        agent_omni: a.omni.clone(),
+        agent_omni: a.omni.to_string(),
         label: a.label.clone(),
         device_address: a.device_address.clone(),
-        status: match a.status.as_str() {
-            "active" => AgentStatus::Active,
-            "suspended" => AgentStatus::Suspended,
-            _ => AgentStatus::Removed,
-        },
+        status: a.status,
         created_at: rfc3339(a.created_at),
     }
 }
@@ -85,12 +79,14 @@ pub async fn pairing_start(
         claimed_at: None,
     };
     let details = json!({"pairing_id": request.id, "device": request.device_address});
+    let requested = event(now, "agent.pairing_requested", None, None, "ok", details);
+    let stored = request.clone();
     state
         .store
-        .create_pairing(
-            request.clone(),
-            event(now, "agent.pairing_requested", None, None, "ok", details),
-        )
+        .transact(move |tx| {
+            tx.insert_pairing(&stored)?;
+            tx.append(&requested)
+        })
         .await?;
     Ok(axum::Json(PairingStartResponse {
         pairing_id: request.id,
@@ -130,10 +126,10 @@ pub async fn pairing_approve(
     let now = state.clock.now();
     let m = master.omni.as_str();
     // Every attempt counts, so codes cannot be guessed; each attempt is audited.
-    let window = [RateWindow {
+    let window = RateWindow {
         seconds: agents::APPROVE_WINDOW_SECONDS,
         limit: agents::APPROVE_ATTEMPTS,
-    }];
+    };
     let details = json!({"label": req.label, "session": session_ref(&master.token_hash)});
     let attempt = event(
         now,
@@ -152,15 +148,14 @@ pub async fn pairing_approve(
         details,
     );
     denied.details["reason"] = json!("rate_limited");
-    if let GateOutcome::Limited { retry_after, .. } = state
-        .store
-        .rate_limited_append(&format!("approve:{m}"), &window, now, attempt, denied)
-        .await?
+    if let GateOutcome::Limited { retry_after, .. } =
+        Gate::limits(vec![(format!("approve:{m}"), window)])
+            .append(&*state.store, now, attempt, denied)
+            .await?
     {
         return Err(ApiError::RateLimited { retry_after });
     }
-    let master_omni: OmniAccount = m.parse().map_err(ApiError::internal)?;
-    let agent_omni = OmniAccount::for_agent(&master_omni, &req.label).to_string();
+    let agent_omni = OmniAccount::for_agent(&master.omni, &req.label).to_string();
     let paired = event(
         now,
         "agent.paired",
@@ -169,7 +164,12 @@ pub async fn pairing_approve(
         "ok",
         json!({"agent": agent_omni, "label": req.label}),
     );
-    match state.store.approve_pairing(&code, m, &req.label, &agent_omni, now, paired).await? {
+    let (master_omni, label) = (master.omni.clone(), req.label.clone());
+    let approved = state
+        .store
+        .transact(move |tx| agents::approve(tx, &code, &master_omni, &label, now, &paired))
+        .await?;
+    match approved {
         ApproveOutcome::Approved(agent) => Ok(axum::Json(agent_info(&agent))),
         ApproveOutcome::UnknownCode => Err(ApiError::NotFound(
             "no pending pairing request has that code; codes expire after 10 minutes, ask the agent for a new one".into(),
@@ -223,25 +223,30 @@ pub async fn pairing_poll(
 
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session::unowned(token.hash.clone(), "agent", now, expires_at);
+    let slot = SessionSlot {
+        token_hash: token.hash.clone(),
+        created_at: now,
+        expires_at,
+    };
     let owner = match &request.agent {
-        Some(omni) => state.store.agent(omni).await?.map(|a| a.master),
+        Some(omni) => state.store.agent(omni).await?.map(|a| a.master.to_string()),
         None => None,
     };
     let issued = event(
         now,
         "agent.session_issued",
-        request.agent.as_deref(),
+        request.agent.as_ref().map(OmniAccount::as_str),
         owner.as_deref(),
         "ok",
         json!({"pairing_id": request.id, "session": session_ref(&token.hash)}),
     );
-    match state
+    let proof_ms = req.timestamp_ms;
+    let claimed = state
         .store
-        .claim_pairing(&request.id, req.timestamp_ms, now, template, issued)
-        .await?
-    {
-        agentkeys_store::ClaimOutcome::Pending => Ok((
+        .transact(move |tx| agents::claim(tx, &request.id, proof_ms, now, &slot, &issued))
+        .await?;
+    match claimed {
+        ClaimOutcome::Pending => Ok((
             StatusCode::ACCEPTED,
             axum::Json(PairingPollResponse {
                 status: PairingStatus::Pending,
@@ -256,7 +261,7 @@ pub async fn pairing_poll(
                 session: Some(SessionIssued {
                     session_token: token.token,
                     expires_at: rfc3339(expires_at),
-                    omni_account: agent.omni.clone(),
+                    omni_account: agent.omni.to_string(),
                     wallet: None,
                 }),
                 agent: Some(agent_info(&agent)),
@@ -291,11 +296,7 @@ pub async fn agent_session(
         .agent_omni
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("agent_omni: {e}")))?;
-    let agent = state
-        .store
-        .agent(omni.as_str())
-        .await?
-        .ok_or_else(refused)?;
+    let agent = state.store.agent(&omni).await?.ok_or_else(refused)?;
     let device: WalletAddress = agent.device_address.parse().map_err(ApiError::internal)?;
     let now = state.clock.now();
     let issuer = &state.settings.issuer.url;
@@ -314,42 +315,47 @@ pub async fn agent_session(
     })?;
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session::unowned(token.hash.clone(), "agent", now, expires_at);
+    let slot = SessionSlot {
+        token_hash: token.hash.clone(),
+        created_at: now,
+        expires_at,
+    };
     let issued = event(
         now,
         "agent.session_issued",
-        Some(&agent.omni),
-        Some(&agent.master),
+        Some(agent.omni.as_str()),
+        Some(agent.master.as_str()),
         "ok",
         json!({"by": "device_proof", "session": session_ref(&token.hash)}),
     );
-    match state
+    let proof_ms = req.timestamp_ms;
+    let renewed = state
         .store
-        .agent_session(&agent.omni, req.timestamp_ms, template, issued)
-        .await?
-    {
-        AgentSessionOutcome::Issued(a) => Ok(axum::Json(SessionIssued {
+        .transact(move |tx| agents::renew(tx, &omni, proof_ms, &slot, &issued))
+        .await?;
+    match renewed {
+        RenewOutcome::Issued(a) => Ok(axum::Json(SessionIssued {
             session_token: token.token,
             expires_at: rfc3339(expires_at),
-            omni_account: a.omni,
+            omni_account: a.omni.to_string(),
             wallet: None,
         })),
-        AgentSessionOutcome::NotActive(a) => {
-            let kind = if a.status == "suspended" {
-                "agent_suspended"
+        RenewOutcome::NotActive(a) => {
+            let (kind, status) = if a.status == AgentStatus::Suspended {
+                ("agent_suspended", "suspended")
             } else {
-                "agent_removed"
+                ("agent_removed", "removed")
             };
             Err(ApiError::Forbidden {
                 kind,
-                message: format!("this agent is {}; ask its master", a.status),
+                message: format!("this agent is {status}; ask its master"),
             })
         }
-        AgentSessionOutcome::StaleProof => Err(ApiError::SignInFailed(
+        RenewOutcome::StaleProof => Err(ApiError::SignInFailed(
             "the proof's timestamp is not later than this agent's previous proof (a replay?)"
                 .into(),
         )),
-        AgentSessionOutcome::Unknown => Err(refused()),
+        RenewOutcome::Unknown => Err(refused()),
     }
 }
 
@@ -370,22 +376,25 @@ async fn set_status(
     state: &AppState,
     master: &Session,
     agent: &str,
-    status: &str,
+    status: AgentStatus,
     kind: &str,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
+    let not_found =
+        || ApiError::NotFound("you have no live agent with that omni; see GET /v1/agents".into());
+    let Ok(omni) = agent.parse::<OmniAccount>() else {
+        return Err(not_found());
+    };
     let now = state.clock.now();
     let m = master.omni.as_str();
     let e = event(now, kind, Some(m), Some(m), "ok", json!({"agent": agent}));
-    match state
+    let master_omni = master.omni.clone();
+    let updated = state
         .store
-        .set_agent_status(m, agent, status, now, e)
-        .await?
-    {
-        Some(a) => Ok(axum::Json(agent_info(&a))),
-        None => Err(ApiError::NotFound(
-            "you have no live agent with that omni; see GET /v1/agents".into(),
-        )),
-    }
+        .transact(move |tx| agents::set_status(tx, &master_omni, &omni, status, now, &e))
+        .await?;
+    updated
+        .map(|a| axum::Json(agent_info(&a)))
+        .ok_or_else(not_found)
 }
 
 /// Suspend an agent: its next mint is refused.
@@ -397,7 +406,14 @@ pub async fn suspend_agent(
     MasterSession(master): MasterSession,
     Path(agent_omni): Path<String>,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
-    set_status(&state, &master, &agent_omni, "suspended", "agent.suspended").await
+    set_status(
+        &state,
+        &master,
+        &agent_omni,
+        AgentStatus::Suspended,
+        "agent.suspended",
+    )
+    .await
 }
 
 /// Resume a suspended agent.
@@ -409,7 +425,14 @@ pub async fn resume_agent(
     MasterSession(master): MasterSession,
     Path(agent_omni): Path<String>,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
-    set_status(&state, &master, &agent_omni, "active", "agent.resumed").await
+    set_status(
+        &state,
+        &master,
+        &agent_omni,
+        AgentStatus::Active,
+        "agent.resumed",
+    )
+    .await
 }
 
 /// Remove an agent for good; its sessions are revoked at once.
@@ -421,5 +444,12 @@ pub async fn remove_agent(
     MasterSession(master): MasterSession,
     Path(agent_omni): Path<String>,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
-    set_status(&state, &master, &agent_omni, "removed", "agent.removed").await
+    set_status(
+        &state,
+        &master,
+        &agent_omni,
+        AgentStatus::Removed,
+        "agent.removed",
+    )
+    .await
 }

@@ -38,7 +38,7 @@ pub async fn list(
     let mut events = state
         .store
         .audit_for_master(
-            &master.omni,
+            master.omni.as_str(),
             AuditQuery {
                 limit: limit + 1,
                 ..query

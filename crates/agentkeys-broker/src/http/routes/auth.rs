@@ -1,6 +1,6 @@
 //! Wallet sign-in (EIP-4361 / EIP-191).
 
-use agentkeys_store::{Challenge, NewAuditEvent, Session};
+use agentkeys_store::{Challenge, NewAuditEvent};
 use agentkeys_types::api::{
     ChallengePurpose, SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletProof,
     WalletVerifyRequest,
@@ -11,6 +11,7 @@ use agentkeys_types::{OmniAccount, WalletAddress};
 use axum::extract::State;
 use serde_json::json;
 
+use crate::agents::SessionSlot;
 use crate::clock::rfc3339;
 use crate::denials::DenialKind;
 use crate::http::client_ip::ClientIp;
@@ -77,7 +78,11 @@ pub async fn wallet_challenge(
         created_at: now,
         expires_at,
     };
-    state.store.insert_challenge(challenge.clone()).await?;
+    let stored = challenge.clone();
+    state
+        .store
+        .transact(move |tx| tx.insert_challenge(&stored))
+        .await?;
     Ok(axum::Json(WalletChallengeResponse {
         challenge_id: challenge.id,
         message: challenge.message,
@@ -99,7 +104,7 @@ pub async fn wallet_verify(
 ) -> Result<axum::Json<SessionIssued>, ApiError> {
     let signature = check_shape(&req.challenge_id, &req.signature)?;
     let now = state.clock.now();
-    let Some(challenge) = state.store.take_challenge(&req.challenge_id).await? else {
+    let Some(challenge) = take_challenge(&state, &req.challenge_id).await? else {
         // A made-up (or spent) id names no address: nobody's sign-in was attempted, so it is
         // counted in aggregate rather than chained one event per guess.
         metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed")
@@ -138,16 +143,12 @@ pub async fn wallet_verify(
     let omni = OmniAccount::for_wallet(&wallet);
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let session = Session {
+    let session = SessionSlot {
         token_hash: token.hash.clone(),
-        kind: "master".into(),
-        omni: omni.to_string(),
-        wallet: Some(wallet.to_string()),
-        master: omni.to_string(),
         created_at: now,
         expires_at,
-        revoked_at: None,
-    };
+    }
+    .for_master(omni.clone(), Some(wallet.to_string()), None);
     let event = NewAuditEvent {
         time: now,
         kind: AUDIT_KIND.into(),
@@ -156,7 +157,13 @@ pub async fn wallet_verify(
         outcome: "ok".into(),
         details: json!({"wallet": wallet.as_str(), "session": session_ref(&token.hash), "expires_at": expires_at}),
     };
-    state.store.create_session(session, event).await?;
+    state
+        .store
+        .transact(move |tx| {
+            tx.insert_session(&session)?;
+            tx.append(&event)
+        })
+        .await?;
     metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "ok")
         .increment(1);
     tracing::info!(omni = %omni, session = session_ref(&token.hash), "sign_in.wallet.ok");
@@ -166,6 +173,15 @@ pub async fn wallet_verify(
         omni_account: omni.to_string(),
         wallet: Some(wallet.to_string()),
     }))
+}
+
+/// Removes the challenge and returns it: each is answered at most once.
+async fn take_challenge(state: &AppState, id: &str) -> Result<Option<Challenge>, ApiError> {
+    let id = id.to_owned();
+    Ok(state
+        .store
+        .transact(move |tx| tx.take_challenge(&id))
+        .await?)
 }
 
 /// Shape checks of a challenge answer, before the challenge is taken, so a typo does not burn
@@ -194,7 +210,7 @@ pub(super) async fn step_up(
 ) -> Result<(), ApiError> {
     let signature = check_shape(&proof.challenge_id, &proof.signature)?;
     let now = state.clock.now();
-    let challenge = state.store.take_challenge(&proof.challenge_id).await?;
+    let challenge = take_challenge(state, &proof.challenge_id).await?;
     let verified = match &challenge {
         None => Err(SignInError::UnknownChallenge),
         Some(c) => wallet::verify(c, &challenge_statement(Some(purpose)), &signature, now),

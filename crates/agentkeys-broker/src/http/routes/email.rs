@@ -7,7 +7,7 @@
 //! mail names the account that asked and carries only the code: a click by the mailbox owner
 //! never links the address to someone else.
 
-use agentkeys_store::{LoginRequest, Session};
+use agentkeys_store::{LoginKey, LoginRequest};
 use agentkeys_types::api::{
     BrowserSignedIn, ChallengePurpose, EmailLinkRequest, EmailStartRequest, LinkEmailRequest,
     LoginCollectRequest, LoginStartResponse, LoginStatusResponse,
@@ -21,12 +21,15 @@ use serde_json::json;
 
 use super::event;
 use super::login::{LinkingMaster, client_challenge, code_hash, collect};
+use crate::agents::SessionSlot;
 use crate::clock::rfc3339;
+use crate::gate::{Gate, GateOutcome};
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::mailer::SignInMail;
 use crate::session::{looks_like_secret, new_token, secret, session_ref, token_hash};
+use crate::sign_in::{self, LoginClaim};
 use crate::state::AppState;
 
 /// The browser session's cookie (HttpOnly, SameSite=Strict), set by the emailed link's page.
@@ -53,8 +56,8 @@ async fn start(
     } else {
         "sign_in.email.requested"
     };
-    let actor = link_to.map(LinkingMaster::omni);
-    let buckets = [
+    let actor = link_to.map(|m| m.omni().as_str());
+    let buckets = vec![
         (format!("email:{email}"), settings.email_limits.per_address),
         (
             format!("ip:{}", crate::limiter::ClientKey::from(ip.0)),
@@ -66,21 +69,9 @@ async fn start(
     // A link request has no browser link: only the linking master's CLI completes it.
     let link_token = link_to.is_none().then(secret);
     let details = json!({"email": email, "request": session_ref(&token_hash(&request_id)), "ip": ip.to_string()});
-    let mut denied = event(now, kind, actor, actor, "denied", details.clone());
+    let allowed = event(now, kind, actor, actor, "ok", details.clone());
+    let mut denied = event(now, kind, actor, actor, "denied", details);
     denied.details["reason"] = json!("rate_limited");
-    if let agentkeys_store::GateOutcome::Limited { retry_after, .. } = state
-        .store
-        .rate_limited_append_buckets(
-            &buckets,
-            None,
-            now,
-            event(now, kind, actor, actor, "ok", details),
-            denied,
-        )
-        .await?
-    {
-        return Err(ApiError::RateLimited { retry_after });
-    }
     let expires_at = now + settings.login_ttl_seconds;
     let request = LoginRequest {
         id_hash: token_hash(&request_id),
@@ -90,7 +81,7 @@ async fn start(
         state: None,
         oidc_nonce: None,
         oidc_verifier: None,
-        link_to: link_to.map(|m| m.omni().to_owned()),
+        link_to: link_to.map(|m| m.omni().clone()),
         link_to_wallet: link_to.map(|m| m.wallet().to_owned()),
         created_at: now,
         expires_at,
@@ -103,8 +94,21 @@ async fn start(
         code_attempts: 0,
         redirect_uri: None,
     };
-    // The rate-limit gate above wrote this request's audit event.
-    state.store.create_login(request, None).await?;
+    // The request is stored in the transaction that counts it against the limits and audits it.
+    let gate = Gate::limits(buckets);
+    let outcome = state
+        .store
+        .transact(move |tx| {
+            let outcome = gate.decide(tx, now, &allowed, &denied)?;
+            if let GateOutcome::Allowed { .. } = outcome {
+                tx.insert_login(&request)?;
+            }
+            Ok(outcome)
+        })
+        .await?;
+    if let GateOutcome::Limited { retry_after, .. } = outcome {
+        return Err(ApiError::RateLimited { retry_after });
+    }
     let link = link_token.map(|t| format!("{}/auth/email/landing#token={t}", settings.issuer.url));
     let shown = display_code(&code);
     let mail = SignInMail {
@@ -275,20 +279,24 @@ pub async fn email_browser(
     let link_hash = token_hash(&req.token);
     let request = state
         .store
-        .login_by_link_token(&link_hash)
+        .login(LoginKey::LinkTokenHash(&link_hash))
         .await?
         .ok_or_else(used)?;
     let now = state.clock.now();
     let token = new_token();
     let ttl = state.settings.session_ttl_seconds;
-    let template = Session::unowned(token.hash.clone(), "master", now, now + ttl);
+    let slot = SessionSlot {
+        token_hash: token.hash.clone(),
+        created_at: now,
+        expires_at: now + ttl,
+    };
     let mut done = super::login::collected_event(&request, now, &token.hash);
     done.details["browser"] = json!(true);
     let claim = state
         .store
-        .redeem_login_link(&link_hash, now, template, done)
+        .transact(move |tx| sign_in::redeem_link(tx, &link_hash, now, &slot, done))
         .await?;
-    let agentkeys_store::LoginClaim::SignedIn(session) = claim else {
+    let LoginClaim::SignedIn(session) = claim else {
         return Err(used());
     };
     metrics::counter!(crate::metrics::SIGN_INS, "method" => "email_browser", "outcome" => "ok")
@@ -305,7 +313,7 @@ pub async fn email_browser(
     let cookie = HeaderValue::from_str(&cookie)
         .map_err(|e| ApiError::internal(anyhow::anyhow!("session cookie: {e}")))?;
     let body = BrowserSignedIn {
-        omni_account: session.omni,
+        omni_account: session.omni.to_string(),
         wallet: session.wallet,
         email: request.subject,
         expires_at: rfc3339(now + ttl),

@@ -2,7 +2,8 @@
 //! under a grant carries the `agentkeys_scope` tag, which the bucket policy turns into access
 //! to `<master prefix>/<scope>/*` and nothing else of the master's.
 
-use agentkeys_store::{Grant, Session};
+use agentkeys_store::{ActorKind, AgentStatus, Grant, Session};
+use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{GrantCreateRequest, GrantInfo, GrantList, WorstCaseExposure};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -40,7 +41,7 @@ fn info(state: &AppState, g: &Grant) -> GrantInfo {
     let sts = state.settings.sts_max_session_seconds;
     GrantInfo {
         grant_id: g.id.clone(),
-        agent: g.agent.clone(),
+        agent: g.agent.to_string(),
         scope: g
             .scope
             .split_once('/')
@@ -98,20 +99,15 @@ pub async fn create(
             "max_uses, when given, is at least 1".into(),
         ));
     }
-    match state.store.agent(&req.agent).await? {
-        Some(a) if a.master == master.omni && a.status != "removed" => {}
-        _ => {
-            return Err(ApiError::NotFound(
-                "you have no live agent with that omni; see GET /v1/agents".into(),
-            ));
-        }
-    }
+    let no_agent =
+        || ApiError::NotFound("you have no live agent with that omni; see GET /v1/agents".into());
+    let agent: OmniAccount = req.agent.parse().map_err(|_| no_agent())?;
     // The master's prefix: its wallet, or its omni for a wallet-less master.
-    let prefix = master.wallet.as_deref().unwrap_or(&master.omni);
+    let prefix = master.wallet.as_deref().unwrap_or(master.omni.as_str());
     let grant = Grant {
         id: random_id(),
         master: master.omni.clone(),
-        agent: req.agent.clone(),
+        agent,
         scope: format!("{prefix}/{scope}"),
         created_at: now,
         expires_at,
@@ -121,13 +117,25 @@ pub async fn create(
     };
     let m = Some(master.omni.as_str());
     let details = json!({"grant": grant.id, "agent": grant.agent, "scope": grant.scope, "expires_at": expires_at, "max_uses": req.max_uses});
-    state
+    let created = event(now, "grant.created", m, m, "ok", details);
+    let stored = grant.clone();
+    // The agent is checked in the transaction that stores the grant, so a removal that
+    // commits first wins.
+    let made = state
         .store
-        .create_grant(
-            grant.clone(),
-            event(now, "grant.created", m, m, "ok", details),
-        )
+        .transact(move |tx| {
+            match tx.agent(&stored.agent)? {
+                Some(a) if a.master == stored.master && a.status != AgentStatus::Removed => {}
+                _ => return Ok(false),
+            }
+            tx.insert_grant(&stored)?;
+            tx.append(&created)?;
+            Ok(true)
+        })
         .await?;
+    if !made {
+        return Err(no_agent());
+    }
     Ok(axum::Json(info(&state, &grant)))
 }
 
@@ -149,7 +157,7 @@ pub async fn list(
 }
 
 fn is_agent(s: &Session) -> bool {
-    s.kind == "agent"
+    s.kind == ActorKind::Agent
 }
 
 /// Revoke a grant: the agent's next mint under it is refused.
@@ -164,11 +172,17 @@ pub async fn revoke(
     let now = state.clock.now();
     let m = Some(master.omni.as_str());
     let e = event(now, "grant.revoked", m, m, "ok", json!({"grant": grant_id}));
-    if state
+    let revoked = state
         .store
-        .revoke_grant(&master.omni, &grant_id, now, e)
-        .await?
-    {
+        .transact(move |tx| {
+            let revoked = tx.revoke_grant(&master.omni, &grant_id, now)?;
+            if revoked {
+                tx.append(&e)?;
+            }
+            Ok(revoked)
+        })
+        .await?;
+    if revoked {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(

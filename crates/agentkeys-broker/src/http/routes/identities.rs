@@ -1,5 +1,6 @@
 //! A wallet master's linked identities (email, OIDC).
 
+use agentkeys_store::IdentityRef;
 use agentkeys_types::api::{IdentityInfo, IdentityList, UnlinkResult};
 use axum::extract::{Path, State};
 use serde_json::json;
@@ -8,6 +9,7 @@ use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::MasterSession;
+use crate::sign_in;
 use crate::state::AppState;
 
 /// Identities linked to the signed-in master.
@@ -51,11 +53,15 @@ pub async fn unlink(
         "ok",
         json!({"identity_type": identity_type, "identity_value": identity_value}),
     );
-    match state
+    let identity = IdentityRef {
+        identity_type,
+        identity_value,
+    };
+    let unlinked = state
         .store
-        .unlink_identity(&master.omni, &identity_type, &identity_value, now, audit)
-        .await?
-    {
+        .transact(move |tx| sign_in::unlink(tx, &master.omni, &identity, now, audit))
+        .await?;
+    match unlinked {
         Some(sessions_revoked) => Ok(axum::Json(UnlinkResult { sessions_revoked })),
         None => Err(ApiError::NotFound(
             "no such identity is linked to you; see GET /v1/identities".into(),

@@ -8,7 +8,8 @@
 //! nothing to a poller, and a phished user who completes someone else's request hands over
 //! nothing unless they also send that person the code.
 
-use agentkeys_store::{LoginClaim, LoginRequest, Session};
+use agentkeys_store::{LoginKey, LoginRequest, Session};
+use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{
     ChallengePurpose, IdentityInfo, LoginCollectRequest, LoginStatus, LoginStatusResponse,
     SessionIssued, WalletProof,
@@ -18,9 +19,11 @@ use agentkeys_types::pairing::normalize_code;
 use serde_json::json;
 
 use super::event;
+use crate::agents::SessionSlot;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::session::{looks_like_secret, new_token, session_ref, token_hash};
+use crate::sign_in::{self, LoginClaim};
 use crate::state::AppState;
 
 /// The start's `code_challenge`, checked for shape.
@@ -40,12 +43,12 @@ pub fn client_challenge(challenge: &str) -> Result<String, ApiError> {
 /// by that master's wallet over a challenge for exactly this identity. Only
 /// [`LinkingMaster::prove`] makes one, and a link request cannot be opened without one.
 pub struct LinkingMaster {
-    omni: String,
+    omni: OmniAccount,
     wallet: String,
 }
 
 impl LinkingMaster {
-    pub fn omni(&self) -> &str {
+    pub fn omni(&self) -> &OmniAccount {
         &self.omni
     }
 
@@ -65,7 +68,7 @@ impl LinkingMaster {
                 message: "only a master signed in with a wallet can link identities".into(),
             });
         };
-        super::auth::step_up(state, &master.omni, wallet, proof, purpose).await?;
+        super::auth::step_up(state, master.omni.as_str(), wallet, proof, purpose).await?;
         Ok(Self {
             omni: master.omni.clone(),
             wallet: wallet.to_owned(),
@@ -104,7 +107,7 @@ pub async fn collect(
     let id_hash = token_hash(&req.request_id);
     let request = state
         .store
-        .login(&id_hash)
+        .login(LoginKey::IdHash(&id_hash))
         .await?
         .filter(|r| r.method == method)
         .ok_or_else(gone)?;
@@ -119,23 +122,24 @@ pub async fn collect(
     let now = state.clock.now();
     let token = new_token();
     let expires_at = now + state.settings.session_ttl_seconds;
-    let template = Session::unowned(token.hash.clone(), "master", now, expires_at);
+    let slot = SessionSlot {
+        token_hash: token.hash.clone(),
+        created_at: now,
+        expires_at,
+    };
     let done = collected_event(&request, now, &token.hash);
+    let code_hash = code_hash(&code);
     let claim = state
         .store
-        .redeem_login_code(
-            &id_hash,
-            &code_hash(&code),
-            CODE_ATTEMPTS,
-            now,
-            template,
-            done,
-        )
+        .transact(move |tx| {
+            sign_in::redeem_code(tx, &id_hash, &code_hash, CODE_ATTEMPTS, now, &slot, done)
+        })
         .await?;
     answer(method, claim, token.token, expires_at)
 }
 
-/// The audit event of a successful collection (actor and master are filled in by the store).
+/// The audit event of a successful collection (actor and master are filled in once the
+/// transaction knows them).
 pub fn collected_event(
     request: &LoginRequest,
     now: i64,
@@ -169,7 +173,7 @@ fn answer(
                 session: Some(SessionIssued {
                     session_token: token,
                     expires_at: rfc3339(expires_at),
-                    omni_account: s.omni,
+                    omni_account: s.omni.to_string(),
                     wallet: s.wallet,
                 }),
                 identity: None,

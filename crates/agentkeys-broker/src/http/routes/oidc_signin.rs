@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use agentkeys_store::LoginRequest;
+use agentkeys_store::{IdentityRef, LoginKey, LoginRequest};
+use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{
     ChallengePurpose, LinkOidcRequest, LoginCollectRequest, LoginStartResponse,
     LoginStatusResponse, OidcStartRequest,
@@ -26,6 +27,7 @@ use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::session::{looks_like_secret, secret, session_ref, token_hash};
+use crate::sign_in;
 use crate::state::AppState;
 
 /// Longest provider `error` code kept in the audit log (RFC 6749 codes are short ASCII words).
@@ -64,7 +66,7 @@ async fn start(
         state: Some(login_state),
         oidc_nonce: Some(start.nonce.clone()),
         oidc_verifier: Some(start.pkce_verifier.clone()),
-        link_to: link_to.map(|m| m.omni().to_owned()),
+        link_to: link_to.map(|m| m.omni().clone()),
         link_to_wallet: link_to.map(|m| m.wallet().to_owned()),
         created_at: now,
         expires_at,
@@ -82,14 +84,18 @@ async fn start(
     } else {
         "sign_in.oidc.requested"
     };
-    let actor = link_to.map(LinkingMaster::omni);
+    let actor = link_to.map(|m| m.omni().as_str());
     let details = json!({
         "provider": provider_name, "request": session_ref(&request.id_hash),
         "loopback": redirect_uri.is_some(),
     });
+    let requested = event(now, kind, actor, actor, "ok", details);
     state
         .store
-        .create_login(request, Some(event(now, kind, actor, actor, "ok", details)))
+        .transact(move |tx| {
+            tx.insert_login(&request)?;
+            tx.append(&requested)
+        })
         .await?;
     Ok(axum::Json(LoginStartResponse {
         request_id,
@@ -253,7 +259,7 @@ pub async fn callback(
     let Some(login_state) = q.get("state").filter(|s| looks_like_secret(s)) else {
         return bad_state();
     };
-    let request = match state.store.login_by_state(login_state).await {
+    let request = match state.store.login(LoginKey::State(login_state)).await {
         Ok(Some(r)) if r.verified_at.is_none() && now < r.expires_at => r,
         Ok(_) => return bad_state(),
         Err(e) => return ApiError::from(e).into_response(),
@@ -263,7 +269,7 @@ pub async fn callback(
     };
     // A failure ends the request, so one started request writes at most one failure event.
     let fail = |reason: String| {
-        let actor = request.link_to.clone();
+        let actor = request.link_to.as_ref().map(ToString::to_string);
         let store = state.store.clone();
         let id_hash = request.id_hash.clone();
         let details = json!({"provider": request.subject, "reason": reason});
@@ -276,7 +282,8 @@ pub async fn callback(
                 "failed",
                 details,
             );
-            if let Err(e) = store.fail_login(&id_hash, now, failed).await {
+            let failing = store.transact(move |tx| sign_in::fail(tx, &id_hash, now, &failed));
+            if let Err(e) = failing.await {
                 tracing::error!(error = %e, "sign_in.oidc.fail_not_recorded");
             }
         }
@@ -313,27 +320,25 @@ pub async fn callback(
     };
     let identity_type = provider.identity_type();
     let details = json!({"provider": request.subject, "subject": identity.subject});
+    let linking = request.link_to.as_ref().map(OmniAccount::as_str);
     let verified = event(
         now,
         "sign_in.oidc.verified",
-        request.link_to.as_deref(),
-        request.link_to.as_deref(),
+        linking,
+        linking,
         "ok",
         details,
     );
     let one_time = crate::agents::new_code();
-    match state
+    let proved = IdentityRef {
+        identity_type,
+        identity_value: identity.subject.clone(),
+    };
+    let (id_hash, one_time_hash) = (request.id_hash.clone(), code_hash(&one_time));
+    let verifying = state
         .store
-        .verify_login(
-            &request.id_hash,
-            &identity_type,
-            &identity.subject,
-            &code_hash(&one_time),
-            now,
-            verified,
-        )
-        .await
-    {
+        .transact(move |tx| sign_in::verify(tx, &id_hash, &proved, &one_time_hash, now, &verified));
+    match verifying.await {
         Ok(true) => {}
         Ok(false) => return bad_state(),
         Err(e) => return ApiError::from(e).into_response(),

@@ -1,6 +1,6 @@
 //! The caller's own session.
 
-use agentkeys_types::api::{ActorKind, SessionInfo, SessionList, WhoAmI};
+use agentkeys_types::api::{SessionInfo, SessionList, WhoAmI};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
@@ -9,7 +9,7 @@ use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::AuthSession;
-use crate::session::session_ref;
+use crate::session::{self, session_ref};
 use crate::state::AppState;
 
 /// Who the bearer is.
@@ -17,13 +17,9 @@ use crate::state::AppState;
     responses((status = 200, body = WhoAmI), (status = 401, body = agentkeys_types::ErrorBody)))]
 pub async fn whoami(AuthSession(s): AuthSession) -> axum::Json<WhoAmI> {
     axum::Json(WhoAmI {
-        omni_account: s.omni,
+        omni_account: s.omni.to_string(),
         wallet: s.wallet,
-        kind: if s.kind == "agent" {
-            ActorKind::Agent
-        } else {
-            ActorKind::Master
-        },
+        kind: s.kind,
         expires_at: rfc3339(s.expires_at),
     })
 }
@@ -46,7 +42,7 @@ pub async fn logout(
     );
     state
         .store
-        .revoke_session(&s.token_hash, now, audit)
+        .transact(move |tx| session::revoke(tx, &s.token_hash, now, &audit))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -64,11 +60,7 @@ pub async fn list_sessions(
             .iter()
             .map(|o| SessionInfo {
                 id: session_ref(&o.token_hash).to_owned(),
-                kind: if o.kind == "agent" {
-                    ActorKind::Agent
-                } else {
-                    ActorKind::Master
-                },
+                kind: o.kind,
                 created_at: rfc3339(o.created_at),
                 expires_at: rfc3339(o.expires_at),
                 current: o.token_hash == s.token_hash,
@@ -101,9 +93,10 @@ pub async fn revoke_one(
         "ok",
         json!({"session": id, "by": session_ref(&s.token_hash)}),
     );
+    let target = target.token_hash.clone();
     state
         .store
-        .revoke_session(&target.token_hash, now, audit)
+        .transact(move |tx| session::revoke(tx, &target, now, &audit))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -126,7 +119,7 @@ pub async fn logout_all(
     );
     state
         .store
-        .revoke_sessions_of(&s.omni, None, now, audit)
+        .transact(move |tx| session::revoke_all(tx, &s.omni, None, now, &audit))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,169 @@
+//! The gated append: rate limits, a grant's use, and the session's liveness decided in the
+//! same store transaction as the audit event that records the decision (SPEC §6, gates 1, 2,
+//! 4 and 5). The mint, email sign-in starts and pairing approvals all pass through here.
+
+use agentkeys_store::{AgentStatus, NewAuditEvent, RateWindow, Result, Store, Tx};
+use agentkeys_types::OmniAccount;
+use serde_json::json;
+
+/// One fixed-window counter: a bucket key (an actor, an address, an IP) and its window.
+pub type Bucket = (String, RateWindow);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateOutcome {
+    /// Allowed; the audit event has this seq.
+    Allowed { seq: u64 },
+    /// A window is full; retry after this many seconds.
+    Limited {
+        retry_after: i64,
+        window_seconds: i64,
+        seq: u64,
+    },
+    /// The grant named for this use was revoked, expired or used up meanwhile; the denial
+    /// (reason `grant_unavailable`) has this seq.
+    GrantUnavailable { seq: u64 },
+    /// The session or its agent stopped being live between the caller's read and this
+    /// transaction (logout, revocation, expiry, suspension, removal); the denial (reason
+    /// [`NotLive::reason`]) has this seq.
+    NotLive { reason: NotLive, seq: u64 },
+}
+
+/// What a gated append re-checks inside its transaction, so a revocation that commits first
+/// always wins over a mint that read the session before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCheck {
+    /// The session must exist, be unrevoked and unexpired at `now`.
+    pub session_token_hash: String,
+    /// For an agent's session: this agent must be active.
+    pub agent: Option<OmniAccount>,
+}
+
+/// Why a [`LiveCheck`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLive {
+    /// Revoked, expired or gone: answered like any unknown session.
+    Session,
+    AgentSuspended,
+    /// Removed, or no such agent.
+    AgentRemoved,
+}
+
+impl NotLive {
+    /// The `reason` written into the denial event.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotLive::Session => "unauthenticated",
+            NotLive::AgentSuspended => "agent_suspended",
+            NotLive::AgentRemoved => "agent_removed",
+        }
+    }
+
+    /// Why an agent of this status cannot act, if it cannot.
+    pub fn of_agent(status: Option<AgentStatus>) -> Option<NotLive> {
+        match status {
+            Some(AgentStatus::Active) => None,
+            Some(AgentStatus::Suspended) => Some(NotLive::AgentSuspended),
+            Some(AgentStatus::Removed) | None => Some(NotLive::AgentRemoved),
+        }
+    }
+}
+
+/// A use of a grant, consumed in the same transaction as the mint's audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantUse {
+    pub grant_id: String,
+    pub agent: OmniAccount,
+}
+
+/// Everything a gated append checks, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    pub live: Option<LiveCheck>,
+    /// All must have room, or none is counted.
+    pub buckets: Vec<Bucket>,
+    pub grant: Option<GrantUse>,
+}
+
+impl Gate {
+    /// Only rate limits.
+    pub fn limits(buckets: Vec<Bucket>) -> Self {
+        Self {
+            buckets,
+            ..Self::default()
+        }
+    }
+
+    /// Decides inside `tx`: liveness, then every window, then the grant's use; writes
+    /// `on_allow` (and counts one use in every bucket) or `on_deny` with the reason.
+    pub fn decide(
+        &self,
+        tx: &mut dyn Tx,
+        now: i64,
+        on_allow: &NewAuditEvent,
+        on_deny: &NewAuditEvent,
+    ) -> Result<GateOutcome> {
+        let deny = |tx: &mut dyn Tx, reason: Option<&str>| {
+            let mut denied = on_deny.clone();
+            if let Some(reason) = reason {
+                denied.details["reason"] = json!(reason);
+            }
+            tx.append(&denied)
+        };
+        if let Some(live) = &self.live
+            && let Some(reason) = not_live(tx, live, now)?
+        {
+            let seq = deny(tx, Some(reason.reason()))?;
+            return Ok(GateOutcome::NotLive { reason, seq });
+        }
+        for (bucket, window) in &self.buckets {
+            if tx.window_count(bucket, *window, now)? >= window.limit {
+                let seq = deny(tx, None)?;
+                let start = now - now.rem_euclid(window.seconds);
+                return Ok(GateOutcome::Limited {
+                    retry_after: (start + window.seconds - now).max(1),
+                    window_seconds: window.seconds,
+                    seq,
+                });
+            }
+        }
+        if let Some(g) = &self.grant
+            && !tx.use_grant(&g.grant_id, &g.agent, now)?
+        {
+            let seq = deny(tx, Some("grant_unavailable"))?;
+            return Ok(GateOutcome::GrantUnavailable { seq });
+        }
+        for (bucket, window) in &self.buckets {
+            tx.count_use(bucket, *window, now)?;
+        }
+        Ok(GateOutcome::Allowed {
+            seq: tx.append(on_allow)?,
+        })
+    }
+
+    /// [`Gate::decide`] in a transaction of its own.
+    pub async fn append(
+        self,
+        store: &dyn Store,
+        now: i64,
+        on_allow: NewAuditEvent,
+        on_deny: NewAuditEvent,
+    ) -> Result<GateOutcome> {
+        store
+            .transact(move |tx| self.decide(tx, now, &on_allow, &on_deny))
+            .await
+    }
+}
+
+/// Why `live` no longer holds at `now`, if it does not.
+fn not_live(tx: &mut dyn Tx, live: &LiveCheck, now: i64) -> Result<Option<NotLive>> {
+    let session_live = tx
+        .session(&live.session_token_hash)?
+        .is_some_and(|s| s.is_live(now));
+    if !session_live {
+        return Ok(Some(NotLive::Session));
+    }
+    let Some(agent) = &live.agent else {
+        return Ok(None);
+    };
+    Ok(NotLive::of_agent(tx.agent(agent)?.map(|a| a.status)))
+}
