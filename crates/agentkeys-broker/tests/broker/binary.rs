@@ -72,6 +72,16 @@ fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
             &["BROKER_ISSUER", "absolute URL"],
         ),
         (vec![], vec![], &["BROKER_ISSUER", "--dev"]),
+        (
+            vec!["--dev", "--database-url", "mysql://db/agentkeys"],
+            vec![],
+            &["BROKER_DATABASE_URL", "sqlite://", "postgres://"],
+        ),
+        (
+            vec!["--dev"],
+            vec![("BROKER_DATABASE_URL", "postgres://ak:s3cret@127.0.0.1:1/ak")],
+            &["BROKER_KEY_ENCRYPTION_KEY_FILE", "openssl rand -base64 32"],
+        ),
     ];
     for (args, env, expected) in cases {
         let mut c = broker();
@@ -83,6 +93,7 @@ fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
         let (code, stderr) = run(&mut c);
         assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(!stderr.contains("s3cret"), "a database password is never echoed");
         for word in expected {
             assert!(
                 stderr.contains(word),
