@@ -93,7 +93,10 @@ fn bad_settings_stop_start_up_with_one_line_naming_setting_value_and_fix() {
         let (code, stderr) = run(&mut c);
         assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-        assert!(!stderr.contains("s3cret"), "a database password is never echoed");
+        assert!(
+            !stderr.contains("s3cret"),
+            "a database password is never echoed"
+        );
         for word in expected {
             assert!(
                 stderr.contains(word),
