@@ -190,12 +190,14 @@ async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<()> {
         .try_get(0)
         .map_err(fail)?;
     let known = MIGRATIONS.len() as i64;
-    if applied > known {
+    let applied = usize::try_from(applied)
+        .map_err(|_| StoreError::Migrate(format!("schema_migrations holds version {applied}")))?;
+    if applied as i64 > known {
         return Err(StoreError::Migrate(format!(
             "the database is at schema version {applied}, newer than this binary knows ({known}); upgrade the broker"
         )));
     }
-    for (version, sql) in (1..).zip(MIGRATIONS).skip(applied as usize) {
+    for (version, sql) in (1..).zip(MIGRATIONS).skip(applied) {
         let version: i64 = version;
         tx.batch_execute(sql)
             .await
@@ -284,18 +286,15 @@ fn run_writer(
         let committed = commit_batch(c, &mut batch);
         if let Err(e) = &committed {
             tracing::error!(error = %e, "store.commit_failed");
-            // The next batch starts from a fresh connection if this one is gone.
-            if c.client.is_closed() {
-                conn = None;
-            }
+            // The next batch starts from a fresh connection: the driver may not have noticed
+            // yet that this one is dead, and a failed batch is rare enough to afford it.
+            conn = None;
         }
-        let committed = committed.map_err(|e| StoreError::Commit(e.to_string()));
+        // Nothing of a failed batch was written (or, if the connection died during COMMIT, it
+        // is unknown): every work in it hears that its commit failed.
+        let committed = committed.map_err(|e| e.to_string());
         for work in batch.drain(..) {
-            work.finish(match &committed {
-                Ok(()) => Ok(()),
-                Err(StoreError::Commit(m)) => Err(StoreError::Commit(m.clone())),
-                Err(e) => Err(StoreError::Commit(e.to_string())),
-            });
+            work.finish(committed.clone().map_err(StoreError::Commit));
         }
     }
 }
