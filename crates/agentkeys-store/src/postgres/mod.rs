@@ -55,6 +55,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// … between them (about 6 s in all); the batch then fails as unavailable and the next one
 /// tries again.
 const RECONNECT_ATTEMPTS: u32 = 7;
+/// No new attempt starts after this long; the batch waiting on them then fails.
+const RECONNECT_BUDGET: Duration = Duration::from_secs(15);
 
 /// Schema migrations, applied in order; `schema_migrations` records the versions applied.
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
@@ -301,7 +303,12 @@ fn run_writer(
 
 fn reconnect(config: &postgres::Config) -> Option<WriterConn> {
     let mut delay = Duration::from_millis(100);
+    let started = std::time::Instant::now();
     for attempt in 1..=RECONNECT_ATTEMPTS {
+        // A host that drops packets costs a connect timeout per attempt: stop waiting early.
+        if started.elapsed() > RECONNECT_BUDGET {
+            break;
+        }
         match connect_writer(config) {
             Ok(conn) => {
                 tracing::info!(attempt, "store.writer_reconnected");
