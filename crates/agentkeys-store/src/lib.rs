@@ -10,11 +10,13 @@
 
 pub mod audit;
 mod model;
+mod postgres;
 mod sqlite;
 mod work;
 
 pub use audit::AuditQuery;
 pub use model::*;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use work::Work;
 
@@ -226,6 +228,8 @@ impl dyn Store {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

@@ -1,0 +1,53 @@
+//! Fixed-window rate-limit counters.
+
+use super::col;
+use super::tx::Db;
+use crate::{RateWindow, Result, StoreError};
+
+const COUNT: &str =
+    "SELECT count FROM rate_limits WHERE actor = $1 AND window_secs = $2 AND window_start = $3";
+/// One row per (bucket, window length): a use in a new window restarts the count.
+const BUMP: &str = "INSERT INTO rate_limits (actor, window_secs, window_start, count)
+     VALUES ($1, $2, $3, 1)
+     ON CONFLICT (actor, window_secs) DO UPDATE SET
+       count = CASE WHEN rate_limits.window_start = excluded.window_start
+                    THEN rate_limits.count + 1 ELSE 1 END,
+       window_start = excluded.window_start";
+
+/// Start of the window of `window` holding `now`.
+fn window_start(window: RateWindow, now: i64) -> Result<i64> {
+    now.checked_rem_euclid(window.seconds)
+        .filter(|_| window.seconds > 0)
+        .map(|offset| now - offset)
+        .ok_or_else(|| {
+            StoreError::Database(format!(
+                "a rate window must be positive, not {} s",
+                window.seconds
+            ))
+        })
+}
+
+pub(super) fn window_count(
+    db: &mut Db<'_, '_>,
+    bucket: &str,
+    window: RateWindow,
+    now: i64,
+) -> Result<u64> {
+    let start = window_start(window, now)?;
+    let used: i64 = match db.query_opt(COUNT, &[&bucket, &window.seconds, &start])? {
+        Some(row) => col(&row, 0)?,
+        None => 0,
+    };
+    Ok(u64::try_from(used).unwrap_or(0))
+}
+
+pub(super) fn count_use(
+    db: &mut Db<'_, '_>,
+    bucket: &str,
+    window: RateWindow,
+    now: i64,
+) -> Result<()> {
+    let start = window_start(window, now)?;
+    db.execute(BUMP, &[&bucket, &window.seconds, &start])?;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The one `impl Tx` of this backend: each primitive is a domain function run in the batch
+//! transaction's savepoint for the current unit of work.
+
+use postgres::Transaction;
+use tokio_postgres::{Row, Statement};
+
+use super::{Params, Statements, agents, audit, db_err, grants, keys, limits, logins, sessions};
+use crate::{
+    Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest,
+    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord,
+    Tx,
+};
+use agentkeys_types::OmniAccount;
+
+/// The open (sub)transaction and the connection's statement cache.
+pub(super) struct Db<'a, 'c> {
+    tx: &'a mut Transaction<'c>,
+    stmts: &'a mut Statements,
+}
+
+impl<'a, 'c> Db<'a, 'c> {
+    pub(super) fn new(tx: &'a mut Transaction<'c>, stmts: &'a mut Statements) -> Self {
+        Self { tx, stmts }
+    }
+
+    fn stmt(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(stmt) = self.stmts.get(sql) {
+            return Ok(stmt.clone());
+        }
+        // Named statements are per connection, not per transaction: one prepared inside a
+        // savepoint that is rolled back stays usable.
+        let stmt = self.tx.prepare(sql).map_err(db_err)?;
+        self.stmts.insert(sql, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Rows changed.
+    pub(super) fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+        let stmt = self.stmt(sql)?;
+        self.tx.execute(&stmt, params).map_err(db_err)
+    }
+
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>> {
+        let stmt = self.stmt(sql)?;
+        self.tx.query_opt(&stmt, params).map_err(db_err)
+    }
+}
+
+/// The last event of the chain, as seen inside the current transaction.
+#[derive(Clone)]
+pub(super) struct Head {
+    pub(super) seq: u64,
+    pub(super) hash: String,
+}
+
+pub(super) struct PgTx<'a, 'c> {
+    db: Db<'a, 'c>,
+    /// Advanced by each append; the batch keeps it only if the work succeeds.
+    head: &'a mut Head,
+}
+
+impl<'a, 'c> PgTx<'a, 'c> {
+    pub(super) fn new(db: Db<'a, 'c>, head: &'a mut Head) -> Self {
+        Self { db, head }
+    }
+}
+
+impl Tx for PgTx<'_, '_> {
+    fn append(&mut self, event: &NewAuditEvent) -> Result<u64> {
+        audit::append(&mut self.db, self.head, event)
+    }
+
+    fn insert_challenge(&mut self, challenge: &Challenge) -> Result<()> {
+        sessions::insert_challenge(&mut self.db, challenge)
+    }
+
+    fn take_challenge(&mut self, id: &str) -> Result<Option<Challenge>> {
+        sessions::take_challenge(&mut self.db, id)
+    }
+
+    fn insert_session(&mut self, session: &Session) -> Result<()> {
+        sessions::insert_session(&mut self.db, session)
+    }
+
+    fn session(&mut self, token_hash: &str) -> Result<Option<Session>> {
+        sessions::session(&mut self.db, token_hash)
+    }
+
+    fn revoke_session(&mut self, token_hash: &str, now: i64) -> Result<bool> {
+        sessions::revoke_session(&mut self.db, token_hash, now)
+    }
+
+    fn revoke_sessions(
+        &mut self,
+        omni: &OmniAccount,
+        which: SessionFilter<'_>,
+        now: i64,
+    ) -> Result<u64> {
+        sessions::revoke_sessions(&mut self.db, omni, which, now)
+    }
+
+    fn agent(&mut self, omni: &OmniAccount) -> Result<Option<Agent>> {
+        agents::agent(&mut self.db, omni)
+    }
+
+    fn label_taken(&mut self, master: &OmniAccount, label: &str) -> Result<bool> {
+        agents::label_taken(&mut self.db, master, label)
+    }
+
+    fn insert_agent(&mut self, agent: &Agent) -> Result<()> {
+        agents::insert_agent(&mut self.db, agent)
+    }
+
+    fn set_agent_status(
+        &mut self,
+        omni: &OmniAccount,
+        status: AgentStatus,
+        now: i64,
+    ) -> Result<bool> {
+        agents::set_agent_status(&mut self.db, omni, status, now)
+    }
+
+    fn advance_agent_proof(&mut self, omni: &OmniAccount, proof_ms: i64) -> Result<bool> {
+        agents::advance_agent_proof(&mut self.db, omni, proof_ms)
+    }
+
+    fn insert_pairing(&mut self, request: &PairingRequest) -> Result<()> {
+        agents::insert_pairing(&mut self.db, request)
+    }
+
+    fn pairing(&mut self, id: &str) -> Result<Option<PairingRequest>> {
+        agents::pairing(&mut self.db, id)
+    }
+
+    fn pending_pairing(&mut self, code: &str, now: i64) -> Result<Option<PairingRequest>> {
+        agents::pending_pairing(&mut self.db, code, now)
+    }
+
+    fn advance_pairing_proof(&mut self, id: &str, proof_ms: i64) -> Result<bool> {
+        agents::advance_pairing_proof(&mut self.db, id, proof_ms)
+    }
+
+    fn set_pairing_agent(&mut self, id: &str, agent: &OmniAccount) -> Result<bool> {
+        agents::set_pairing_agent(&mut self.db, id, agent)
+    }
+
+    fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool> {
+        agents::mark_pairing_claimed(&mut self.db, id, now)
+    }
+
+    fn insert_login(&mut self, request: &LoginRequest) -> Result<()> {
+        logins::insert_login(&mut self.db, request)
+    }
+
+    fn login(&mut self, key: LoginKey<'_>) -> Result<Option<LoginRequest>> {
+        logins::login(&mut self.db, key)
+    }
+
+    fn verify_login(
+        &mut self,
+        id_hash: &str,
+        identity: &IdentityRef,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        logins::verify_login(&mut self.db, id_hash, identity, code_hash, now)
+    }
+
+    fn expire_login(&mut self, id_hash: &str, now: i64) -> Result<bool> {
+        logins::expire_login(&mut self.db, id_hash, now)
+    }
+
+    fn count_wrong_code(&mut self, id_hash: &str) -> Result<()> {
+        logins::count_wrong_code(&mut self.db, id_hash)
+    }
+
+    fn mark_login_claimed(
+        &mut self,
+        id_hash: &str,
+        identity: &IdentityRef,
+        now: i64,
+    ) -> Result<bool> {
+        logins::mark_login_claimed(&mut self.db, id_hash, identity, now)
+    }
+
+    fn identity(&mut self, identity: &IdentityRef) -> Result<Option<Identity>> {
+        logins::identity(&mut self.db, identity)
+    }
+
+    fn insert_identity(&mut self, identity: &Identity) -> Result<()> {
+        logins::insert_identity(&mut self.db, identity)
+    }
+
+    fn delete_identity(&mut self, master: &OmniAccount, identity: &IdentityRef) -> Result<bool> {
+        logins::delete_identity(&mut self.db, master, identity)
+    }
+
+    fn insert_grant(&mut self, grant: &Grant) -> Result<()> {
+        grants::insert_grant(&mut self.db, grant)
+    }
+
+    fn grant(&mut self, id: &str) -> Result<Option<Grant>> {
+        grants::grant(&mut self.db, id)
+    }
+
+    fn use_grant(&mut self, id: &str, agent: &OmniAccount, now: i64) -> Result<bool> {
+        grants::use_grant(&mut self.db, id, agent, now)
+    }
+
+    fn revoke_grant(&mut self, master: &OmniAccount, id: &str, now: i64) -> Result<bool> {
+        grants::revoke_grant(&mut self.db, master, id, now)
+    }
+
+    fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<()> {
+        keys::insert_signing_key(&mut self.db, key)
+    }
+
+    fn update_signing_key(
+        &mut self,
+        kid: &str,
+        retired_at: Option<i64>,
+        withdrawn_at: Option<i64>,
+    ) -> Result<bool> {
+        keys::update_signing_key(&mut self.db, kid, retired_at, withdrawn_at)
+    }
+
+    fn reseal_signing_key(&mut self, kid: &str, sealed_private_key: &[u8]) -> Result<bool> {
+        keys::reseal_signing_key(&mut self.db, kid, sealed_private_key)
+    }
+
+    fn window_count(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<u64> {
+        limits::window_count(&mut self.db, bucket, window, now)
+    }
+
+    fn count_use(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<()> {
+        limits::count_use(&mut self.db, bucket, window, now)
+    }
+
+    fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64> {
+        let mut purged = 0;
+        for (sql, before) in [
+            (sessions::PURGE_CHALLENGES, requests_before),
+            (agents::PURGE_PAIRINGS, requests_before),
+            (logins::PURGE_LOGINS, requests_before),
+            (sessions::PURGE_SESSIONS, sessions_before),
+        ] {
+            purged += self.db.execute(sql, &[&before])?;
+        }
+        Ok(purged)
+    }
+}
