@@ -27,3 +27,4 @@ mod rate_limit;
 mod revocation_race;
 mod rotation;
 mod sign_in;
+mod transactions;
