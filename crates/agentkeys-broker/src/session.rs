@@ -69,27 +69,6 @@ pub fn random_id() -> String {
     hex::encode(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_prefixed_random_and_hashed() {
-        let a = new_token();
-        let b = new_token();
-        assert_ne!(a.token, b.token);
-        assert!(looks_like_token(&a.token), "{}", a.token.len());
-        assert_eq!(a.hash, token_hash(&a.token));
-        assert_eq!(a.hash.len(), 64);
-        assert!(
-            !format!("{a:?}").contains(&a.token),
-            "Debug never prints the token"
-        );
-        assert!(!looks_like_token("aks_short"));
-        assert!(!looks_like_token(&a.token.replace("aks_", "xyz_")));
-    }
-}
-
 /// Revokes one live session, with its event; whether it was live.
 pub fn revoke(
     tx: &mut dyn Tx,
@@ -117,4 +96,25 @@ pub fn revoke_all(
         tx.append(event)?;
     }
     Ok(revoked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_prefixed_random_and_hashed() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a.token, b.token);
+        assert!(looks_like_token(&a.token), "{}", a.token.len());
+        assert_eq!(a.hash, token_hash(&a.token));
+        assert_eq!(a.hash.len(), 64);
+        assert!(
+            !format!("{a:?}").contains(&a.token),
+            "Debug never prints the token"
+        );
+        assert!(!looks_like_token("aks_short"));
+        assert!(!looks_like_token(&a.token.replace("aks_", "xyz_")));
+    }
 }

@@ -27,4 +27,5 @@ mod rate_limit;
 mod revocation_race;
 mod rotation;
 mod sign_in;
+mod transactions;
 mod two_instances;
