@@ -121,8 +121,12 @@ pub trait Tx {
     fn count_wrong_code(&mut self, id_hash: &str) -> Result<()>;
     /// Marks the request collected with the identity it proved, if it was not collected yet;
     /// whether it was not.
-    fn mark_login_claimed(&mut self, id_hash: &str, identity: &IdentityRef, now: i64)
-    -> Result<bool>;
+    fn mark_login_claimed(
+        &mut self,
+        id_hash: &str,
+        identity: &IdentityRef,
+        now: i64,
+    ) -> Result<bool>;
 
     // -- identities --
     fn identity(&mut self, identity: &IdentityRef) -> Result<Option<Identity>>;
