@@ -65,7 +65,7 @@ const COLUMNS: &str = "seq, time, kind, actor, master, outcome, details, prev_ha
 fn row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
     let details: String = r.get(6)?;
     Ok(AuditEvent {
-        seq: super::count(r, 0)?,
+        seq: super::unsigned(r, 0)?,
         time: r.get(1)?,
         kind: r.get(2)?,
         actor: r.get(3)?,

@@ -24,7 +24,7 @@ pub(super) fn count(
         .prepare_cached(
             "SELECT count FROM rate_limits WHERE actor = ?1 AND window_secs = ?2 AND window_start = ?3",
         )?
-        .query_row(params![bucket, window.seconds, start], |r| super::count(r, 0))
+        .query_row(params![bucket, window.seconds, start], |r| super::unsigned(r, 0))
         .optional()?;
     Ok(used.unwrap_or(0))
 }

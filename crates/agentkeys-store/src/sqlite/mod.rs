@@ -348,7 +348,7 @@ fn bad_value(
 }
 
 fn omni(r: &Row<'_>, column: usize) -> rusqlite::Result<OmniAccount> {
-    r.get::<_, String>(column)?
+    text(r, column)?
         .parse()
         .map_err(|e| bad_value(column, Type::Text, e))
 }
@@ -359,7 +359,8 @@ fn omni_opt(r: &Row<'_>, column: usize) -> rusqlite::Result<Option<OmniAccount>>
         .transpose()
 }
 
-fn count(r: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
+/// A count or seq: stored as SQLite's i64, never negative.
+fn unsigned(r: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
     u64::try_from(r.get::<_, i64>(column)?).map_err(|e| bad_value(column, Type::Integer, e))
 }
 
@@ -370,8 +371,15 @@ fn kind_str(kind: ActorKind) -> &'static str {
     }
 }
 
+/// The text of a column, with the column named if it is not text.
+fn text<'r>(r: &'r Row<'_>, column: usize) -> rusqlite::Result<&'r str> {
+    r.get_ref(column)?
+        .as_str()
+        .map_err(|e| bad_value(column, Type::Text, e))
+}
+
 fn actor_kind(r: &Row<'_>, column: usize) -> rusqlite::Result<ActorKind> {
-    match r.get_ref(column)?.as_str()? {
+    match text(r, column)? {
         "master" => Ok(ActorKind::Master),
         "agent" => Ok(ActorKind::Agent),
         other => Err(bad_value(
@@ -391,7 +399,7 @@ fn status_str(status: AgentStatus) -> &'static str {
 }
 
 fn agent_status(r: &Row<'_>, column: usize) -> rusqlite::Result<AgentStatus> {
-    match r.get_ref(column)?.as_str()? {
+    match text(r, column)? {
         "active" => Ok(AgentStatus::Active),
         "suspended" => Ok(AgentStatus::Suspended),
         "removed" => Ok(AgentStatus::Removed),
@@ -414,7 +422,7 @@ fn seq_param(seq: u64) -> i64 {
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.readers
-            .with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .with(|c| c.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
     }
 
     async fn run(&self, work: Box<dyn Work>) -> Result<()> {
@@ -482,5 +490,73 @@ impl Store for SqliteStore {
         let master = master.to_owned();
         self.scan(move |c| audit::for_master(c, &master, &query))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rusqlite::ffi;
+
+    fn failure(code: std::os::raw::c_int) -> StoreError {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), None).into()
+    }
+
+    #[test]
+    fn only_uniqueness_violations_are_conflicts() {
+        assert!(matches!(
+            failure(ffi::SQLITE_CONSTRAINT_UNIQUE),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            failure(ffi::SQLITE_CONSTRAINT_PRIMARYKEY),
+            StoreError::Conflict(_)
+        ));
+        // A missing referenced row or a failed CHECK is a bug in the caller, not a duplicate.
+        assert!(matches!(
+            failure(ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            StoreError::Database(_)
+        ));
+        assert!(matches!(
+            failure(ffi::SQLITE_CONSTRAINT_CHECK),
+            StoreError::Database(_)
+        ));
+        match failure(ffi::SQLITE_FULL) {
+            StoreError::Database(m) => assert!(m.contains("full"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match failure(ffi::SQLITE_IOERR_FSYNC) {
+            StoreError::Database(m) => assert!(m.contains("I/O"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn windows_start_on_multiples_of_their_length() {
+        assert_eq!(limits::window_start(179, 60), Some(120));
+        assert_eq!(limits::window_start(180, 60), Some(180));
+        assert_eq!(limits::window_start(-1, 60), Some(-60));
+        assert_eq!(limits::window_start(10, 0), None);
+        assert_eq!(limits::window_start(10, -60), None);
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_path() {
+        assert_eq!(
+            path_of("sqlite:///var/lib/a.db").unwrap(),
+            PathBuf::from("/var/lib/a.db")
+        );
+        assert_eq!(
+            path_of("sqlite:rel.db?mode=rwc").unwrap(),
+            PathBuf::from("rel.db")
+        );
+        for bad in ["sqlite://", "sqlite:", "postgres://x/y"] {
+            assert!(
+                matches!(path_of(bad), Err(StoreError::UnsupportedUrl(_))),
+                "{bad}"
+            );
+        }
     }
 }
