@@ -1,37 +1,109 @@
-//! What every `Store` backend must do. Runs on SQLite today; a new backend runs the same
-//! functions (call them with its `Arc<dyn Store>`).
+//! What every `Store` backend must do, tested through the trait only: each `Tx` primitive's
+//! condition both ways, the transaction semantics of `transact`, and the reads.
+//!
+//! Runs on SQLite in a temporary directory. With `AGENTKEYS_TEST_DATABASE=postgres://…` every
+//! test gets a fresh PostgreSQL schema instead; the few tests that are about SQLite's file say
+//! so and return early elsewhere.
 
 #![allow(clippy::unwrap_used)]
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    AgentSessionOutcome, ApproveOutcome, Challenge, ClaimOutcome, GateOutcome, LiveCheck,
-    LoginClaim, LoginRequest, NewAuditEvent, NotLive, PairingRequest, RateWindow, Session,
-    SigningKeyRecord, SqliteStore, Store, StoreError,
+    ActorKind, Agent, AgentStatus, AuditEvent, AuditQuery, Challenge, Grant, Identity, IdentityRef,
+    LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
+    SessionFilter, SigningKeyRecord, Store, StoreError, Tx,
 };
+use agentkeys_types::OmniAccount;
 use serde_json::json;
 
+// ---- fixture --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 struct Fixture {
-    dir: tempfile::TempDir,
     store: Arc<dyn Store>,
+    url: String,
+    backend: Backend,
+    /// Keeps the SQLite file's directory alive as long as the fixture.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Fixture {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = agentkeys_store::open(&Self::url_in(&dir)).await.unwrap();
-        Self { dir, store }
+        let admin = std::env::var("AGENTKEYS_TEST_DATABASE").unwrap_or_default();
+        if admin.is_empty() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("store.db").display());
+            let store = agentkeys_store::open(&url).await.unwrap();
+            return Self {
+                store,
+                url,
+                backend: Backend::Sqlite,
+                dir: Some(dir),
+            };
+        }
+        assert!(
+            admin.starts_with("postgres://") || admin.starts_with("postgresql://"),
+            "AGENTKEYS_TEST_DATABASE must be a postgres:// URL (unset it to test SQLite)"
+        );
+        let url = fresh_postgres_url(&admin).await;
+        let store = agentkeys_store::open(&url).await.unwrap();
+        Self {
+            store,
+            url,
+            backend: Backend::Postgres,
+            dir: None,
+        }
     }
 
-    fn url_in(dir: &tempfile::TempDir) -> String {
-        format!("sqlite://{}", dir.path().join("store.db").display())
+    /// The SQLite file, when the backend is SQLite.
+    fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join("store.db"))
     }
+}
 
-    fn url(&self) -> String {
-        Self::url_in(&self.dir)
+/// A schema of its own for one test, named in the URL's `search_path`.
+async fn fresh_postgres_url(admin_url: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let schema = format!("t_{}", random_hex());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if admin_url.contains('?') { '&' } else { '?' };
+    format!("{admin_url}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// 128 random bits as hex, from the standard library's randomly keyed hasher.
+fn random_hex() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        out.push_str(&format!("{:016x}", h.finish()));
     }
+    out
+}
+
+// ---- values ---------------------------------------------------------------------------------
+
+fn omni(name: &str) -> OmniAccount {
+    OmniAccount::derive("test", name)
 }
 
 fn event(kind: &str, n: i64) -> NewAuditEvent {
@@ -55,983 +127,1157 @@ fn challenge(id: &str, expires_at: i64) -> Challenge {
     }
 }
 
-fn session(hash: &str, expires_at: i64) -> Session {
+fn session(hash: &str, who: &OmniAccount, expires_at: i64) -> Session {
     Session {
         token_hash: hash.into(),
-        kind: "master".into(),
-        omni: "omni".into(),
+        kind: ActorKind::Master,
+        omni: who.clone(),
         wallet: Some("0xabc".into()),
-        master: "omni".into(),
+        master: who.clone(),
         created_at: 0,
         expires_at,
         revoked_at: None,
+        via: None,
     }
 }
 
-async fn verify_chain(store: &dyn Store) -> u64 {
-    let mut v = ChainVerifier::default();
-    for e in store.audit_events(0, 1_000_000).await.unwrap() {
-        v.check(&e).unwrap();
+fn email(value: &str) -> IdentityRef {
+    IdentityRef {
+        identity_type: "email".into(),
+        identity_value: value.into(),
     }
-    v.verified()
 }
 
-#[tokio::test]
-async fn challenges_are_single_use() {
-    let f = Fixture::new().await;
-    f.store
-        .insert_challenge(challenge("c1", 100))
-        .await
-        .unwrap();
-    assert_eq!(
-        f.store.take_challenge("c1").await.unwrap(),
-        Some(challenge("c1", 100))
-    );
-    assert_eq!(f.store.take_challenge("c1").await.unwrap(), None);
-    assert_eq!(f.store.take_challenge("never").await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn a_failing_operation_fails_alone_inside_a_shared_commit() {
-    let f = Fixture::new().await;
-    f.store
-        .insert_challenge(challenge("dup", 100))
-        .await
-        .unwrap();
-    // Queue several writes at once so they share a batch; the duplicate fails, the rest commit.
-    let s = f.store.clone();
-    let (a, b, c) = tokio::join!(
-        s.insert_challenge(challenge("dup", 100)),
-        s.append_audit(event("x", 1)),
-        s.insert_challenge(challenge("fresh", 100)),
-    );
-    assert!(a.is_err());
-    assert_eq!(b.unwrap(), 1);
-    c.unwrap();
-    assert!(f.store.take_challenge("fresh").await.unwrap().is_some());
-
-    // An unknown key update is refused and its audit event is rolled back with it.
-    let err = f
-        .store
-        .update_signing_key("nope", Some(1), None, event("key.retire", 2))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)));
-    assert_eq!(verify_chain(f.store.as_ref()).await, 1);
-}
-
-#[tokio::test]
-async fn sessions_are_stored_with_their_event_and_revoked_once() {
-    let f = Fixture::new().await;
-    let seq = f
-        .store
-        .create_session(session("h1", 1000), event("sign_in", 1))
-        .await
-        .unwrap();
-    assert_eq!(seq, 1);
-    let got = f.store.session("h1").await.unwrap().unwrap();
-    assert_eq!(got, session("h1", 1000));
-    assert!(
-        f.store
-            .revoke_session("h1", 10, event("logout", 2))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !f.store
-            .revoke_session("h1", 11, event("logout", 3))
-            .await
-            .unwrap(),
-        "already revoked"
-    );
-    assert_eq!(
-        f.store.session("h1").await.unwrap().unwrap().revoked_at,
-        Some(10)
-    );
-    assert_eq!(
-        verify_chain(f.store.as_ref()).await,
-        2,
-        "the no-op revocation wrote no event"
-    );
-
-    // A duplicate session hash fails without writing its event.
-    assert!(
-        f.store
-            .create_session(session("h1", 1000), event("sign_in", 4))
-            .await
-            .is_err()
-    );
-    assert_eq!(verify_chain(f.store.as_ref()).await, 2);
-}
-
-#[tokio::test]
-async fn rate_limits_count_allowed_uses_per_window() {
-    let f = Fixture::new().await;
-    let windows = [
-        RateWindow {
-            seconds: 60,
-            limit: 2,
-        },
-        RateWindow {
-            seconds: 3600,
-            limit: 3,
-        },
-    ];
-    let t0 = 1_800_000_000; // a multiple of 3600: windows start here
-    let gate = |now: i64, actor: &'static str| {
-        let store = f.store.clone();
-        async move {
-            store
-                .rate_limited_append(
-                    actor,
-                    &windows,
-                    now,
-                    event("mint", now),
-                    event("mint.denied", now),
-                )
-                .await
-                .unwrap()
-        }
-    };
-    assert!(matches!(gate(t0, "a").await, GateOutcome::Allowed { .. }));
-    assert!(matches!(
-        gate(t0 + 1, "a").await,
-        GateOutcome::Allowed { .. }
-    ));
-    assert_eq!(
-        gate(t0 + 20, "a").await,
-        GateOutcome::Limited {
-            retry_after: 40,
-            window_seconds: 60,
-            seq: 3
-        },
-        "the denial is audited too"
-    );
-    assert!(
-        matches!(gate(t0 + 20, "b").await, GateOutcome::Allowed { .. }),
-        "actors are independent"
-    );
-    assert!(
-        matches!(gate(t0 + 60, "a").await, GateOutcome::Allowed { .. }),
-        "a new minute"
-    );
-    match gate(t0 + 61, "a").await {
-        GateOutcome::Limited {
-            retry_after,
-            window_seconds,
-            ..
-        } => {
-            assert_eq!((retry_after, window_seconds), (3600 - 61, 3600));
-        }
-        other => panic!("{other:?}"),
+fn agent(master: &OmniAccount, label: &str) -> Agent {
+    Agent {
+        omni: OmniAccount::for_agent(master, label),
+        master: master.clone(),
+        label: label.into(),
+        device_address: "0xdev".into(),
+        status: AgentStatus::Active,
+        created_at: 10,
+        updated_at: 10,
     }
-    assert!(
-        matches!(gate(t0 + 3600, "a").await, GateOutcome::Allowed { .. }),
-        "a new hour"
-    );
-    let events = f.store.audit_events(0, 100).await.unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "mint",
-            "mint",
-            "mint.denied",
-            "mint",
-            "mint",
-            "mint.denied",
-            "mint"
-        ]
-    );
-}
-
-#[tokio::test]
-async fn concurrent_appends_form_one_gapless_chain() {
-    let f = Fixture::new().await;
-    let mut tasks = Vec::new();
-    for t in 0..20 {
-        let store = f.store.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut seqs = Vec::new();
-            for i in 0..25 {
-                seqs.push(
-                    store
-                        .append_audit(event("burst", t * 100 + i))
-                        .await
-                        .unwrap(),
-                );
-            }
-            seqs
-        }));
-    }
-    let mut all: Vec<u64> = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort();
-    assert_eq!(all, (1..=500).collect::<Vec<u64>>());
-    assert_eq!(verify_chain(f.store.as_ref()).await, 500);
-}
-
-#[tokio::test]
-async fn two_processes_sharing_the_file_extend_the_same_chain() {
-    // The broker and the `keys` command both write: each store must read the head inside its
-    // own write transaction.
-    let f = Fixture::new().await;
-    let other = SqliteStore::open(&f.url()).await.unwrap();
-    let (a, b) = tokio::join!(
-        async {
-            for i in 0..50 {
-                f.store.append_audit(event("a", i)).await.unwrap();
-            }
-        },
-        async {
-            for i in 0..50 {
-                other.append_audit(event("b", i)).await.unwrap();
-            }
-        }
-    );
-    let _ = (a, b);
-    assert_eq!(verify_chain(f.store.as_ref()).await, 100);
-}
-
-#[tokio::test]
-async fn everything_survives_a_reopen() {
-    let f = Fixture::new().await;
-    f.store
-        .create_session(session("h", 99), event("sign_in", 1))
-        .await
-        .unwrap();
-    let key = SigningKeyRecord {
-        kid: "k1".into(),
-        public_jwk: "{}".into(),
-        certificate: "MII".into(),
-        created_at: 1,
-        activates_at: 2,
-        retired_at: None,
-        withdrawn_at: None,
-    };
-    f.store
-        .insert_signing_key(key.clone(), event("key.generate", 2))
-        .await
-        .unwrap();
-    f.store
-        .update_signing_key("k1", Some(5), None, event("key.retire", 3))
-        .await
-        .unwrap();
-    let url = f.url();
-    drop(f.store);
-
-    let reopened = agentkeys_store::open(&url).await.unwrap();
-    assert!(reopened.session("h").await.unwrap().is_some());
-    let keys = reopened.signing_keys().await.unwrap();
-    assert_eq!(
-        keys,
-        vec![SigningKeyRecord {
-            retired_at: Some(5),
-            ..key
-        }]
-    );
-    reopened.append_audit(event("after", 4)).await.unwrap();
-    assert_eq!(
-        verify_chain(reopened.as_ref()).await,
-        4,
-        "the chain continues from the stored head"
-    );
-}
-
-#[tokio::test]
-async fn purge_removes_only_expired_rows() {
-    let f = Fixture::new().await;
-    f.store
-        .insert_challenge(challenge("old", 10))
-        .await
-        .unwrap();
-    f.store
-        .insert_challenge(challenge("new", 1000))
-        .await
-        .unwrap();
-    f.store
-        .create_session(session("old", 10), event("s", 1))
-        .await
-        .unwrap();
-    f.store
-        .create_session(session("new", 1000), event("s", 2))
-        .await
-        .unwrap();
-    assert_eq!(f.store.purge_expired(500, 500).await.unwrap(), 2);
-    assert!(f.store.take_challenge("old").await.unwrap().is_none());
-    assert!(f.store.take_challenge("new").await.unwrap().is_some());
-    assert!(f.store.session("old").await.unwrap().is_none());
-    assert!(f.store.session("new").await.unwrap().is_some());
-    assert_eq!(
-        verify_chain(f.store.as_ref()).await,
-        2,
-        "audit events are never purged"
-    );
-}
-
-#[tokio::test]
-async fn only_sqlite_urls_open() {
-    let err = agentkeys_store::open("postgres://localhost/x")
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, StoreError::UnsupportedUrl(_)));
 }
 
 fn pairing(id: &str, code: &str, expires_at: i64) -> PairingRequest {
     PairingRequest {
         id: id.into(),
         code: code.into(),
-        device_address: "0xdevice".into(),
+        device_address: "0xdev".into(),
         created_at: 0,
         expires_at,
-        last_proof_ms: 0,
+        last_proof_ms: 10,
         agent: None,
         claimed_at: None,
     }
 }
 
-fn agent_session(hash: &str) -> Session {
-    Session {
-        kind: "agent".into(),
-        wallet: None,
-        master: String::new(),
-        ..session(hash, 10_000)
-    }
-}
-
-#[tokio::test]
-async fn pairing_goes_pending_approved_claimed_once() {
-    let f = Fixture::new().await;
-    f.store
-        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
-        .await
-        .unwrap();
-    let claim = |ms: i64, hash: &'static str| {
-        let store = f.store.clone();
-        async move {
-            store
-                .claim_pairing("p1", ms, 10, agent_session(hash), event("claim", ms))
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(claim(1, "s0").await, ClaimOutcome::Pending);
-    assert_eq!(
-        claim(1, "s0").await,
-        ClaimOutcome::StaleProof,
-        "a replayed proof is refused"
-    );
-
-    // Wrong code, then the right one; a second approval of the same code finds nothing.
-    let approve = |code: &'static str, label: &'static str| {
-        let store = f.store.clone();
-        async move {
-            store
-                .approve_pairing(
-                    code,
-                    "master",
-                    label,
-                    &format!("omni-{label}"),
-                    20,
-                    event("approve", 2),
-                )
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(
-        approve("ZZZZZZZZ", "bot").await,
-        ApproveOutcome::UnknownCode
-    );
-    let ApproveOutcome::Approved(agent) = approve("ABCDEFGH", "bot").await else {
-        panic!("not approved")
-    };
-    assert_eq!(
-        (agent.device_address.as_str(), agent.status.as_str()),
-        ("0xdevice", "active")
-    );
-    assert_eq!(
-        approve("ABCDEFGH", "bot").await,
-        ApproveOutcome::UnknownCode
-    );
-
-    let ClaimOutcome::Claimed(a) = claim(2, "s1").await else {
-        panic!("not claimed")
-    };
-    assert_eq!(a.omni, "omni-bot");
-    let s = f.store.session("s1").await.unwrap().unwrap();
-    assert_eq!(
-        (
-            s.kind.as_str(),
-            s.omni.as_str(),
-            s.master.as_str(),
-            s.wallet
-        ),
-        ("agent", "omni-bot", "master", None)
-    );
-    assert_eq!(
-        claim(3, "s2").await,
-        ClaimOutcome::AlreadyClaimed,
-        "the session is handed out once"
-    );
-    assert!(f.store.session("s2").await.unwrap().is_none());
-
-    // Labels are never reused for the same master.
-    f.store
-        .create_pairing(pairing("p2", "HGFEDCBA", 600), event("pair", 3))
-        .await
-        .unwrap();
-    assert_eq!(
-        f.store
-            .approve_pairing(
-                "HGFEDCBA",
-                "master",
-                "bot",
-                "omni-bot2",
-                30,
-                event("approve", 4)
-            )
-            .await
-            .unwrap(),
-        ApproveOutcome::LabelTaken
-    );
-    assert_eq!(
-        verify_chain(f.store.as_ref()).await,
-        4,
-        "pair, approve, claim, pair"
-    );
-}
-
-#[tokio::test]
-async fn expired_pairings_are_gone() {
-    let f = Fixture::new().await;
-    f.store
-        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
-        .await
-        .unwrap();
-    let outcome = f
-        .store
-        .approve_pairing("ABCDEFGH", "m", "bot", "o", 600, event("approve", 2))
-        .await
-        .unwrap();
-    assert_eq!(outcome, ApproveOutcome::UnknownCode);
-    let claimed = f
-        .store
-        .claim_pairing("p1", 5, 600, agent_session("s"), event("claim", 3))
-        .await
-        .unwrap();
-    assert_eq!(claimed, ClaimOutcome::Gone);
-
-    // Approved in time but never collected: the session is not handed out after expiry.
-    f.store
-        .create_pairing(pairing("p2", "HGFEDCBA", 600), event("pair", 4))
-        .await
-        .unwrap();
-    let outcome = f
-        .store
-        .approve_pairing("HGFEDCBA", "m", "bot", "o", 10, event("approve", 5))
-        .await
-        .unwrap();
-    assert!(matches!(outcome, ApproveOutcome::Approved(_)));
-    let late = f
-        .store
-        .claim_pairing("p2", 6, 600, agent_session("s2"), event("claim", 6))
-        .await
-        .unwrap();
-    assert_eq!(late, ClaimOutcome::Gone);
-    assert!(f.store.session("s2").await.unwrap().is_none());
-    assert_eq!(f.store.purge_expired(601, 601).await.unwrap(), 2);
-    assert!(f.store.pairing("p1").await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn agent_lifecycle_belongs_to_its_master_and_removal_revokes_sessions() {
-    let f = Fixture::new().await;
-    f.store
-        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
-        .await
-        .unwrap();
-    f.store
-        .approve_pairing(
-            "ABCDEFGH",
-            "master",
-            "bot",
-            "omni-bot",
-            1,
-            event("approve", 2),
-        )
-        .await
-        .unwrap();
-    f.store
-        .claim_pairing("p1", 1, 2, agent_session("s1"), event("claim", 3))
-        .await
-        .unwrap();
-
-    let other = f
-        .store
-        .set_agent_status("someone-else", "omni-bot", "suspended", 3, event("x", 4))
-        .await
-        .unwrap();
-    assert!(other.is_none(), "another master cannot touch the agent");
-    let a = f
-        .store
-        .set_agent_status("master", "omni-bot", "suspended", 3, event("suspend", 4))
-        .await
-        .unwrap();
-    assert_eq!(a.unwrap().status, "suspended");
-    assert_eq!(f.store.agents_of("master").await.unwrap().len(), 1);
-    assert!(
-        f.store
-            .session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none(),
-        "suspension keeps sessions"
-    );
-
-    let a = f
-        .store
-        .set_agent_status("master", "omni-bot", "removed", 5, event("remove", 5))
-        .await
-        .unwrap();
-    assert_eq!(a.unwrap().status, "removed");
-    assert_eq!(
-        f.store.session("s1").await.unwrap().unwrap().revoked_at,
-        Some(5)
-    );
-    assert!(
-        f.store
-            .set_agent_status("master", "omni-bot", "active", 6, event("resume", 6))
-            .await
-            .unwrap()
-            .is_none(),
-        "removal is final"
-    );
-}
-
-#[tokio::test]
-async fn revoke_every_session_but_one() {
-    let f = Fixture::new().await;
-    for h in ["a", "b", "c"] {
-        f.store
-            .create_session(session(h, 1000), event("sign_in", 1))
-            .await
-            .unwrap();
-    }
-    assert_eq!(f.store.sessions_of("omni", 10).await.unwrap().len(), 3);
-    assert_eq!(
-        f.store
-            .revoke_sessions_of("omni", Some("b"), 10, event("logout_all", 2))
-            .await
-            .unwrap(),
-        2
-    );
-    let live: Vec<String> = f
-        .store
-        .sessions_of("omni", 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.token_hash)
-        .collect();
-    assert_eq!(live, ["b"]);
-}
-
-#[tokio::test]
-async fn a_paired_agent_gets_new_sessions_only_with_fresh_proofs_while_active() {
-    let f = Fixture::new().await;
-    f.store
-        .create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
-        .await
-        .unwrap();
-    f.store
-        .approve_pairing(
-            "ABCDEFGH",
-            "master",
-            "bot",
-            "omni-bot",
-            1,
-            event("approve", 2),
-        )
-        .await
-        .unwrap();
-    let renew = |ms: i64, hash: &'static str| {
-        let store = f.store.clone();
-        async move {
-            store
-                .agent_session("omni-bot", ms, agent_session(hash), event("renew", ms))
-                .await
-                .unwrap()
-        }
-    };
-    assert!(matches!(
-        renew(100, "s1").await,
-        AgentSessionOutcome::Issued(_)
-    ));
-    let s = f.store.session("s1").await.unwrap().unwrap();
-    assert_eq!(
-        (s.omni.as_str(), s.master.as_str(), s.kind.as_str()),
-        ("omni-bot", "master", "agent")
-    );
-    assert_eq!(renew(100, "s2").await, AgentSessionOutcome::StaleProof);
-    assert!(f.store.session("s2").await.unwrap().is_none());
-    f.store
-        .set_agent_status("master", "omni-bot", "suspended", 3, event("suspend", 3))
-        .await
-        .unwrap();
-    assert!(matches!(
-        renew(101, "s3").await,
-        AgentSessionOutcome::NotActive(_)
-    ));
-    let unknown = f
-        .store
-        .agent_session("nobody", 1, agent_session("s4"), event("renew", 4))
-        .await
-        .unwrap();
-    assert_eq!(unknown, AgentSessionOutcome::Unknown);
-}
-
-fn login(id_hash: &str, link_to: Option<(&str, &str)>) -> LoginRequest {
+fn login(id_hash: &str, expires_at: i64) -> LoginRequest {
     LoginRequest {
         id_hash: id_hash.into(),
         method: "email".into(),
-        subject: "alice@example.com".into(),
-        link_token_hash: link_to.is_none().then(|| format!("link-{id_hash}")),
-        state: None,
+        subject: "a@example.com".into(),
+        link_token_hash: Some(format!("link-{id_hash}")),
+        state: Some(format!("state-{id_hash}")),
         oidc_nonce: None,
         oidc_verifier: None,
-        link_to: link_to.map(|(m, _)| m.to_owned()),
-        link_to_wallet: link_to.map(|(_, w)| w.to_owned()),
+        link_to: None,
+        link_to_wallet: None,
         created_at: 0,
-        expires_at: 600,
+        expires_at,
         verified_type: None,
         verified_value: None,
         verified_at: None,
         claimed_at: None,
         client_challenge: Some("challenge".into()),
-        code_hash: Some(format!("code-{id_hash}")),
+        code_hash: Some("code".into()),
         code_attempts: 0,
         redirect_uri: None,
     }
 }
 
-#[tokio::test]
-async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
-    let f = Fixture::new().await;
-    let s = &f.store;
-    // An unlinked identity signs in as a master of its own; wrong codes are counted.
-    s.create_login(login("r1", None), Some(event("email.start", 1)))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.redeem_login_code(
-            "r1",
-            "wrong",
-            3,
-            5,
-            session("t1", 1000),
-            event("sign_in", 2)
-        )
-        .await
-        .unwrap(),
-        LoginClaim::WrongCode { attempts_left: 2 }
-    );
-    assert_eq!(s.login("r1").await.unwrap().unwrap().code_attempts, 1);
-    let LoginClaim::SignedIn(own) = s
-        .redeem_login_code(
-            "r1",
-            "code-r1",
-            3,
-            7,
-            session("t1", 1000),
-            event("sign_in", 5),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("not signed in")
-    };
-    assert_eq!(
-        own.omni,
-        agentkeys_types::OmniAccount::derive("email", "alice@example.com").as_str()
-    );
-    assert_eq!(own.wallet, None);
-    assert!(s.session("t1").await.unwrap().is_some());
-    assert_eq!(
-        s.redeem_login_code(
-            "r1",
-            "code-r1",
-            3,
-            8,
-            session("t2", 1000),
-            event("sign_in", 6)
-        )
-        .await
-        .unwrap(),
-        LoginClaim::AlreadyClaimed
-    );
-    // Its link was for the same request: used up with it.
-    assert_eq!(
-        s.redeem_login_link("link-r1", 8, session("t2", 1000), event("sign_in", 6))
-            .await
-            .unwrap(),
-        LoginClaim::AlreadyClaimed
-    );
-
-    // Too many wrong codes kill a request, even for the right code.
-    s.create_login(login("dead", None), None).await.unwrap();
-    for left in [1, 0] {
-        assert_eq!(
-            s.redeem_login_code("dead", "x", 2, 5, session("d", 1000), event("sign_in", 6))
-                .await
-                .unwrap(),
-            LoginClaim::WrongCode {
-                attempts_left: left
-            }
-        );
+fn grant(id: &str, a: &Agent, max_uses: Option<i64>, expires_at: i64) -> Grant {
+    Grant {
+        id: id.into(),
+        master: a.master.clone(),
+        agent: a.omni.clone(),
+        scope: "inbox".into(),
+        created_at: 1,
+        expires_at,
+        max_uses,
+        uses: 0,
+        revoked_at: None,
     }
-    assert_eq!(
-        s.redeem_login_code(
-            "dead",
-            "code-dead",
-            2,
-            5,
-            session("d", 1000),
-            event("sign_in", 6)
-        )
-        .await
-        .unwrap(),
-        LoginClaim::Gone
-    );
+}
 
-    // A wallet master links it; a link request has no link token, only the code completes it.
-    s.create_login(
-        login("r2", Some(("wallet-master", "0xabc"))),
-        Some(event("link.start", 7)),
-    )
-    .await
-    .unwrap();
-    let LoginClaim::Linked(i) = s
-        .redeem_login_code(
-            "r2",
-            "code-r2",
-            3,
-            10,
-            session("unused", 1000),
-            event("identity.linked", 9),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("not linked")
-    };
-    assert_eq!(
-        (i.master.as_str(), i.master_wallet.as_str()),
-        ("wallet-master", "0xabc")
-    );
-    assert!(
-        s.session("unused").await.unwrap().is_none(),
-        "linking creates no session"
-    );
+fn key(kid: &str, activates_at: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        public_jwk: "{}".into(),
+        certificate: "MII".into(),
+        sealed_private_key: Some(vec![1, 2, 3, 0, 255]),
+        created_at: 1,
+        activates_at,
+        retired_at: None,
+        withdrawn_at: None,
+    }
+}
 
-    // A sign-in by the browser link is the wallet master's, and remembered as via the email.
-    s.create_login(login("r3", None), Some(event("email.start", 10)))
-        .await
-        .unwrap();
-    let LoginClaim::SignedIn(linked) = s
-        .redeem_login_link("link-r3", 12, session("t3", 1000), event("sign_in", 12))
-        .await
-        .unwrap()
-    else {
-        panic!("not signed in")
-    };
-    assert_eq!(
-        (linked.omni.as_str(), linked.wallet.as_deref()),
-        ("wallet-master", Some("0xabc"))
-    );
-    // The wallet's own session is not via the email.
-    s.create_session(
-        Session {
-            omni: "wallet-master".into(),
-            master: "wallet-master".into(),
-            ..session("own", 1000)
-        },
-        event("sign_in.wallet", 12),
-    )
-    .await
-    .unwrap();
+// ---- helpers --------------------------------------------------------------------------------
 
-    // Another master cannot take it over; the owner can unlink it, which revokes the
-    // sessions obtained through it.
-    s.create_login(
-        login("r4", Some(("other-master", "0xdef"))),
-        Some(event("link.start", 13)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        s.redeem_login_code(
-            "r4",
-            "code-r4",
-            3,
-            15,
-            session("x", 1000),
-            event("identity.linked", 15)
-        )
-        .await
-        .unwrap(),
-        LoginClaim::LinkedElsewhere
-    );
-    assert_eq!(s.identities_of("wallet-master").await.unwrap().len(), 1);
-    assert_eq!(
-        s.unlink_identity(
-            "other-master",
-            "email",
-            "alice@example.com",
-            16,
-            event("identity.unlinked", 16)
-        )
-        .await
-        .unwrap(),
-        None
-    );
-    assert_eq!(
-        s.unlink_identity(
-            "wallet-master",
-            "email",
-            "alice@example.com",
-            17,
-            event("identity.unlinked", 17)
-        )
-        .await
-        .unwrap(),
-        Some(1)
-    );
-    assert!(s.identities_of("wallet-master").await.unwrap().is_empty());
-    assert!(s.session("t3").await.unwrap().unwrap().revoked_at.is_some());
-    assert!(
-        s.session("own")
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at
-            .is_none()
-    );
-    let last = s.audit_events(0, 1000).await.unwrap().pop().unwrap();
-    assert_eq!(last.details["sessions_revoked"], 1);
+/// Runs `f` in one transaction and unwraps its result.
+async fn tx<R, F>(store: &Arc<dyn Store>, f: F) -> R
+where
+    F: FnOnce(&mut dyn Tx) -> Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    store.transact(f).await.unwrap()
+}
 
-    // Expired requests are gone.
-    s.create_login(login("r5", None), Some(event("email.start", 18)))
-        .await
-        .unwrap();
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T>) {
+    match result {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn all_events(store: &dyn Store) -> Vec<AuditEvent> {
+    store.audit_events(0, 1_000_000).await.unwrap()
+}
+
+/// Verifies the whole chain; how many events it holds.
+async fn verify_chain(store: &dyn Store) -> u64 {
+    let mut v = ChainVerifier::default();
+    for e in all_events(store).await {
+        v.check(&e).unwrap();
+    }
+    v.verified()
+}
+
+// ---- wallet challenges ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_challenge_is_taken_once() {
+    let f = Fixture::new().await;
+    tx(&f.store, |t| t.insert_challenge(&challenge("c1", 100))).await;
+    let (first, second, never) = tx(&f.store, |t| {
+        Ok((
+            t.take_challenge("c1")?,
+            t.take_challenge("c1")?,
+            t.take_challenge("never")?,
+        ))
+    })
+    .await;
+    assert_eq!(first, Some(challenge("c1", 100)));
+    assert_eq!(second, None);
+    assert_eq!(never, None);
     assert_eq!(
-        s.redeem_login_code(
-            "r5",
-            "code-r5",
-            3,
-            600,
-            session("t5", 1000),
-            event("sign_in", 20)
-        )
-        .await
-        .unwrap(),
-        LoginClaim::Gone
-    );
-    assert_eq!(
-        s.redeem_login_link("link-r5", 600, session("t5", 1000), event("sign_in", 20))
-            .await
-            .unwrap(),
-        LoginClaim::Gone
+        tx(&f.store, |t| t.take_challenge("c1")).await,
+        None,
+        "taken for good"
     );
 }
 
 #[tokio::test]
-async fn oidc_logins_are_verified_at_the_callback_and_fail_once() {
+async fn inserting_an_existing_key_is_a_conflict() {
     let f = Fixture::new().await;
-    let s = &f.store;
-    let oidc = |id: &str| LoginRequest {
-        method: "oidc".into(),
-        subject: "corp".into(),
+    let m = omni("m");
+    let a = agent(&m, "bot");
+    let s = session("h", &m, 100);
+    let p = pairing("p", "CODE", 100);
+    let l = login("l", 100);
+    let i = Identity {
+        identity_type: "email".into(),
+        identity_value: "a@example.com".into(),
+        master: m.clone(),
+        master_wallet: "0xabc".into(),
+        linked_at: 1,
+    };
+    let g = grant("g", &a, None, 100);
+    let k = key("k", 1);
+    {
+        let (a, s, p, l, i, g, k) = (
+            a.clone(),
+            s.clone(),
+            p.clone(),
+            l.clone(),
+            i.clone(),
+            g.clone(),
+            k.clone(),
+        );
+        tx(&f.store, move |t| {
+            t.insert_challenge(&challenge("c", 100))?;
+            t.insert_session(&s)?;
+            t.insert_agent(&a)?;
+            t.insert_pairing(&p)?;
+            t.insert_login(&l)?;
+            t.insert_identity(&i)?;
+            t.insert_grant(&g)?;
+            t.insert_signing_key(&k)
+        })
+        .await;
+    }
+    let store = &f.store;
+    assert_conflict(
+        store
+            .transact(|t| t.insert_challenge(&challenge("c", 100)))
+            .await,
+    );
+    assert_conflict(store.transact(move |t| t.insert_session(&s)).await);
+    let same = a.clone();
+    assert_conflict(store.transact(move |t| t.insert_agent(&same)).await);
+    // Another agent of the same master with the same label.
+    let same_label = Agent {
+        omni: omni("other-agent"),
+        ..a.clone()
+    };
+    assert_conflict(store.transact(move |t| t.insert_agent(&same_label)).await);
+    let same_id = p.clone();
+    assert_conflict(store.transact(move |t| t.insert_pairing(&same_id)).await);
+    let same_code = PairingRequest {
+        id: "p2".into(),
+        ..p
+    };
+    assert_conflict(store.transact(move |t| t.insert_pairing(&same_code)).await);
+    let same_id = l.clone();
+    assert_conflict(store.transact(move |t| t.insert_login(&same_id)).await);
+    let same_link = LoginRequest {
+        id_hash: "l2".into(),
+        state: None,
+        ..l.clone()
+    };
+    assert_conflict(store.transact(move |t| t.insert_login(&same_link)).await);
+    let same_state = LoginRequest {
+        id_hash: "l3".into(),
         link_token_hash: None,
-        state: Some(format!("state-{id}")),
-        code_hash: None,
-        ..login(id, None)
+        ..l
     };
-    s.create_login(oidc("o1"), None).await.unwrap();
-    // No code exists before the provider's answer is verified.
-    assert_eq!(
-        s.redeem_login_code(
-            "o1",
-            "code-o1",
-            3,
-            5,
-            session("t", 1000),
-            event("sign_in", 1)
-        )
-        .await
-        .unwrap(),
-        LoginClaim::WrongCode { attempts_left: 2 }
-    );
-    assert!(
-        s.verify_login(
-            "o1",
-            "oauth2_corp",
-            "sub-1",
-            "code-o1",
-            5,
-            event("verified", 2)
-        )
-        .await
-        .unwrap()
-    );
-    assert!(
-        !s.verify_login(
-            "o1",
-            "oauth2_corp",
-            "sub-2",
-            "other",
-            6,
-            event("verified", 3)
-        )
-        .await
-        .unwrap(),
-        "single use"
-    );
-    let LoginClaim::SignedIn(own) = s
-        .redeem_login_code(
-            "o1",
-            "code-o1",
-            3,
-            7,
-            session("t", 1000),
-            event("sign_in", 4),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("not signed in")
+    assert_conflict(store.transact(move |t| t.insert_login(&same_state)).await);
+    let elsewhere = Identity {
+        master: omni("other"),
+        ..i
     };
-    assert_eq!(
-        own.omni,
-        agentkeys_types::OmniAccount::derive("oauth2_corp", "sub-1").as_str()
-    );
+    assert_conflict(store.transact(move |t| t.insert_identity(&elsewhere)).await);
+    assert_conflict(store.transact(move |t| t.insert_grant(&g)).await);
+    assert_conflict(store.transact(move |t| t.insert_signing_key(&k)).await);
+    assert_eq!(verify_chain(store.as_ref()).await, 0);
+}
 
-    // A failure ends the request once: a second failure writes nothing.
-    s.create_login(oidc("o2"), None).await.unwrap();
-    let before = s.audit_events(0, 1000).await.unwrap().len();
-    assert!(s.fail_login("o2", 8, event("failed", 8)).await.unwrap());
-    assert!(!s.fail_login("o2", 9, event("failed", 9)).await.unwrap());
-    assert_eq!(s.audit_events(0, 1000).await.unwrap().len(), before + 1);
-    assert!(
-        !s.verify_login("o2", "oauth2_corp", "sub-1", "c", 9, event("verified", 9))
+// ---- sessions -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sessions_read_back_as_written() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    let a = agent(&m, "bot");
+    let master_session = Session {
+        via: Some(email("a@example.com")),
+        ..session("h1", &m, 100)
+    };
+    let agent_session = Session {
+        kind: ActorKind::Agent,
+        omni: a.omni.clone(),
+        master: m.clone(),
+        wallet: None,
+        revoked_at: Some(5),
+        ..session("h2", &m, 100)
+    };
+    let (ms, ags) = (master_session.clone(), agent_session.clone());
+    let inside = tx(&f.store, move |t| {
+        t.insert_session(&ms)?;
+        t.insert_session(&ags)?;
+        // A transaction sees its own writes.
+        t.session("h1")
+    })
+    .await;
+    assert_eq!(inside, Some(master_session.clone()));
+    assert_eq!(
+        f.store.session("h1").await.unwrap(),
+        Some(master_session.clone())
+    );
+    assert_eq!(f.store.session("h2").await.unwrap(), Some(agent_session));
+    assert_eq!(f.store.session("none").await.unwrap(), None);
+    assert_eq!(tx(&f.store, |t| t.session("none")).await, None);
+}
+
+#[tokio::test]
+async fn a_session_is_revoked_only_while_live() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    let (live, expired) = (session("live", &m, 100), session("expired", &m, 50));
+    tx(&f.store, move |t| {
+        t.insert_session(&live)?;
+        t.insert_session(&expired)
+    })
+    .await;
+    let results = tx(&f.store, |t| {
+        Ok([
+            t.revoke_session("live", 60)?,
+            t.revoke_session("live", 61)?,
+            // Expiry is exclusive: at 50 the session is no longer live.
+            t.revoke_session("expired", 50)?,
+            t.revoke_session("unknown", 60)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, false]);
+    assert_eq!(
+        f.store.session("live").await.unwrap().unwrap().revoked_at,
+        Some(60)
+    );
+    assert_eq!(
+        f.store
+            .session("expired")
             .await
             .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
     );
+}
+
+#[tokio::test]
+async fn revoke_sessions_all_but_one() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let rows = [
+        session("keep", &m, 100),
+        session("a", &m, 100),
+        session("b", &m, 100),
+        session("expired", &m, 10),
+        Session {
+            revoked_at: Some(1),
+            ..session("revoked", &m, 100)
+        },
+        session("others", &other, 100),
+    ];
+    tx(&f.store, move |t| {
+        rows.iter().try_for_each(|s| t.insert_session(s))
+    })
+    .await;
+    let mm = m.clone();
+    let n = tx(&f.store, move |t| {
+        t.revoke_sessions(&mm, SessionFilter::AllExcept(Some("keep")), 20)
+    })
+    .await;
+    assert_eq!(n, 2);
+    let store = f.store.as_ref();
+    let revoked_at =
+        |h: &'static str| async move { store.session(h).await.unwrap().unwrap().revoked_at };
+    assert_eq!(revoked_at("keep").await, None);
+    assert_eq!(revoked_at("a").await, Some(20));
+    assert_eq!(revoked_at("b").await, Some(20));
+    assert_eq!(revoked_at("expired").await, None);
+    assert_eq!(revoked_at("revoked").await, Some(1));
+    assert_eq!(revoked_at("others").await, None);
+
+    let mm = m.clone();
+    let (everything, again) = tx(&f.store, move |t| {
+        Ok((
+            t.revoke_sessions(&mm, SessionFilter::AllExcept(None), 21)?,
+            t.revoke_sessions(&mm, SessionFilter::AllExcept(None), 21)?,
+        ))
+    })
+    .await;
+    assert_eq!((everything, again), (1, 0));
+    assert_eq!(revoked_at("keep").await, Some(21));
+    assert!(f.store.sessions_of(&m, 21).await.unwrap().is_empty());
+    assert_eq!(f.store.sessions_of(&other, 21).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn revoke_sessions_obtained_through_one_identity() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let via = |h: &str, who: &OmniAccount, identity: Option<IdentityRef>, expires_at| Session {
+        via: identity,
+        ..session(h, who, expires_at)
+    };
+    let rows = [
+        via("x1", &m, Some(email("x@example.com")), 100),
+        via("x2", &m, Some(email("x@example.com")), 100),
+        via("x-expired", &m, Some(email("x@example.com")), 10),
+        via("y", &m, Some(email("y@example.com")), 100),
+        via("wallet", &m, None, 100),
+        via("x-other", &other, Some(email("x@example.com")), 100),
+    ];
+    tx(&f.store, move |t| {
+        rows.iter().try_for_each(|s| t.insert_session(s))
+    })
+    .await;
+    let mm = m.clone();
+    let (n, again) = tx(&f.store, move |t| {
+        let x = email("x@example.com");
+        Ok((
+            t.revoke_sessions(&mm, SessionFilter::Via(&x), 20)?,
+            t.revoke_sessions(&mm, SessionFilter::Via(&x), 20)?,
+        ))
+    })
+    .await;
+    assert_eq!((n, again), (2, 0));
+    let mut live: Vec<String> = f
+        .store
+        .sessions_of(&m, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.token_hash)
+        .collect();
+    live.sort();
+    assert_eq!(live, ["wallet", "y"]);
+    assert!(
+        f.store
+            .session("x-other")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none(),
+        "another actor's session through the same identity stays"
+    );
+}
+
+#[tokio::test]
+async fn sessions_of_lists_the_live_sessions_of_one_actor() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let rows = [
+        Session {
+            created_at: 2,
+            ..session("second", &m, 100)
+        },
+        Session {
+            created_at: 1,
+            ..session("first", &m, 100)
+        },
+        session("expired", &m, 30),
+        Session {
+            revoked_at: Some(3),
+            ..session("revoked", &m, 100)
+        },
+        session("others", &other, 100),
+    ];
+    tx(&f.store, move |t| {
+        rows.iter().try_for_each(|s| t.insert_session(s))
+    })
+    .await;
+    let hashes: Vec<String> = f
+        .store
+        .sessions_of(&m, 30)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.token_hash)
+        .collect();
+    assert_eq!(hashes, ["first", "second"], "oldest first");
+}
+
+// ---- agents ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn agents_are_stored_listed_and_change_status() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let a = agent(&m, "bot");
+    let b = Agent {
+        created_at: 20,
+        ..agent(&m, "alpha")
+    };
+    let c = agent(&other, "bot");
+    let (a2, b2, c2) = (a.clone(), b.clone(), c.clone());
+    tx(&f.store, move |t| {
+        t.insert_agent(&b2)?;
+        t.insert_agent(&a2)?;
+        t.insert_agent(&c2)
+    })
+    .await;
+    assert_eq!(f.store.agent(&a.omni).await.unwrap(), Some(a.clone()));
+    assert_eq!(f.store.agent(&omni("nobody")).await.unwrap(), None);
+    assert_eq!(
+        f.store.agents_of(&m).await.unwrap(),
+        [a.clone(), b.clone()],
+        "in creation order"
+    );
+
+    let (ao, nobody) = (a.omni.clone(), omni("nobody"));
+    let (set, unknown, read) = tx(&f.store, move |t| {
+        Ok((
+            t.set_agent_status(&ao, AgentStatus::Suspended, 30)?,
+            t.set_agent_status(&nobody, AgentStatus::Suspended, 30)?,
+            t.agent(&ao)?,
+        ))
+    })
+    .await;
+    assert!(set);
+    assert!(!unknown);
+    assert_eq!(
+        read,
+        Some(Agent {
+            status: AgentStatus::Suspended,
+            updated_at: 30,
+            ..a.clone()
+        })
+    );
+    let ao = a.omni.clone();
+    assert!(
+        tx(&f.store, move |t| t.set_agent_status(
+            &ao,
+            AgentStatus::Removed,
+            40
+        ))
+        .await
+    );
+    assert_eq!(
+        f.store.agent(&a.omni).await.unwrap().unwrap().status,
+        AgentStatus::Removed
+    );
+}
+
+#[tokio::test]
+async fn a_label_stays_taken_after_its_agent_is_removed() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let a = agent(&m, "bot");
+    let mm = m.clone();
+    let before = tx(&f.store, move |t| {
+        let before = t.label_taken(&mm, "bot")?;
+        t.insert_agent(&a)?;
+        t.set_agent_status(&a.omni, AgentStatus::Removed, 20)?;
+        Ok(before)
+    })
+    .await;
+    assert!(!before);
+    let (mm, oo) = (m.clone(), other.clone());
+    let (taken, other_master, other_label) = tx(&f.store, move |t| {
+        Ok((
+            t.label_taken(&mm, "bot")?,
+            t.label_taken(&oo, "bot")?,
+            t.label_taken(&mm, "bot2")?,
+        ))
+    })
+    .await;
+    assert!(taken);
+    assert!(!other_master);
+    assert!(!other_label);
+}
+
+#[tokio::test]
+async fn agent_proofs_must_strictly_increase() {
+    let f = Fixture::new().await;
+    let a = agent(&omni("m"), "bot");
+    let ao = a.omni.clone();
+    let results = tx(&f.store, move |t| {
+        t.insert_agent(&a)?;
+        Ok([
+            t.advance_agent_proof(&a.omni, 5)?,
+            t.advance_agent_proof(&a.omni, 5)?,
+            t.advance_agent_proof(&a.omni, 4)?,
+            t.advance_agent_proof(&a.omni, 6)?,
+            t.advance_agent_proof(&omni("nobody"), 100)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, true, false]);
+    // The high-water mark is stored, not just checked within one transaction.
+    let later = tx(&f.store, move |t| {
+        Ok([
+            t.advance_agent_proof(&ao, 6)?,
+            t.advance_agent_proof(&ao, 7)?,
+        ])
+    })
+    .await;
+    assert_eq!(later, [false, true]);
+}
+
+// ---- pairing --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_pairing_is_pending_until_approved_or_expired() {
+    let f = Fixture::new().await;
+    let p = pairing("p1", "ABCDEFGH", 100);
+    let stored = p.clone();
+    let (found, expired, unknown) = tx(&f.store, move |t| {
+        t.insert_pairing(&stored)?;
+        Ok((
+            t.pending_pairing("ABCDEFGH", 99)?,
+            t.pending_pairing("ABCDEFGH", 100)?,
+            t.pending_pairing("NOPE", 99)?,
+        ))
+    })
+    .await;
+    assert_eq!(found, Some(p.clone()));
+    assert_eq!(expired, None, "expiry is exclusive");
+    assert_eq!(unknown, None);
+    assert_eq!(f.store.pairing("p1").await.unwrap(), Some(p.clone()));
+    assert_eq!(f.store.pairing("p2").await.unwrap(), None);
+
+    let a = agent(&omni("m"), "bot");
+    let ao = a.omni.clone();
+    let (set, again, pending_after) = tx(&f.store, move |t| {
+        t.insert_agent(&a)?;
+        Ok((
+            t.set_pairing_agent("p1", &a.omni)?,
+            t.set_pairing_agent("p1", &omni("someone-else"))?,
+            t.pending_pairing("ABCDEFGH", 50)?,
+        ))
+    })
+    .await;
+    assert!(set);
+    assert!(!again, "the first approval stands");
+    assert_eq!(
+        pending_after, None,
+        "an approved request is no longer pending"
+    );
+    assert_eq!(
+        f.store.pairing("p1").await.unwrap().unwrap().agent,
+        Some(ao.clone())
+    );
+    let unknown = tx(&f.store, move |t| t.set_pairing_agent("nope", &ao)).await;
+    assert!(!unknown);
+}
+
+#[tokio::test]
+async fn a_pairing_is_claimed_once_and_its_proofs_increase() {
+    let f = Fixture::new().await;
+    let results = tx(&f.store, |t| {
+        t.insert_pairing(&pairing("p1", "ABCDEFGH", 100))?;
+        Ok([
+            // The stored request starts at last_proof_ms = 10.
+            t.advance_pairing_proof("p1", 10)?,
+            t.advance_pairing_proof("p1", 11)?,
+            t.advance_pairing_proof("p1", 11)?,
+            t.advance_pairing_proof("nope", 50)?,
+            t.mark_pairing_claimed("p1", 30)?,
+            t.mark_pairing_claimed("p1", 31)?,
+            t.mark_pairing_claimed("nope", 31)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [false, true, false, false, true, false, false]);
+    let p = f.store.pairing("p1").await.unwrap().unwrap();
+    assert_eq!((p.last_proof_ms, p.claimed_at), (11, Some(30)));
+}
+
+// ---- logins and identities ------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_login_is_found_by_each_of_its_keys() {
+    let f = Fixture::new().await;
+    let l = LoginRequest {
+        method: "oidc".into(),
+        subject: "google".into(),
+        oidc_nonce: Some("nonce".into()),
+        oidc_verifier: Some("verifier".into()),
+        link_to: Some(omni("m")),
+        link_to_wallet: Some("0xabc".into()),
+        redirect_uri: Some("http://127.0.0.1:5000/cb".into()),
+        code_attempts: 2,
+        ..login("id", 100)
+    };
+    let stored = l.clone();
+    let inside = tx(&f.store, move |t| {
+        t.insert_login(&stored)?;
+        t.login(LoginKey::State("state-id"))
+    })
+    .await;
+    assert_eq!(inside, Some(l.clone()));
+    for key in [
+        LoginKey::IdHash("id"),
+        LoginKey::LinkTokenHash("link-id"),
+        LoginKey::State("state-id"),
+    ] {
+        assert_eq!(
+            f.store.login(key).await.unwrap(),
+            Some(l.clone()),
+            "{key:?}"
+        );
+    }
+    for key in [
+        LoginKey::IdHash("link-id"),
+        LoginKey::LinkTokenHash("id"),
+        LoginKey::State("nope"),
+    ] {
+        assert_eq!(f.store.login(key).await.unwrap(), None, "{key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_login_is_verified_once_and_only_before_it_expires() {
+    let f = Fixture::new().await;
+    let results = tx(&f.store, |t| {
+        t.insert_login(&login("l1", 100))?;
+        t.insert_login(&login("l2", 100))?;
+        let id = email("a@example.com");
+        Ok([
+            t.verify_login("l1", &id, "new-code", 50)?,
+            t.verify_login("l1", &email("b@example.com"), "other", 51)?,
+            t.verify_login("l2", &id, "new-code", 100)?,
+            t.verify_login("nope", &id, "new-code", 50)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, false]);
+    let l1 = f
+        .store
+        .login(LoginKey::IdHash("l1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            l1.verified_type.as_deref(),
+            l1.verified_value.as_deref(),
+            l1.verified_at,
+            l1.code_hash.as_deref()
+        ),
+        (
+            Some("email"),
+            Some("a@example.com"),
+            Some(50),
+            Some("new-code")
+        )
+    );
+    let l2 = f
+        .store
+        .login(LoginKey::IdHash("l2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (l2.verified_at, l2.code_hash.as_deref()),
+        (None, Some("code"))
+    );
+}
+
+#[tokio::test]
+async fn only_a_live_unverified_uncollected_login_is_expired() {
+    let f = Fixture::new().await;
+    let results = tx(&f.store, |t| {
+        for id in ["live", "verified", "claimed", "expired"] {
+            let expires_at = if id == "expired" { 40 } else { 100 };
+            t.insert_login(&login(id, expires_at))?;
+        }
+        let id = email("a@example.com");
+        t.verify_login("verified", &id, "c", 10)?;
+        t.mark_login_claimed("claimed", &id, 10)?;
+        Ok([
+            t.expire_login("live", 50)?,
+            t.expire_login("live", 50)?,
+            t.expire_login("verified", 50)?,
+            t.expire_login("claimed", 50)?,
+            t.expire_login("expired", 50)?,
+            t.expire_login("nope", 50)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, false, false, false]);
+    let store = f.store.as_ref();
+    let expires = |id: &'static str| async move {
+        store
+            .login(LoginKey::IdHash(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at
+    };
+    assert_eq!(expires("live").await, 50, "its expiry becomes now");
+    assert_eq!(expires("verified").await, 100);
+    assert_eq!(expires("expired").await, 40);
+}
+
+#[tokio::test]
+async fn wrong_codes_are_counted_and_a_login_is_collected_once() {
+    let f = Fixture::new().await;
+    let results = tx(&f.store, |t| {
+        t.insert_login(&login("fresh", 100))?;
+        t.insert_login(&login("verified", 100))?;
+        t.count_wrong_code("fresh")?;
+        t.count_wrong_code("fresh")?;
+        t.count_wrong_code("nope")?;
+        let a = email("a@example.com");
+        t.verify_login("verified", &a, "c", 10)?;
+        Ok([
+            t.mark_login_claimed("fresh", &a, 20)?,
+            t.mark_login_claimed("fresh", &email("b@example.com"), 21)?,
+            t.mark_login_claimed("verified", &a, 30)?,
+            t.mark_login_claimed("nope", &a, 30)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, true, false]);
+    let fresh = f
+        .store
+        .login(LoginKey::IdHash("fresh"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.code_attempts, 2);
+    assert_eq!(
+        (
+            fresh.claimed_at,
+            fresh.verified_at,
+            fresh.verified_value.as_deref()
+        ),
+        (Some(20), Some(20), Some("a@example.com")),
+        "collecting an unverified request verifies it now"
+    );
+    let verified = f
+        .store
+        .login(LoginKey::IdHash("verified"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (verified.claimed_at, verified.verified_at),
+        (Some(30), Some(10)),
+        "an earlier verification keeps its time"
+    );
+}
+
+#[tokio::test]
+async fn an_identity_is_unlinked_only_by_its_master() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let linked = |value: &str, linked_at| Identity {
+        identity_type: "email".into(),
+        identity_value: value.into(),
+        master: m.clone(),
+        master_wallet: "0xabc".into(),
+        linked_at,
+    };
+    let (a, b) = (linked("a@example.com", 2), linked("b@example.com", 1));
+    let (a2, b2) = (a.clone(), b.clone());
+    let read = tx(&f.store, move |t| {
+        t.insert_identity(&a2)?;
+        t.insert_identity(&b2)?;
+        t.identity(&email("a@example.com"))
+    })
+    .await;
+    assert_eq!(read, Some(a.clone()));
+    assert_eq!(
+        f.store.identities_of(&m).await.unwrap(),
+        [b.clone(), a.clone()],
+        "in link order"
+    );
+    assert!(f.store.identities_of(&other).await.unwrap().is_empty());
+
+    let (mm, oo) = (m.clone(), other.clone());
+    let results = tx(&f.store, move |t| {
+        let id = email("a@example.com");
+        Ok([
+            t.delete_identity(&oo, &id)?,
+            t.delete_identity(&mm, &id)?,
+            t.delete_identity(&mm, &id)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [false, true, false]);
+    assert_eq!(f.store.identities_of(&m).await.unwrap(), [b]);
+    assert_eq!(
+        tx(&f.store, |t| t.identity(&email("a@example.com"))).await,
+        None
+    );
+}
+
+// ---- grants ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_grant_is_used_at_most_max_uses_times_by_its_agent() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    let (a, b) = (agent(&m, "a"), agent(&m, "b"));
+    let g = grant("g", &a, Some(3), 100);
+    let (a2, b2, g2) = (a.clone(), b.clone(), g.clone());
+    let results = tx(&f.store, move |t| {
+        t.insert_agent(&a2)?;
+        t.insert_agent(&b2)?;
+        t.insert_grant(&g2)?;
+        Ok([
+            t.use_grant("g", &b2.omni, 10)?,
+            t.use_grant("g", &a2.omni, 10)?,
+            t.use_grant("g", &a2.omni, 11)?,
+            t.use_grant("g", &a2.omni, 12)?,
+            t.use_grant("g", &a2.omni, 13)?,
+            t.use_grant("nope", &a2.omni, 13)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [false, true, true, true, false, false]);
+    assert_eq!(
+        f.store.grant("g").await.unwrap(),
+        Some(Grant { uses: 3, ..g })
+    );
+    assert_eq!(f.store.grant("nope").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_expired_or_revoked_grant_is_not_used() {
+    let f = Fixture::new().await;
+    let (m, other) = (omni("m"), omni("other"));
+    let a = agent(&m, "a");
+    let unlimited = grant("unlimited", &a, None, 100);
+    let revoked = grant("revoked", &a, None, 100);
+    let (a2, mm, oo) = (a.clone(), m.clone(), other.clone());
+    let (used, at_expiry, revoke_other, revoke, revoke_again, after) = tx(&f.store, move |t| {
+        t.insert_agent(&a2)?;
+        t.insert_grant(&unlimited)?;
+        t.insert_grant(&revoked)?;
+        let mut used = 0;
+        for now in 0..50 {
+            used += u32::from(t.use_grant("unlimited", &a2.omni, now)?);
+        }
+        Ok((
+            used,
+            t.use_grant("unlimited", &a2.omni, 100)?,
+            t.revoke_grant(&oo, "revoked", 20)?,
+            t.revoke_grant(&mm, "revoked", 20)?,
+            t.revoke_grant(&mm, "revoked", 21)?,
+            t.use_grant("revoked", &a2.omni, 22)?,
+        ))
+    })
+    .await;
+    assert_eq!(used, 50, "no max_uses: unlimited");
+    assert!(!at_expiry, "expiry is exclusive");
+    assert!(!revoke_other, "only its master revokes a grant");
+    assert!(revoke);
+    assert!(!revoke_again);
+    assert!(!after);
+    assert_eq!(
+        f.store.grant("revoked").await.unwrap().unwrap().revoked_at,
+        Some(20)
+    );
+    let nope = tx(&f.store, move |t| t.revoke_grant(&m, "nope", 1)).await;
+    assert!(!nope);
+}
+
+#[tokio::test]
+async fn grants_are_listed_by_master_and_by_agent() {
+    let f = Fixture::new().await;
+    let (m, n) = (omni("m"), omni("n"));
+    let (a, b, c) = (agent(&m, "a"), agent(&m, "b"), agent(&n, "c"));
+    let g1 = grant("g1", &a, None, 100);
+    let g2 = Grant {
+        created_at: 2,
+        ..grant("g2", &b, Some(1), 100)
+    };
+    let g3 = Grant {
+        created_at: 3,
+        ..grant("g3", &c, None, 100)
+    };
+    let rows = (
+        vec![a.clone(), b.clone(), c.clone()],
+        vec![g2.clone(), g1.clone(), g3.clone()],
+    );
+    tx(&f.store, move |t| {
+        rows.0.iter().try_for_each(|x| t.insert_agent(x))?;
+        rows.1.iter().try_for_each(|g| t.insert_grant(g))
+    })
+    .await;
+    let s = f.store.as_ref();
+    assert_eq!(
+        s.grants_of(Some(&m), None).await.unwrap(),
+        [g1.clone(), g2.clone()]
+    );
+    assert_eq!(
+        s.grants_of(None, Some(&b.omni)).await.unwrap(),
+        std::slice::from_ref(&g2)
+    );
+    assert_eq!(
+        s.grants_of(Some(&m), Some(&c.omni)).await.unwrap(),
+        [],
+        "both filters apply"
+    );
+    assert_eq!(s.grants_of(None, None).await.unwrap(), [g1, g2, g3]);
+}
+
+// ---- signing keys ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn signing_keys_are_stored_retired_and_resealed() {
+    let f = Fixture::new().await;
+    let (old, new) = (key("old", 1), key("new", 5));
+    let (o, n) = (old.clone(), new.clone());
+    let results = tx(&f.store, move |t| {
+        t.insert_signing_key(&o)?;
+        t.insert_signing_key(&n)?;
+        Ok([
+            t.update_signing_key("old", Some(7), Some(8))?,
+            t.update_signing_key("nope", Some(7), None)?,
+            t.reseal_signing_key("new", &[9, 9])?,
+            t.reseal_signing_key("nope", &[9, 9])?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, true, false]);
+    assert_eq!(
+        f.store.signing_keys().await.unwrap(),
+        [
+            SigningKeyRecord {
+                sealed_private_key: Some(vec![9, 9]),
+                ..new
+            },
+            SigningKeyRecord {
+                retired_at: Some(7),
+                withdrawn_at: Some(8),
+                ..old
+            },
+        ],
+        "latest activation first"
+    );
+    let unsealed = SigningKeyRecord {
+        sealed_private_key: None,
+        ..key("file-key", 0)
+    };
+    let stored = unsealed.clone();
+    tx(&f.store, move |t| t.insert_signing_key(&stored)).await;
+    assert_eq!(f.store.signing_keys().await.unwrap()[2], unsealed);
+}
+
+// ---- rate limits ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn uses_are_counted_per_fixed_window() {
+    let f = Fixture::new().await;
+    let minute = RateWindow {
+        seconds: 60,
+        limit: 10,
+    };
+    let hour = RateWindow {
+        seconds: 3600,
+        limit: 100,
+    };
+    let counts = tx(&f.store, move |t| {
+        let empty = t.window_count("a", minute, 120)?;
+        for now in [120, 150, 179] {
+            t.count_use("a", minute, now)?;
+            t.count_use("a", hour, now)?;
+        }
+        t.count_use("b", minute, 130)?;
+        Ok([
+            empty,
+            t.window_count("a", minute, 179)?,
+            t.window_count("a", hour, 179)?,
+            t.window_count("b", minute, 179)?,
+            // 180 starts the next minute: the count restarts.
+            t.window_count("a", minute, 180)?,
+            t.window_count("a", hour, 180)?,
+        ])
+    })
+    .await;
+    assert_eq!(counts, [0, 3, 3, 1, 0, 3]);
+
+    let later = tx(&f.store, move |t| {
+        t.count_use("a", minute, 185)?;
+        Ok([
+            t.window_count("a", minute, 185)?,
+            // The old window's count is gone, not added to.
+            t.window_count("a", minute, 179)?,
+            t.window_count("a", minute, 239)?,
+            t.window_count("a", minute, 240)?,
+        ])
+    })
+    .await;
+    assert_eq!(later, [1, 0, 1, 0]);
+}
+
+// ---- housekeeping ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn purge_removes_only_expired_rows_and_never_audit() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    let mm = m.clone();
+    tx(&f.store, move |t| {
+        t.insert_challenge(&challenge("old", 10))?;
+        t.insert_challenge(&challenge("edge", 100))?;
+        t.insert_challenge(&challenge("new", 1000))?;
+        t.insert_pairing(&pairing("old", "OLD", 10))?;
+        t.insert_pairing(&pairing("new", "NEW", 1000))?;
+        t.insert_login(&login("old", 10))?;
+        t.insert_login(&login("new", 1000))?;
+        t.insert_session(&session("old", &mm, 10))?;
+        t.insert_session(&session("grace", &mm, 60))?;
+        t.insert_session(&session("new", &mm, 1000))?;
+        t.append(&event("sign_in", 1))?;
+        Ok(())
+    })
+    .await;
+    // Requests that expired before 100 go; sessions keep a grace period (cutoff 50).
+    assert_eq!(tx(&f.store, |t| t.purge_expired(100, 50)).await, 4);
+    let s = f.store.as_ref();
+    assert!(s.pairing("old").await.unwrap().is_none());
+    assert!(s.pairing("new").await.unwrap().is_some());
+    assert!(s.login(LoginKey::IdHash("old")).await.unwrap().is_none());
+    assert!(s.login(LoginKey::IdHash("new")).await.unwrap().is_some());
+    assert!(s.session("old").await.unwrap().is_none());
+    assert!(s.session("grace").await.unwrap().is_some());
+    assert!(s.session("new").await.unwrap().is_some());
+    let taken = tx(&f.store, |t| {
+        Ok([
+            t.take_challenge("old")?.is_some(),
+            t.take_challenge("edge")?.is_some(),
+            t.take_challenge("new")?.is_some(),
+        ])
+    })
+    .await;
+    assert_eq!(
+        taken,
+        [false, true, true],
+        "expired before the cutoff, not at it"
+    );
+    assert_eq!(tx(&f.store, |t| t.purge_expired(100, 100)).await, 1);
+    assert!(s.session("grace").await.unwrap().is_none());
+    assert_eq!(verify_chain(s).await, 1, "audit events are never purged");
+}
+
+// ---- audit ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn audit_events_page_by_seq() {
+    let f = Fixture::new().await;
+    let seqs = tx(&f.store, |t| {
+        (0..5)
+            .map(|n| t.append(&event("e", n)))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await;
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let s = f.store.as_ref();
+    let page = |after, limit| async move {
+        s.audit_events(after, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(0, 2).await, [1, 2]);
+    assert_eq!(page(2, 2).await, [3, 4]);
+    assert_eq!(page(4, 2).await, [5]);
+    assert!(page(5, 2).await.is_empty());
+    assert!(page(u64::MAX, 2).await.is_empty());
+    let stored = &s.audit_events(0, 1).await.unwrap()[0];
+    let written = event("e", 0);
+    assert_eq!(
+        (
+            stored.time,
+            &stored.kind,
+            &stored.actor,
+            &stored.master,
+            &stored.outcome,
+            &stored.details
+        ),
+        (
+            written.time,
+            &written.kind,
+            &written.actor,
+            &written.master,
+            &written.outcome,
+            &written.details
+        )
+    );
+    assert_eq!(verify_chain(s).await, 5);
 }
 
 #[tokio::test]
@@ -1062,14 +1308,12 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
             .await
             .unwrap();
     }
-    let q = |after_seq: u64, limit: u32| agentkeys_store::AuditQuery {
+    let q = |after_seq: u64, limit: u32| AuditQuery {
         after_seq,
         limit,
         ..Default::default()
     };
-    let seqs = |events: Vec<agentkeys_store::AuditEvent>| -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
-    };
+    let seqs = |events: Vec<AuditEvent>| -> Vec<u64> { events.iter().map(|e| e.seq).collect() };
 
     let all = s.audit_for_master("m1", q(0, 100)).await.unwrap();
     assert!(all.iter().all(|e| e.master.as_deref() == Some("m1")));
@@ -1104,15 +1348,14 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
     );
 
     // Filters.
-    let filtered =
-        |kind: Option<&str>, actor: Option<&str>, since, until| agentkeys_store::AuditQuery {
-            after_seq: 0,
-            limit: 100,
-            kind: kind.map(str::to_owned),
-            actor: actor.map(str::to_owned),
-            since,
-            until,
-        };
+    let filtered = |kind: Option<&str>, actor: Option<&str>, since, until| AuditQuery {
+        after_seq: 0,
+        limit: 100,
+        kind: kind.map(str::to_owned),
+        actor: actor.map(str::to_owned),
+        since,
+        until,
+    };
     assert_eq!(
         seqs(
             s.audit_for_master("m1", filtered(Some("mint"), None, None, None))
@@ -1147,311 +1390,359 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
     );
 }
 
+// ---- transactions ---------------------------------------------------------------------------
+
 #[tokio::test]
-async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
+async fn a_transaction_that_fails_writes_nothing() {
     let f = Fixture::new().await;
-    let s = &f.store;
-    s.create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 1))
-        .await
-        .unwrap();
-    s.approve_pairing(
-        "ABCDEFGH",
-        "master",
-        "bot",
-        "omni-bot",
-        1,
-        event("approve", 2),
-    )
-    .await
-    .unwrap();
-    let grant = agentkeys_store::Grant {
-        id: "g1".into(),
-        master: "master".into(),
-        agent: "omni-bot".into(),
-        scope: "0xabc/inbox".into(),
-        created_at: 1,
-        expires_at: 1000,
-        max_uses: Some(1),
-        uses: 0,
-        revoked_at: None,
+    let m = omni("m");
+    let mm = m.clone();
+    let window = RateWindow {
+        seconds: 60,
+        limit: 5,
     };
-    s.create_grant(grant, event("grant.created", 3))
+    let err = f
+        .store
+        .transact(move |t| -> Result<()> {
+            t.insert_challenge(&challenge("c", 100))?;
+            t.insert_session(&session("s", &mm, 100))?;
+            t.count_use("bucket", window, 10)?;
+            t.append(&event("sign_in", 1))?;
+            Err(StoreError::Conflict("the broker said no".into()))
+        })
         .await
-        .unwrap();
-    let window = [(
-        "omni-bot".to_owned(),
-        RateWindow {
-            seconds: 60,
-            limit: 100,
-        },
-    )];
-    let use_of = |agent: &str| agentkeys_store::GrantUse {
-        grant_id: "g1".into(),
-        agent: agent.into(),
-    };
-    let gate = |agent: &'static str, now: i64| {
-        let store = s.clone();
-        let window = window.clone();
-        let grant_use = use_of(agent);
-        async move {
-            store
-                .rate_limited_append_buckets(
-                    &window,
-                    Some(&grant_use),
-                    now,
-                    event("mint", now),
-                    event("mint.denied", now),
-                )
-                .await
-                .unwrap()
-        }
-    };
-    assert!(
-        matches!(
-            gate("someone-else", 10).await,
-            GateOutcome::GrantUnavailable { .. }
-        ),
-        "not this agent's"
-    );
-    assert!(matches!(
-        gate("omni-bot", 10).await,
-        GateOutcome::Allowed { .. }
-    ));
-    assert!(
-        matches!(
-            gate("omni-bot", 11).await,
-            GateOutcome::GrantUnavailable { .. }
-        ),
-        "used up"
-    );
-    assert_eq!(s.grant("g1").await.unwrap().unwrap().uses, 1);
-    let denied = s
-        .audit_events(0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == "mint.denied")
-        .count();
-    assert_eq!(denied, 2);
-    assert!(
-        s.revoke_grant("master", "g1", 12, event("grant.revoked", 12))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.revoke_grant("master", "g1", 13, event("grant.revoked", 13))
-            .await
-            .unwrap()
-    );
-    assert_eq!(s.grants_of(None, Some("omni-bot")).await.unwrap().len(), 1);
-    assert_eq!(
-        s.grants_of(Some("master"), None).await.unwrap()[0].revoked_at,
-        Some(12)
-    );
+        .unwrap_err();
+    match err {
+        StoreError::Conflict(msg) => assert_eq!(msg, "the broker said no", "its own error"),
+        other => panic!("{other:?}"),
+    }
+    assert!(f.store.session("s").await.unwrap().is_none());
+    assert!(all_events(f.store.as_ref()).await.is_empty());
+    let (challenge, count, seq) = tx(&f.store, move |t| {
+        Ok((
+            t.take_challenge("c")?,
+            t.window_count("bucket", window, 10)?,
+            t.append(&event("next", 2))?,
+        ))
+    })
+    .await;
+    assert_eq!((challenge, count), (None, 0));
+    assert_eq!(seq, 1, "the failed work's event took no place in the chain");
 }
 
 #[tokio::test]
-async fn unused_requests_are_purged_without_the_grace_sessions_keep() {
+async fn a_transaction_that_panics_writes_nothing_and_the_writer_goes_on() {
     let f = Fixture::new().await;
-    f.store
-        .insert_challenge(challenge("expired", 100))
+    let err = f
+        .store
+        .transact(|t| -> Result<()> {
+            t.append(&event("doomed", 1))?;
+            t.insert_challenge(&challenge("c", 100))?;
+            panic!("a bug in the broker");
+        })
         .await
-        .unwrap();
-    f.store
-        .create_pairing(pairing("p1", "ABCDEFGH", 100), event("pair", 1))
-        .await
-        .unwrap();
-    f.store
-        .create_session(session("recent", 100), event("s", 2))
-        .await
-        .unwrap();
-    // Requests expired at 100 go at once; sessions keep a grace period (cutoff 100 - grace).
-    assert_eq!(f.store.purge_expired(101, 50).await.unwrap(), 2);
-    assert!(f.store.take_challenge("expired").await.unwrap().is_none());
-    assert!(f.store.pairing("p1").await.unwrap().is_none());
-    assert!(f.store.session("recent").await.unwrap().is_some());
-    assert_eq!(f.store.purge_expired(101, 101).await.unwrap(), 1);
-    assert!(f.store.session("recent").await.unwrap().is_none());
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert!(all_events(f.store.as_ref()).await.is_empty());
+    let (seq, taken) = tx(&f.store, |t| {
+        Ok((t.append(&event("after", 2))?, t.take_challenge("c")?))
+    })
+    .await;
+    assert_eq!((seq, taken), (1, None));
+    assert_eq!(verify_chain(f.store.as_ref()).await, 1);
 }
 
-/// A mint reads its session, then races a logout / suspension / removal. Whatever commits
-/// first, the gate re-checks inside its own transaction: a revocation that is already committed
-/// refuses the mint and the refusal is audited.
 #[tokio::test]
-async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_read() {
+async fn a_failing_work_fails_alone_among_concurrent_ones() {
     let f = Fixture::new().await;
-    let s = &f.store;
-    let window = [(
-        "omni".to_owned(),
-        RateWindow {
-            seconds: 60,
-            limit: 100,
-        },
-    )];
-    let gate = |live: LiveCheck, now: i64| {
-        let store = s.clone();
-        let window = window.clone();
-        async move {
+    tx(&f.store, |t| t.insert_challenge(&challenge("dup", 100))).await;
+    // Queued together, these share commits; every other one fails after writing.
+    let mut tasks = Vec::new();
+    for i in 0..64i64 {
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
             store
-                .gated_append(
-                    Some(&live),
-                    &window,
-                    None,
-                    now,
-                    event("mint", now),
-                    event("mint.denied", now),
-                )
+                .transact(move |t| {
+                    t.append(&event("try", i))?;
+                    match i % 4 {
+                        0 => t.insert_challenge(&challenge("dup", 100)),
+                        1 => Err(StoreError::Conflict("refused".into())),
+                        _ => t.insert_challenge(&challenge(&format!("c{i}"), 100)),
+                    }
+                })
                 .await
-                .unwrap()
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        match i % 4 {
+            0 | 1 => assert_conflict(result),
+            _ => result.unwrap(),
         }
-    };
-    let master = |hash: &str| LiveCheck {
-        session_token_hash: hash.into(),
-        agent: None,
-    };
-
-    // A master's session: live, then revoked (logout) before the gated append.
-    s.create_session(session("m1", 1000), event("s", 1))
-        .await
-        .unwrap();
-    let read = s.session("m1").await.unwrap().unwrap();
-    assert!(read.revoked_at.is_none(), "the mint's read saw it live");
-    assert!(matches!(
-        gate(master("m1"), 10).await,
-        GateOutcome::Allowed { .. }
-    ));
+    }
+    let events = all_events(f.store.as_ref()).await;
+    assert_eq!(events.len(), 32);
     assert!(
-        s.revoke_session("m1", 11, event("logout", 11))
-            .await
-            .unwrap()
+        events
+            .iter()
+            .all(|e| e.details["n"].as_i64().unwrap() % 4 >= 2)
     );
-    assert!(matches!(
-        gate(master("m1"), 12).await,
-        GateOutcome::NotLive {
-            reason: NotLive::Session,
-            ..
+    assert_eq!(verify_chain(f.store.as_ref()).await, 32, "gapless");
+    let taken = tx(&f.store, |t| {
+        let mut taken = 0;
+        for i in 0..64 {
+            taken += usize::from(t.take_challenge(&format!("c{i}"))?.is_some());
         }
-    ));
-    // Expired and unknown sessions are refused the same way.
-    s.create_session(session("m2", 20), event("s", 2))
-        .await
-        .unwrap();
-    assert!(matches!(
-        gate(master("m2"), 20).await,
-        GateOutcome::NotLive {
-            reason: NotLive::Session,
-            ..
-        }
-    ));
-    assert!(matches!(
-        gate(master("never"), 12).await,
-        GateOutcome::NotLive {
-            reason: NotLive::Session,
-            ..
-        }
-    ));
+        Ok(taken)
+    })
+    .await;
+    assert_eq!(taken, 32);
+}
 
-    // An agent's session: its agent is suspended, then removed, between read and append.
-    s.create_pairing(pairing("p1", "ABCDEFGH", 600), event("pair", 3))
-        .await
-        .unwrap();
-    s.approve_pairing(
-        "ABCDEFGH",
-        "omni",
-        "bot",
-        "omni-bot",
-        1,
-        event("approve", 4),
-    )
-    .await
-    .unwrap();
-    let claimed = s
-        .claim_pairing("p1", 5, 2, agent_session("a1"), event("claim", 5))
-        .await
-        .unwrap();
-    assert!(matches!(claimed, ClaimOutcome::Claimed(_)));
-    let agent = || LiveCheck {
-        session_token_hash: "a1".into(),
-        agent: Some("omni-bot".into()),
-    };
-    assert!(matches!(
-        gate(agent(), 30).await,
-        GateOutcome::Allowed { .. }
-    ));
-    s.set_agent_status("omni", "omni-bot", "suspended", 31, event("suspend", 31))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        gate(agent(), 32).await,
-        GateOutcome::NotLive {
-            reason: NotLive::AgentSuspended,
-            ..
-        }
-    ));
-    s.set_agent_status("omni", "omni-bot", "active", 33, event("resume", 33))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        gate(agent(), 34).await,
-        GateOutcome::Allowed { .. }
-    ));
-    s.set_agent_status("omni", "omni-bot", "removed", 35, event("remove", 35))
-        .await
-        .unwrap()
-        .unwrap();
-    // Removal also revokes the agent's sessions: the session check refuses first.
-    assert!(matches!(
-        gate(agent(), 36).await,
-        GateOutcome::NotLive {
-            reason: NotLive::Session,
-            ..
-        }
-    ));
-    // A live session of an agent that is gone is refused as removed.
-    s.create_session(
-        Session {
-            omni: "omni-ghost".into(),
-            ..agent_session("a2")
-        },
-        event("s", 6),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(
-        gate(
-            LiveCheck {
-                session_token_hash: "a2".into(),
-                agent: Some("omni-ghost".into()),
+#[tokio::test]
+async fn concurrent_transactions_form_one_gapless_chain() {
+    let f = Fixture::new().await;
+    let mut tasks = Vec::new();
+    for task in 0..64i64 {
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..20 {
+                let n = task * 100 + i;
+                seqs.push(
+                    store
+                        .transact(move |t| {
+                            t.count_use(
+                                "shared",
+                                RateWindow {
+                                    seconds: 3600,
+                                    limit: 0,
+                                },
+                                0,
+                            )?;
+                            t.append(&event("burst", n))
+                        })
+                        .await
+                        .unwrap(),
+                );
+            }
+            seqs
+        }));
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "a task's own writes stay in order"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=1280).collect::<Vec<u64>>());
+    assert_eq!(verify_chain(f.store.as_ref()).await, 1280);
+    let count = tx(&f.store, |t| {
+        t.window_count(
+            "shared",
+            RateWindow {
+                seconds: 3600,
+                limit: 0,
             },
-            37
+            0,
         )
-        .await,
-        GateOutcome::NotLive {
-            reason: NotLive::AgentRemoved,
-            ..
-        }
-    ));
+    })
+    .await;
+    assert_eq!(count, 1280, "no lost update");
+}
 
-    // Every refusal is in the chain with its reason, and no refused append was counted.
-    let events = s.audit_events(0, 100).await.unwrap();
-    let reasons: Vec<&str> = events
-        .iter()
-        .filter(|e| e.kind == "mint.denied")
-        .map(|e| e.details["reason"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        reasons,
-        [
-            "unauthenticated",
-            "unauthenticated",
-            "unauthenticated",
-            "agent_suspended",
-            "unauthenticated",
-            "agent_removed"
-        ]
+#[tokio::test]
+async fn a_write_is_visible_to_reads_once_transact_returns() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    for i in 0..50 {
+        let hash = format!("s{i}");
+        let s = session(&hash, &m, 100);
+        let seq = tx(&f.store, move |t| {
+            t.insert_session(&s)?;
+            t.append(&event("sign_in", i))
+        })
+        .await;
+        assert!(f.store.session(&hash).await.unwrap().is_some());
+        assert_eq!(f.store.audit_events(seq - 1, 10).await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let mut f = Fixture::new().await;
+    let m = omni("m");
+    let a = agent(&m, "bot");
+    let g = grant("g", &a, Some(2), 100);
+    let k = key("k", 1);
+    let identity = Identity {
+        identity_type: "email".into(),
+        identity_value: "a@example.com".into(),
+        master: m.clone(),
+        master_wallet: "0xabc".into(),
+        linked_at: 1,
+    };
+    let window = RateWindow {
+        seconds: 60,
+        limit: 5,
+    };
+    let rows = (
+        session("h", &m, 99),
+        a.clone(),
+        g.clone(),
+        k.clone(),
+        identity.clone(),
     );
-    assert_eq!(events.iter().filter(|e| e.kind == "mint").count(), 3);
-    verify_chain(s.as_ref()).await;
+    tx(&f.store, move |t| {
+        t.insert_session(&rows.0)?;
+        t.insert_agent(&rows.1)?;
+        t.advance_agent_proof(&rows.1.omni, 500)?;
+        t.insert_grant(&rows.2)?;
+        t.use_grant("g", &rows.1.omni, 5)?;
+        t.insert_signing_key(&rows.3)?;
+        t.insert_identity(&rows.4)?;
+        t.insert_pairing(&pairing("p", "CODE", 100))?;
+        t.insert_login(&login("l", 100))?;
+        t.count_use("bucket", window, 10)?;
+        t.append(&event("a", 1))?;
+        t.append(&event("b", 2))?;
+        Ok(())
+    })
+    .await;
+    let url = f.url.clone();
+    f.store = agentkeys_store::open(&url).await.unwrap();
+    let s = f.store.as_ref();
+
+    assert_eq!(s.session("h").await.unwrap(), Some(session("h", &m, 99)));
+    assert_eq!(s.agent(&a.omni).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.grant("g").await.unwrap(), Some(Grant { uses: 1, ..g }));
+    assert_eq!(s.signing_keys().await.unwrap(), [k]);
+    assert_eq!(s.identities_of(&m).await.unwrap(), [identity]);
+    assert_eq!(
+        s.pairing("p").await.unwrap(),
+        Some(pairing("p", "CODE", 100))
+    );
+    assert_eq!(
+        s.login(LoginKey::IdHash("l")).await.unwrap(),
+        Some(login("l", 100))
+    );
+    let ao = a.omni.clone();
+    let (count, stale, seq) = tx(&f.store, move |t| {
+        Ok((
+            t.window_count("bucket", window, 10)?,
+            t.advance_agent_proof(&ao, 500)?,
+            t.append(&event("after", 3))?,
+        ))
+    })
+    .await;
+    assert_eq!((count, stale, seq), (1, false, 3));
+    assert_eq!(
+        verify_chain(f.store.as_ref()).await,
+        3,
+        "the chain continues from the stored head"
+    );
+}
+
+#[tokio::test]
+async fn two_stores_on_one_database_extend_the_same_chain() {
+    // The broker and the `keys` command (or two broker replicas) both write: each store must
+    // read the head inside its own write transaction.
+    let f = Fixture::new().await;
+    let other = agentkeys_store::open(&f.url).await.unwrap();
+    let append_50 = |store: Arc<dyn Store>, kind: &'static str| async move {
+        for i in 0..50 {
+            store.append_audit(event(kind, i)).await.unwrap();
+        }
+    };
+    tokio::join!(
+        append_50(f.store.clone(), "a"),
+        append_50(other.clone(), "b")
+    );
+    assert_eq!(verify_chain(f.store.as_ref()).await, 100);
+    assert_eq!(verify_chain(other.as_ref()).await, 100);
+}
+
+#[tokio::test]
+async fn ping_answers() {
+    let f = Fixture::new().await;
+    f.store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_url_is_refused() {
+    for url in ["mysql://localhost/x", "file:///tmp/x.db", "sqlite://"] {
+        match agentkeys_store::open(url).await {
+            Err(StoreError::UnsupportedUrl(u)) => assert_eq!(u, url),
+            Err(other) => panic!("{url}: {other:?}"),
+            Ok(_) => panic!("{url} opened"),
+        }
+    }
+}
+
+// ---- SQLite only ----------------------------------------------------------------------------
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new().await;
+    let Some(path) = f.sqlite_path() else { return };
+    tx(&f.store, |t| t.append(&event("e", 1))).await;
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    for file in [path, wal.into()] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+#[tokio::test]
+async fn a_stored_value_that_does_not_parse_is_an_error_not_a_panic() {
+    let f = Fixture::new().await;
+    let Some(path) = f.sqlite_path() else { return };
+    let m = omni("m");
+    tx(&f.store, move |t| t.insert_session(&session("h", &m, 100))).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE sessions SET omni = 'not an omni' WHERE token_hash = 'h'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = f.store.session("h").await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    let err = f.store.transact(|t| t.session("h")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    // The writer is still there.
+    tx(&f.store, |t| t.append(&event("e", 1))).await;
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_binary_is_refused() {
+    let f = Fixture::new().await;
+    let Some(path) = f.sqlite_path() else { return };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 999).unwrap();
+    drop(conn);
+    match agentkeys_store::open(&f.url).await {
+        Err(StoreError::Migrate(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("opened a database of schema version 999"),
+    }
+}
+
+#[tokio::test]
+async fn the_fixture_runs_the_backend_it_was_asked_for() {
+    let f = Fixture::new().await;
+    let wanted = if std::env::var("AGENTKEYS_TEST_DATABASE").is_ok_and(|v| !v.is_empty()) {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    assert_eq!(f.backend, wanted);
+    assert_eq!(f.sqlite_path().is_some(), f.backend == Backend::Sqlite);
 }

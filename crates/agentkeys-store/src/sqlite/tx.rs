@@ -1,0 +1,218 @@
+//! The one [`Tx`] of the SQLite backend: each method is a domain module's statement run on the
+//! writer's connection, inside the savepoint of the work being run.
+
+use agentkeys_types::OmniAccount;
+use rusqlite::Connection;
+
+use super::audit::Head;
+use super::{agents, audit, grants, keys, limits, logins, sessions};
+use crate::{
+    Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest,
+    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord,
+    StoreError, Tx,
+};
+
+pub(super) struct SqliteTx<'a> {
+    conn: &'a Connection,
+    /// The chain head as this work sees it; the writer keeps it only if the work commits.
+    head: &'a mut Head,
+}
+
+impl<'a> SqliteTx<'a> {
+    pub(super) fn new(conn: &'a Connection, head: &'a mut Head) -> Self {
+        Self { conn, head }
+    }
+}
+
+fn window_start(window: RateWindow, now: i64) -> Result<i64> {
+    limits::window_start(now, window.seconds).ok_or_else(|| {
+        StoreError::Database(format!(
+            "a rate-limit window lasts at least one second, not {}",
+            window.seconds
+        ))
+    })
+}
+
+impl Tx for SqliteTx<'_> {
+    fn append(&mut self, event: &NewAuditEvent) -> Result<u64> {
+        Ok(audit::append(self.conn, self.head, event)?)
+    }
+
+    fn insert_challenge(&mut self, challenge: &Challenge) -> Result<()> {
+        Ok(sessions::insert_challenge(self.conn, challenge)?)
+    }
+
+    fn take_challenge(&mut self, id: &str) -> Result<Option<Challenge>> {
+        Ok(sessions::take_challenge(self.conn, id)?)
+    }
+
+    fn insert_session(&mut self, session: &Session) -> Result<()> {
+        Ok(sessions::insert(self.conn, session)?)
+    }
+
+    fn session(&mut self, token_hash: &str) -> Result<Option<Session>> {
+        Ok(sessions::get(self.conn, token_hash)?)
+    }
+
+    fn revoke_session(&mut self, token_hash: &str, now: i64) -> Result<bool> {
+        Ok(sessions::revoke(self.conn, token_hash, now)?)
+    }
+
+    fn revoke_sessions(
+        &mut self,
+        omni: &OmniAccount,
+        which: SessionFilter<'_>,
+        now: i64,
+    ) -> Result<u64> {
+        Ok(sessions::revoke_many(self.conn, omni, which, now)?)
+    }
+
+    fn agent(&mut self, omni: &OmniAccount) -> Result<Option<Agent>> {
+        Ok(agents::get(self.conn, omni)?)
+    }
+
+    fn label_taken(&mut self, master: &OmniAccount, label: &str) -> Result<bool> {
+        Ok(agents::label_taken(self.conn, master, label)?)
+    }
+
+    fn insert_agent(&mut self, agent: &Agent) -> Result<()> {
+        Ok(agents::insert(self.conn, agent)?)
+    }
+
+    fn set_agent_status(
+        &mut self,
+        omni: &OmniAccount,
+        status: AgentStatus,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(agents::set_status(self.conn, omni, status, now)?)
+    }
+
+    fn advance_agent_proof(&mut self, omni: &OmniAccount, proof_ms: i64) -> Result<bool> {
+        Ok(agents::advance_proof(self.conn, omni, proof_ms)?)
+    }
+
+    fn insert_pairing(&mut self, request: &PairingRequest) -> Result<()> {
+        Ok(agents::insert_pairing(self.conn, request)?)
+    }
+
+    fn pairing(&mut self, id: &str) -> Result<Option<PairingRequest>> {
+        Ok(agents::pairing(self.conn, id)?)
+    }
+
+    fn pending_pairing(&mut self, code: &str, now: i64) -> Result<Option<PairingRequest>> {
+        Ok(agents::pending_pairing(self.conn, code, now)?)
+    }
+
+    fn advance_pairing_proof(&mut self, id: &str, proof_ms: i64) -> Result<bool> {
+        Ok(agents::advance_pairing_proof(self.conn, id, proof_ms)?)
+    }
+
+    fn set_pairing_agent(&mut self, id: &str, agent: &OmniAccount) -> Result<bool> {
+        Ok(agents::set_pairing_agent(self.conn, id, agent)?)
+    }
+
+    fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool> {
+        Ok(agents::mark_pairing_claimed(self.conn, id, now)?)
+    }
+
+    fn insert_login(&mut self, request: &LoginRequest) -> Result<()> {
+        Ok(logins::insert(self.conn, request)?)
+    }
+
+    fn login(&mut self, key: LoginKey<'_>) -> Result<Option<LoginRequest>> {
+        Ok(logins::get(self.conn, key)?)
+    }
+
+    fn verify_login(
+        &mut self,
+        id_hash: &str,
+        identity: &IdentityRef,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(logins::verify(
+            self.conn, id_hash, identity, code_hash, now,
+        )?)
+    }
+
+    fn expire_login(&mut self, id_hash: &str, now: i64) -> Result<bool> {
+        Ok(logins::expire(self.conn, id_hash, now)?)
+    }
+
+    fn count_wrong_code(&mut self, id_hash: &str) -> Result<()> {
+        Ok(logins::count_wrong_code(self.conn, id_hash)?)
+    }
+
+    fn mark_login_claimed(
+        &mut self,
+        id_hash: &str,
+        identity: &IdentityRef,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(logins::mark_claimed(self.conn, id_hash, identity, now)?)
+    }
+
+    fn identity(&mut self, identity: &IdentityRef) -> Result<Option<Identity>> {
+        Ok(logins::identity(self.conn, identity)?)
+    }
+
+    fn insert_identity(&mut self, identity: &Identity) -> Result<()> {
+        Ok(logins::insert_identity(self.conn, identity)?)
+    }
+
+    fn delete_identity(&mut self, master: &OmniAccount, identity: &IdentityRef) -> Result<bool> {
+        Ok(logins::delete_identity(self.conn, master, identity)?)
+    }
+
+    fn insert_grant(&mut self, grant: &Grant) -> Result<()> {
+        Ok(grants::insert(self.conn, grant)?)
+    }
+
+    fn grant(&mut self, id: &str) -> Result<Option<Grant>> {
+        Ok(grants::get(self.conn, id)?)
+    }
+
+    fn use_grant(&mut self, id: &str, agent: &OmniAccount, now: i64) -> Result<bool> {
+        Ok(grants::use_once(self.conn, id, agent, now)?)
+    }
+
+    fn revoke_grant(&mut self, master: &OmniAccount, id: &str, now: i64) -> Result<bool> {
+        Ok(grants::revoke(self.conn, master, id, now)?)
+    }
+
+    fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<()> {
+        Ok(keys::insert(self.conn, key)?)
+    }
+
+    fn update_signing_key(
+        &mut self,
+        kid: &str,
+        retired_at: Option<i64>,
+        withdrawn_at: Option<i64>,
+    ) -> Result<bool> {
+        Ok(keys::update(self.conn, kid, retired_at, withdrawn_at)?)
+    }
+
+    fn reseal_signing_key(&mut self, kid: &str, sealed_private_key: &[u8]) -> Result<bool> {
+        Ok(keys::reseal(self.conn, kid, sealed_private_key)?)
+    }
+
+    fn window_count(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<u64> {
+        let start = window_start(window, now)?;
+        Ok(limits::count(self.conn, bucket, window, start)?)
+    }
+
+    fn count_use(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<()> {
+        let start = window_start(window, now)?;
+        Ok(limits::count_use(self.conn, bucket, window, start)?)
+    }
+
+    fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64> {
+        Ok(super::purge_expired(
+            self.conn,
+            requests_before,
+            sessions_before,
+        )?)
+    }
+}
