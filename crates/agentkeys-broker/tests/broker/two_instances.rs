@@ -580,8 +580,7 @@ async fn kill_a_under_load(cluster: &Cluster) -> Vec<String> {
         after_kill_on_b.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "B kept minting after A was killed"
     );
-    let received = received.lock().unwrap().clone();
-    received
+    received.lock().unwrap().clone()
 }
 
 /// Milliseconds since the epoch, for device proofs.
