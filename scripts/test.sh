@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The project's whole test suite: formatting, lints, every Rust test (unit, in-process HTTP,
-# end-to-end with the real binaries), and the independent relying-party test in Python.
+# end-to-end with the real binaries), the store conformance and in-process HTTP suites again on
+# PostgreSQL, the independent relying-party test in Python, and the isolation harness with the
+# broker on SQLite and then on PostgreSQL.
 #
 #   scripts/test.sh
 #
 # Needs: Rust (stable), python3 with venv, Node.js >= 20 with npm (a real OpenID Provider and a
-# headless-browser driver for the sign-in tests), Debian's chromium, and root for apt (Ceph RGW
-# for the isolation test).
+# headless-browser driver for the sign-in tests), Debian's chromium, Debian's postgresql (server
+# binaries for a throwaway cluster on 127.0.0.1, and psql; scripts/postgres.sh), and root for apt
+# (Ceph RGW for the isolation test).
 # Everything else it fetches from crates.io, PyPI and Debian.
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -18,6 +21,21 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The throwaway PostgreSQL cluster (started below) has its own state file, so a cluster someone
+# started by hand with scripts/postgres.sh is neither reused nor stopped; it stops on any exit.
+pg_state_dir="$(mktemp -d /tmp/agentkeys-test-pg.XXXXXX)"
+export AGENTKEYS_PG_STATE="$pg_state_dir/pg.env"
+stop_postgres() {
+  local rc=$?
+  trap - EXIT
+  "$repo/scripts/postgres.sh" stop || true
+  rm -rf "$pg_state_dir"
+  exit "$rc"
+}
+trap stop_postgres EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -26,6 +44,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, HTTP, end-to-end)"
 cargo test --workspace --locked
+
+step "PostgreSQL: start a throwaway cluster"
+pg_url="$(scripts/postgres.sh start)"
+echo "$pg_url"
+
+step "cargo test on PostgreSQL (store conformance, in-process HTTP suite)"
+AGENTKEYS_TEST_DATABASE="$pg_url" cargo test --locked -p agentkeys-store -p agentkeys-broker
 
 step "relying-party test (PyJWT against a running broker)"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
@@ -36,6 +61,12 @@ step "policy lint (parliament on the documents of policy aws)"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" tests/policy_lint/run.sh
 
 step "isolation end to end: real broker, real CLI, Ceph RGW as S3 + STS"
+AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
+AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
+  scripts/e2e/run.sh
+
+step "isolation end to end with the broker on PostgreSQL"
+E2E_DATABASE_URL="$pg_url" \
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
 AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
   scripts/e2e/run.sh

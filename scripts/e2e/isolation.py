@@ -17,6 +17,10 @@ Run by scripts/e2e/run.sh (which brings RGW up and down). It:
   * checks that STS refuses tokens that differ from a good one in exactly one property;
   * ends with `agentkeys-broker audit verify`.
 
+The broker's store is SQLite in its data dir, or, when E2E_DATABASE_URL names a PostgreSQL
+database, a fresh schema `e2e_<random>` in it (made with psql, dropped after a passing run) with
+the signing keys sealed under a key-encryption key the harness writes into the work dir.
+
 Prints one line per check (PASS / FAIL / SKIP) and ends with `N passed, N failed[, N skipped]`.
 Exit status 1 if anything failed. A check whose CLI command does not exist FAILs; with
 E2E_STRICT=0 it is SKIPped instead (for a client built before those commands).
@@ -25,6 +29,7 @@ Environment (run.sh sets the first five):
   E2E_RGW_ENDPOINT, E2E_RGW_ADMIN_ACCESS_KEY, E2E_RGW_ADMIN_SECRET_KEY  the RGW lab
   AGENTKEYS_BROKER_BIN, AGENTKEYS_BIN                                   the binaries under test
   E2E_BROKER_PORT [17600]  E2E_WORK_ROOT [/var/tmp]  E2E_KEEP_WORK [0]  E2E_STRICT [1]
+  E2E_DATABASE_URL [unset: SQLite]  postgres://USER@HOST:PORT/DB; needs `psql` on PATH
 """
 import base64
 import datetime as dt
@@ -35,7 +40,6 @@ import shlex
 import shutil
 import signal
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -52,6 +56,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 RGW = os.environ["E2E_RGW_ENDPOINT"].rstrip("/")
 ADMIN_AK = os.environ["E2E_RGW_ADMIN_ACCESS_KEY"]
@@ -60,6 +65,7 @@ BROKER_BIN = os.path.abspath(os.environ["AGENTKEYS_BROKER_BIN"])
 AK_BIN = os.path.abspath(os.environ["AGENTKEYS_BIN"])
 BROKER_PORT = int(os.environ.get("E2E_BROKER_PORT", "17600"))
 STRICT = os.environ.get("E2E_STRICT", "1") != "0"
+DATABASE_URL = os.environ.get("E2E_DATABASE_URL", "")   # a postgres URL: the broker runs on PostgreSQL
 AWS_CLI = os.path.join(os.path.dirname(sys.executable), "aws")   # the venv's AWS CLI
 
 ISSUER = f"http://127.0.0.1:{BROKER_PORT}"
@@ -145,6 +151,57 @@ def http_json(url, timeout=5):
         return json.load(r)
 
 
+# ------------------------------------------------------------------------------ PostgreSQL store
+
+SEALED_V1 = b"AKS1"        # crates/agentkeys-broker/src/keys.rs, Kek::seal
+KEK_ID_LEN = 8
+NONCE_LEN = 12
+
+
+def kek_id(kek):
+    """The KEK's fingerprint as a sealed key carries it: the first 8 bytes of SHA-256 of the key."""
+    return hashlib.sha256(kek).digest()[:KEK_ID_LEN]
+
+
+def unseal(kek, kid, sealed):
+    """The PKCS#8 DER inside a sealed private key: b"AKS1" ‖ KEK id (8) ‖ nonce (12) ‖ AES-256-GCM
+    ciphertext with its 16-byte tag, associated data = the kid. Independent of the broker's code."""
+    if len(kek) != 32:
+        raise ValueError(f"the key-encryption key has {len(kek)} bytes, not 32")
+    if not sealed.startswith(SEALED_V1):
+        raise ValueError(f"sealed key for {kid} does not start with {SEALED_V1!r}")
+    rest = sealed[len(SEALED_V1):]
+    if len(rest) < KEK_ID_LEN + NONCE_LEN + 16:
+        raise ValueError(f"sealed key for {kid} is truncated ({len(sealed)} bytes)")
+    sealed_id, nonce, ciphertext = rest[:KEK_ID_LEN], rest[KEK_ID_LEN:KEK_ID_LEN + NONCE_LEN], rest[KEK_ID_LEN + NONCE_LEN:]
+    if sealed_id != kek_id(kek):
+        raise ValueError(f"sealed key for {kid} is under KEK {sealed_id.hex()}, not {kek_id(kek).hex()}")
+    return AESGCM(kek).decrypt(nonce, ciphertext, kid.encode())   # InvalidTag if tampered / another kid
+
+
+def with_search_path(url, schema):
+    """The URL with libpq's `options=-csearch_path=SCHEMA` (as the Rust tests' test_database)."""
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def redact(url):
+    """The URL without a password, for printing."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def psql(url, sql, timeout=CMD_TIMEOUT):
+    """One statement through psql (unaligned, tuples only); its stdout."""
+    r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-Atc", sql, url], capture_output=True,
+                       text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f"psql {sql!r} on {redact(url)}: rc={r.returncode}: {short(r.stderr)}")
+    return r.stdout
+
+
 class Broker:
     def __init__(self, work):
         self.data = os.path.join(work, "broker-data")
@@ -152,12 +209,57 @@ class Broker:
         os.makedirs(self.home)
         self.log_path = os.path.join(work, "broker.log")
         self.proc = None
+        # PostgreSQL only (see start): the schema, its URL and the key-encryption key file, which
+        # is in the work dir but outside the data dir (the broker refuses a KEK inside it).
+        self.schema = self.database_url = None
+        self.kek_path = os.path.join(work, "kek")
+
+    @property
+    def postgres(self):
+        return bool(DATABASE_URL)
+
+    def backend(self):
+        if self.postgres:
+            return f"PostgreSQL, schema {self.schema} in {redact(DATABASE_URL)}, keys sealed under KEK {self.kek_id_hex()}"
+        return f"SQLite, {os.path.join(self.data, 'broker.db')}, key files in {os.path.join(self.data, 'keys')}"
+
+    def kek_id_hex(self):
+        return kek_id(self.kek()).hex() if os.path.exists(self.kek_path) else "(none yet)"
+
+    def kek(self):
+        with open(self.kek_path, "rb") as f:
+            return base64.b64decode(f.read().strip(), validate=True)
+
+    def store_env(self):
+        """BROKER_* variables that select the store: none on SQLite (the data dir says it all)."""
+        if not self.postgres:
+            return {}
+        return {"BROKER_DATABASE_URL": self.database_url, "BROKER_KEY_ENCRYPTION_KEY_FILE": self.kek_path}
+
+    def prepare_postgres(self):
+        """A fresh schema (so a run never sees an earlier run's rows) and a new 0600 KEK file."""
+        if not DATABASE_URL.startswith(("postgres://", "postgresql://")):
+            raise SystemExit(f"E2E_DATABASE_URL must be a postgres:// URL, not {redact(DATABASE_URL)!r}")
+        if shutil.which("psql") is None:
+            raise SystemExit("E2E_DATABASE_URL is set but psql is not on PATH (apt-get install postgresql-client)")
+        self.schema = f"e2e_{uuid.uuid4().hex[:16]}"
+        psql(DATABASE_URL, f"CREATE SCHEMA {self.schema}")
+        self.database_url = with_search_path(DATABASE_URL, self.schema)
+        fd = os.open(self.kek_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+
+    def drop_schema(self):
+        if self.postgres and self.schema:
+            psql(DATABASE_URL, f"DROP SCHEMA {self.schema} CASCADE")
 
     def start(self):
         if port_busy(BROKER_PORT):
             raise SystemExit(f"127.0.0.1:{BROKER_PORT} is already in use (set E2E_BROKER_PORT)")
+        if self.postgres:
+            self.prepare_postgres()
         env = clean_env(self.home, BROKER_AUDIENCES=f"{AUD},wrong-audience", BROKER_LOG_FORMAT="text",
-                        NO_COLOR="1")
+                        NO_COLOR="1", **self.store_env())
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [BROKER_BIN, "serve", "--dev", "--listen", f"127.0.0.1:{BROKER_PORT}", "--data-dir", self.data],
@@ -197,14 +299,28 @@ class Broker:
             items = [x.decode(errors="replace") for x in f.read().split(b"\0") if x]
         return dict(x.split("=", 1) if "=" in x else (x, "") for x in items)
 
+    def cli(self, *args):
+        """`agentkeys-broker ARGS` on this broker's store (data dir, and database URL and KEK on PostgreSQL)."""
+        return run([BROKER_BIN, *args, "--data-dir", self.data], clean_env(self.home, **self.store_env()))
+
     def mint_count(self):
-        db = sqlite3.connect(f"file:{os.path.join(self.data, 'broker.db')}?mode=ro", uri=True, timeout=10)
-        try:
-            return db.execute("SELECT count(*) FROM audit_events WHERE kind = 'mint' AND outcome = 'ok'").fetchone()[0]
-        finally:
-            db.close()
+        """Successful mints in the audit log, read through `agentkeys-broker audit export` (NDJSON,
+        one event a line), which reads either store."""
+        r = self.cli("audit", "export")
+        if r.returncode != 0:
+            raise RuntimeError(f"audit export rc={r.returncode}: {short(r.stderr)}")
+        events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+        return sum(1 for e in events if e.get("kind") == "mint" and e.get("outcome") == "ok")
 
     def signing_key(self, kid):
+        if self.postgres:
+            if not all(c.isalnum() or c in "-_" for c in kid):
+                raise ValueError(f"unexpected kid {kid!r}")
+            out = psql(self.database_url,
+                       f"SELECT encode(sealed_private_key,'hex') FROM signing_keys WHERE kid='{kid}'").strip()
+            if not out:
+                raise RuntimeError(f"no sealed private key for {kid} in signing_keys")
+            return serialization.load_der_private_key(unseal(self.kek(), kid, bytes.fromhex(out)), None)
         with open(os.path.join(self.data, "keys", f"{kid}.pk8"), "rb") as f:
             der = f.read()
         try:
@@ -444,10 +560,17 @@ def main():
         broker.stop()
         if ok and os.environ.get("E2E_KEEP_WORK", "0") != "1":
             shutil.rmtree(work, ignore_errors=True)
+            try:
+                broker.drop_schema()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                print(f"could not drop schema {broker.schema}: {e}", flush=True)
         else:
             print(f"work dir kept: {work} (broker log: {broker.log_path})", flush=True)
+            if broker.schema:
+                print(f"schema kept: {broker.schema} in {redact(DATABASE_URL)}", flush=True)
             if not ok and broker.proc is not None:
                 print("broker log tail:\n" + broker.log_tail(), flush=True)
+    print(f"store backend: {'PostgreSQL' if broker.postgres else 'SQLite'}", flush=True)
     print(f"test wall time {time.monotonic() - t_start:.1f}s", flush=True)
     if PENDING:
         print(f"waiting on CLI commands: {len(PENDING)} check(s) skipped", flush=True)
@@ -464,6 +587,7 @@ def body(work, broker):
     t0 = time.monotonic()
     broker.start()
     info(f"broker {ISSUER} up in {time.monotonic() - t0:.1f}s (pid {broker.proc.pid}, data {broker.data})")
+    info(f"store backend: {broker.backend()}")
 
     # -------------------------------------------------------------- 1. the broker holds no AWS principal
     def broker_env():
@@ -1033,7 +1157,7 @@ def body(work, broker):
 
     # -------------------------------------------------------------- 11. audit chain
     def audit():
-        r = run([BROKER_BIN, "audit", "verify", "--data-dir", broker.data], clean_env(broker.home))
+        r = broker.cli("audit", "verify")
         return r.returncode == 0, f"rc={r.returncode}: {short(r.stdout + r.stderr, 160)}"
     check("`agentkeys-broker audit verify` passes", audit)
 

@@ -11,6 +11,9 @@
 #   E2E_VENV [$CARGO_TARGET_DIR/e2e-venv] Python venv from requirements.txt, reused while unchanged
 #   E2E_TEST_TIMEOUT [300]                upper bound for isolation.py, in seconds
 #   E2E_STRICT [1]                        0: a check whose CLI command is missing is skipped, not failed
+#   E2E_DATABASE_URL [unset]              postgres://USER@HOST:PORT/DB: the broker runs on PostgreSQL, in a
+#                                         fresh schema of that database, keys sealed under a KEK the
+#                                         harness writes (needs psql); unset: SQLite in its data dir
 #   E2E_BROKER_PORT [17600], E2E_MON_PORT [17300], E2E_RGW_PORT [17480], E2E_LAB, E2E_RGW_DEBUG:
 #                                         see isolation.py and rgw.sh
 # Exits non-zero if any step or any check fails.
@@ -32,7 +35,7 @@ finish() {
   # Keep the lab's logs when something failed; its processes are stopped either way.
   if ((rc != 0)); then export E2E_KEEP_LAB=1; fi
   "$here/rgw.sh" down || rc=1
-  log "total wall time $((SECONDS - T0))s, exit $rc"
+  log "total wall time $((SECONDS - T0))s, exit $rc, store backend ${backend:-?}"
   exit "$rc"
 }
 # A signal stops the running child first (bash runs traps only between foreground commands,
@@ -48,6 +51,15 @@ trap 'on_signal 143' TERM
 
 # run CMD...: run CMD in the background, wait for it, return its exit status
 run() { "$@" & child=$!; local rc=0; wait "$child" || rc=$?; child=""; return "$rc"; }
+
+# The broker's store: SQLite in its data dir, or PostgreSQL when E2E_DATABASE_URL is set.
+if [[ -n "${E2E_DATABASE_URL:-}" ]]; then
+  backend="PostgreSQL ($(sed -E 's#^([a-z]+://[^:/@]+):[^@]*@#\1:***@#' <<<"$E2E_DATABASE_URL"))"
+  command -v psql >/dev/null || { log "E2E_DATABASE_URL is set but psql is missing (apt-get install postgresql-client)"; exit 1; }
+else
+  backend="SQLite (the broker's data dir)"
+fi
+log "store backend: $backend"
 
 # 1. the binaries under test
 if [[ -z "${AGENTKEYS_BROKER_BIN:-}" || -z "${AGENTKEYS_BIN:-}" ]]; then
