@@ -202,6 +202,24 @@ impl TestApp {
         }
     }
 
+    /// The `agentkeys-broker` binary, pointed at this app's store (data dir, database URL and
+    /// key-encryption key) through its environment.
+    pub fn broker_command(&self) -> std::process::Command {
+        let settings = &self.state.settings;
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BROKER_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("BROKER_DATA_DIR", self.data_dir())
+            .env("BROKER_DATABASE_URL", &settings.database_url);
+        if let Some(kek) = &settings.key_encryption_key_file {
+            c.env("BROKER_KEY_ENCRYPTION_KEY_FILE", kek);
+        }
+        c
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }

@@ -1,4 +1,3 @@
-use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -140,9 +139,8 @@ async fn audit_verify_passes_then_names_the_tampered_event() {
         app.mint_jwt(&s.session_token).await;
     }
     let verify = || {
-        Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"))
-            .args(["audit", "verify", "--data-dir"])
-            .arg(app.data_dir())
+        app.broker_command()
+            .args(["audit", "verify"])
             .output()
             .unwrap()
     };

@@ -1,6 +1,5 @@
 //! `GET /v1/audit` for masters, and the operator's export and signed checkpoints.
 
-use std::process::Command;
 
 use agentkeys_broker::clock::Clock;
 use agentkeys_types::pairing::{ProofAction, proof_message};
@@ -194,12 +193,7 @@ async fn bad_audit_queries_are_400_with_the_envelope() {
 }
 
 fn broker(app: &TestApp, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(app.data_dir())
-        .output()
-        .unwrap()
+    app.broker_command().args(args).output().unwrap()
 }
 
 fn ok(out: &std::process::Output) -> String {
