@@ -77,4 +77,7 @@ scripts/check-readme.sh
 step "operator runbook (its checked block against a fresh broker)"
 scripts/check-runbook.sh
 
+step "deploy docs and systemd units"
+scripts/check-deploy.sh
+
 step "all tests passed"
