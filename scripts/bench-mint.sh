@@ -5,6 +5,7 @@
 #
 #   scripts/bench-mint.sh [--concurrency C] [--seconds S] [--masters N] [--runs R]
 #                         [--warmup S] [--threads T] [--wrk] [--keep]
+#                         [--database sqlite|postgres] [--instances N]
 #
 #   --concurrency  concurrent workers / connections (default 32)
 #   --seconds      measured seconds per run (default 20)
@@ -14,6 +15,11 @@
 #   --threads      load-generator runtime threads (default 1)
 #   --wrk          also one cross-check run with wrk (Debian package `wrk`), same concurrency
 #   --keep         keep the data dir (broker.db, broker.log, run outputs) instead of deleting it
+#   --database     sqlite (default: the embedded file) or postgres (a throwaway cluster from
+#                  scripts/postgres.sh on loopback, keys sealed under a key-encryption key)
+#   --instances    broker processes sharing the database (default 1); the load is spread over
+#                  them round-robin, and server CPU is the sum of every broker's and, on
+#                  postgres, every PostgreSQL process's
 #
 # The broker and the load generator share the machine's cores: see docs/performance.md for how
 # to read the numbers. Exits non-zero if a run fails (anything but 200, or no mint at all), the
@@ -33,6 +39,8 @@ warmup=2
 threads=1
 use_wrk=0
 keep=0
+database=sqlite
+instances=1
 
 die() {
   echo "bench-mint: $*" >&2
@@ -50,12 +58,19 @@ while (($#)); do
     --threads) need_int "$1" "${2-}"; threads="$2"; shift 2 ;;
     --wrk) use_wrk=1; shift ;;
     --keep) keep=1; shift ;;
+    --database) [[ "${2-}" == sqlite || "${2-}" == postgres ]] || die "--database is sqlite or postgres"; database="$2"; shift 2 ;;
+    --instances) need_int "$1" "${2-}"; instances="$2"; shift 2 ;;
     -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 ((seconds <= 3600)) || die "--seconds must be at most 3600"
 ((runs <= 20)) || die "--runs must be at most 20"
+((instances <= 8)) || die "--instances must be at most 8"
+if ((instances > 1)) && [[ "$database" == sqlite ]]; then
+  echo "bench-mint: note: $instances instances on one SQLite file (writers take turns on its lock)" >&2
+fi
+((use_wrk == 0 || instances == 1)) || die "--wrk drives one instance; use it without --instances"
 
 command -v curl >/dev/null || die "curl is required"
 if ((use_wrk)); then
@@ -72,28 +87,35 @@ broker_bin="$CARGO_TARGET_DIR/release/agentkeys-broker"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentkeys-bench.XXXXXX")"
 data="$work/data"
-broker_pid=""
+pg_state="$work/pg.env"
+broker_pids=()
+urls=()
 
-stop_broker() {
-  [[ -n "$broker_pid" ]] || return 0
-  if kill -0 "$broker_pid" 2>/dev/null; then
-    kill -TERM "$broker_pid" 2>/dev/null || true
+stop_brokers() {
+  local pid
+  for pid in "${broker_pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${broker_pids[@]}"; do
     for _ in $(seq 100); do
-      kill -0 "$broker_pid" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    if kill -0 "$broker_pid" 2>/dev/null; then
-      echo "bench-mint: broker did not stop in 10 s; killing it" >&2
-      kill -KILL "$broker_pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "bench-mint: broker $pid did not stop in 10 s; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
     fi
-  fi
-  wait "$broker_pid" 2>/dev/null || true
-  broker_pid=""
+    wait "$pid" 2>/dev/null || true
+  done
+  broker_pids=()
 }
 
 cleanup() {
   local rc=$?
-  stop_broker
+  stop_brokers
+  if [[ -f "$pg_state" ]]; then
+    AGENTKEYS_PG_STATE="$pg_state" "$repo/scripts/postgres.sh" stop >/dev/null 2>&1 || true
+  fi
   if ((keep)); then
     echo "kept: $work"
   else
@@ -109,42 +131,93 @@ for v in $(compgen -e | grep '^BROKER_' || true); do unset "$v"; done
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# The store every instance shares, and what the `keys` and `audit` commands need to reach it.
+store_env=()
+if [[ "$database" == postgres ]]; then
+  step "starting a throwaway PostgreSQL cluster"
+  pg_url="$(AGENTKEYS_PG_STATE="$pg_state" "$repo/scripts/postgres.sh" start)"
+  head -c 32 /dev/urandom | base64 >"$work/kek"
+  chmod 600 "$work/kek"
+  store_env=(BROKER_DATABASE_URL="$pg_url" BROKER_KEY_ENCRYPTION_KEY_FILE="$work/kek")
+elif ((instances > 1)); then
+  # Instances on one SQLite file need the keys in the store too (each has its own data dir).
+  head -c 32 /dev/urandom | base64 >"$work/kek"
+  chmod 600 "$work/kek"
+  store_env=(BROKER_DATABASE_URL="sqlite://$work/shared.db" BROKER_KEY_ENCRYPTION_KEY_FILE="$work/kek")
+fi
+env "${store_env[@]}" "$broker_bin" keys generate --data-dir "$data" >/dev/null
+
+# Every instance answers as the first one's issuer, as behind a load balancer.
+issuer=""
 start_broker() {
-  local port
+  local n="$1" port pid url
   for _ in $(seq 20); do
     port=$((20000 + RANDOM % 40000))
     port_in_use "$port" && continue
+    [[ -n "$issuer" ]] || issuer="http://127.0.0.1:$port"
     # The load signs in its masters from one address: the anonymous limiter is opened too.
-    BROKER_MINT_RATE_PER_MINUTE=100000000 BROKER_MINT_RATE_PER_HOUR=100000000 BROKER_LOG=warn \
-      BROKER_ANON_RATE_PER_IP_PER_MINUTE=1000000 BROKER_ANON_RATE_GLOBAL_PER_SECOND=1000000 \
-      "$broker_bin" serve --dev --data-dir "$data" --listen "127.0.0.1:$port" \
+    env "${store_env[@]}" BROKER_MINT_RATE_PER_MINUTE=100000000 BROKER_MINT_RATE_PER_HOUR=100000000 \
+      BROKER_LOG=warn BROKER_ANON_RATE_PER_IP_PER_MINUTE=1000000 BROKER_ANON_RATE_GLOBAL_PER_SECOND=1000000 \
+      "$broker_bin" serve --dev --data-dir "$data-$n" --listen "127.0.0.1:$port" --issuer "$issuer" \
       >>"$work/broker.log" 2>&1 &
-    broker_pid=$!
+    pid=$!
     url="http://127.0.0.1:$port"
     # Ready within 30 s, or try another port (someone may have taken this one meanwhile).
     for _ in $(seq 300); do
-      kill -0 "$broker_pid" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       if curl -fsS --max-time 2 "$url/readyz" >/dev/null 2>&1; then
+        broker_pids+=("$pid")
+        urls+=("$url")
         return 0
       fi
       sleep 0.1
     done
-    stop_broker
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    [[ "${#urls[@]}" -gt 0 ]] || issuer=""
   done
   cat "$work/broker.log" >&2
   die "the broker did not become ready"
 }
 
-step "starting the broker (data dir $data)"
-start_broker
-echo "broker pid $broker_pid at $url"
+# With one SQLite instance the data dir is the store (and its key file), as `serve --dev` uses it.
+if [[ "$database" == sqlite ]] && ((instances == 1)); then
+  rm -rf "$data-1"
+  mv "$data" "$data-1"
+fi
+step "starting $instances broker instance(s) on $database"
+for n in $(seq "$instances"); do
+  start_broker "$n"
+done
+echo "brokers: ${broker_pids[*]} at ${urls[*]}"
+url="${urls[0]}"
+
+# The server processes whose CPU counts: every broker and, on postgres, every process of the
+# cluster (each connection is a process; the pools are open once the masters have signed in).
+server_pid_args() {
+  local pid
+  for pid in "${broker_pids[@]}"; do printf -- '--server-pid %s ' "$pid"; done
+  if [[ "$database" == postgres ]]; then
+    # shellcheck disable=SC1090
+    source "$pg_state"
+    local postmaster
+    postmaster="$(head -n 1 "$PG_DIR/data/postmaster.pid")"
+    printf -- '--server-pid %s ' "$postmaster"
+    for pid in $(pgrep -P "$postmaster"); do printf -- '--server-pid %s ' "$pid"; done
+  fi
+}
+url_args() {
+  local u
+  for u in "${urls[@]}"; do printf -- '--url %s ' "$u"; done
+}
 
 bench_timeout=$((warmup + seconds + 300))
 for r in $(seq "$runs"); do
   step "run $r/$runs: concurrency $concurrency, $seconds s (+${warmup} s warm-up), $masters masters"
+  # shellcheck disable=SC2046  # the helpers print flag/value pairs to split
   if ! timeout "$bench_timeout" cargo bench -q -p agentkeys-broker --bench mint_load -- \
-    --url "$url" --masters "$masters" --concurrency "$concurrency" --seconds "$seconds" \
-    --warmup "$warmup" --threads "$threads" --server-pid "$broker_pid" \
+    $(url_args) --masters "$masters" --concurrency "$concurrency" --seconds "$seconds" \
+    --warmup "$warmup" --threads "$threads" $(server_pid_args) \
     | tee "$work/run-$r.txt"; then
     die "run $r failed (output above; broker log: $work/broker.log, kept with --keep)"
   fi
@@ -183,11 +256,13 @@ fi
 
 metrics="$(curl -fsS --max-time 10 "$url/metrics" || true)"
 
-step "stopping the broker"
-stop_broker
+step "stopping the broker(s)"
+stop_brokers
 
 step "verifying the audit chain"
-verify_out="$(timeout 600 "$broker_bin" audit verify --data-dir "$data" 2>&1)" || {
+verify_dir="$data"
+[[ -d "$data" ]] || verify_dir="$data-1"
+verify_out="$(env "${store_env[@]}" timeout 600 "$broker_bin" audit verify --data-dir "$verify_dir" 2>&1)" || {
   echo "$verify_out"
   die "audit verify FAILED after the load"
 }
@@ -212,6 +287,7 @@ per_run() {
 step "summary"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), shared by broker and load generator"
+echo "database: $database  instances: $instances"
 echo "concurrency: $concurrency  seconds: $seconds  warmup: $warmup  masters: $masters  runs: $runs  loadgen_threads: $threads"
 echo "mints/s per run: $(per_run 'mints/s')"
 echo "p50_ms per run: $(per_run p50_ms)"
@@ -221,8 +297,8 @@ echo "median p50_ms: $(median p50_ms)"
 echo "median p90_ms: $(median p90_ms)"
 echo "median p99_ms: $(median p99_ms)"
 echo "median max_ms: $(median max_ms)"
-echo "median broker_cpu_cores: $(median broker_cpu_cores)"
-echo "median broker_cpu_us_per_mint: $(median broker_cpu_us_per_mint)"
+echo "median server_cpu_cores (brokers + database): $(median broker_cpu_cores)"
+echo "median server_cpu_us_per_mint: $(median broker_cpu_us_per_mint)"
 echo "median loadgen_cpu_cores: $(median loadgen_cpu_cores)"
 echo "non_200 over all runs: $(for r in $(seq "$runs"); do awk '$1 == "non_200_total:" {print $2}' "$work/run-$r.txt"; done | awk '{s += $1} END {print s + 0}')"
 [[ -n "$wrk_line" ]] && echo "$wrk_line"

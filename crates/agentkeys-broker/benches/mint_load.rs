@@ -26,18 +26,22 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 const USAGE: &str = "\
-usage: mint_load --url URL [--masters N] [--concurrency C] [--seconds S] [--warmup S]
-                 [--max-requests N] [--threads T] [--server-pid PID] [--tokens-out FILE]
+usage: mint_load --url URL [--url URL2 ...] [--masters N] [--concurrency C] [--seconds S]
+                 [--warmup S] [--max-requests N] [--threads T] [--server-pid PID ...]
+                 [--tokens-out FILE]
 
-  --url           broker base URL; loopback only (http://127.0.0.1:PORT)
+  --url           broker base URL; loopback only (http://127.0.0.1:PORT). Repeat it for several
+                  instances of one broker: workers are spread over them round-robin (masters
+                  sign in on the first)
   --masters       wallets to sign in, minted for round-robin (default 200)
   --concurrency   concurrent workers, one keep-alive connection each (default 32)
   --seconds       measured duration (default 20)
   --warmup        seconds run first and left out of the statistics (default 2)
   --max-requests  stop after this many mint requests in all (default 5000000)
   --threads       load-generator runtime threads (default 1)
-  --server-pid    broker process id; when given, its CPU time over the measured window is
-                  reported (Linux /proc)
+  --server-pid    a server process id (repeatable: every broker instance, the database's
+                  processes); their summed CPU time over the measured window is reported as the
+                  server's (Linux /proc)
   --tokens-out    only sign in the masters, write their session tokens to FILE (one a line,
                   mode 0600) and exit; for external load generators such as wrk";
 
@@ -49,27 +53,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SIGN_IN_PARALLELISM: usize = 16;
 
 struct Args {
-    url: String,
+    urls: Vec<String>,
     masters: usize,
     concurrency: usize,
     seconds: f64,
     warmup: f64,
     max_requests: u64,
     threads: usize,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     tokens_out: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
-        url: String::new(),
+        urls: Vec::new(),
         masters: 200,
         concurrency: 32,
         seconds: 20.0,
         warmup: 2.0,
         max_requests: 5_000_000,
         threads: 1,
-        server_pid: None,
+        server_pids: Vec::new(),
         tokens_out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -94,19 +98,20 @@ fn parse_args() -> anyhow::Result<Args> {
         };
         let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{name} {value}: {e}");
         match name.as_str() {
-            "--url" => a.url = value.trim_end_matches('/').to_owned(),
+            "--url" => a.urls.push(value.trim_end_matches('/').to_owned()),
             "--masters" => a.masters = value.parse().map_err(|e| bad(&e))?,
             "--concurrency" => a.concurrency = value.parse().map_err(|e| bad(&e))?,
             "--seconds" => a.seconds = value.parse().map_err(|e| bad(&e))?,
             "--warmup" => a.warmup = value.parse().map_err(|e| bad(&e))?,
             "--max-requests" => a.max_requests = value.parse().map_err(|e| bad(&e))?,
             "--threads" => a.threads = value.parse().map_err(|e| bad(&e))?,
-            "--server-pid" => a.server_pid = Some(value.parse().map_err(|e| bad(&e))?),
+            "--server-pid" => a.server_pids.push(value.parse().map_err(|e| bad(&e))?),
             "--tokens-out" => a.tokens_out = Some(value.into()),
             _ => bail!("unknown argument {name}\n{USAGE}"),
         }
     }
-    ensure!(!a.url.is_empty(), "--url is required\n{USAGE}");
+    ensure!(!a.urls.is_empty(), "--url is required\n{USAGE}");
+    ensure!(a.urls.len() <= 16, "at most 16 --url");
     ensure!(
         a.masters >= 1 && a.masters <= 100_000,
         "--masters must be 1..=100000"
@@ -128,7 +133,9 @@ fn parse_args() -> anyhow::Result<Args> {
         a.threads >= 1 && a.threads <= 64,
         "--threads must be 1..=64"
     );
-    check_loopback(&a.url)?;
+    for url in &a.urls {
+        check_loopback(url)?;
+    }
     Ok(a)
 }
 
@@ -266,7 +273,8 @@ struct Tally {
 }
 
 struct Plan {
-    mint_url: String,
+    /// One per instance; worker `w` uses `mint_urls[w % len]`.
+    mint_urls: Vec<String>,
     tokens: Arc<Vec<String>>,
     measure_from: Instant,
     stop_at: Instant,
@@ -280,6 +288,7 @@ async fn worker(http: reqwest::Client, plan: Arc<Plan>, first: usize, stride: us
         ..Tally::default()
     };
     let tokens = &plan.tokens;
+    let mint_url = &plan.mint_urls[first % plan.mint_urls.len()];
     let mut i = first % tokens.len();
     let mut checked_body = false;
     loop {
@@ -290,11 +299,7 @@ async fn worker(http: reqwest::Client, plan: Arc<Plan>, first: usize, stride: us
             break;
         }
         t.sent += 1;
-        let result = http
-            .post(&plan.mint_url)
-            .bearer_auth(&tokens[i])
-            .send()
-            .await;
+        let result = http.post(mint_url).bearer_auth(&tokens[i]).send().await;
         i = (i + stride) % tokens.len();
         let response = match result {
             Ok(r) => r,
@@ -398,21 +403,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 async fn run_inner(args: Args) -> anyhow::Result<bool> {
-    let base = args.url.clone();
+    let base = args.urls[0].clone();
     let http = client(args.concurrency.max(SIGN_IN_PARALLELISM))?;
 
-    let ready = http.get(format!("{base}/readyz")).send().await;
-    match ready {
-        Ok(r) if r.status().is_success() => {}
-        Ok(r) => bail!("{base}/readyz answered {}", r.status()),
-        Err(e) => bail!("{base}/readyz: {e:#}"),
+    for url in &args.urls {
+        match http.get(format!("{url}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => bail!("{url}/readyz answered {}", r.status()),
+            Err(e) => bail!("{url}/readyz: {e:#}"),
+        }
     }
 
     let t0 = Instant::now();
     let tokens = tokio::time::timeout(GRACE, sign_in_all(&http, &base, args.masters))
         .await
         .context("signing in the masters took over a minute")??;
-    println!("url: {base}");
+    println!("url: {}", args.urls.join(" "));
     println!("masters: {}", tokens.len());
     println!("sign_in_seconds: {:.2}", t0.elapsed().as_secs_f64());
     if let Some(path) = &args.tokens_out {
@@ -428,7 +434,11 @@ async fn run_inner(args: Args) -> anyhow::Result<bool> {
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop_at = measure_from + Duration::from_secs_f64(args.seconds);
     let plan = Arc::new(Plan {
-        mint_url: format!("{base}/v1/mint-oidc-jwt"),
+        mint_urls: args
+            .urls
+            .iter()
+            .map(|u| format!("{u}/v1/mint-oidc-jwt"))
+            .collect(),
         tokens: Arc::new(tokens),
         measure_from,
         stop_at,
@@ -439,10 +449,16 @@ async fn run_inner(args: Args) -> anyhow::Result<bool> {
         .map(|w| tokio::spawn(worker(http.clone(), plan.clone(), w, args.concurrency)))
         .collect();
 
-    // CPU of the broker and of this process over the measured window.
-    let pid = args.server_pid.map(|p| p.to_string());
+    // CPU of the server processes and of this process over the measured window.
+    let pids: Vec<String> = args.server_pids.iter().map(u32::to_string).collect();
+    let server_cpu = || -> Option<f64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|p| cpu_seconds(p)).sum()
+    };
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_at_start = (pid.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
+    let cpu_at_start = (server_cpu(), cpu_seconds("self"));
 
     let mut tally = Tally::default();
     let mut cpu_at_end = (None, None);
@@ -450,7 +466,7 @@ async fn run_inner(args: Args) -> anyhow::Result<bool> {
         let t = w.await.context("a worker panicked")?;
         if n == 0 {
             // The first worker returns at stop_at (or soon after): close enough for CPU.
-            cpu_at_end = (pid.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
+            cpu_at_end = (server_cpu(), cpu_seconds("self"));
         }
         tally.latencies_us.extend(t.latencies_us);
         for (s, c) in t.statuses {

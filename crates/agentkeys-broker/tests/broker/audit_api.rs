@@ -1,6 +1,5 @@
 //! `GET /v1/audit` for masters, and the operator's export and signed checkpoints.
 
-
 use agentkeys_broker::clock::Clock;
 use agentkeys_types::pairing::{ProofAction, proof_message};
 use alloy_signer_local::PrivateKeySigner;
