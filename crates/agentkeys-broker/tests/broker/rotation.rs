@@ -198,3 +198,79 @@ async fn a_running_broker_picks_up_a_rotation_without_restart() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_ne!(seen[0], first, "the new key became active and first");
 }
+
+#[tokio::test]
+async fn a_kek_rotation_reseals_every_key_and_only_the_new_kek_opens_them() {
+    use agentkeys_broker::keys::{Kek, KeyRing, Vault};
+    let keks = crate::app::private_tempdir();
+    let old_file = crate::app::write_kek(keks.path());
+    let old_path = old_file.clone();
+    let app = TestApp::start_with(move |s| s.key_encryption_key_file = Some(old_path)).await;
+    let args = store_args(&app);
+    run_keys(
+        &args,
+        KeysCommand::Rotate {
+            overlap_seconds: 60,
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    let before = app.state.store.signing_keys().await.unwrap();
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|k| k.sealed_private_key.is_some()));
+
+    let new_dir = crate::app::private_tempdir();
+    let new_file = crate::app::write_kek(new_dir.path());
+    let rotate = |file: std::path::PathBuf| KeysCommand::RotateKek { new_key_file: file };
+    run_keys(&args, rotate(new_file.clone()), app.clock.now())
+        .await
+        .unwrap();
+
+    let (old, new) = (Kek::load(&old_file).unwrap(), Kek::load(&new_file).unwrap());
+    let after = app.state.store.signing_keys().await.unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.kid, b.kid);
+        let sealed = a.sealed_private_key.as_deref().unwrap();
+        assert_ne!(Some(sealed), b.sealed_private_key.as_deref(), "re-sealed");
+        assert!(new.open(&a.kid, sealed).is_ok());
+        let refused = old.open(&a.kid, sealed).unwrap_err().to_string();
+        assert!(refused.contains("another key-encryption key"), "{refused}");
+    }
+    let events = app.audit().await;
+    let rotated = events.iter().find(|e| e.kind == "key.rotate_kek").unwrap();
+    assert_eq!(rotated.details["keys"], 2);
+    assert_eq!(rotated.details["to"], new.id());
+
+    // Instances that restart with the new KEK sign; one left on the old KEK cannot.
+    let now = app.clock.now();
+    let fresh = KeyRing::new(Vault::new(&app.data_dir(), Some(&new_file)).unwrap());
+    assert!(
+        fresh
+            .reload(app.state.store.as_ref(), now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(fresh.current().signer(now).is_some());
+    let stale = KeyRing::new(Vault::new(&app.data_dir(), Some(&old_file)).unwrap());
+    let problems = stale.reload(app.state.store.as_ref(), now).await.unwrap();
+    assert!(!problems.is_empty());
+    assert!(stale.current().signer(now).is_none());
+
+    // The old KEK no longer rotates anything, and a KEK cannot be rotated onto itself.
+    let again = run_keys(&args, rotate(new_file.clone()), now).await;
+    assert!(
+        again.is_err(),
+        "the store's keys are no longer under the old KEK"
+    );
+    let new_args = agentkeys_broker::cli::StoreArgs {
+        key_encryption_key_file: Some(new_file.clone()),
+        ..args.clone()
+    };
+    let same = run_keys(&new_args, rotate(new_file), now)
+        .await
+        .unwrap_err();
+    assert!(same.to_string().contains("the one in use"), "{same}");
+    drop((keks, new_dir));
+}
