@@ -115,16 +115,21 @@ impl Gate {
             let seq = deny(tx, Some(reason.reason()))?;
             return Ok(GateOutcome::NotLive { reason, seq });
         }
-        for (bucket, window) in &self.buckets {
-            if tx.window_count(bucket, *window, now)? >= window.limit {
-                let seq = deny(tx, None)?;
-                let start = now - now.rem_euclid(window.seconds);
-                return Ok(GateOutcome::Limited {
-                    retry_after: (start + window.seconds - now).max(1),
-                    window_seconds: window.seconds,
-                    seq,
-                });
-            }
+        let counts = tx.window_counts(&self.buckets, now)?;
+        let full = self
+            .buckets
+            .iter()
+            .zip(counts)
+            .find(|((_, window), used)| *used >= window.limit)
+            .map(|((_, window), _)| *window);
+        if let Some(window) = full {
+            let seq = deny(tx, None)?;
+            let start = now - now.rem_euclid(window.seconds);
+            return Ok(GateOutcome::Limited {
+                retry_after: (start + window.seconds - now).max(1),
+                window_seconds: window.seconds,
+                seq,
+            });
         }
         if let Some(g) = &self.grant
             && !tx.use_grant(&g.grant_id, &g.agent, now)?
@@ -132,9 +137,7 @@ impl Gate {
             let seq = deny(tx, Some("grant_unavailable"))?;
             return Ok(GateOutcome::GrantUnavailable { seq });
         }
-        for (bucket, window) in &self.buckets {
-            tx.count_use(bucket, *window, now)?;
-        }
+        tx.count_uses(&self.buckets, now)?;
         Ok(GateOutcome::Allowed {
             seq: tx.append(on_allow)?,
         })

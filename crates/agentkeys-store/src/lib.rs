@@ -158,10 +158,20 @@ pub trait Tx {
     fn reseal_signing_key(&mut self, kid: &str, sealed_private_key: &[u8]) -> Result<bool>;
 
     // -- rate limits: fixed windows --
-    /// Uses counted in `bucket`'s current `window` (the one holding `now`).
-    fn window_count(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<u64>;
-    /// Counts one use in `bucket`'s current `window`.
-    fn count_use(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<()>;
+    /// Uses counted in each bucket's current window (the one holding `now`), in order. The
+    /// buckets of one call are distinct.
+    fn window_counts(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<Vec<u64>>;
+    /// Counts one use in each bucket's current window.
+    fn count_uses(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<()>;
+    /// [`Tx::window_counts`] of one bucket.
+    fn window_count(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<u64> {
+        let counts = self.window_counts(&[(bucket.to_owned(), window)], now)?;
+        Ok(counts.first().copied().unwrap_or(0))
+    }
+    /// [`Tx::count_uses`] of one bucket.
+    fn count_use(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<()> {
+        self.count_uses(&[(bucket.to_owned(), window)], now)
+    }
 
     // -- housekeeping --
     /// Deletes wallet challenges, pairing requests and login requests that expired before

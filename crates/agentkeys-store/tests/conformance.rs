@@ -1181,6 +1181,45 @@ async fn uses_are_counted_per_fixed_window() {
     assert_eq!(later, [1, 0, 1, 0]);
 }
 
+#[tokio::test]
+async fn several_buckets_are_counted_and_read_in_one_call_in_order() {
+    let f = Fixture::new().await;
+    let minute = RateWindow {
+        seconds: 60,
+        limit: 10,
+    };
+    let hour = RateWindow {
+        seconds: 3600,
+        limit: 100,
+    };
+    let buckets = vec![
+        ("email:x".to_owned(), minute),
+        ("ip:1".to_owned(), minute),
+        ("email:x".to_owned(), hour),
+    ];
+    let read = buckets.clone();
+    let counts = tx(&f.store, move |t| {
+        let empty = t.window_counts(&buckets, 120)?;
+        t.count_uses(&buckets, 120)?;
+        t.count_uses(&buckets[1..], 130)?;
+        t.count_uses(&[], 130)?;
+        Ok((
+            empty,
+            t.window_counts(&read, 130)?,
+            t.window_counts(&read, 180)?,
+        ))
+    })
+    .await;
+    assert_eq!(counts.0, [0, 0, 0]);
+    assert_eq!(counts.1, [1, 2, 2], "each bucket in the order asked");
+    assert_eq!(
+        counts.2,
+        [0, 0, 2],
+        "a new minute restarts only the minute windows"
+    );
+    assert!(tx(&f.store, |t| t.window_counts(&[], 0)).await.is_empty());
+}
+
 // ---- housekeeping ---------------------------------------------------------------------------
 
 #[tokio::test]

@@ -40,6 +40,11 @@ impl<'a, 'c> Db<'a, 'c> {
         self.tx.execute(&stmt, params).map_err(db_err)
     }
 
+    pub(super) fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let stmt = self.stmt(sql)?;
+        self.tx.query(&stmt, params).map_err(db_err)
+    }
+
     pub(super) fn query_opt(
         &mut self,
         sql: &'static str,
@@ -232,12 +237,12 @@ impl Tx for PgTx<'_, '_> {
         keys::reseal_signing_key(&mut self.db, kid, sealed_private_key)
     }
 
-    fn window_count(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<u64> {
-        limits::window_count(&mut self.db, bucket, window, now)
+    fn window_counts(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<Vec<u64>> {
+        limits::window_counts(&mut self.db, buckets, now)
     }
 
-    fn count_use(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<()> {
-        limits::count_use(&mut self.db, bucket, window, now)
+    fn count_uses(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<()> {
+        limits::count_uses(&mut self.db, buckets, now)
     }
 
     fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64> {

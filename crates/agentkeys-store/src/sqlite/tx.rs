@@ -198,14 +198,22 @@ impl Tx for SqliteTx<'_> {
         Ok(keys::reseal(self.conn, kid, sealed_private_key)?)
     }
 
-    fn window_count(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<u64> {
-        let start = window_start(window, now)?;
-        Ok(limits::count(self.conn, bucket, window, start)?)
+    fn window_counts(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<Vec<u64>> {
+        buckets
+            .iter()
+            .map(|(bucket, window)| {
+                let start = window_start(*window, now)?;
+                Ok(limits::count(self.conn, bucket, *window, start)?)
+            })
+            .collect()
     }
 
-    fn count_use(&mut self, bucket: &str, window: RateWindow, now: i64) -> Result<()> {
-        let start = window_start(window, now)?;
-        Ok(limits::count_use(self.conn, bucket, window, start)?)
+    fn count_uses(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<()> {
+        for (bucket, window) in buckets {
+            let start = window_start(*window, now)?;
+            limits::count_use(self.conn, bucket, *window, start)?;
+        }
+        Ok(())
     }
 
     fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64> {
