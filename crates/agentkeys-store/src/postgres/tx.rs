@@ -40,11 +40,6 @@ impl<'a, 'c> Db<'a, 'c> {
         self.tx.execute(&stmt, params).map_err(db_err)
     }
 
-    pub(super) fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let stmt = self.stmt(sql)?;
-        self.tx.query(&stmt, params).map_err(db_err)
-    }
-
     pub(super) fn query_opt(
         &mut self,
         sql: &'static str,
