@@ -1,9 +1,7 @@
-//! The PostgreSQL backend against a real server, until the conformance suite runs on it (then
-//! this file goes). Needs `AGENTKEYS_TEST_DATABASE=postgres://…` (`scripts/postgres.sh start`
-//! prints one); without it every test prints a note and passes. Each test works in a fresh
-//! schema of its own, and most open two stores on it: two broker instances sharing a database.
-
-#![allow(clippy::unwrap_used)]
+//! What only PostgreSQL has: several stores (broker instances) on one database at once, the
+//! migration lock, the writer's reconnection. Runs when `AGENTKEYS_TEST_DATABASE=postgres://…`
+//! is set (`scripts/postgres.sh start` prints one; CI sets it); on SQLite each test says it was
+//! skipped. Each test works in a fresh schema of its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
