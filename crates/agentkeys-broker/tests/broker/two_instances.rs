@@ -146,6 +146,16 @@ impl Cluster {
         // Both instances answer as one issuer (the load balancer's URL); its port is A's.
         let issuer_port = free_port();
         let issuer = format!("http://127.0.0.1:{issuer_port}");
+        // As an operator deploys: the schema first, then the first key, then the instances.
+        let out = broker_command(&database_url, &kek, &data.path().join("a"))
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("is up to date"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = broker_command(&database_url, &kek, &data.path().join("a"))
             .args(["keys", "generate"])
             .output()
