@@ -35,7 +35,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Print the cloud-side documents that make the cloud trust this broker (SPEC §5.3).
+    /// Print the cloud-side documents that make the cloud trust this broker (docs/cloud-setup.md).
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,

@@ -676,9 +676,14 @@ pub fn render_markdown() -> String {
         if long == "help" {
             continue;
         }
+        // A switch takes no value on the command line; its variable is `true` or `false`.
+        let switch = !arg.get_action().takes_values();
         let env = arg
             .get_env()
-            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .map(|e| {
+                let values = if switch { " (`true`/`false`)" } else { "" };
+                format!("`{}`{values}", e.to_string_lossy())
+            })
             .unwrap_or_default();
         let default = arg
             .get_default_values()
@@ -686,7 +691,9 @@ pub fn render_markdown() -> String {
             .map(|v| v.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(",");
-        let default = if default.is_empty() {
+        let default = if switch {
+            "off".to_owned()
+        } else if default.is_empty() {
             "—".to_owned()
         } else {
             format!("`{default}`")
@@ -699,6 +706,7 @@ pub fn render_markdown() -> String {
         let value = arg
             .get_value_names()
             .and_then(|v| v.first())
+            .filter(|_| !switch)
             .map(|v| format!(" {v}"))
             .unwrap_or_default();
         out.push_str(&format!(

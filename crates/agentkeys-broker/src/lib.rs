@@ -198,18 +198,24 @@ pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 /// Runs `serve` with the system clock until SIGINT / SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
-    let state = prepare(settings, Arc::new(SystemClock)).await?;
-    let shutdown = shutdown_signal();
+    // The ports first: a broker that cannot listen must not create a database or a key first.
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let state = prepare(settings, Arc::new(SystemClock)).await?;
+    let shutdown = shutdown_signal();
     // The metrics listener stops when the main one has drained (the sender is dropped).
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(());
-    let metrics_server = match state.settings.metrics_listen {
-        Some(addr) => {
-            let metrics_listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics listener {addr}"))?;
+    let metrics_server = match metrics_listener {
+        Some(metrics_listener) => {
             tracing::info!(listen = %metrics_listener.local_addr()?, "broker.metrics_listening");
             let mut stopped = metrics_stopped.clone();
             Some(tokio::spawn(http::serve_metrics(

@@ -199,3 +199,86 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(exit.success(), "{exit:?}: {log}");
     assert!(log.contains("broker.stopped"), "{log}");
 }
+
+#[test]
+fn a_broker_that_cannot_listen_creates_no_database_and_no_key() {
+    let dir = private_tempdir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("new");
+    let (code, stderr) = run(broker()
+        .args(["serve", "--dev", "--listen", &addr, "--data-dir"])
+        .arg(&data));
+    assert_ne!(code, 0);
+    assert!(stderr.contains(&format!("binding {addr}")), "{stderr}");
+    assert!(!data.exists(), "nothing written before the port was had");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `policy aws | head -1`: the reader goes away after one line.
+    let mut child = broker()
+        .args([
+            "policy",
+            "aws",
+            "--issuer",
+            "https://broker.example.com",
+            "--account",
+            "123456789012",
+            "--bucket",
+            "agentkeys-data",
+            "--role-name",
+            "r",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "no broken-pipe message"
+    );
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = private_tempdir();
+    let log = dir.path().join("broker.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = broker()
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("broker.listening")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(text.contains("WARN") || text.contains("INFO"), "{text}");
+}
