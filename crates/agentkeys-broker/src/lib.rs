@@ -198,6 +198,9 @@ pub fn spawn_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
 /// Runs `serve` with the system clock until SIGINT / SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
+    // Signals are caught from before the port accepts anything: a TERM that arrives while the
+    // store is being prepared is answered with a graceful stop once serving starts.
+    let shutdown = shutdown_signal();
     // The ports first: a broker that cannot listen must not create a database or a key first.
     let listener = TcpListener::bind(listen)
         .await
@@ -211,7 +214,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let state = prepare(settings, Arc::new(SystemClock)).await?;
-    let shutdown = shutdown_signal();
     // The metrics listener stops when the main one has drained (the sender is dropped).
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(());
     let metrics_server = match metrics_listener {
