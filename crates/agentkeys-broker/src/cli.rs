@@ -45,6 +45,15 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Write a consistent copy of the SQLite store to a new file while the broker runs, then
+    /// verify the copy's audit chain (PostgreSQL: use pg_dump).
+    Backup {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The new file (must not exist); created readable by its owner only.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Print docs/configuration.md, rendered from the settings registry.
     ConfigDocs,
 }

@@ -45,6 +45,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Backup { store, out } => backup(&store, &out).await,
         Command::Keys { store, command } => run_keys(&store, command, clock.now()).await,
         Command::Audit {
             store,
@@ -54,6 +55,23 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             crate::checkpoint::run(&store, command, clock.now()).await
         }
     }
+}
+
+async fn backup(args: &StoreArgs, out: &std::path::Path) -> anyhow::Result<()> {
+    let url = args.database_url();
+    let bytes = agentkeys_store::backup(&url, out)
+        .await
+        .with_context(|| format!("backing up to {}", out.display()))?;
+    // A backup is only as good as its chain: verify the copy, not the live store.
+    let copy = agentkeys_store::open(&format!("sqlite://{}", out.display())).await?;
+    let verified = crate::checkpoint::verify_chain(copy.as_ref()).await?;
+    println!(
+        "backed up {} ({bytes} bytes); its audit chain verifies: {} events, head {}",
+        out.display(),
+        verified.verified(),
+        verified.head_hash()
+    );
+    Ok(())
 }
 
 async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn agentkeys_store::Store>> {

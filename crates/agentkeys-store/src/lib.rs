@@ -245,6 +245,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// A consistent online copy of the store at `url` into the new file `dest` (SQLite); its size.
+/// PostgreSQL is backed up with its own tools (`pg_dump`), which know its roles and types.
+pub async fn backup(url: &str, dest: &std::path::Path) -> Result<u64> {
+    if url.starts_with("sqlite:") {
+        SqliteStore::backup(url, dest).await
+    } else {
+        Err(StoreError::UnsupportedUrl(format!(
+            "{}: back up PostgreSQL with pg_dump (docs/deploy.md)",
+            redact_url(url)
+        )))
+    }
+}
+
 /// The URL with any password replaced by `***`, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();

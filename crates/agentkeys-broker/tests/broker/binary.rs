@@ -282,3 +282,55 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(text.contains("WARN") || text.contains("INFO"), "{text}");
 }
+
+#[test]
+fn backup_writes_a_private_consistent_copy_whose_chain_verifies() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = private_tempdir();
+    let (code, stderr) = run(broker()
+        .args(["keys", "generate", "--data-dir"])
+        .arg(dir.path()));
+    assert_eq!(code, 0, "{stderr}");
+    let out_dir = private_tempdir();
+    let copy = out_dir.path().join("broker-copy.db");
+    let backup = |to: &std::path::Path| {
+        broker()
+            .args(["backup", "--data-dir"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let made = backup(&copy);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    assert!(String::from_utf8_lossy(&made.stdout).contains("its audit chain verifies: 1 events"));
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The copy is a store of its own: the key event is there.
+    let (code, stderr) = run(broker()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(out_dir.path())
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", copy.display())));
+    assert_eq!(code, 0, "{stderr}");
+    // Never over an existing file, and PostgreSQL is pg_dump's job.
+    assert!(!backup(&copy).status.success());
+    let (code, stderr) = run(broker()
+        .args([
+            "backup",
+            "--database-url",
+            "postgres://ak:s3cret@127.0.0.1:1/ak",
+        ])
+        .args(["--key-encryption-key-file", "/nonexistent", "--out"])
+        .arg(out_dir.path().join("pg.db")));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("pg_dump") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+}

@@ -111,6 +111,47 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Writes a consistent copy of the database at `url` to `dest` while brokers keep using it
+    /// (`VACUUM INTO` reads one snapshot). `dest` must not exist; it is created 0600 first, as
+    /// the database itself is. Returns the copy's size in bytes.
+    pub async fn backup(url: &str, dest: &Path) -> Result<u64> {
+        let source = path_of(url)?;
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.open(&dest).map_err(|e| {
+                StoreError::Database(format!("cannot create the backup {}: {e}", dest.display()))
+            })?;
+            // Read-write without create (a missing database is an error, not a new one), and
+            // not `query_only`: SQLite counts VACUUM INTO as a write, though it reads one
+            // snapshot of this database and writes only the new file.
+            let conn = Connection::open_with_flags(
+                &source,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&dest);
+            })?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            let target = dest.to_string_lossy().into_owned();
+            let copied = conn.execute("VACUUM INTO ?1", [&target]);
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&dest);
+                return Err(e.into());
+            }
+            std::fs::metadata(&dest)
+                .map(|m| m.len())
+                .map_err(|e| StoreError::Database(format!("the backup {}: {e}", dest.display())))
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("the backup task failed: {e}")))?
+    }
+}
+
 /// `sqlite://PATH`, `sqlite:PATH` (relative or absolute).
 fn path_of(url: &str) -> Result<PathBuf> {
     let rest = url
