@@ -5,8 +5,7 @@ use std::io::Write;
 use crate::cache::CredentialCache;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::output::{AGENT_SIGNED_OUT_NOTE, LINKS_STAY_NOTE};
-use crate::output::{emit, to_json};
+use crate::output::{AGENT_SIGNED_OUT_NOTE, LINKS_STAY_NOTE, emit, to_json};
 use agentkeys_types::api::{ActorKind, WhoAmI};
 
 pub(crate) async fn whoami(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {

@@ -6,8 +6,7 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use crate::aws::{self, AwsCredentials, DEFAULT_DURATION, MAX_DURATION, MIN_DURATION, StsTarget};
-use crate::cache::CredentialCache;
-use crate::cache::{self, CacheKey, Miss};
+use crate::cache::{self, CacheKey, CredentialCache, Miss};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::output::emit;

@@ -5,8 +5,7 @@ use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::client::LoginMethod;
-use crate::client::{BrokerClient, sanitize};
+use crate::client::{BrokerClient, LoginMethod, sanitize};
 use crate::config::{Profile, SavedSession};
 use crate::context::Context;
 use crate::error::{Error, Result};
