@@ -5,8 +5,9 @@ use std::io::Write;
 use agentkeys_types::api::AuditEventInfo;
 
 use crate::client::sanitize;
-use crate::commands::{Context, emit};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::output::emit;
 use crate::pairing::AgentRef;
 
 /// The broker's largest page.
@@ -34,7 +35,8 @@ pub fn line(e: &AuditEventInfo) -> String {
     )
 }
 
-pub(crate) async fn audit(
+/// Runs `agentkeys audit`.
+pub(crate) async fn run(
     ctx: &Context,
     filters: Filters,
     json: bool,

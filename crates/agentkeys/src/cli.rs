@@ -1,13 +1,32 @@
 //! Command-line interface. The doc comments are the `--help` text.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::aws::{DEFAULT_DURATION, MAX_DURATION, MIN_DURATION};
+use std::io::Write;
+
+use agentkeys_types::api::MintRequest;
+
+pub use crate::agent::AgentCommand;
+pub use crate::agents::{AgentTarget, AgentsCommand};
+#[cfg(test)]
+use crate::aws::DEFAULT_DURATION;
+pub use crate::cloud::{AwsCommand, CredentialFormat, DurationArg, StsArgs};
+#[cfg(test)]
 use crate::config::DEFAULT_PROFILE;
+use crate::context::Context;
+pub use crate::context::GlobalArgs;
+use crate::error::Result;
+pub use crate::identities::{IdentitiesCommand, StepUpArgs};
 use crate::isolation::DEFAULT_OTHER_PREFIX;
+pub use crate::key::KeyCommand;
+pub use crate::login::LoginCommand;
+pub use crate::sessions::SessionsCommand;
+pub use crate::signin::{CodeArgs, TimeoutArg};
+use crate::{
+    account, agent, agents, audit, cloud, grants, identities, key, login, sessions, token,
+};
 
 /// AgentKeys client: sign in to an AgentKeys broker, mint short-lived OIDC tokens, and trade
 /// them for temporary cloud credentials (no AWS credentials needed).
@@ -27,29 +46,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
-    /// Broker base URL. Without it: the broker the profile signed in to, else
-    /// http://127.0.0.1:8091.
-    #[arg(long, env = "AGENTKEYS_BROKER_URL", value_name = "URL", global = true)]
-    pub broker_url: Option<String>,
-
-    /// Profile whose saved session is used; each profile signs in separately.
-    #[arg(long, env = "AGENTKEYS_PROFILE", value_name = "NAME", default_value = DEFAULT_PROFILE, global = true)]
-    pub profile: String,
-
-    /// Directory for the client's state (default: $XDG_CONFIG_HOME/agentkeys or
-    /// ~/.config/agentkeys).
-    #[arg(long, env = "AGENTKEYS_CONFIG_DIR", value_name = "DIR", global = true)]
-    pub config_dir: Option<PathBuf>,
-
-    /// Allow a plain http:// broker URL that is not loopback (127.0.0.0/8, ::1, localhost).
-    /// Sessions and tokens then cross the network in clear text: only on a network you trust.
-    #[arg(long, env = "AGENTKEYS_INSECURE_HTTP", global = true,
-          value_parser = clap::builder::FalseyValueParser::new())]
-    pub insecure_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,398 +208,80 @@ pub enum Command {
     },
 }
 
-/// Which role to assume, and where STS is.
-#[derive(Debug, Clone, Args)]
-pub struct StsArgs {
-    /// The IAM role to assume; the minted token is pinned to it.
-    #[arg(long, env = "AGENTKEYS_ROLE_ARN", value_name = "ARN")]
-    pub role_arn: String,
-
-    /// STS endpoint for S3-compatible clouds such as Ceph RGW (e.g. http://127.0.0.1:17480).
-    /// Default: AWS STS in the region.
-    #[arg(long, env = "AGENTKEYS_STS_ENDPOINT", value_name = "URL")]
-    pub sts_endpoint: Option<String>,
-
-    /// AWS region. Default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1.
-    #[arg(long, value_name = "REGION")]
-    pub region: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Args)]
-pub struct DurationArg {
-    /// Lifetime of the credentials in seconds (900–43200; the role's maximum session duration
-    /// may be lower).
-    #[arg(long = "duration", value_name = "SECONDS", default_value_t = DEFAULT_DURATION,
-          value_parser = clap::value_parser!(u32).range(i64::from(MIN_DURATION)..=i64::from(MAX_DURATION)))]
-    pub secs: u32,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AwsCommand {
-    /// Print temporary AWS credentials for a role, as JSON or as shell `export` lines.
-    ///
-    /// `eval "$(agentkeys aws credentials --role-arn ARN --format env)"` sets
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
-    /// AWS_DEFAULT_REGION and AGENTKEYS_USER_WALLET in the current shell.
-    Credentials {
-        #[command(flatten)]
-        sts: StsArgs,
-
-        #[command(flatten)]
-        duration: DurationArg,
-
-        /// `json`: {"Version":1,"AccessKeyId",…,"Expiration"}; `env`: shell export lines,
-        /// values single-quoted.
-        #[arg(long, value_enum, default_value_t = CredentialFormat::Json)]
-        format: CredentialFormat,
-
-        /// Audience of the token; must be in the broker's allow-list and accepted by the
-        /// cloud's OIDC provider (default: the broker's, sts.amazonaws.com).
-        #[arg(long, value_name = "AUDIENCE")]
-        audience: Option<String>,
-
-        /// Mint under this grant (agents): the credentials also reach the granted part of the
-        /// master's data, and one use of the grant is consumed.
-        #[arg(long, value_name = "GRANT_ID")]
-        grant: Option<String>,
-    },
-
-    /// Print credentials in the AWS `credential_process` format, for ~/.aws/config:
-    /// `credential_process = agentkeys aws credential-process --role-arn ARN`.
-    ///
-    /// Credentials are cached (0600 file under the profile directory, one per broker, role,
-    /// endpoint and region) until 5 minutes before they expire; a cached answer calls neither
-    /// the broker nor STS. `agentkeys logout` deletes the cache.
-    CredentialProcess {
-        #[command(flatten)]
-        sts: StsArgs,
-
-        #[command(flatten)]
-        duration: DurationArg,
-
-        /// Mint under this grant (agents); cached separately from the session's own credentials.
-        #[arg(long, value_name = "GRANT_ID")]
-        grant: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CredentialFormat {
-    /// Shell `export` lines.
-    Env,
-    /// The AWS credential_process JSON document.
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Generate a new secp256k1 wallet key, write it to FILE with mode 0600 and print its
-    /// address.
-    Generate {
-        /// Where to write the key (0x followed by 64 hex digits).
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-
-        /// Replace FILE if it exists. The old key is lost.
-        #[arg(long)]
-        force: bool,
-    },
-
-    /// Print the address of a key file.
-    Address {
-        /// The key file.
-        #[arg(long, value_name = "FILE")]
-        key_file: PathBuf,
-    },
-}
-
-/// Most pairing requests live 10 minutes at the broker; `--timeout` cannot usefully exceed an
-/// hour.
-const MAX_PAIR_TIMEOUT: u64 = 3600;
-/// The same bound for sign-in and link requests.
-const MAX_LOGIN_TIMEOUT: u64 = 3600;
-
-/// How long to wait for the user to finish in the browser.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct TimeoutArg {
-    /// Give up after this many seconds without the code (or the provider's redirect back to
-    /// this command).
-    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 600,
-          value_parser = clap::value_parser!(u64).range(1..=MAX_LOGIN_TIMEOUT))]
-    pub secs: u64,
-}
-
-/// How the one-time code of an email or OIDC sign-in (or link) reaches this command.
-#[derive(Debug, Clone, Args)]
-pub struct CodeArgs {
-    /// Finish the sign-in (or link) this profile started last with this code, e.g. after the
-    /// prompt was interrupted; nothing new is started.
-    #[arg(long, value_name = "CODE")]
-    pub code: Option<String>,
-
-    #[command(flatten)]
-    pub timeout: TimeoutArg,
-}
-
-/// A wallet signature that proves the signed-in master's wallet is at hand (linking).
-#[derive(Debug, Clone, Args)]
-pub struct StepUpArgs {
-    /// The signed-in master's wallet key file: linking needs a fresh signature by it.
-    #[arg(long, value_name = "FILE")]
-    pub key_file: PathBuf,
-
-    /// EIP-155 chain id placed in the message to sign.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub chain_id: u64,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AgentCommand {
-    /// Create this agent's device key (secp256k1, mode 0600) and print its address. The key
-    /// proves the device's identity when pairing; it never leaves the machine.
-    Init {
-        /// Where to write the key (default: device.key in the profile's directory).
-        #[arg(long, value_name = "FILE")]
-        key_file: Option<PathBuf>,
-
-        /// Replace an existing key. The old key is lost (the agent paired with it keeps working
-        /// until its session ends, but cannot pair again).
-        #[arg(long)]
-        force: bool,
-    },
-
-    /// Pair this device with a master: open a pairing request, show a code for the master to
-    /// approve, and wait for the approval. The agent session is saved in the profile.
-    ///
-    /// The code is printed on stderr; the master runs `agentkeys agents approve CODE --label
-    /// NAME`. On approval, the agent's omni and label are printed on stdout.
-    Pair {
-        /// The device key (default: device.key in the profile's directory, from `agentkeys
-        /// agent init`).
-        #[arg(long, value_name = "FILE")]
-        key_file: Option<PathBuf>,
-
-        /// Give up after this many seconds without approval.
-        #[arg(long, value_name = "SECONDS", default_value_t = 600,
-              value_parser = clap::value_parser!(u64).range(1..=MAX_PAIR_TIMEOUT))]
-        timeout: u64,
-
-        /// Print the result as JSON (never includes the session token).
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Get a new session for an agent that is already paired (its session expired or was
-    /// logged out), proving the device key. The agent keeps its identity and its prefix.
-    Login {
-        /// The device key the agent was paired with (default: device.key in the profile's
-        /// directory).
-        #[arg(long, value_name = "FILE")]
-        key_file: Option<PathBuf>,
-
-        /// The agent's omni (default: the agent of the profile's saved session).
-        #[arg(long, value_name = "AGENT_OMNI")]
-        agent: Option<String>,
-
-        /// Print the result as JSON (never includes the session token).
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AgentsCommand {
-    /// Approve the pairing code an agent shows, naming the new agent. The label is part of the
-    /// agent's identity (its omni and S3 prefix) and is never reused.
-    Approve {
-        /// The code shown by `agentkeys agent pair`, e.g. ABCD-EFGH (case and dash optional).
-        #[arg(value_name = "CODE")]
-        code: String,
-
-        /// The agent's label: 1-32 characters of a-z, 0-9 and '-', unique among your agents.
-        #[arg(long, value_name = "NAME")]
-        label: String,
-
-        /// Print the new agent as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// List your agents, including suspended and removed ones.
-    List {
-        /// Print the broker's JSON answer.
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Suspend an agent: its next mint is refused until it is resumed.
-    Suspend {
-        #[command(flatten)]
-        target: AgentTarget,
-    },
-
-    /// Resume a suspended agent.
-    Resume {
-        #[command(flatten)]
-        target: AgentTarget,
-    },
-
-    /// Remove an agent for good: its sessions end at once and its label cannot be reused.
-    Remove {
-        #[command(flatten)]
-        target: AgentTarget,
-    },
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct AgentTarget {
-    /// The agent: its omni (64 hex digits) or its label.
-    #[arg(value_name = "AGENT_OMNI_OR_LABEL")]
-    pub agent: String,
-
-    /// Print the agent's new state as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SessionsCommand {
-    /// List the live sessions of the signed-in actor; the current one is marked.
-    List {
-        /// Print the broker's JSON answer.
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Revoke one session by its id (from `agentkeys sessions list`). Revoking the current
-    /// session also deletes it locally.
-    Revoke {
-        #[arg(value_name = "ID")]
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LoginCommand {
-    /// Sign in with a wallet key: the broker's EIP-4361 (SIWE) message is signed with EIP-191
-    /// personal_sign.
-    Wallet {
-        /// Key file written by `agentkeys key generate` (must be mode 0600).
-        #[arg(long, value_name = "FILE")]
-        key_file: PathBuf,
-
-        /// EIP-155 chain id placed in the sign-in message.
-        #[arg(long, value_name = "N", default_value_t = 1,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        chain_id: u64,
-
-        /// Print the result as JSON (never includes the session token).
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Sign in by email: the broker mails a one-time code to ADDRESS; type it at the prompt
-    /// and the session is saved here.
-    ///
-    /// An address linked to a wallet master (`agentkeys identities link-email`) signs in as that
-    /// master; any other address is a master of its own, without a wallet.
-    Email {
-        /// The email address to send the code to.
-        #[arg(value_name = "ADDRESS")]
-        address: String,
-
-        #[command(flatten)]
-        code: CodeArgs,
-
-        /// Print the result as JSON (never includes the session token).
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Sign in with an OpenID Connect provider configured on the broker: open the printed URL
-    /// in a browser on this machine and sign in there; the broker sends the browser back to
-    /// this command (RFC 8252 loopback redirect) and the session is saved here.
-    Oidc {
-        /// The provider's name on the broker (e.g. google).
-        #[arg(value_name = "PROVIDER")]
-        provider: String,
-
-        /// For a browser on another machine: the broker shows a code to type at the prompt
-        /// instead of redirecting to this machine.
-        #[arg(long)]
-        no_browser: bool,
-
-        #[command(flatten)]
-        code: CodeArgs,
-
-        /// Print the result as JSON (never includes the session token).
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum IdentitiesCommand {
-    /// List the identities linked to the signed-in master.
-    List {
-        /// Print the broker's JSON answer.
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Link an email address to the signed-in wallet master: after a fresh signature by the
-    /// master's wallet, the broker mails a code to ADDRESS; type it at the prompt.
-    LinkEmail {
-        /// The email address to link.
-        #[arg(value_name = "ADDRESS")]
-        address: String,
-
-        #[command(flatten)]
-        step_up: StepUpArgs,
-
-        #[command(flatten)]
-        code: CodeArgs,
-
-        /// Print the linked identity as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Link an account at an OpenID Connect provider to the signed-in wallet master: after a
-    /// fresh signature by the master's wallet, open the printed URL in a browser and sign in
-    /// there.
-    LinkOidc {
-        /// The provider's name on the broker (e.g. google).
-        #[arg(value_name = "PROVIDER")]
-        provider: String,
-
-        #[command(flatten)]
-        step_up: StepUpArgs,
-
-        /// For a browser on another machine: the broker shows a code to type at the prompt.
-        #[arg(long)]
-        no_browser: bool,
-
-        #[command(flatten)]
-        code: CodeArgs,
-
-        /// Print the linked identity as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Unlink an identity: signing in with it afterwards makes a separate master again, and the
-    /// sessions obtained through it are revoked.
-    Unlink {
-        /// The identity's type, as listed: email or oauth2_<provider>.
-        #[arg(value_name = "TYPE")]
-        identity_type: String,
-
-        /// The identity's value, as listed (the address, or the provider's subject).
-        #[arg(value_name = "VALUE")]
-        identity_value: String,
-    },
+/// Runs one parsed command line. Output goes to `out` (stdout in the binary); errors are
+/// returned, never printed here.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    // Key commands touch neither the broker nor the profile, so a bad broker URL or profile
+    // name does not stop them.
+    let ctx = || Context::new(&cli.global);
+    match cli.command {
+        Command::Key(command) => key::run(command, out),
+        Command::Login(command) => login::run(&ctx()?, command, out).await,
+        Command::Identities(command) => identities::run(&ctx()?, command, out).await,
+        Command::Whoami { json } => account::whoami(&ctx()?, json, out).await,
+        Command::Logout { all: true, .. } => account::logout_all(&ctx()?, out).await,
+        Command::Logout { local, all: false } => account::logout(&ctx()?, local, out).await,
+        Command::Agent(command) => agent::run(&ctx()?, command, out).await,
+        Command::Agents(command) => agents::run(&ctx()?, command, out).await,
+        Command::Sessions(command) => sessions::run(&ctx()?, command, out).await,
+        Command::Audit {
+            kind,
+            agent,
+            since,
+            limit,
+            json,
+        } => {
+            audit::run(
+                &ctx()?,
+                audit::Filters {
+                    kind,
+                    agent,
+                    since,
+                    limit,
+                },
+                json,
+                out,
+            )
+            .await
+        }
+        Command::Grants(command) => grants::run(&ctx()?, command, out).await,
+        Command::Token {
+            audience,
+            role_arn,
+            grant,
+            json,
+        } => {
+            let req = MintRequest {
+                audience,
+                role_arn,
+                grant_id: grant,
+            };
+            token::token(&ctx()?, req, json, out).await
+        }
+        Command::Aws(command) => cloud::run(&ctx()?, command, out).await,
+        Command::Exec {
+            sts,
+            duration,
+            grant,
+            command,
+        } => cloud::exec_command(&ctx()?, &sts, duration.secs, grant, command).await,
+        Command::VerifyIsolation {
+            sts,
+            bucket,
+            s3_endpoint,
+            other_prefix,
+        } => {
+            cloud::verify_isolation(
+                &ctx()?,
+                &sts,
+                &bucket,
+                s3_endpoint.as_deref(),
+                &other_prefix,
+                out,
+            )
+            .await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use std::io::Write;
 use agentkeys_types::api::{AgentStatus, GrantCreateRequest, GrantInfo};
 use clap::{ArgGroup, Args, Subcommand};
 
-use crate::agents::table;
 use crate::aws;
 use crate::client::sanitize;
-use crate::commands::{Context, emit, to_json};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::output::{emit, table, to_json};
 use crate::pairing::AgentRef;
 
 /// The broker refuses grants longer than a year; said here before asking it.
@@ -192,11 +192,8 @@ pub fn created_text(g: &GrantInfo, label: &str) -> String {
     )
 }
 
-pub(crate) async fn grants(
-    ctx: &Context,
-    command: GrantsCommand,
-    out: &mut dyn Write,
-) -> Result<()> {
+/// Runs `agentkeys grants …`.
+pub(crate) async fn run(ctx: &Context, command: GrantsCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         GrantsCommand::Create(args) => create(ctx, args, out).await,
         GrantsCommand::List { json } => list(ctx, json, out).await,

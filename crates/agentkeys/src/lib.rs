@@ -6,27 +6,37 @@
 //!
 //! The binary `agentkeys` is a thin wrapper over [`run`]; every failure is one [`Error`].
 
+pub mod account;
+pub mod agent;
 pub mod agents;
 pub mod audit;
 pub mod aws;
 pub mod cache;
 pub mod cli;
 pub mod client;
-pub mod commands;
+pub mod cloud;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod exec;
 mod fsutil;
 pub mod grants;
 pub mod identities;
 pub mod isolation;
+pub mod key;
 pub mod keyfile;
+pub mod login;
 mod loopback;
+pub mod output;
 pub mod pairing;
+pub mod poll;
+pub mod sessions;
+pub mod signin;
 pub mod siwe_check;
 #[cfg(test)]
 mod testutil;
+pub mod token;
 
 pub use cli::Cli;
-pub use commands::run;
+pub use cli::run;
 pub use error::{Error, Result};
