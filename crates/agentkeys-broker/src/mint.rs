@@ -2,6 +2,7 @@
 
 use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session};
 use agentkeys_types::api::MintRequest;
+use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
 use serde::Serialize;
@@ -12,9 +13,6 @@ use crate::http::error::ApiError;
 use crate::metrics::mint_denied;
 use crate::session::{random_id, session_ref};
 use crate::state::AppState;
-
-/// Audit kind of every mint attempt.
-pub const AUDIT_KIND: &str = "mint";
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -84,10 +82,10 @@ fn denied_event(
     details["reason"] = json!(reason);
     NewAuditEvent {
         time: now,
-        kind: AUDIT_KIND.into(),
+        kind: AuditKind::Mint,
         actor: session.map(|s| s.omni.to_string()),
         master: session.map(master_of),
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         details,
     }
 }
@@ -250,10 +248,10 @@ pub async fn mint(
     });
     let on_allow = NewAuditEvent {
         time: now,
-        kind: AUDIT_KIND.into(),
+        kind: AuditKind::Mint,
         actor: Some(session.omni.to_string()),
         master: Some(master_of(session)),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details,
     };
     let on_deny = denied_event(
