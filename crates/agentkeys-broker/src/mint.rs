@@ -431,7 +431,120 @@ async fn check_grant(
 
 #[cfg(test)]
 mod tests {
-    use super::valid_role_arn;
+    use super::{DenyReason, valid_role_arn};
+    use crate::http::error::ApiError;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn deny_reasons_keep_their_strings_and_errors() {
+        let cases = [
+            (
+                DenyReason::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+            ),
+            (
+                DenyReason::AgentSuspended,
+                StatusCode::FORBIDDEN,
+                "agent_suspended",
+            ),
+            (
+                DenyReason::AgentRemoved,
+                StatusCode::FORBIDDEN,
+                "agent_removed",
+            ),
+            (
+                DenyReason::InvalidRequest(ApiError::BadRequest("x".into())),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                DenyReason::AudienceNotAllowed {
+                    allowed: vec!["sts.amazonaws.com".into()],
+                },
+                StatusCode::FORBIDDEN,
+                "audience_not_allowed",
+            ),
+            (
+                DenyReason::InvalidRoleArn,
+                StatusCode::BAD_REQUEST,
+                "invalid_role_arn",
+            ),
+            (
+                DenyReason::GrantNotForMasters,
+                StatusCode::FORBIDDEN,
+                "grant_not_yours",
+            ),
+            (
+                DenyReason::GrantUnknown,
+                StatusCode::FORBIDDEN,
+                "grant_unknown",
+            ),
+            (
+                DenyReason::GrantNotYours,
+                StatusCode::FORBIDDEN,
+                "grant_not_yours",
+            ),
+            (
+                DenyReason::GrantRevoked,
+                StatusCode::FORBIDDEN,
+                "grant_revoked",
+            ),
+            (
+                DenyReason::GrantExpired,
+                StatusCode::FORBIDDEN,
+                "grant_expired",
+            ),
+            (
+                DenyReason::GrantExhausted,
+                StatusCode::FORBIDDEN,
+                "grant_exhausted",
+            ),
+            (
+                DenyReason::InvalidSessionTag("too long".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_session_tag",
+            ),
+            (
+                DenyReason::NoSigningKey,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_signing_key",
+            ),
+            (
+                DenyReason::RateLimited { retry_after: 7 },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            ),
+            (
+                DenyReason::GrantUnavailable,
+                StatusCode::FORBIDDEN,
+                "grant_unavailable",
+            ),
+            (
+                DenyReason::AuditFailed(agentkeys_store::StoreError::Database("x".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_failed",
+            ),
+        ];
+        for (reason, status, label) in cases {
+            assert_eq!(reason.as_str(), label);
+            let error = ApiError::from(reason);
+            assert_eq!(error.status_and_kind().0, status, "{label}");
+            // A 403 or 422 names the reason as its error kind.
+            if matches!(
+                status,
+                StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY
+            ) {
+                assert_eq!(error.status_and_kind().1, label);
+            }
+        }
+        assert_eq!(DenyReason::RATE_LIMITED, "rate_limited");
+        let e = ApiError::from(DenyReason::AgentSuspended);
+        assert_eq!(
+            e.to_string(),
+            "this agent cannot mint (agent_suspended); ask its master"
+        );
+    }
 
     #[test]
     fn role_arns() {
