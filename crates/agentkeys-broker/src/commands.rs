@@ -1,5 +1,6 @@
 //! The operator subcommands: `keys`, `audit`, `migrate`, `config-docs`.
 
+use agentkeys_types::audit::AuditKind;
 use std::io::Write;
 
 use agentkeys_store::audit::ChainVerifier;
@@ -122,7 +123,7 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                     active.kid
                 );
             }
-            let r = keys::create(store.as_ref(), &vault, now, now, "key.generate").await?;
+            let r = keys::create(store.as_ref(), &vault, now, now, AuditKind::KeyGenerate).await?;
             writeln!(out, "generated {} (active now)", r.kid)?;
         }
         KeysCommand::Rotate { overlap_seconds } => {
@@ -140,7 +141,14 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
                 .max()
                 .unwrap_or(i64::MIN);
             let activates_at = (now + overlap_seconds as i64).max(latest + 1);
-            let r = keys::create(store.as_ref(), &vault, now, activates_at, "key.rotate").await?;
+            let r = keys::create(
+                store.as_ref(),
+                &vault,
+                now,
+                activates_at,
+                AuditKind::KeyRotate,
+            )
+            .await?;
             writeln!(
                 out,
                 "generated {}: published now, signs from {}",
@@ -168,9 +176,9 @@ pub async fn run_keys(args: &StoreArgs, command: KeysCommand, now: i64) -> anyho
             }
             let retired_at = Some(r.retired_at.unwrap_or(now).min(now));
             let (withdrawn_at, kind) = if immediately {
-                (Some(now), "key.withdraw")
+                (Some(now), AuditKind::KeyWithdraw)
             } else {
-                (None, "key.retire")
+                (None, AuditKind::KeyRetire)
             };
             let event = keys::key_event(now, kind, &kid, serde_json::json!({}));
             let target = kid.clone();

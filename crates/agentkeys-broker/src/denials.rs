@@ -8,6 +8,7 @@
 //! every `BROKER_ANON_AUDIT_WINDOW_SECONDS` and at shutdown. Memory is bounded: beyond
 //! [`MAX_TRACKED_SOURCES`] clients, the rest are counted together under `*`.
 
+use agentkeys_types::audit::{AuditKind, Outcome};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,8 +18,6 @@ use serde_json::json;
 
 use crate::limiter::ClientKey;
 
-/// The audit kind of an aggregated denial.
-pub const AUDIT_KIND: &str = "anonymous.denied";
 /// Clients tracked between two flushes before new ones share the `*` tally.
 pub const MAX_TRACKED_SOURCES: usize = 10_000;
 
@@ -175,10 +174,10 @@ fn event(source: Source, tally: &Tally, now: i64) -> NewAuditEvent {
         .collect();
     NewAuditEvent {
         time: now,
-        kind: AUDIT_KIND.into(),
+        kind: AuditKind::AnonymousDenied,
         actor: None,
         master: None,
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         details: json!({
             "ip": ip,
             "count": tally.count,
@@ -225,7 +224,7 @@ mod tests {
         let one = by_ip("192.0.2.1");
         assert_eq!(
             (one.kind.as_str(), one.outcome.as_str()),
-            (AUDIT_KIND, "denied")
+            ("anonymous.denied", "denied")
         );
         assert_eq!(one.details["count"], 501);
         assert_eq!(one.details["kinds"]["mint.unauthenticated"], 500);

@@ -4,6 +4,8 @@
 
 use agentkeys_store::{AgentStatus, NewAuditEvent, RateWindow, Result, Store, Tx};
 use agentkeys_types::OmniAccount;
+
+use crate::mint::DenyReason;
 use serde_json::json;
 
 /// One fixed-window counter: a bucket key (an actor, an address, an IP) and its window.
@@ -49,12 +51,12 @@ pub enum NotLive {
 }
 
 impl NotLive {
-    /// The `reason` written into the denial event.
-    pub fn reason(self) -> &'static str {
+    /// Why the mint refuses: the `reason` written into the denial event.
+    pub fn reason(self) -> DenyReason {
         match self {
-            NotLive::Session => "unauthenticated",
-            NotLive::AgentSuspended => "agent_suspended",
-            NotLive::AgentRemoved => "agent_removed",
+            NotLive::Session => DenyReason::Unauthenticated,
+            NotLive::AgentSuspended => DenyReason::AgentSuspended,
+            NotLive::AgentRemoved => DenyReason::AgentRemoved,
         }
     }
 
@@ -112,7 +114,7 @@ impl Gate {
         if let Some(live) = &self.live
             && let Some(reason) = not_live(tx, live, now)?
         {
-            let seq = deny(tx, Some(reason.reason()))?;
+            let seq = deny(tx, Some(reason.reason().as_str()))?;
             return Ok(GateOutcome::NotLive { reason, seq });
         }
         let counts = tx.window_counts(&self.buckets, now)?;
@@ -134,7 +136,7 @@ impl Gate {
         if let Some(g) = &self.grant
             && !tx.use_grant(&g.grant_id, &g.agent, now)?
         {
-            let seq = deny(tx, Some("grant_unavailable"))?;
+            let seq = deny(tx, Some(DenyReason::GrantUnavailable.as_str()))?;
             return Ok(GateOutcome::GrantUnavailable { seq });
         }
         tx.count_uses(&self.buckets, now)?;

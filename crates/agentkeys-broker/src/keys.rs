@@ -20,6 +20,7 @@
 //!   token it signed outlives its publication;
 //! * `withdrawn_at` (compromise) removes it from the JWKS at once.
 
+use agentkeys_types::audit::{AuditKind, Outcome};
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -179,7 +180,7 @@ pub async fn create(
     vault: &Vault,
     now: i64,
     activates_at: i64,
-    audit_kind: &str,
+    audit_kind: AuditKind,
 ) -> Result<SigningKeyRecord, KeyError> {
     let mut key = generate(now, activates_at)?;
     match vault {
@@ -442,10 +443,10 @@ pub async fn rotate_kek(
     let count = resealed.len();
     let event = NewAuditEvent {
         time: now,
-        kind: "key.rotate_kek".into(),
+        kind: AuditKind::KeyRotateKek,
         actor: None,
         master: None,
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details: serde_json::json!({"from": old.id(), "to": new.id(), "keys": count}),
     };
     store
@@ -463,14 +464,19 @@ pub async fn rotate_kek(
     Ok(count)
 }
 
-pub fn key_event(now: i64, kind: &str, kid: &str, mut details: serde_json::Value) -> NewAuditEvent {
+pub fn key_event(
+    now: i64,
+    kind: AuditKind,
+    kid: &str,
+    mut details: serde_json::Value,
+) -> NewAuditEvent {
     details["kid"] = serde_json::Value::String(kid.to_owned());
     NewAuditEvent {
         time: now,
-        kind: kind.to_owned(),
+        kind,
         actor: None,
         master: None,
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details,
     }
 }

@@ -23,6 +23,7 @@ pub mod sign_in;
 pub mod state;
 pub mod wallet;
 
+use agentkeys_types::audit::AuditKind;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +85,7 @@ pub async fn prepare(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
                 state.keys.vault(),
                 now,
                 now,
-                "key.generate",
+                AuditKind::KeyGenerate,
             )
             .await?;
             tracing::warn!(kid = %key.kid, "keys.generated_for_dev");

@@ -44,9 +44,9 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-pub fn mint_denied(reason: &'static str) {
+pub fn mint_denied(reason: &crate::mint::DenyReason) {
     metrics::counter!(MINTS, "outcome" => "denied").increment(1);
-    metrics::counter!(MINT_DENIALS, "reason" => reason).increment(1);
+    metrics::counter!(MINT_DENIALS, "reason" => reason.as_str()).increment(1);
 }
 
 /// The bearer token `/metrics` requires (`BROKER_METRICS_TOKEN`). Never printed.

@@ -1,7 +1,8 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
-use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session};
+use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session, StoreError};
 use agentkeys_types::api::MintRequest;
+use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
 use serde::Serialize;
@@ -13,8 +14,119 @@ use crate::metrics::mint_denied;
 use crate::session::{random_id, session_ref};
 use crate::state::AppState;
 
-/// Audit kind of every mint attempt.
-pub const AUDIT_KIND: &str = "mint";
+/// Why the mint refused: the `reason` of the denial event and of the
+/// `agentkeys_mint_denials_total` label ([`DenyReason::as_str`]), and the error the caller gets
+/// (`ApiError::from`). Variants carry what their error message needs.
+#[derive(Debug)]
+pub enum DenyReason {
+    /// No live session: revoked, expired or unknown (gate 1).
+    Unauthenticated,
+    AgentSuspended,
+    /// Removed, or no such agent.
+    AgentRemoved,
+    /// The request body was refused; the error says why.
+    InvalidRequest(ApiError),
+    /// The audience is not in the broker's allow-list, listed here.
+    AudienceNotAllowed {
+        allowed: Vec<String>,
+    },
+    InvalidRoleArn,
+    /// A master named a grant: grants are used by the agents they were given to.
+    GrantNotForMasters,
+    GrantUnknown,
+    /// The grant was given to another agent.
+    GrantNotYours,
+    GrantRevoked,
+    GrantExpired,
+    GrantExhausted,
+    /// The claims break AWS's session-tag contract; the message says how.
+    InvalidSessionTag(String),
+    NoSigningKey,
+    /// A mint window is full.
+    RateLimited {
+        retry_after: i64,
+    },
+    /// The grant was revoked, expired or used up between the check and its use.
+    GrantUnavailable,
+    /// The audit append failed, so the token is withheld. Counted, not recorded.
+    AuditFailed(StoreError),
+}
+
+impl DenyReason {
+    /// [`DenyReason::RateLimited`]'s reason, for the denial written before the wait is known.
+    pub const RATE_LIMITED: &'static str = "rate_limited";
+
+    /// The reason as written into the denial event and the metrics label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DenyReason::Unauthenticated => "unauthenticated",
+            DenyReason::AgentSuspended => "agent_suspended",
+            DenyReason::AgentRemoved => "agent_removed",
+            DenyReason::InvalidRequest(_) => "invalid_request",
+            DenyReason::AudienceNotAllowed { .. } => "audience_not_allowed",
+            DenyReason::InvalidRoleArn => "invalid_role_arn",
+            DenyReason::GrantNotForMasters | DenyReason::GrantNotYours => "grant_not_yours",
+            DenyReason::GrantUnknown => "grant_unknown",
+            DenyReason::GrantRevoked => "grant_revoked",
+            DenyReason::GrantExpired => "grant_expired",
+            DenyReason::GrantExhausted => "grant_exhausted",
+            DenyReason::InvalidSessionTag(_) => "invalid_session_tag",
+            DenyReason::NoSigningKey => "no_signing_key",
+            DenyReason::RateLimited { .. } => Self::RATE_LIMITED,
+            DenyReason::GrantUnavailable => "grant_unavailable",
+            DenyReason::AuditFailed(_) => "audit_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<DenyReason> for ApiError {
+    fn from(reason: DenyReason) -> Self {
+        let kind = reason.as_str();
+        let forbidden = |message: &str| ApiError::Forbidden {
+            kind,
+            message: message.to_owned(),
+        };
+        match reason {
+            DenyReason::Unauthenticated => ApiError::Unauthenticated,
+            DenyReason::AgentSuspended | DenyReason::AgentRemoved => {
+                forbidden(&format!("this agent cannot mint ({kind}); ask its master"))
+            }
+            DenyReason::InvalidRequest(e) => e,
+            DenyReason::AudienceNotAllowed { allowed } => forbidden(&format!(
+                "that audience is not in the broker's allow-list ({})",
+                allowed.join(", ")
+            )),
+            DenyReason::InvalidRoleArn => ApiError::BadRequest(
+                "role_arn must look like arn:aws:iam::123456789012:role/NAME (or arn:aws:iam:::role/NAME)".into(),
+            ),
+            DenyReason::GrantNotForMasters => {
+                forbidden("grants are used by the agents they were given to, not by masters")
+            }
+            DenyReason::GrantUnknown => forbidden("no grant has that id"),
+            DenyReason::GrantNotYours => forbidden("that grant was given to another agent"),
+            DenyReason::GrantRevoked => forbidden("that grant was revoked by its master"),
+            DenyReason::GrantExpired => forbidden("that grant has expired"),
+            DenyReason::GrantExhausted => forbidden("that grant has no uses left"),
+            DenyReason::InvalidSessionTag(message) => ApiError::Unprocessable { kind, message },
+            DenyReason::NoSigningKey => ApiError::Unavailable(
+                "no active signing key; see `agentkeys-broker keys list`".into(),
+            ),
+            DenyReason::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
+            DenyReason::GrantUnavailable => {
+                forbidden("the grant was revoked, expired or used up just now")
+            }
+            DenyReason::AuditFailed(e) => ApiError::internal(
+                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
+            ),
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -78,16 +190,16 @@ pub fn valid_role_arn(arn: &str) -> bool {
 fn denied_event(
     now: i64,
     session: Option<&Session>,
-    reason: &str,
+    reason: &'static str,
     mut details: serde_json::Value,
 ) -> NewAuditEvent {
     details["reason"] = json!(reason);
     NewAuditEvent {
         time: now,
-        kind: AUDIT_KIND.into(),
+        kind: AuditKind::Mint,
         actor: session.map(|s| s.omni.to_string()),
         master: session.map(master_of),
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         details,
     }
 }
@@ -102,23 +214,18 @@ fn is_agent(s: &Session) -> bool {
 
 /// Records a refusal durably, then returns the error to send. If even the audit write fails
 /// the caller gets a 500: a gate failure must not go unrecorded.
-pub async fn deny(
-    state: &AppState,
-    session: Option<&Session>,
-    reason: &'static str,
-    error: ApiError,
-) -> ApiError {
-    mint_denied(reason);
+pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReason) -> ApiError {
+    mint_denied(&reason);
     let now = state.clock.now();
     let details = json!({ "session": session.map(|s| session_ref(&s.token_hash).to_owned()) });
     match state
         .store
-        .append_audit(denied_event(now, session, reason, details))
+        .append_audit(denied_event(now, session, reason.as_str(), details))
         .await
     {
         Ok(_) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            error
+            reason.into()
         }
         Err(e) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
@@ -142,12 +249,7 @@ pub async fn mint(
     if is_agent(session) {
         let status = state.store.agent(&session.omni).await?.map(|a| a.status);
         if let Some(not_live) = NotLive::of_agent(status) {
-            let reason = not_live.reason();
-            let e = ApiError::Forbidden {
-                kind: reason,
-                message: format!("this agent cannot mint ({reason}); ask its master"),
-            };
-            return Err(deny(state, Some(session), reason, e).await);
+            return Err(deny(state, Some(session), not_live.reason()).await);
         }
     }
 
@@ -160,29 +262,21 @@ pub async fn mint(
             .unwrap_or(claims::AUDIENCE_STS),
         Some(a) if settings.audiences.iter().any(|x| x == a) => a,
         Some(_) => {
-            let e = ApiError::Forbidden {
-                kind: "audience_not_allowed",
-                message: format!(
-                    "that audience is not in the broker's allow-list ({})",
-                    settings.audiences.join(", ")
-                ),
-            };
-            return Err(deny(state, Some(session), "audience_not_allowed", e).await);
+            let allowed = settings.audiences.clone();
+            let reason = DenyReason::AudienceNotAllowed { allowed };
+            return Err(deny(state, Some(session), reason).await);
         }
     };
     if let Some(arn) = request.role_arn.as_deref()
         && !valid_role_arn(arn)
     {
-        let e = ApiError::BadRequest(
-            "role_arn must look like arn:aws:iam::123456789012:role/NAME (or arn:aws:iam:::role/NAME)".into(),
-        );
-        return Err(deny(state, Some(session), "invalid_role_arn", e).await);
+        return Err(deny(state, Some(session), DenyReason::InvalidRoleArn).await);
     }
     let grant = match request.grant_id.as_deref() {
         None => None,
         Some(id) => match check_grant(state, session, id, now).await? {
             Ok(g) => Some(g),
-            Err((reason, e)) => return Err(deny(state, Some(session), reason, e).await),
+            Err(reason) => return Err(deny(state, Some(session), reason).await),
         },
     };
 
@@ -209,11 +303,8 @@ pub async fn mint(
     let tags = match AwsSessionTags::new(tag_pairs) {
         Ok(t) => t,
         Err(e) => {
-            let e = ApiError::Unprocessable {
-                kind: "invalid_session_tag",
-                message: e.to_string(),
-            };
-            return Err(deny(state, Some(session), "invalid_session_tag", e).await);
+            let reason = DenyReason::InvalidSessionTag(e.to_string());
+            return Err(deny(state, Some(session), reason).await);
         }
     };
     let jti = random_id();
@@ -234,9 +325,7 @@ pub async fn mint(
     };
 
     let Some(signer) = state.keys.current().signer(now) else {
-        let e =
-            ApiError::Unavailable("no active signing key; see `agentkeys-broker keys list`".into());
-        return Err(deny(state, Some(session), "no_signing_key", e).await);
+        return Err(deny(state, Some(session), DenyReason::NoSigningKey).await);
     };
     let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
     let jwt = signer.sign_jwt(&body).map_err(ApiError::internal)?;
@@ -250,16 +339,16 @@ pub async fn mint(
     });
     let on_allow = NewAuditEvent {
         time: now,
-        kind: AUDIT_KIND.into(),
+        kind: AuditKind::Mint,
         actor: Some(session.omni.to_string()),
         master: Some(master_of(session)),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details,
     };
     let on_deny = denied_event(
         now,
         Some(session),
-        "rate_limited",
+        DenyReason::RATE_LIMITED,
         json!({"session": session_ref(&session.token_hash)}),
     );
     let live = LiveCheck {
@@ -280,50 +369,37 @@ pub async fn mint(
         }),
     };
     let gate = gate.append(&*state.store, now, on_allow, on_deny).await;
-    match gate {
+    let reason = match gate {
         Ok(GateOutcome::Allowed { .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
             metrics::counter!(crate::metrics::MINTS, "outcome" => "ok").increment(1);
-            Ok(Minted {
+            return Ok(Minted {
                 jwt,
                 expires_at: exp,
                 wallet: wallet.to_owned(),
                 actor_omni: session.omni.to_string(),
-            })
+            });
         }
         Ok(GateOutcome::GrantUnavailable { .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            mint_denied("grant_unavailable");
-            Err(ApiError::Forbidden {
-                kind: "grant_unavailable",
-                message: "the grant was revoked, expired or used up just now".into(),
-            })
+            DenyReason::GrantUnavailable
         }
         Ok(GateOutcome::NotLive { reason, .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            let kind = reason.reason();
-            mint_denied(kind);
-            Err(match reason {
-                NotLive::Session => ApiError::Unauthenticated,
-                NotLive::AgentSuspended | NotLive::AgentRemoved => ApiError::Forbidden {
-                    kind,
-                    message: format!("this agent cannot mint ({kind}); ask its master"),
-                },
-            })
+            reason.reason()
         }
         Ok(GateOutcome::Limited { retry_after, .. }) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            mint_denied("rate_limited");
-            Err(ApiError::RateLimited { retry_after })
+            DenyReason::RateLimited { retry_after }
         }
         Err(e) => {
             metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
-            mint_denied("audit_failed");
-            Err(ApiError::internal(
-                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
-            ))
+            DenyReason::AuditFailed(e)
         }
-    }
+    };
+    // Already recorded by the gate's transaction (or, for an audit failure, not at all).
+    mint_denied(&reason);
+    Err(reason.into())
 }
 
 /// Gate 3 for a named grant: it exists, belongs to this agent, and is live. The use itself is
@@ -333,33 +409,21 @@ async fn check_grant(
     session: &Session,
     id: &str,
     now: i64,
-) -> Result<Result<Grant, (&'static str, ApiError)>, ApiError> {
-    let refuse = |kind: &'static str, message: &str| {
-        Err((
-            kind,
-            ApiError::Forbidden {
-                kind,
-                message: message.to_owned(),
-            },
-        ))
-    };
+) -> Result<Result<Grant, DenyReason>, ApiError> {
     if !is_agent(session) {
-        return Ok(refuse(
-            "grant_not_yours",
-            "grants are used by the agents they were given to, not by masters",
-        ));
+        return Ok(Err(DenyReason::GrantNotForMasters));
     }
     let Some(grant) = state.store.grant(id).await? else {
-        return Ok(refuse("grant_unknown", "no grant has that id"));
+        return Ok(Err(DenyReason::GrantUnknown));
     };
     Ok(if grant.agent != session.omni {
-        refuse("grant_not_yours", "that grant was given to another agent")
+        Err(DenyReason::GrantNotYours)
     } else if grant.revoked_at.is_some() {
-        refuse("grant_revoked", "that grant was revoked by its master")
+        Err(DenyReason::GrantRevoked)
     } else if now >= grant.expires_at {
-        refuse("grant_expired", "that grant has expired")
+        Err(DenyReason::GrantExpired)
     } else if grant.max_uses.is_some_and(|m| grant.uses >= m) {
-        refuse("grant_exhausted", "that grant has no uses left")
+        Err(DenyReason::GrantExhausted)
     } else {
         Ok(grant)
     })
@@ -367,7 +431,120 @@ async fn check_grant(
 
 #[cfg(test)]
 mod tests {
-    use super::valid_role_arn;
+    use super::{DenyReason, valid_role_arn};
+    use crate::http::error::ApiError;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn deny_reasons_keep_their_strings_and_errors() {
+        let cases = [
+            (
+                DenyReason::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+            ),
+            (
+                DenyReason::AgentSuspended,
+                StatusCode::FORBIDDEN,
+                "agent_suspended",
+            ),
+            (
+                DenyReason::AgentRemoved,
+                StatusCode::FORBIDDEN,
+                "agent_removed",
+            ),
+            (
+                DenyReason::InvalidRequest(ApiError::BadRequest("x".into())),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                DenyReason::AudienceNotAllowed {
+                    allowed: vec!["sts.amazonaws.com".into()],
+                },
+                StatusCode::FORBIDDEN,
+                "audience_not_allowed",
+            ),
+            (
+                DenyReason::InvalidRoleArn,
+                StatusCode::BAD_REQUEST,
+                "invalid_role_arn",
+            ),
+            (
+                DenyReason::GrantNotForMasters,
+                StatusCode::FORBIDDEN,
+                "grant_not_yours",
+            ),
+            (
+                DenyReason::GrantUnknown,
+                StatusCode::FORBIDDEN,
+                "grant_unknown",
+            ),
+            (
+                DenyReason::GrantNotYours,
+                StatusCode::FORBIDDEN,
+                "grant_not_yours",
+            ),
+            (
+                DenyReason::GrantRevoked,
+                StatusCode::FORBIDDEN,
+                "grant_revoked",
+            ),
+            (
+                DenyReason::GrantExpired,
+                StatusCode::FORBIDDEN,
+                "grant_expired",
+            ),
+            (
+                DenyReason::GrantExhausted,
+                StatusCode::FORBIDDEN,
+                "grant_exhausted",
+            ),
+            (
+                DenyReason::InvalidSessionTag("too long".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_session_tag",
+            ),
+            (
+                DenyReason::NoSigningKey,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_signing_key",
+            ),
+            (
+                DenyReason::RateLimited { retry_after: 7 },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            ),
+            (
+                DenyReason::GrantUnavailable,
+                StatusCode::FORBIDDEN,
+                "grant_unavailable",
+            ),
+            (
+                DenyReason::AuditFailed(agentkeys_store::StoreError::Database("x".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_failed",
+            ),
+        ];
+        for (reason, status, label) in cases {
+            assert_eq!(reason.as_str(), label);
+            let error = ApiError::from(reason);
+            assert_eq!(error.status_and_kind().0, status, "{label}");
+            // A 403 or 422 names the reason as its error kind.
+            if matches!(
+                status,
+                StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY
+            ) {
+                assert_eq!(error.status_and_kind().1, label);
+            }
+        }
+        assert_eq!(DenyReason::RATE_LIMITED, "rate_limited");
+        let e = ApiError::from(DenyReason::AgentSuspended);
+        assert_eq!(
+            e.to_string(),
+            "this agent cannot mint (agent_suspended); ask its master"
+        );
+    }
 
     #[test]
     fn role_arns() {

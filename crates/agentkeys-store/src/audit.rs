@@ -8,13 +8,26 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{AuditEvent, NewAuditEvent};
+use crate::AuditEvent;
 
 /// `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The fields of an event the hash covers, as strings: computable both from an event about to
+/// be written ([`crate::NewAuditEvent::hashed`]) and from a stored one, whatever version wrote
+/// it ([`AuditEvent::hashed`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hashed<'a> {
+    pub time: i64,
+    pub kind: &'a str,
+    pub actor: Option<&'a str>,
+    pub master: Option<&'a str>,
+    pub outcome: &'a str,
+    pub details: &'a Value,
+}
+
 /// The canonical bytes of an event at position `seq`.
-pub fn canonical(seq: u64, event: &NewAuditEvent) -> String {
+pub fn canonical(seq: u64, event: Hashed<'_>) -> String {
     let value = serde_json::json!({
         "seq": seq,
         "time": event.time,
@@ -122,15 +135,7 @@ impl ChainVerifier {
         if event.prev_hash != self.prev_hash {
             return Err(fail("prev_hash does not match the previous event's hash"));
         }
-        let new = NewAuditEvent {
-            time: event.time,
-            kind: event.kind.clone(),
-            actor: event.actor.clone(),
-            master: event.master.clone(),
-            outcome: event.outcome.clone(),
-            details: event.details.clone(),
-        };
-        if chain_hash(&self.prev_hash, &canonical(event.seq, &new)) != event.hash {
+        if chain_hash(&self.prev_hash, &canonical(event.seq, event.hashed())) != event.hash {
             return Err(fail(
                 "its content does not match its hash (modified after it was written)",
             ));
@@ -153,14 +158,15 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AuditKind, NewAuditEvent, Outcome};
 
-    fn event(kind: &str) -> NewAuditEvent {
+    fn event(kind: AuditKind) -> NewAuditEvent {
         NewAuditEvent {
             time: 1_700_000_000,
-            kind: kind.into(),
+            kind,
             actor: Some("a".into()),
             master: None,
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             details: serde_json::json!({"z": 1, "a": {"y": [2, {"b": 1, "a": 0}], "x": "é\""}}),
         }
     }
@@ -168,27 +174,27 @@ mod tests {
     #[test]
     fn canonical_form_sorts_keys_at_every_depth() {
         assert_eq!(
-            canonical(7, &event("mint")),
+            canonical(7, event(AuditKind::Mint).hashed()),
             r#"{"actor":"a","details":{"a":{"x":"é\"","y":[2,{"a":0,"b":1}]},"z":1},"kind":"mint","master":null,"outcome":"ok","seq":7,"time":1700000000}"#
         );
     }
 
-    fn chain(kinds: &[&str]) -> Vec<AuditEvent> {
+    fn chain(kinds: &[AuditKind]) -> Vec<AuditEvent> {
         let mut prev = GENESIS_HASH.to_owned();
         kinds
             .iter()
             .enumerate()
             .map(|(i, k)| {
                 let seq = i as u64 + 1;
-                let e = event(k);
-                let hash = chain_hash(&prev, &canonical(seq, &e));
+                let e = event(*k);
+                let hash = chain_hash(&prev, &canonical(seq, e.hashed()));
                 AuditEvent {
                     seq,
                     time: e.time,
-                    kind: e.kind,
+                    kind: e.kind.to_string(),
                     actor: e.actor,
                     master: e.master,
-                    outcome: e.outcome,
+                    outcome: e.outcome.to_string(),
                     details: e.details,
                     prev_hash: std::mem::replace(&mut prev, hash.clone()),
                     hash,
@@ -199,7 +205,11 @@ mod tests {
 
     #[test]
     fn verifier_accepts_a_chain_and_names_the_first_bad_event() {
-        let events = chain(&["a", "b", "c"]);
+        let events = chain(&[
+            AuditKind::Mint,
+            AuditKind::GrantCreated,
+            AuditKind::AgentPaired,
+        ]);
         let mut v = ChainVerifier::default();
         for e in &events {
             v.check(e).unwrap();

@@ -2,6 +2,7 @@
 
 use agentkeys_types::OmniAccount;
 pub use agentkeys_types::api::{ActorKind, AgentStatus};
+pub use agentkeys_types::audit::{AuditKind, Outcome};
 use serde::{Deserialize, Serialize};
 
 /// A pending wallet sign-in: the exact message the wallet must sign.
@@ -67,17 +68,34 @@ impl std::fmt::Debug for Session {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
     pub time: i64,
-    pub kind: String,
+    pub kind: AuditKind,
     /// Omni of the actor, when known.
     pub actor: Option<String>,
     /// Omni of the master the event concerns, when known.
     pub master: Option<String>,
     /// `ok`, or `denied` / `failed` with the reason in `details`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub details: serde_json::Value,
 }
 
+impl NewAuditEvent {
+    /// The fields the hash covers, as they will be stored.
+    pub fn hashed(&self) -> crate::audit::Hashed<'_> {
+        crate::audit::Hashed {
+            time: self.time,
+            kind: self.kind.as_str(),
+            actor: self.actor.as_deref(),
+            master: self.master.as_deref(),
+            outcome: self.outcome.as_str(),
+            details: &self.details,
+        }
+    }
+}
+
 /// A stored audit event. `hash = SHA-256(prev_hash ‖ canonical(event))`, see [`crate::audit`].
+///
+/// `kind` and `outcome` stay strings: this is the record as hashed, and a log may hold kinds
+/// written by other versions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub seq: u64,
@@ -89,6 +107,20 @@ pub struct AuditEvent {
     pub details: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
+}
+
+impl AuditEvent {
+    /// The fields the hash covers, as stored.
+    pub fn hashed(&self) -> crate::audit::Hashed<'_> {
+        crate::audit::Hashed {
+            time: self.time,
+            kind: &self.kind,
+            actor: self.actor.as_deref(),
+            master: self.master.as_deref(),
+            outcome: &self.outcome,
+            details: &self.details,
+        }
+    }
 }
 
 /// The public half and the lifecycle of a signing key.

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    ActorKind, Agent, AgentStatus, AuditEvent, AuditQuery, Challenge, Grant, Identity, IdentityRef,
-    LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
-    SessionFilter, SigningKeyRecord, Store, StoreError, Tx,
+    ActorKind, Agent, AgentStatus, AuditEvent, AuditKind, AuditQuery, Challenge, Grant, Identity,
+    IdentityRef, LoginKey, LoginRequest, NewAuditEvent, Outcome, PairingRequest, RateWindow,
+    Result, Session, SessionFilter, SigningKeyRecord, Store, StoreError, Tx,
 };
 use agentkeys_types::OmniAccount;
 use serde_json::json;
@@ -109,13 +109,13 @@ fn omni(name: &str) -> OmniAccount {
     OmniAccount::derive("test", name)
 }
 
-fn event(kind: &str, n: i64) -> NewAuditEvent {
+fn event(kind: AuditKind, n: i64) -> NewAuditEvent {
     NewAuditEvent {
         time: 1_700_000_000 + n,
-        kind: kind.into(),
+        kind,
         actor: Some("actor".into()),
         master: Some("master".into()),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details: json!({ "n": n }),
     }
 }
@@ -1241,7 +1241,7 @@ async fn purge_removes_only_expired_rows_and_never_audit() {
         t.insert_session(&session("old", &mm, 10))?;
         t.insert_session(&session("grace", &mm, 60))?;
         t.insert_session(&session("new", &mm, 1000))?;
-        t.append(&event("sign_in", 1))?;
+        t.append(&event(AuditKind::SignInWallet, 1))?;
         Ok(())
     })
     .await;
@@ -1280,7 +1280,7 @@ async fn audit_events_page_by_seq() {
     let f = Fixture::new().await;
     let seqs = tx(&f.store, |t| {
         (0..5)
-            .map(|n| t.append(&event("e", n)))
+            .map(|n| t.append(&event(AuditKind::GrantCreated, n)))
             .collect::<Result<Vec<_>>>()
     })
     .await;
@@ -1300,22 +1300,22 @@ async fn audit_events_page_by_seq() {
     assert!(page(5, 2).await.is_empty());
     assert!(page(u64::MAX, 2).await.is_empty());
     let stored = &s.audit_events(0, 1).await.unwrap()[0];
-    let written = event("e", 0);
+    let written = event(AuditKind::GrantCreated, 0);
     assert_eq!(
         (
             stored.time,
-            &stored.kind,
+            stored.kind.as_str(),
             &stored.actor,
             &stored.master,
-            &stored.outcome,
+            stored.outcome.as_str(),
             &stored.details
         ),
         (
             written.time,
-            &written.kind,
+            written.kind.as_str(),
             &written.actor,
             &written.master,
-            &written.outcome,
+            written.outcome.as_str(),
             &written.details
         )
     );
@@ -1326,27 +1326,27 @@ async fn audit_events_page_by_seq() {
 async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
     let f = Fixture::new().await;
     let s = f.store.as_ref();
-    let ev = |kind: &str, actor: &str, master: Option<&str>, n: i64| NewAuditEvent {
+    let ev = |kind: AuditKind, actor: &str, master: Option<&str>, n: i64| NewAuditEvent {
         time: 1_000 + n,
-        kind: kind.into(),
+        kind,
         actor: Some(actor.into()),
         master: master.map(str::to_owned),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details: json!({ "n": n }),
     };
     // m1 and its agent a1, another master m2, and an event with no master.
     let plan = [
-        ("sign_in", "m1", Some("m1")),
-        ("sign_in", "m2", Some("m2")),
-        ("mint", "a1", Some("m1")),
-        ("mint", "m1", Some("m1")),
-        ("sign_in", "x", None),
-        ("mint", "a1", Some("m1")),
-        ("mint", "m2", Some("m2")),
-        ("agent.suspended", "m1", Some("m1")),
+        (AuditKind::SignInWallet, "m1", Some("m1")),
+        (AuditKind::SignInWallet, "m2", Some("m2")),
+        (AuditKind::Mint, "a1", Some("m1")),
+        (AuditKind::Mint, "m1", Some("m1")),
+        (AuditKind::SignInWallet, "x", None),
+        (AuditKind::Mint, "a1", Some("m1")),
+        (AuditKind::Mint, "m2", Some("m2")),
+        (AuditKind::AgentSuspended, "m1", Some("m1")),
     ];
     for (n, (kind, actor, master)) in plan.iter().enumerate() {
-        s.append_audit(ev(kind, actor, *master, n as i64))
+        s.append_audit(ev(*kind, actor, *master, n as i64))
             .await
             .unwrap();
     }
@@ -1449,7 +1449,7 @@ async fn a_transaction_that_fails_writes_nothing() {
             t.insert_challenge(&challenge("c", 100))?;
             t.insert_session(&session("s", &mm, 100))?;
             t.count_use("bucket", window, 10)?;
-            t.append(&event("sign_in", 1))?;
+            t.append(&event(AuditKind::SignInWallet, 1))?;
             Err(StoreError::Conflict("the broker said no".into()))
         })
         .await
@@ -1464,7 +1464,7 @@ async fn a_transaction_that_fails_writes_nothing() {
         Ok((
             t.take_challenge("c")?,
             t.window_count("bucket", window, 10)?,
-            t.append(&event("next", 2))?,
+            t.append(&event(AuditKind::GrantRevoked, 2))?,
         ))
     })
     .await;
@@ -1478,7 +1478,7 @@ async fn a_transaction_that_panics_writes_nothing_and_the_writer_goes_on() {
     let err = f
         .store
         .transact(|t| -> Result<()> {
-            t.append(&event("doomed", 1))?;
+            t.append(&event(AuditKind::AgentRemoved, 1))?;
             t.insert_challenge(&challenge("c", 100))?;
             panic!("a bug in the broker");
         })
@@ -1487,7 +1487,10 @@ async fn a_transaction_that_panics_writes_nothing_and_the_writer_goes_on() {
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     assert!(all_events(f.store.as_ref()).await.is_empty());
     let (seq, taken) = tx(&f.store, |t| {
-        Ok((t.append(&event("after", 2))?, t.take_challenge("c")?))
+        Ok((
+            t.append(&event(AuditKind::AgentResumed, 2))?,
+            t.take_challenge("c")?,
+        ))
     })
     .await;
     assert_eq!((seq, taken), (1, None));
@@ -1505,7 +1508,7 @@ async fn a_failing_work_fails_alone_among_concurrent_ones() {
         tasks.push(tokio::spawn(async move {
             store
                 .transact(move |t| {
-                    t.append(&event("try", i))?;
+                    t.append(&event(AuditKind::SessionLogout, i))?;
                     match i % 4 {
                         0 => t.insert_challenge(&challenge("dup", 100)),
                         1 => Err(StoreError::Conflict("refused".into())),
@@ -1562,7 +1565,7 @@ async fn concurrent_transactions_form_one_gapless_chain() {
                                 },
                                 0,
                             )?;
-                            t.append(&event("burst", n))
+                            t.append(&event(AuditKind::Mint, n))
                         })
                         .await
                         .unwrap(),
@@ -1606,7 +1609,7 @@ async fn a_write_is_visible_to_reads_once_transact_returns() {
         let s = session(&hash, &m, 100);
         let seq = tx(&f.store, move |t| {
             t.insert_session(&s)?;
-            t.append(&event("sign_in", i))
+            t.append(&event(AuditKind::SignInWallet, i))
         })
         .await;
         assert!(f.store.session(&hash).await.unwrap().is_some());
@@ -1650,8 +1653,8 @@ async fn everything_survives_a_reopen() {
         t.insert_pairing(&pairing("p", "CODE", 100))?;
         t.insert_login(&login("l", 100))?;
         t.count_use("bucket", window, 10)?;
-        t.append(&event("a", 1))?;
-        t.append(&event("b", 2))?;
+        t.append(&event(AuditKind::KeyGenerate, 1))?;
+        t.append(&event(AuditKind::KeyRotate, 2))?;
         Ok(())
     })
     .await;
@@ -1677,7 +1680,7 @@ async fn everything_survives_a_reopen() {
         Ok((
             t.window_count("bucket", window, 10)?,
             t.advance_agent_proof(&ao, 500)?,
-            t.append(&event("after", 3))?,
+            t.append(&event(AuditKind::AgentResumed, 3))?,
         ))
     })
     .await;
@@ -1695,14 +1698,14 @@ async fn two_stores_on_one_database_extend_the_same_chain() {
     // read the head inside its own write transaction.
     let f = Fixture::new().await;
     let other = agentkeys_store::open(&f.url).await.unwrap();
-    let append_50 = |store: Arc<dyn Store>, kind: &'static str| async move {
+    let append_50 = |store: Arc<dyn Store>, kind: AuditKind| async move {
         for i in 0..50 {
             store.append_audit(event(kind, i)).await.unwrap();
         }
     };
     tokio::join!(
-        append_50(f.store.clone(), "a"),
-        append_50(other.clone(), "b")
+        append_50(f.store.clone(), AuditKind::KeyGenerate),
+        append_50(other.clone(), AuditKind::KeyRotate)
     );
     assert_eq!(verify_chain(f.store.as_ref()).await, 100);
     assert_eq!(verify_chain(other.as_ref()).await, 100);
@@ -1733,7 +1736,7 @@ async fn the_sqlite_file_is_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let f = Fixture::new().await;
     let Some(path) = f.sqlite_path() else { return };
-    tx(&f.store, |t| t.append(&event("e", 1))).await;
+    tx(&f.store, |t| t.append(&event(AuditKind::GrantCreated, 1))).await;
     let mut wal = path.clone().into_os_string();
     wal.push("-wal");
     for file in [path, wal.into()] {
@@ -1760,7 +1763,7 @@ async fn a_stored_value_that_does_not_parse_is_an_error_not_a_panic() {
     let err = f.store.transact(|t| t.session("h")).await.unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     // The writer is still there.
-    tx(&f.store, |t| t.append(&event("e", 1))).await;
+    tx(&f.store, |t| t.append(&event(AuditKind::GrantCreated, 1))).await;
 }
 
 #[tokio::test]

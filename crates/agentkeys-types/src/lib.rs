@@ -5,6 +5,7 @@
 //! that AWS STS enforces are written down once.
 
 pub mod api;
+pub mod audit;
 pub mod aws_tags;
 pub mod claims;
 pub mod identity;

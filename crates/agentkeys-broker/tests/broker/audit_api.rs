@@ -340,15 +340,7 @@ async fn rechain(app: &TestApp) {
     let mut prev = GENESIS_HASH.to_owned();
     let mut updates = String::new();
     for e in events {
-        let event = agentkeys_store::NewAuditEvent {
-            time: e.time,
-            kind: e.kind,
-            actor: e.actor,
-            master: e.master,
-            outcome: e.outcome,
-            details: e.details,
-        };
-        let hash = chain_hash(&prev, &canonical(e.seq, &event));
+        let hash = chain_hash(&prev, &canonical(e.seq, e.hashed()));
         updates.push_str(&format!(
             "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}' WHERE seq = {};\n",
             e.seq

@@ -11,8 +11,8 @@ use agentkeys_broker::session;
 use agentkeys_broker::sign_in::{self, LoginClaim};
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    ActorKind, AgentStatus, Grant, IdentityRef, LoginKey, LoginRequest, NewAuditEvent,
-    PairingRequest, RateWindow, Session, Store, StoreError,
+    ActorKind, AgentStatus, AuditKind, Grant, IdentityRef, LoginKey, LoginRequest, NewAuditEvent,
+    Outcome, PairingRequest, RateWindow, Session, Store, StoreError,
 };
 use agentkeys_types::OmniAccount;
 use serde_json::json;
@@ -40,14 +40,22 @@ fn omni(name: &str) -> OmniAccount {
     OmniAccount::derive("test", name)
 }
 
-fn event(kind: &str, n: i64) -> NewAuditEvent {
+fn event(kind: AuditKind, n: i64) -> NewAuditEvent {
     NewAuditEvent {
         time: 1_700_000_000 + n,
-        kind: kind.into(),
+        kind,
         actor: Some("actor".into()),
         master: Some("master".into()),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details: json!({ "n": n }),
+    }
+}
+
+/// The refusal of `kind`, as the broker writes it: same kind, outcome `denied`.
+fn denied(kind: AuditKind, n: i64) -> NewAuditEvent {
+    NewAuditEvent {
+        outcome: Outcome::Denied,
+        ..event(kind, n)
     }
 }
 
@@ -156,7 +164,7 @@ async fn approve(
     now: i64,
 ) -> ApproveOutcome {
     let (code, master, label) = (code.to_owned(), master.clone(), label.to_owned());
-    let e = event("approve", now);
+    let e = event(AuditKind::AgentPaired, now);
     store
         .transact(move |tx| agents::approve(tx, &code, &master, &label, now, &e))
         .await
@@ -165,7 +173,7 @@ async fn approve(
 
 async fn claim(store: &dyn Store, id: &str, proof_ms: i64, now: i64, hash: &str) -> ClaimOutcome {
     let (id, slot) = (id.to_owned(), slot(hash));
-    let e = event("claim", proof_ms);
+    let e = event(AuditKind::AgentSessionIssued, proof_ms);
     store
         .transact(move |tx| agents::claim(tx, &id, proof_ms, now, &slot, &e))
         .await
@@ -174,7 +182,7 @@ async fn claim(store: &dyn Store, id: &str, proof_ms: i64, now: i64, hash: &str)
 
 async fn renew(store: &dyn Store, agent: &OmniAccount, proof_ms: i64, hash: &str) -> RenewOutcome {
     let (agent, slot) = (agent.clone(), slot(hash));
-    let e = event("renew", proof_ms);
+    let e = event(AuditKind::AgentSessionIssued, proof_ms);
     store
         .transact(move |tx| agents::renew(tx, &agent, proof_ms, &slot, &e))
         .await
@@ -189,7 +197,7 @@ async fn set_status(
     now: i64,
 ) -> Option<agentkeys_store::Agent> {
     let (master, agent) = (master.clone(), agent.clone());
-    let e = event("agent.status", now);
+    let e = event(AuditKind::AgentSuspended, now);
     store
         .transact(move |tx| agents::set_status(tx, &master, &agent, status, now, &e))
         .await
@@ -198,7 +206,7 @@ async fn set_status(
 
 async fn revoke(store: &dyn Store, hash: &str, now: i64) -> bool {
     let hash = hash.to_owned();
-    let e = event("logout", now);
+    let e = event(AuditKind::SessionLogout, now);
     store
         .transact(move |tx| session::revoke(tx, &hash, now, &e))
         .await
@@ -214,7 +222,7 @@ async fn redeem_code(
     hash: &str,
 ) -> LoginClaim {
     let (id_hash, code_hash, slot) = (id_hash.to_owned(), code_hash.to_owned(), slot(hash));
-    let e = event("sign_in", now);
+    let e = event(AuditKind::SignInWallet, now);
     store
         .transact(move |tx| {
             sign_in::redeem_code(tx, &id_hash, &code_hash, max_attempts, now, &slot, e)
@@ -225,7 +233,7 @@ async fn redeem_code(
 
 async fn redeem_link(store: &dyn Store, link_hash: &str, now: i64, hash: &str) -> LoginClaim {
     let (link_hash, slot) = (link_hash.to_owned(), slot(hash));
-    let e = event("sign_in", now);
+    let e = event(AuditKind::SignInWallet, now);
     store
         .transact(move |tx| sign_in::redeem_link(tx, &link_hash, now, &slot, e))
         .await
@@ -238,7 +246,7 @@ async fn verify(store: &dyn Store, id_hash: &str, sub: &str, code_hash: &str, no
         identity_type: "oauth2_corp".into(),
         identity_value: sub.into(),
     };
-    let e = event("verified", now);
+    let e = event(AuditKind::SignInOidcVerified, now);
     store
         .transact(move |tx| sign_in::verify(tx, &id_hash, &identity, &code_hash, now, &e))
         .await
@@ -247,7 +255,7 @@ async fn verify(store: &dyn Store, id_hash: &str, sub: &str, code_hash: &str, no
 
 async fn fail(store: &dyn Store, id_hash: &str, now: i64) -> bool {
     let id_hash = id_hash.to_owned();
-    let e = event("failed", now);
+    let e = event(AuditKind::SignInOidcVerified, now);
     store
         .transact(move |tx| sign_in::fail(tx, &id_hash, now, &e))
         .await
@@ -260,7 +268,7 @@ async fn unlink(store: &dyn Store, master: &OmniAccount, email: &str, now: i64) 
         identity_type: "email".into(),
         identity_value: email.into(),
     };
-    let e = event("identity.unlinked", now);
+    let e = event(AuditKind::IdentityUnlinked, now);
     store
         .transact(move |tx| sign_in::unlink(tx, &master, &identity, now, e))
         .await
@@ -283,6 +291,16 @@ async fn verify_chain(store: &dyn Store) -> u64 {
     v.verified()
 }
 
+async fn kinds_and_outcomes(store: &dyn Store) -> Vec<(String, String)> {
+    store
+        .audit_events(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.outcome))
+        .collect()
+}
+
 async fn kinds(store: &dyn Store) -> Vec<String> {
     store
         .audit_events(0, 1_000_000)
@@ -295,7 +313,12 @@ async fn kinds(store: &dyn Store) -> Vec<String> {
 
 /// A pending pairing `p1` approved as `master`'s agent `bot`; the agent's omni.
 async fn paired_bot(store: &dyn Store, master: &OmniAccount) -> OmniAccount {
-    create_pairing(store, pairing("p1", "ABCDEFGH", 600), event("pair", 1)).await;
+    create_pairing(
+        store,
+        pairing("p1", "ABCDEFGH", 600),
+        event(AuditKind::AgentPairingRequested, 1),
+    )
+    .await;
     let ApproveOutcome::Approved(agent) = approve(store, "ABCDEFGH", master, "bot", 1).await else {
         panic!("not approved")
     };
@@ -309,7 +332,7 @@ async fn sessions_are_stored_with_their_event_and_revoked_once() {
     let f = Fixture::new().await;
     let s = f.store.as_ref();
     assert_eq!(
-        create_session(s, session("h1", 1000), event("sign_in", 1)).await,
+        create_session(s, session("h1", 1000), event(AuditKind::SignInWallet, 1)).await,
         1
     );
     assert_eq!(s.session("h1").await.unwrap().unwrap(), session("h1", 1000));
@@ -325,7 +348,7 @@ async fn sessions_are_stored_with_their_event_and_revoked_once() {
 
     // A duplicate session hash fails, and the event written before it in the same transaction
     // goes with it.
-    let (dup, e) = (session("h1", 1000), event("sign_in", 4));
+    let (dup, e) = (session("h1", 1000), event(AuditKind::SignInWallet, 4));
     let stored = s
         .transact(move |tx| {
             tx.append(&e)?;
@@ -342,7 +365,7 @@ async fn revoke_every_session_but_one() {
     let f = Fixture::new().await;
     let s = f.store.as_ref();
     for h in ["a", "b", "c"] {
-        create_session(s, session(h, 1000), event("sign_in", 1)).await;
+        create_session(s, session(h, 1000), event(AuditKind::SignInWallet, 1)).await;
     }
     // Another actor's session is not touched.
     create_session(
@@ -352,11 +375,11 @@ async fn revoke_every_session_but_one() {
             master: omni("other"),
             ..session("d", 1000)
         },
-        event("sign_in", 1),
+        event(AuditKind::SignInWallet, 1),
     )
     .await;
     let revoke_all = |keep: Option<&'static str>, now: i64| {
-        let e = event("logout_all", now);
+        let e = event(AuditKind::SessionLogoutAll, now);
         async move {
             s.transact(move |tx| session::revoke_all(tx, &omni("omni"), keep, now, &e))
                 .await
@@ -390,7 +413,12 @@ async fn pairing_goes_pending_approved_claimed_once() {
     let f = Fixture::new().await;
     let s = f.store.as_ref();
     let master = omni("master");
-    create_pairing(s, pairing("p1", "ABCDEFGH", 600), event("pair", 1)).await;
+    create_pairing(
+        s,
+        pairing("p1", "ABCDEFGH", 600),
+        event(AuditKind::AgentPairingRequested, 1),
+    )
+    .await;
     assert_eq!(claim(s, "p1", 1, 10, "s0").await, ClaimOutcome::Pending);
     assert_eq!(
         claim(s, "p1", 1, 10, "s0").await,
@@ -439,7 +467,12 @@ async fn pairing_goes_pending_approved_claimed_once() {
     assert!(s.session("s2").await.unwrap().is_none());
 
     // Labels are never reused for the same master.
-    create_pairing(s, pairing("p2", "HGFEDCBA", 600), event("pair", 3)).await;
+    create_pairing(
+        s,
+        pairing("p2", "HGFEDCBA", 600),
+        event(AuditKind::AgentPairingRequested, 3),
+    )
+    .await;
     assert_eq!(
         approve(s, "HGFEDCBA", &master, "bot", 30).await,
         ApproveOutcome::LabelTaken
@@ -453,7 +486,13 @@ async fn pairing_goes_pending_approved_claimed_once() {
     ));
     assert_eq!(
         kinds(s).await,
-        ["pair", "approve", "claim", "pair", "approve"]
+        [
+            "agent.pairing_requested",
+            "agent.paired",
+            "agent.session_issued",
+            "agent.pairing_requested",
+            "agent.paired"
+        ]
     );
     assert_eq!(verify_chain(s).await, 5);
 }
@@ -463,7 +502,12 @@ async fn expired_pairings_are_gone() {
     let f = Fixture::new().await;
     let s = f.store.as_ref();
     let master = omni("m");
-    create_pairing(s, pairing("p1", "ABCDEFGH", 600), event("pair", 1)).await;
+    create_pairing(
+        s,
+        pairing("p1", "ABCDEFGH", 600),
+        event(AuditKind::AgentPairingRequested, 1),
+    )
+    .await;
     assert_eq!(
         approve(s, "ABCDEFGH", &master, "bot", 600).await,
         ApproveOutcome::UnknownCode
@@ -471,14 +515,26 @@ async fn expired_pairings_are_gone() {
     assert_eq!(claim(s, "p1", 5, 600, "s").await, ClaimOutcome::Gone);
 
     // Approved in time but never collected: the session is not handed out after expiry.
-    create_pairing(s, pairing("p2", "HGFEDCBA", 600), event("pair", 4)).await;
+    create_pairing(
+        s,
+        pairing("p2", "HGFEDCBA", 600),
+        event(AuditKind::AgentPairingRequested, 4),
+    )
+    .await;
     assert!(matches!(
         approve(s, "HGFEDCBA", &master, "bot", 10).await,
         ApproveOutcome::Approved(_)
     ));
     assert_eq!(claim(s, "p2", 6, 600, "s2").await, ClaimOutcome::Gone);
     assert!(s.session("s2").await.unwrap().is_none());
-    assert_eq!(kinds(s).await, ["pair", "pair", "approve"]);
+    assert_eq!(
+        kinds(s).await,
+        [
+            "agent.pairing_requested",
+            "agent.pairing_requested",
+            "agent.paired"
+        ]
+    );
 
     assert_eq!(purge(s, 601, 601).await, 2);
     assert!(s.pairing("p1").await.unwrap().is_none());
@@ -570,7 +626,12 @@ async fn a_paired_agent_gets_new_sessions_only_with_fresh_proofs_while_active() 
     );
     assert_eq!(
         kinds(s).await,
-        ["pair", "approve", "renew", "agent.status"],
+        [
+            "agent.pairing_requested",
+            "agent.paired",
+            "agent.session_issued",
+            "agent.suspended"
+        ],
         "only the issued session is audited"
     );
 }
@@ -583,7 +644,12 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     let s = f.store.as_ref();
     let wallet_master = omni("wallet-master");
     // An unlinked identity signs in as a master of its own; wrong codes are counted.
-    create_login(s, login("r1", None), Some(event("email.start", 1))).await;
+    create_login(
+        s,
+        login("r1", None),
+        Some(event(AuditKind::SignInEmailRequested, 1)),
+    )
+    .await;
     assert_eq!(
         redeem_code(s, "r1", "wrong", 3, 5, "t1").await,
         LoginClaim::WrongCode { attempts_left: 2 }
@@ -634,7 +700,7 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     create_login(
         s,
         login("r2", Some((&wallet_master, "0xabc"))),
-        Some(event("link.start", 7)),
+        Some(event(AuditKind::IdentityLinkRequested, 7)),
     )
     .await;
     let LoginClaim::Linked(i) = redeem_code(s, "r2", "code-r2", 3, 10, "unused").await else {
@@ -662,7 +728,12 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     assert!(s.session("x").await.unwrap().is_none());
 
     // A sign-in by the browser link is the wallet master's, and remembered as via the email.
-    create_login(s, login("r3", None), Some(event("email.start", 10))).await;
+    create_login(
+        s,
+        login("r3", None),
+        Some(event(AuditKind::SignInEmailRequested, 10)),
+    )
+    .await;
     let LoginClaim::SignedIn(linked) = redeem_link(s, "link-r3", 12, "t3").await else {
         panic!("not signed in")
     };
@@ -685,7 +756,7 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
             master: wallet_master.clone(),
             ..session("own", 1000)
         },
-        event("sign_in.wallet", 12),
+        event(AuditKind::SignInWallet, 12),
     )
     .await;
 
@@ -694,7 +765,7 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     create_login(
         s,
         login("r4", Some((&omni("other-master"), "0xdef"))),
-        Some(event("link.start", 13)),
+        Some(event(AuditKind::IdentityLinkRequested, 13)),
     )
     .await;
     assert_eq!(
@@ -741,7 +812,12 @@ async fn email_logins_redeem_once_by_code_or_link_and_honour_links() {
     assert_eq!(last.details["sessions_revoked"], 1);
 
     // Expired requests are gone.
-    create_login(s, login("r5", None), Some(event("email.start", 18))).await;
+    create_login(
+        s,
+        login("r5", None),
+        Some(event(AuditKind::SignInEmailRequested, 18)),
+    )
+    .await;
     assert_eq!(
         redeem_code(s, "r5", "code-r5", 3, 600, "t5").await,
         LoginClaim::Gone
@@ -792,7 +868,7 @@ async fn oidc_logins_are_verified_at_the_callback_and_fail_once() {
             identity_value: "sub-1".into(),
         })
     );
-    assert_eq!(kinds(s).await, ["verified", "sign_in"]);
+    assert_eq!(kinds(s).await, ["sign_in.oidc.verified", "sign_in.wallet"]);
 
     // A failure ends the request once: a second failure writes nothing.
     create_login(s, oidc("o2"), None).await;
@@ -834,8 +910,8 @@ async fn rate_limits_count_allowed_uses_per_window() {
             gate.append(
                 store.as_ref(),
                 now,
-                event("mint", now),
-                event("mint.denied", now),
+                event(AuditKind::Mint, now),
+                denied(AuditKind::Mint, now),
             )
             .await
             .unwrap()
@@ -889,16 +965,17 @@ async fn rate_limits_count_allowed_uses_per_window() {
         "a new hour"
     );
     assert_eq!(
-        kinds(f.store.as_ref()).await,
+        kinds_and_outcomes(f.store.as_ref()).await,
         [
-            "mint",
-            "mint",
-            "mint.denied",
-            "mint",
-            "mint",
-            "mint.denied",
-            "mint"
+            ("mint", "ok"),
+            ("mint", "ok"),
+            ("mint", "denied"),
+            ("mint", "ok"),
+            ("mint", "ok"),
+            ("mint", "denied"),
+            ("mint", "ok")
         ]
+        .map(|(k, o)| (k.to_owned(), o.to_owned()))
     );
     assert_eq!(verify_chain(f.store.as_ref()).await, 7);
 }
@@ -918,7 +995,7 @@ fn grant(id: &str, master: &OmniAccount, agent: &OmniAccount, max_uses: Option<i
 }
 
 async fn create_grant(store: &dyn Store, g: Grant) {
-    let e = event("grant.created", 3);
+    let e = event(AuditKind::GrantCreated, 3);
     store
         .transact(move |tx| {
             tx.insert_grant(&g)?;
@@ -953,8 +1030,8 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
             gate.append(
                 store.as_ref(),
                 now,
-                event("mint", now),
-                event("mint.denied", now),
+                event(AuditKind::Mint, now),
+                denied(AuditKind::Mint, now),
             )
             .await
             .unwrap()
@@ -985,7 +1062,7 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.kind == "mint.denied")
+        .filter(|e| e.kind == "mint" && e.outcome == "denied")
         .map(|e| e.details["reason"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(denials, ["grant_unavailable", "grant_unavailable"]);
@@ -994,7 +1071,7 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
     create_grant(s, grant("g2", &master, &bot, None)).await;
     let revoke_grant = |by: &OmniAccount, now: i64| {
         let by = by.clone();
-        let e = event("grant.revoked", now);
+        let e = event(AuditKind::GrantRevoked, now);
         s.transact(move |tx| {
             let revoked = tx.revoke_grant(&by, "g2", now)?;
             if revoked {
@@ -1016,8 +1093,8 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
             gate.append(
                 store.as_ref(),
                 now,
-                event("mint", now),
-                event("mint.denied", now),
+                event(AuditKind::Mint, now),
+                denied(AuditKind::Mint, now),
             )
             .await
             .unwrap()
@@ -1051,7 +1128,12 @@ async fn a_grant_use_is_consumed_with_the_audit_event_or_refused() {
     };
     assert!(matches!(
         expired
-            .append(s, 1000, event("mint", 1000), event("mint.denied", 1000))
+            .append(
+                s,
+                1000,
+                event(AuditKind::Mint, 1000),
+                denied(AuditKind::Mint, 1000)
+            )
             .await
             .unwrap(),
         GateOutcome::GrantUnavailable { .. }
@@ -1097,8 +1179,8 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
             gate.append(
                 store.as_ref(),
                 now,
-                event("mint", now),
-                event("mint.denied", now),
+                event(AuditKind::Mint, now),
+                denied(AuditKind::Mint, now),
             )
             .await
             .unwrap()
@@ -1110,7 +1192,7 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
     };
 
     // A master's session: live, then revoked (logout) before the gated append.
-    create_session(s, session("m1", 1000), event("s", 1)).await;
+    create_session(s, session("m1", 1000), event(AuditKind::SignInWallet, 1)).await;
     let read = s.session("m1").await.unwrap().unwrap();
     assert!(read.revoked_at.is_none(), "the mint's read saw it live");
     assert!(matches!(
@@ -1126,7 +1208,7 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
         }
     ));
     // Expired and unknown sessions are refused the same way.
-    create_session(s, session("m2", 20), event("s", 2)).await;
+    create_session(s, session("m2", 20), event(AuditKind::SignInWallet, 2)).await;
     assert!(matches!(
         gate(of_master("m2"), 19).await,
         GateOutcome::Allowed { .. }
@@ -1198,7 +1280,7 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
             wallet: None,
             ..session("a2", 10_000)
         },
-        event("s", 6),
+        event(AuditKind::SignInWallet, 6),
     )
     .await;
     assert!(matches!(
@@ -1220,7 +1302,7 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
     let events = s.audit_events(0, 100).await.unwrap();
     let reasons: Vec<&str> = events
         .iter()
-        .filter(|e| e.kind == "mint.denied")
+        .filter(|e| e.kind == "mint" && e.outcome == "denied")
         .map(|e| e.details["reason"].as_str().unwrap())
         .collect();
     assert_eq!(
@@ -1234,7 +1316,13 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
             "agent_removed"
         ]
     );
-    assert_eq!(events.iter().filter(|e| e.kind == "mint").count(), 4);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "mint" && e.outcome == "ok")
+            .count(),
+        4
+    );
     let counted = s
         .transact(move |tx| tx.window_count("a1", window, 36))
         .await
@@ -1255,11 +1343,16 @@ async fn a_failing_closure_rolls_back_everything_its_decision_wrote() {
     let f = Fixture::new().await;
     let s = f.store.as_ref();
     let master = omni("master");
-    create_pairing(s, pairing("p1", "ABCDEFGH", 600), event("pair", 1)).await;
+    create_pairing(
+        s,
+        pairing("p1", "ABCDEFGH", 600),
+        event(AuditKind::AgentPairingRequested, 1),
+    )
+    .await;
 
     // Approve, then fail inside the same transaction.
     let (decided, outcome) = std::sync::mpsc::channel();
-    let (m, e) = (master.clone(), event("approve", 2));
+    let (m, e) = (master.clone(), event(AuditKind::AgentPaired, 2));
     let failed = s
         .transact(move |tx| -> agentkeys_store::Result<()> {
             let _ = decided.send(agents::approve(tx, "ABCDEFGH", &m, "bot", 2, &e)?);
@@ -1282,7 +1375,11 @@ async fn a_failing_closure_rolls_back_everything_its_decision_wrote() {
         None,
         "the pairing is still pending"
     );
-    assert_eq!(kinds(s).await, ["pair"], "no audit event");
+    assert_eq!(
+        kinds(s).await,
+        ["agent.pairing_requested"],
+        "no audit event"
+    );
 
     // Still pending, and the label not taken: the same approval succeeds now.
     assert!(matches!(
@@ -1293,7 +1390,7 @@ async fn a_failing_closure_rolls_back_everything_its_decision_wrote() {
     // A claim that fails after its decision: no session, the pairing not collected, and not
     // even the device's proof recorded (the same proof collects it next).
     let (decided, outcome) = std::sync::mpsc::channel();
-    let (slot1, e) = (slot("s1"), event("claim", 4));
+    let (slot1, e) = (slot("s1"), event(AuditKind::AgentSessionIssued, 4));
     let failed = s
         .transact(move |tx| -> agentkeys_store::Result<()> {
             let _ = decided.send(agents::claim(tx, "p1", 10, 4, &slot1, &e)?);
@@ -1311,7 +1408,7 @@ async fn a_failing_closure_rolls_back_everything_its_decision_wrote() {
 
     // A panic inside the closure is a failure like any other: the revocation is undone.
     let (decided, outcome) = std::sync::mpsc::channel();
-    let e = event("logout", 6);
+    let e = event(AuditKind::SessionLogout, 6);
     let panicked = s
         .transact(move |tx| -> agentkeys_store::Result<()> {
             let _ = decided.send(session::revoke(tx, "s1", 6, &e)?);
@@ -1321,7 +1418,14 @@ async fn a_failing_closure_rolls_back_everything_its_decision_wrote() {
     assert!(panicked.is_err());
     assert!(outcome.recv().unwrap(), "the session had been revoked");
     assert!(s.session("s1").await.unwrap().unwrap().revoked_at.is_none());
-    assert_eq!(kinds(s).await, ["pair", "approve", "claim"]);
+    assert_eq!(
+        kinds(s).await,
+        [
+            "agent.pairing_requested",
+            "agent.paired",
+            "agent.session_issued"
+        ]
+    );
     assert_eq!(verify_chain(s).await, 3);
 }
 
@@ -1365,8 +1469,8 @@ async fn a_grant_raced_by_concurrent_gates_is_used_exactly_max_uses_times() {
                 gate.append(
                     store.as_ref(),
                     now,
-                    event("mint", now),
-                    event("mint.denied", now),
+                    event(AuditKind::Mint, now),
+                    denied(AuditKind::Mint, now),
                 )
                 .await
                 .unwrap()
@@ -1398,12 +1502,14 @@ async fn a_grant_raced_by_concurrent_gates_is_used_exactly_max_uses_times() {
     let events = s.audit_events(0, 1_000_000).await.unwrap();
     let new = &events[before as usize..];
     assert_eq!(
-        new.iter().filter(|e| e.kind == "mint").count() as i64,
+        new.iter()
+            .filter(|e| e.kind == "mint" && e.outcome == "ok")
+            .count() as i64,
         MAX_USES
     );
     assert!(
         new.iter()
-            .filter(|e| e.kind == "mint.denied")
+            .filter(|e| e.kind == "mint" && e.outcome == "denied")
             .all(|e| e.details["reason"] == "grant_unavailable")
     );
     assert_eq!(new.len(), RACERS, "one event per racer");

@@ -54,7 +54,7 @@ pub(super) fn head(db: &mut Db<'_, '_>) -> Result<Head> {
 
 pub(super) fn append(db: &mut Db<'_, '_>, head: &mut Head, event: &NewAuditEvent) -> Result<u64> {
     let seq = head.seq + 1;
-    let hash = chain_hash(&head.hash, &canonical(seq, event));
+    let hash = chain_hash(&head.hash, &canonical(seq, event.hashed()));
     // The JSON text as written: the hash covers its canonical form, which is recomputed from
     // this text on verification.
     let details = event.details.to_string();
@@ -63,10 +63,10 @@ pub(super) fn append(db: &mut Db<'_, '_>, head: &mut Head, event: &NewAuditEvent
         &[
             &seq_param(seq),
             &event.time,
-            &event.kind,
+            &event.kind.as_str(),
             &event.actor,
             &event.master,
-            &event.outcome,
+            &event.outcome.as_str(),
             &details,
             &head.hash,
             &hash,

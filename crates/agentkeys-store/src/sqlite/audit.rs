@@ -40,7 +40,7 @@ pub(super) fn append(
     let seq = head.seq + 1;
     let seq_u64 =
         u64::try_from(seq).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-    let hash = chain_hash(&head.hash, &canonical(seq_u64, event));
+    let hash = chain_hash(&head.hash, &canonical(seq_u64, event.hashed()));
     conn.prepare_cached(
         "INSERT INTO audit_events (seq, time, kind, actor, master, outcome, details, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -48,10 +48,10 @@ pub(super) fn append(
     .execute(params![
         seq,
         event.time,
-        event.kind,
+        event.kind.as_str(),
         event.actor,
         event.master,
-        event.outcome,
+        event.outcome.as_str(),
         event.details.to_string(),
         head.hash,
         hash

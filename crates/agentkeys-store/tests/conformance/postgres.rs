@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    Agent, AgentStatus, Challenge, Grant, NewAuditEvent, PostgresStore, RateWindow, Session,
-    SigningKeyRecord, Store, StoreError,
+    Agent, AgentStatus, AuditKind, Challenge, Grant, NewAuditEvent, Outcome, PostgresStore,
+    RateWindow, Session, SigningKeyRecord, Store, StoreError,
 };
 use agentkeys_types::OmniAccount;
 use agentkeys_types::api::ActorKind;
@@ -82,13 +82,13 @@ fn omni(n: u8) -> OmniAccount {
     OmniAccount::derive("smoke", &n.to_string())
 }
 
-fn event(kind: &str, n: i64) -> NewAuditEvent {
+fn event(kind: AuditKind, n: i64) -> NewAuditEvent {
     NewAuditEvent {
         time: NOW + n,
-        kind: kind.into(),
+        kind,
         actor: Some(omni(1).to_string()),
         master: Some(omni(1).to_string()),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details: json!({ "n": n, "z": [1, {"b": 2, "a": "é"}] }),
     }
 }
@@ -178,8 +178,8 @@ async fn a_transaction_of_several_primitives_commits_together() {
                 withdrawn_at: None,
             })?;
             assert!(tx.reseal_signing_key("k1", &[9, 9])?);
-            tx.append(&event("first", 1))?;
-            tx.append(&event("second", 2))
+            tx.append(&event(AuditKind::GrantCreated, 1))?;
+            tx.append(&event(AuditKind::GrantRevoked, 2))
         })
         .await
         .unwrap();
@@ -193,7 +193,7 @@ async fn a_transaction_of_several_primitives_commits_together() {
     assert_eq!(keys[0].sealed_private_key.as_deref(), Some(&[9u8, 9][..]));
     assert_eq!(verify_chain(store.as_ref()).await, 2);
     let events = store.audit_events(0, 10).await.unwrap();
-    assert_eq!(events[1].details, event("second", 2).details);
+    assert_eq!(events[1].details, event(AuditKind::GrantRevoked, 2).details);
 
     // A duplicate is a conflict, not a database failure.
     let dup = store
@@ -209,12 +209,15 @@ async fn a_failed_closure_writes_nothing() {
         return;
     };
     let store = schema.open().await;
-    store.append_audit(event("kept", 0)).await.unwrap();
+    store
+        .append_audit(event(AuditKind::GrantCreated, 0))
+        .await
+        .unwrap();
     let failed = store
         .transact(|tx| {
             tx.insert_challenge(&challenge("c1"))?;
             tx.insert_session(&session("s1"))?;
-            tx.append(&event("dropped", 1))?;
+            tx.append(&event(AuditKind::AgentRemoved, 1))?;
             Err::<(), _>(StoreError::Conflict("the broker said no".into()))
         })
         .await;
@@ -223,7 +226,13 @@ async fn a_failed_closure_writes_nothing() {
     let taken = store.transact(|tx| tx.take_challenge("c1")).await.unwrap();
     assert!(taken.is_none());
     // The chain continues from the last committed event: no gap where the dropped one was.
-    assert_eq!(store.append_audit(event("next", 2)).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .append_audit(event(AuditKind::GrantRevoked, 2))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(verify_chain(store.as_ref()).await, 2);
 }
 
@@ -248,7 +257,7 @@ async fn two_instances_write_one_gapless_chain() {
                         },
                         NOW,
                     )?;
-                    tx.append(&event("mint", i))
+                    tx.append(&event(AuditKind::Mint, i))
                 })
                 .await
                 .unwrap()
@@ -395,7 +404,10 @@ async fn the_writer_reconnects_after_losing_its_connection() {
     // Named after the schema, so only this test's writer is killed.
     let url = format!("{}&application_name={}", schema.url(), schema.name);
     let store = agentkeys_store::open(&url).await.unwrap();
-    store.append_audit(event("before", 0)).await.unwrap();
+    store
+        .append_audit(event(AuditKind::GrantCreated, 0))
+        .await
+        .unwrap();
     exec(
         &schema.base,
         &format!(
@@ -408,7 +420,7 @@ async fn the_writer_reconnects_after_losing_its_connection() {
     // The batch that finds the connection dead fails as a whole; the next one reconnects.
     let mut failures = 0;
     let seq = loop {
-        match store.append_audit(event("after", 1)).await {
+        match store.append_audit(event(AuditKind::AgentResumed, 1)).await {
             Ok(seq) => break seq,
             Err(StoreError::Commit(_) | StoreError::Unavailable(_)) if failures == 0 => {
                 failures += 1

@@ -8,6 +8,7 @@ use agentkeys_types::api::{
     PairingPollRequest, PairingPollResponse, PairingStartRequest, PairingStartResponse,
     PairingStatus, SessionIssued,
 };
+use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::pairing::{ProofAction, display_code, normalize_code, valid_label};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -79,7 +80,14 @@ pub async fn pairing_start(
         claimed_at: None,
     };
     let details = json!({"pairing_id": request.id, "device": request.device_address});
-    let requested = event(now, "agent.pairing_requested", None, None, "ok", details);
+    let requested = event(
+        now,
+        AuditKind::AgentPairingRequested,
+        None,
+        None,
+        Outcome::Ok,
+        details,
+    );
     let stored = request.clone();
     state
         .store
@@ -133,18 +141,18 @@ pub async fn pairing_approve(
     let details = json!({"label": req.label, "session": session_ref(&master.token_hash)});
     let attempt = event(
         now,
-        "agent.approve_attempt",
+        AuditKind::AgentApproveAttempt,
         Some(m),
         Some(m),
-        "ok",
+        Outcome::Ok,
         details.clone(),
     );
     let mut denied = event(
         now,
-        "agent.approve_attempt",
+        AuditKind::AgentApproveAttempt,
         Some(m),
         Some(m),
-        "denied",
+        Outcome::Denied,
         details,
     );
     denied.details["reason"] = json!("rate_limited");
@@ -158,10 +166,10 @@ pub async fn pairing_approve(
     let agent_omni = OmniAccount::for_agent(&master.omni, &req.label).to_string();
     let paired = event(
         now,
-        "agent.paired",
+        AuditKind::AgentPaired,
         Some(m),
         Some(m),
-        "ok",
+        Outcome::Ok,
         json!({"agent": agent_omni, "label": req.label}),
     );
     let (master_omni, label) = (master.omni.clone(), req.label.clone());
@@ -234,10 +242,10 @@ pub async fn pairing_poll(
     };
     let issued = event(
         now,
-        "agent.session_issued",
+        AuditKind::AgentSessionIssued,
         request.agent.as_ref().map(OmniAccount::as_str),
         owner.as_deref(),
-        "ok",
+        Outcome::Ok,
         json!({"pairing_id": request.id, "session": session_ref(&token.hash)}),
     );
     let proof_ms = req.timestamp_ms;
@@ -322,10 +330,10 @@ pub async fn agent_session(
     };
     let issued = event(
         now,
-        "agent.session_issued",
+        AuditKind::AgentSessionIssued,
         Some(agent.omni.as_str()),
         Some(agent.master.as_str()),
-        "ok",
+        Outcome::Ok,
         json!({"by": "device_proof", "session": session_ref(&token.hash)}),
     );
     let proof_ms = req.timestamp_ms;
@@ -377,7 +385,7 @@ async fn set_status(
     master: &Session,
     agent: &str,
     status: AgentStatus,
-    kind: &str,
+    kind: AuditKind,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
     let not_found =
         || ApiError::NotFound("you have no live agent with that omni; see GET /v1/agents".into());
@@ -386,7 +394,14 @@ async fn set_status(
     };
     let now = state.clock.now();
     let m = master.omni.as_str();
-    let e = event(now, kind, Some(m), Some(m), "ok", json!({"agent": agent}));
+    let e = event(
+        now,
+        kind,
+        Some(m),
+        Some(m),
+        Outcome::Ok,
+        json!({"agent": agent}),
+    );
     let master_omni = master.omni.clone();
     let updated = state
         .store
@@ -411,7 +426,7 @@ pub async fn suspend_agent(
         &master,
         &agent_omni,
         AgentStatus::Suspended,
-        "agent.suspended",
+        AuditKind::AgentSuspended,
     )
     .await
 }
@@ -430,7 +445,7 @@ pub async fn resume_agent(
         &master,
         &agent_omni,
         AgentStatus::Active,
-        "agent.resumed",
+        AuditKind::AgentResumed,
     )
     .await
 }
@@ -449,7 +464,7 @@ pub async fn remove_agent(
         &master,
         &agent_omni,
         AgentStatus::Removed,
-        "agent.removed",
+        AuditKind::AgentRemoved,
     )
     .await
 }

@@ -5,6 +5,7 @@ use agentkeys_types::api::{
     ChallengePurpose, SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletProof,
     WalletVerifyRequest,
 };
+use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::identity::canonical_email;
 use agentkeys_types::login::{SIGN_IN_STATEMENT, challenge_statement};
 use agentkeys_types::{OmniAccount, WalletAddress};
@@ -20,8 +21,6 @@ use crate::http::extract::Json;
 use crate::session::{new_token, random_id, session_ref};
 use crate::state::AppState;
 use crate::wallet::{self, SignInError};
-
-pub const AUDIT_KIND: &str = "sign_in.wallet";
 
 /// Start a wallet sign-in (or, with `purpose`, a step-up for linking an identity): returns
 /// the EIP-4361 message to sign.
@@ -123,14 +122,14 @@ pub async fn wallet_verify(
             metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed").increment(1);
             let event = NewAuditEvent {
                 time: now,
-                kind: AUDIT_KIND.into(),
+                kind: AuditKind::SignInWallet,
                 actor: challenge
                     .address
                     .parse()
                     .ok()
                     .map(|w| OmniAccount::for_wallet(&w).to_string()),
                 master: None,
-                outcome: "failed".into(),
+                outcome: Outcome::Failed,
                 details: json!({
                     "reason": reason.to_string(), "address": challenge.address,
                     "challenge_id": req.challenge_id, "ip": ip.to_string(),
@@ -151,10 +150,10 @@ pub async fn wallet_verify(
     .for_master(omni.clone(), Some(wallet.to_string()), None);
     let event = NewAuditEvent {
         time: now,
-        kind: AUDIT_KIND.into(),
+        kind: AuditKind::SignInWallet,
         actor: Some(omni.to_string()),
         master: Some(omni.to_string()),
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         details: json!({"wallet": wallet.as_str(), "session": session_ref(&token.hash), "expires_at": expires_at}),
     };
     state
@@ -225,10 +224,10 @@ pub(super) async fn step_up(
         .store
         .append_audit(NewAuditEvent {
             time: now,
-            kind: "identity.step_up".into(),
+            kind: AuditKind::IdentityStepUp,
             actor: Some(master_omni.to_owned()),
             master: Some(master_omni.to_owned()),
-            outcome: "failed".into(),
+            outcome: Outcome::Failed,
             details,
         })
         .await?;

@@ -12,6 +12,7 @@ use agentkeys_types::api::{
     BrowserSignedIn, ChallengePurpose, EmailLinkRequest, EmailStartRequest, LinkEmailRequest,
     LoginCollectRequest, LoginStartResponse, LoginStatusResponse,
 };
+use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::identity::canonical_email;
 use agentkeys_types::pairing::display_code;
 use axum::extract::State;
@@ -52,9 +53,9 @@ async fn start(
     let now = state.clock.now();
     let settings = &state.settings;
     let kind = if link_to.is_some() {
-        "identity.link_requested"
+        AuditKind::IdentityLinkRequested
     } else {
-        "sign_in.email.requested"
+        AuditKind::SignInEmailRequested
     };
     let actor = link_to.map(|m| m.omni().as_str());
     let buckets = vec![
@@ -69,8 +70,8 @@ async fn start(
     // A link request has no browser link: only the linking master's CLI completes it.
     let link_token = link_to.is_none().then(secret);
     let details = json!({"email": email, "request": session_ref(&token_hash(&request_id)), "ip": ip.to_string()});
-    let allowed = event(now, kind, actor, actor, "ok", details.clone());
-    let mut denied = event(now, kind, actor, actor, "denied", details);
+    let allowed = event(now, kind, actor, actor, Outcome::Ok, details.clone());
+    let mut denied = event(now, kind, actor, actor, Outcome::Denied, details);
     denied.details["reason"] = json!("rate_limited");
     let expires_at = now + settings.login_ttl_seconds;
     let request = LoginRequest {
@@ -290,7 +291,7 @@ pub async fn email_browser(
         created_at: now,
         expires_at: now + ttl,
     };
-    let mut done = super::login::collected_event(&request, now, &token.hash);
+    let mut done = super::login::collected_event(&request, now, &token.hash)?;
     done.details["browser"] = json!(true);
     let claim = state
         .store

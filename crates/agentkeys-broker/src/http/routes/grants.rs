@@ -5,6 +5,7 @@
 use agentkeys_store::{ActorKind, AgentStatus, Grant, Session};
 use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{GrantCreateRequest, GrantInfo, GrantList, WorstCaseExposure};
+use agentkeys_types::audit::{AuditKind, Outcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
@@ -117,7 +118,7 @@ pub async fn create(
     };
     let m = Some(master.omni.as_str());
     let details = json!({"grant": grant.id, "agent": grant.agent, "scope": grant.scope, "expires_at": expires_at, "max_uses": req.max_uses});
-    let created = event(now, "grant.created", m, m, "ok", details);
+    let created = event(now, AuditKind::GrantCreated, m, m, Outcome::Ok, details);
     let stored = grant.clone();
     // The agent is checked in the transaction that stores the grant, so a removal that
     // commits first wins.
@@ -171,7 +172,14 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     let now = state.clock.now();
     let m = Some(master.omni.as_str());
-    let e = event(now, "grant.revoked", m, m, "ok", json!({"grant": grant_id}));
+    let e = event(
+        now,
+        AuditKind::GrantRevoked,
+        m,
+        m,
+        Outcome::Ok,
+        json!({"grant": grant_id}),
+    );
     let revoked = state
         .store
         .transact(move |tx| {

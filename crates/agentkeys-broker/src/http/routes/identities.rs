@@ -2,6 +2,7 @@
 
 use agentkeys_store::IdentityRef;
 use agentkeys_types::api::{IdentityInfo, IdentityList, UnlinkResult};
+use agentkeys_types::audit::{AuditKind, Outcome};
 use axum::extract::{Path, State};
 use serde_json::json;
 
@@ -47,10 +48,10 @@ pub async fn unlink(
     let now = state.clock.now();
     let audit = event(
         now,
-        "identity.unlinked",
+        AuditKind::IdentityUnlinked,
         Some(master.omni.as_str()),
         Some(master.omni.as_str()),
-        "ok",
+        Outcome::Ok,
         json!({"identity_type": identity_type, "identity_value": identity_value}),
     );
     let identity = IdentityRef {

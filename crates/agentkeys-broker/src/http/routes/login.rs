@@ -14,6 +14,7 @@ use agentkeys_types::api::{
     ChallengePurpose, IdentityInfo, LoginCollectRequest, LoginStatus, LoginStatusResponse,
     SessionIssued, WalletProof,
 };
+use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::login::{CODE_ATTEMPTS, code_challenge, valid_challenge, valid_verifier};
 use agentkeys_types::pairing::normalize_code;
 use serde_json::json;
@@ -127,7 +128,7 @@ pub async fn collect(
         created_at: now,
         expires_at,
     };
-    let done = collected_event(&request, now, &token.hash);
+    let done = collected_event(&request, now, &token.hash)?;
     let code_hash = code_hash(&code);
     let claim = state
         .store
@@ -139,16 +140,22 @@ pub async fn collect(
 }
 
 /// The audit event of a successful collection (actor and master are filled in once the
-/// transaction knows them).
+/// transaction knows them). Login requests are only ever written with the methods of
+/// [`AuditKind::sign_in`]; any other would be a store written by something else.
 pub fn collected_event(
     request: &LoginRequest,
     now: i64,
     session_hash: &str,
-) -> agentkeys_store::NewAuditEvent {
+) -> Result<agentkeys_store::NewAuditEvent, ApiError> {
     let kind = if request.link_to.is_some() {
-        "identity.linked".to_owned()
+        AuditKind::IdentityLinked
     } else {
-        format!("sign_in.{}", request.method)
+        AuditKind::sign_in(&request.method).ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "login request of unknown method {:?}",
+                request.method
+            ))
+        })?
     };
     let details = json!({
         "method": request.method,
@@ -156,7 +163,7 @@ pub fn collected_event(
         "identity_value": request.verified_value.as_deref().unwrap_or(&request.subject),
         "session": request.link_to.is_none().then(|| session_ref(session_hash).to_owned()),
     });
-    event(now, &kind, None, None, "ok", details)
+    Ok(event(now, kind, None, None, Outcome::Ok, details))
 }
 
 fn answer(

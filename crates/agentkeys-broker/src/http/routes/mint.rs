@@ -12,7 +12,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{AuthSession, OptionalJson};
 use crate::http::limit;
 use crate::metrics::mint_denied;
-use crate::mint;
+use crate::mint::{self, DenyReason};
 use crate::state::AppState;
 
 /// Mint a short-lived ES256 JWT for the bearer's session, for `AssumeRoleWithWebIdentity`.
@@ -40,7 +40,7 @@ pub async fn mint_oidc_jwt(
         Ok(AuthSession(s)) => s,
         Err(e) => {
             limit::admit(&state, &state.anonymous_limiter, "anonymous", ip)?;
-            mint_denied("unauthenticated");
+            mint_denied(&DenyReason::Unauthenticated);
             state
                 .denials
                 .record(ip.0, DenialKind::MintUnauthenticated, state.clock.now());
@@ -49,7 +49,10 @@ pub async fn mint_oidc_jwt(
     };
     let request = match body {
         Ok(OptionalJson(r)) => r,
-        Err(e) => return Err(mint::deny(&state, Some(&session), "invalid_request", e).await),
+        Err(e) => {
+            let reason = DenyReason::InvalidRequest(e);
+            return Err(mint::deny(&state, Some(&session), reason).await);
+        }
     };
     let minted = mint::mint(&state, &session, &request).await?;
     metrics::histogram!(crate::metrics::MINT_DURATION).record(started.elapsed().as_secs_f64());

@@ -12,22 +12,23 @@ pub mod ops;
 pub mod session;
 
 use agentkeys_store::NewAuditEvent;
+use agentkeys_types::audit::{AuditKind, Outcome};
 
 /// An audit event of a route, at `now`.
 pub(crate) fn event(
     now: i64,
-    kind: &str,
+    kind: AuditKind,
     actor: Option<&str>,
     master: Option<&str>,
-    outcome: &str,
+    outcome: Outcome,
     details: serde_json::Value,
 ) -> NewAuditEvent {
     NewAuditEvent {
         time: now,
-        kind: kind.to_owned(),
+        kind,
         actor: actor.map(str::to_owned),
         master: master.map(str::to_owned),
-        outcome: outcome.to_owned(),
+        outcome,
         details,
     }
 }

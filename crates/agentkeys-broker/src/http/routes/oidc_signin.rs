@@ -6,6 +6,7 @@
 //! with that code and its verifier (`login.rs`); a request id or a provider login alone
 //! releases nothing.
 
+use agentkeys_types::audit::{AuditKind, Outcome};
 use std::collections::HashMap;
 
 use agentkeys_store::{IdentityRef, LoginKey, LoginRequest};
@@ -80,16 +81,16 @@ async fn start(
         redirect_uri: redirect_uri.map(str::to_owned),
     };
     let kind = if link_to.is_some() {
-        "identity.link_requested"
+        AuditKind::IdentityLinkRequested
     } else {
-        "sign_in.oidc.requested"
+        AuditKind::SignInOidcRequested
     };
     let actor = link_to.map(|m| m.omni().as_str());
     let details = json!({
         "provider": provider_name, "request": session_ref(&request.id_hash),
         "loopback": redirect_uri.is_some(),
     });
-    let requested = event(now, kind, actor, actor, "ok", details);
+    let requested = event(now, kind, actor, actor, Outcome::Ok, details);
     state
         .store
         .transact(move |tx| {
@@ -276,10 +277,10 @@ pub async fn callback(
         async move {
             let failed = event(
                 now,
-                "sign_in.oidc.verified",
+                AuditKind::SignInOidcVerified,
                 actor.as_deref(),
                 actor.as_deref(),
-                "failed",
+                Outcome::Failed,
                 details,
             );
             let failing = store.transact(move |tx| sign_in::fail(tx, &id_hash, now, &failed));
@@ -323,10 +324,10 @@ pub async fn callback(
     let linking = request.link_to.as_ref().map(OmniAccount::as_str);
     let verified = event(
         now,
-        "sign_in.oidc.verified",
+        AuditKind::SignInOidcVerified,
         linking,
         linking,
-        "ok",
+        Outcome::Ok,
         details,
     );
     let one_time = crate::agents::new_code();

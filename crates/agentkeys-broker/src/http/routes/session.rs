@@ -1,6 +1,7 @@
 //! The caller's own session.
 
 use agentkeys_types::api::{SessionInfo, SessionList, WhoAmI};
+use agentkeys_types::audit::{AuditKind, Outcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::json;
@@ -34,10 +35,10 @@ pub async fn logout(
     let now = state.clock.now();
     let audit = event(
         now,
-        "session.logout",
+        AuditKind::SessionLogout,
         Some(s.omni.as_str()),
         Some(s.master.as_str()),
-        "ok",
+        Outcome::Ok,
         json!({"session": session_ref(&s.token_hash)}),
     );
     state
@@ -87,10 +88,10 @@ pub async fn revoke_one(
     };
     let audit = event(
         now,
-        "session.revoked",
+        AuditKind::SessionRevoked,
         Some(s.omni.as_str()),
         Some(s.master.as_str()),
-        "ok",
+        Outcome::Ok,
         json!({"session": id, "by": session_ref(&s.token_hash)}),
     );
     let target = target.token_hash.clone();
@@ -111,10 +112,10 @@ pub async fn logout_all(
     let now = state.clock.now();
     let audit = event(
         now,
-        "session.logout_all",
+        AuditKind::SessionLogoutAll,
         Some(s.omni.as_str()),
         Some(s.master.as_str()),
-        "ok",
+        Outcome::Ok,
         json!({"by": session_ref(&s.token_hash)}),
     );
     state
