@@ -34,6 +34,24 @@ pub fn private_tempdir() -> tempfile::TempDir {
     dir
 }
 
+/// `command` with no `BROKER_*` variable of the caller's: a developer's settings must not leak
+/// into a broker a test starts.
+pub fn without_broker_env(mut command: std::process::Command) -> std::process::Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BROKER_") {
+            command.env_remove(k);
+        }
+    }
+    command
+}
+
+/// The real `agentkeys-broker` binary, with a clean environment.
+pub fn broker_binary() -> std::process::Command {
+    without_broker_env(std::process::Command::new(env!(
+        "CARGO_BIN_EXE_agentkeys-broker"
+    )))
+}
+
 /// With `AGENTKEYS_TEST_DATABASE=postgres://…`, a URL for a fresh schema of that database (one
 /// per test, so tests never see each other's rows); `None` runs the test on SQLite.
 pub async fn test_database() -> Option<String> {
@@ -206,12 +224,7 @@ impl TestApp {
     /// key-encryption key) through its environment.
     pub fn broker_command(&self) -> std::process::Command {
         let settings = &self.state.settings;
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BROKER_") {
-                c.env_remove(k);
-            }
-        }
+        let mut c = broker_binary();
         c.env("BROKER_DATA_DIR", self.data_dir())
             .env("BROKER_DATABASE_URL", &settings.database_url);
         if let Some(kek) = &settings.key_encryption_key_file {

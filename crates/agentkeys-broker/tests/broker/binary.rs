@@ -6,14 +6,7 @@ use std::time::{Duration, Instant};
 use crate::app::private_tempdir;
 
 fn broker() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"));
-    // Start from a clean environment so a developer's BROKER_* variables do not leak in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BROKER_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    crate::app::broker_binary()
 }
 
 /// Runs to completion and returns (exit code, stderr).

@@ -25,12 +25,7 @@ fn broker_with_open_umask(args: &[&str]) -> Command {
         .arg("umask 000 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_agentkeys-broker"))
         .args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BROKER_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    crate::app::without_broker_env(c)
 }
 
 /// A broker that is killed when dropped.

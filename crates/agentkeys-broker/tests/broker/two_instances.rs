@@ -57,12 +57,7 @@ fn free_port() -> u16 {
 }
 
 fn broker_command(database_url: &str, kek: &Path, data_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_agentkeys-broker"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BROKER_") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = crate::app::broker_binary();
     c.env("BROKER_DATABASE_URL", database_url)
         .env("BROKER_KEY_ENCRYPTION_KEY_FILE", kek)
         .env("BROKER_DATA_DIR", data_dir);
