@@ -21,6 +21,27 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Everything the suite needs, checked before anything long runs: one message lists what is
+# missing and how to get it (`.ci/run` installs the Debian packages itself).
+missing=()
+command -v cargo >/dev/null || missing+=("Rust (rustup: https://rustup.rs)")
+cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt (rustup component add rustfmt)")
+cargo clippy --version >/dev/null 2>&1 || missing+=("clippy (rustup component add clippy)")
+command -v cc >/dev/null || missing+=("a C compiler (apt-get install build-essential)")
+python3 -c 'import venv, ensurepip' 2>/dev/null \
+  || missing+=("python3 with venv (apt-get install python3-venv)")
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null \
+  || missing+=("Node.js >= 20 with npm (Debian 12's nodejs is 18: use nodejs.org or nvm)")
+command -v chromium >/dev/null || missing+=("Debian's chromium (apt-get install chromium)")
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v psql >/dev/null \
+  || missing+=("PostgreSQL server and psql (apt-get install postgresql)")
+if ((${#missing[@]})); then
+  echo "scripts/test.sh needs, and this machine lacks:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  echo "(registries used: crates.io, PyPI, npm, Debian; .ci/run installs the Debian packages)" >&2
+  exit 2
+fi
+
 # The throwaway PostgreSQL cluster (started below) has its own state file, so a cluster someone
 # started by hand with scripts/postgres.sh is neither reused nor stopped; it stops on any exit.
 pg_state_dir="$(mktemp -d /tmp/agentkeys-test-pg.XXXXXX)"
