@@ -3,8 +3,8 @@
 //! `http/routes/agents.rs` call these.
 
 use agentkeys_store::{
-    ActorKind, Agent, AgentStatus, IdentityRef, NewAuditEvent, Result as StoreResult, Session,
-    SessionFilter, Tx,
+    ActorKind, Agent, AgentStatus, Grant, IdentityRef, NewAuditEvent, Result as StoreResult,
+    Session, SessionFilter, Tx,
 };
 use agentkeys_types::pairing::{
     CODE_ALPHABET, CODE_LEN, PROOF_MAX_SKEW_SECONDS, ProofAction, proof_message,
@@ -264,7 +264,68 @@ pub fn renew(
     Ok(RenewOutcome::Issued(agent))
 }
 
-/// Moves `master`'s live agent to `status`; removal also revokes every session of the agent.
+/// An agent of this master that is not removed, read inside the transaction that acts on it:
+/// the only way to suspend, resume or remove an agent ([`change_status`]) or to give it a
+/// grant. Made only by [`OwnedAgent::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedAgent {
+    agent: Agent,
+}
+
+impl OwnedAgent {
+    /// `master`'s agent `omni`, if it has one that is not removed. Read in `tx`, so a removal
+    /// (or anything else) that commits first wins.
+    pub fn check(
+        tx: &mut dyn Tx,
+        master: &OmniAccount,
+        omni: &OmniAccount,
+    ) -> StoreResult<Option<OwnedAgent>> {
+        Ok(tx
+            .agent(omni)?
+            .filter(|a| &a.master == master && a.status != AgentStatus::Removed)
+            .map(|agent| OwnedAgent { agent }))
+    }
+
+    /// The agent as read by the check.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+/// Moves the owned agent to `status`; removal also revokes every session of the agent. The
+/// agent as it now is.
+pub fn change_status(
+    tx: &mut dyn Tx,
+    owned: OwnedAgent,
+    status: AgentStatus,
+    now: i64,
+    event: &NewAuditEvent,
+) -> StoreResult<Option<Agent>> {
+    let omni = &owned.agent.omni;
+    tx.set_agent_status(omni, status, now)?;
+    if status == AgentStatus::Removed {
+        tx.revoke_sessions(omni, SessionFilter::AllExcept(None), now)?;
+    }
+    tx.append(event)?;
+    tx.agent(omni)
+}
+
+/// Gives the owned agent `grant` (its `agent` and `master` become the owned agent's and its
+/// master), with its event; the grant as stored.
+pub fn give_grant(
+    tx: &mut dyn Tx,
+    to: &OwnedAgent,
+    mut grant: Grant,
+    event: &NewAuditEvent,
+) -> StoreResult<Grant> {
+    grant.agent = to.agent.omni.clone();
+    grant.master = to.agent.master.clone();
+    tx.insert_grant(&grant)?;
+    tx.append(event)?;
+    Ok(grant)
+}
+
+/// Moves `master`'s live agent to `status` ([`OwnedAgent::check`], then [`change_status`]).
 /// `None` if `master` has no such live agent.
 pub fn set_status(
     tx: &mut dyn Tx,
@@ -274,14 +335,8 @@ pub fn set_status(
     now: i64,
     event: &NewAuditEvent,
 ) -> StoreResult<Option<Agent>> {
-    match tx.agent(omni)? {
-        Some(agent) if &agent.master == master && agent.status != AgentStatus::Removed => {}
-        _ => return Ok(None),
+    match OwnedAgent::check(tx, master, omni)? {
+        Some(owned) => change_status(tx, owned, status, now, event),
+        None => Ok(None),
     }
-    tx.set_agent_status(omni, status, now)?;
-    if status == AgentStatus::Removed {
-        tx.revoke_sessions(omni, SessionFilter::AllExcept(None), now)?;
-    }
-    tx.append(event)?;
-    tx.agent(omni)
 }

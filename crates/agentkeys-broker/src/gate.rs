@@ -5,7 +5,7 @@
 use agentkeys_store::{AgentStatus, NewAuditEvent, RateWindow, Result, Store, Tx};
 use agentkeys_types::OmniAccount;
 
-use crate::mint::DenyReason;
+use crate::mint::{DenyReason, LiveGrant};
 use serde_json::json;
 
 /// One fixed-window counter: a bucket key (an actor, an address, an IP) and its window.
@@ -75,6 +75,19 @@ impl NotLive {
 pub struct GrantUse {
     pub grant_id: String,
     pub agent: OmniAccount,
+}
+
+impl GrantUse {
+    /// The use of a grant the mint found live. The transaction re-checks all of it
+    /// ([`Tx::use_grant`]: this agent's, unrevoked, unexpired, not used up), so a `GrantUse`
+    /// built by hand (as the store-level tests do) can consume nothing a [`LiveGrant`] could
+    /// not.
+    pub fn of(grant: &LiveGrant) -> Self {
+        GrantUse {
+            grant_id: grant.id().to_owned(),
+            agent: grant.agent().clone(),
+        }
+    }
 }
 
 /// Everything a gated append checks, in order.

@@ -1,15 +1,18 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
 use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session, StoreError};
+use agentkeys_types::OmniAccount;
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
 use serde::Serialize;
 use serde_json::json;
+use std::sync::Arc;
 
 use crate::gate::{Gate, GateOutcome, GrantUse, LiveCheck, NotLive};
 use crate::http::error::ApiError;
+use crate::keys::SigningKey;
 use crate::metrics::mint_denied;
 use crate::session::{random_id, session_ref};
 use crate::state::AppState;
@@ -140,7 +143,7 @@ struct Claims<'a> {
     agentkeys_user_wallet: &'a str,
     agentkeys_actor_omni: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    agentkeys_scope: Option<&'a str>,
+    agentkeys_scope: Option<String>,
     #[serde(rename = "https://aws.amazon.com/tags")]
     aws_tags: AwsSessionTags,
     #[serde(
@@ -234,22 +237,34 @@ pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReaso
     }
 }
 
-/// Gates 3–5 for an authenticated session, then the signed token.
-pub async fn mint(
-    state: &AppState,
-    session: &Session,
-    request: &MintRequest,
-) -> Result<Minted, ApiError> {
-    let now = state.clock.now();
+/// A mint the pre-transaction gates (2 and 3) allowed: its claims, checked against AWS's tag
+/// contract, and the key that will sign them. Made only by [`authorize`]; signed only by
+/// [`Permit::commit`], after the gate's transaction has allowed it and recorded it.
+pub struct Permit<'a> {
+    session: &'a Session,
+    claims: Claims<'a>,
+    signer: Arc<SigningKey>,
+    grant: Option<LiveGrant>,
+}
+
+/// Gates 2 and 3 and the claims for an authenticated session, decided before anything is
+/// signed or counted: a permit, or why the mint is refused (not yet recorded).
+pub async fn authorize<'a>(
+    state: &'a AppState,
+    session: &'a Session,
+    request: &'a MintRequest,
+    now: i64,
+) -> Result<Result<Permit<'a>, DenyReason>, ApiError> {
     let settings = &state.settings;
 
     // Gate 2: an agent must be active (suspension takes effect at its next mint). Checked here
     // to refuse in the order of SPEC §6, and again (with gate 1) inside the gate's transaction
-    // below, so a logout, suspension or removal that commits meanwhile still wins.
+    // in [`Permit::commit`], so a logout, suspension or removal that commits meanwhile still
+    // wins.
     if is_agent(session) {
         let status = state.store.agent(&session.omni).await?.map(|a| a.status);
         if let Some(not_live) = NotLive::of_agent(status) {
-            return Err(deny(state, Some(session), not_live.reason()).await);
+            return Ok(Err(not_live.reason()));
         }
     }
 
@@ -263,20 +278,19 @@ pub async fn mint(
         Some(a) if settings.audiences.iter().any(|x| x == a) => a,
         Some(_) => {
             let allowed = settings.audiences.clone();
-            let reason = DenyReason::AudienceNotAllowed { allowed };
-            return Err(deny(state, Some(session), reason).await);
+            return Ok(Err(DenyReason::AudienceNotAllowed { allowed }));
         }
     };
     if let Some(arn) = request.role_arn.as_deref()
         && !valid_role_arn(arn)
     {
-        return Err(deny(state, Some(session), DenyReason::InvalidRoleArn).await);
+        return Ok(Err(DenyReason::InvalidRoleArn));
     }
     let grant = match request.grant_id.as_deref() {
         None => None,
         Some(id) => match check_grant(state, session, id, now).await? {
             Ok(g) => Some(g),
-            Err(reason) => return Err(deny(state, Some(session), reason).await),
+            Err(reason) => return Ok(Err(reason)),
         },
     };
 
@@ -292,114 +306,169 @@ pub async fn mint(
     } else {
         claims::master_subject(wallet)
     };
-    let scope = grant.as_ref().map(|g| g.scope.as_str());
     let mut tag_pairs = vec![
         (claims::USER_WALLET, wallet),
         (claims::ACTOR_OMNI, session.omni.as_str()),
     ];
-    if let Some(scope) = scope {
-        tag_pairs.push((claims::SCOPE, scope));
+    if let Some(g) = &grant {
+        tag_pairs.push((claims::SCOPE, g.scope()));
     }
     let tags = match AwsSessionTags::new(tag_pairs) {
         Ok(t) => t,
-        Err(e) => {
-            let reason = DenyReason::InvalidSessionTag(e.to_string());
-            return Err(deny(state, Some(session), reason).await);
-        }
+        Err(e) => return Ok(Err(DenyReason::InvalidSessionTag(e.to_string()))),
     };
-    let jti = random_id();
-    let exp = now + settings.jwt_ttl_seconds;
+
+    // The key is picked now, so its kid goes into the audit event; it signs only after the
+    // gate's transaction has allowed the mint.
+    let Some(signer) = state.keys.current().signer(now) else {
+        return Ok(Err(DenyReason::NoSigningKey));
+    };
     let claims = Claims {
         iss: &settings.issuer.url,
         sub: subject,
         aud: audience,
         iat: now,
         nbf: now - NBF_BACKDATE_SECONDS,
-        exp,
-        jti: jti.clone(),
+        exp: now + settings.jwt_ttl_seconds,
+        jti: random_id(),
         agentkeys_user_wallet: wallet,
         agentkeys_actor_omni: session.omni.as_str(),
-        agentkeys_scope: scope,
+        agentkeys_scope: grant.as_ref().map(|g| g.scope().to_owned()),
         aws_tags: tags,
         aws_roles: request.role_arn.as_deref(),
     };
+    Ok(Ok(Permit {
+        session,
+        claims,
+        signer,
+        grant,
+    }))
+}
 
-    let Some(signer) = state.keys.current().signer(now) else {
-        return Err(deny(state, Some(session), DenyReason::NoSigningKey).await);
-    };
-    let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
-    let jwt = signer.sign_jwt(&body).map_err(ApiError::internal)?;
+impl Permit<'_> {
+    /// Gates 1, 2 (again), 4 and 5 in one transaction: liveness, the rate limits, the grant's
+    /// use and the durable audit event, which names the token's jti, exp and kid. Only if that
+    /// transaction allowed the mint and committed is the token signed and released. The
+    /// outer error is a signing failure after the commit (the token is withheld).
+    pub async fn commit(
+        self,
+        state: &AppState,
+        now: i64,
+    ) -> Result<Result<Minted, DenyReason>, ApiError> {
+        let Permit {
+            session,
+            claims,
+            signer,
+            grant,
+        } = self;
+        let details = json!({
+            "jti": claims.jti, "aud": claims.aud, "exp": claims.exp, "kid": signer.kid(),
+            "role_arn": claims.aws_roles, "session": session_ref(&session.token_hash),
+            "grant": grant.as_ref().map(|g| g.id().to_owned()),
+        });
+        let on_allow = NewAuditEvent {
+            time: now,
+            kind: AuditKind::Mint,
+            actor: Some(session.omni.to_string()),
+            master: Some(master_of(session)),
+            outcome: Outcome::Ok,
+            details,
+        };
+        let on_deny = denied_event(
+            now,
+            Some(session),
+            DenyReason::RATE_LIMITED,
+            json!({"session": session_ref(&session.token_hash)}),
+        );
+        let live = LiveCheck {
+            session_token_hash: session.token_hash.clone(),
+            agent: is_agent(session).then(|| session.omni.clone()),
+        };
+        let gate = Gate {
+            live: Some(live),
+            buckets: state
+                .mint_windows
+                .iter()
+                .map(|w| (session.omni.to_string(), *w))
+                .collect(),
+            // With a grant, one use is consumed in the same transaction as the audit event.
+            grant: grant.as_ref().map(GrantUse::of),
+        };
+        let gate = gate.append(&*state.store, now, on_allow, on_deny).await;
+        let audited = gate.is_ok();
+        metrics::counter!(
+            crate::metrics::AUDIT_WRITES,
+            "outcome" => if audited { "ok" } else { "failed" }
+        )
+        .increment(1);
+        match gate {
+            Ok(GateOutcome::Allowed { .. }) => {}
+            Ok(GateOutcome::GrantUnavailable { .. }) => {
+                return Ok(Err(DenyReason::GrantUnavailable));
+            }
+            Ok(GateOutcome::NotLive { reason, .. }) => return Ok(Err(reason.reason())),
+            Ok(GateOutcome::Limited { retry_after, .. }) => {
+                return Ok(Err(DenyReason::RateLimited { retry_after }));
+            }
+            Err(e) => return Ok(Err(DenyReason::AuditFailed(e))),
+        }
+        // Allowed and recorded: only now is the token signed.
+        let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
+        let jwt = signer.sign_jwt(&body).map_err(ApiError::internal)?;
+        metrics::counter!(crate::metrics::MINTS, "outcome" => "ok").increment(1);
+        Ok(Ok(Minted {
+            jwt,
+            expires_at: claims.exp,
+            wallet: claims.agentkeys_user_wallet.to_owned(),
+            actor_omni: session.omni.to_string(),
+        }))
+    }
+}
 
-    // Gates 4 and 5: rate limit and the durable audit event, one transaction. The token is
-    // released only after that commit.
-    let details = json!({
-        "jti": jti, "aud": audience, "exp": exp, "kid": signer.kid(),
-        "role_arn": request.role_arn, "session": session_ref(&session.token_hash),
-        "grant": grant.as_ref().map(|g| g.id.clone()),
-    });
-    let on_allow = NewAuditEvent {
-        time: now,
-        kind: AuditKind::Mint,
-        actor: Some(session.omni.to_string()),
-        master: Some(master_of(session)),
-        outcome: Outcome::Ok,
-        details,
+/// The mint: [`authorize`], then [`Permit::commit`]. A refusal before the transaction is
+/// recorded by [`deny`]; one inside it was recorded by the transaction itself.
+pub async fn mint(
+    state: &AppState,
+    session: &Session,
+    request: &MintRequest,
+) -> Result<Minted, ApiError> {
+    let now = state.clock.now();
+    let permit = match authorize(state, session, request, now).await? {
+        Ok(permit) => permit,
+        Err(reason) => return Err(deny(state, Some(session), reason).await),
     };
-    let on_deny = denied_event(
-        now,
-        Some(session),
-        DenyReason::RATE_LIMITED,
-        json!({"session": session_ref(&session.token_hash)}),
-    );
-    let live = LiveCheck {
-        session_token_hash: session.token_hash.clone(),
-        agent: is_agent(session).then(|| session.omni.clone()),
-    };
-    let gate = Gate {
-        live: Some(live),
-        buckets: state
-            .mint_windows
-            .iter()
-            .map(|w| (session.omni.to_string(), *w))
-            .collect(),
-        // With a grant, one use is consumed in the same transaction as the audit event.
-        grant: grant.as_ref().map(|g| GrantUse {
-            grant_id: g.id.clone(),
-            agent: session.omni.clone(),
-        }),
-    };
-    let gate = gate.append(&*state.store, now, on_allow, on_deny).await;
-    let reason = match gate {
-        Ok(GateOutcome::Allowed { .. }) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            metrics::counter!(crate::metrics::MINTS, "outcome" => "ok").increment(1);
-            return Ok(Minted {
-                jwt,
-                expires_at: exp,
-                wallet: wallet.to_owned(),
-                actor_omni: session.omni.to_string(),
-            });
+    match permit.commit(state, now).await? {
+        Ok(minted) => Ok(minted),
+        Err(reason) => {
+            // Already recorded by the gate's transaction (or, for an audit failure, not at all).
+            mint_denied(&reason);
+            Err(reason.into())
         }
-        Ok(GateOutcome::GrantUnavailable { .. }) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            DenyReason::GrantUnavailable
-        }
-        Ok(GateOutcome::NotLive { reason, .. }) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            reason.reason()
-        }
-        Ok(GateOutcome::Limited { retry_after, .. }) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            DenyReason::RateLimited { retry_after }
-        }
-        Err(e) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
-            DenyReason::AuditFailed(e)
-        }
-    };
-    // Already recorded by the gate's transaction (or, for an audit failure, not at all).
-    mint_denied(&reason);
-    Err(reason.into())
+    }
+}
+
+/// A grant that, when the mint checked it, existed, was given to this agent, and was
+/// unrevoked, unexpired and not used up. Made only by [`check_grant`]; the only way to a
+/// [`GrantUse`] in the mint (the gate's transaction consumes the use, re-checking all of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveGrant {
+    grant: Grant,
+}
+
+impl LiveGrant {
+    pub fn id(&self) -> &str {
+        &self.grant.id
+    }
+
+    /// The `agentkeys_scope` tag: `<master prefix>/<scope>`.
+    pub fn scope(&self) -> &str {
+        &self.grant.scope
+    }
+
+    /// The agent it was given to.
+    pub fn agent(&self) -> &OmniAccount {
+        &self.grant.agent
+    }
 }
 
 /// Gate 3 for a named grant: it exists, belongs to this agent, and is live. The use itself is
@@ -409,7 +478,7 @@ async fn check_grant(
     session: &Session,
     id: &str,
     now: i64,
-) -> Result<Result<Grant, DenyReason>, ApiError> {
+) -> Result<Result<LiveGrant, DenyReason>, ApiError> {
     if !is_agent(session) {
         return Ok(Err(DenyReason::GrantNotForMasters));
     }
@@ -425,7 +494,7 @@ async fn check_grant(
     } else if grant.max_uses.is_some_and(|m| grant.uses >= m) {
         Err(DenyReason::GrantExhausted)
     } else {
-        Ok(grant)
+        Ok(LiveGrant { grant })
     })
 }
 

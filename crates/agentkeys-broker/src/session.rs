@@ -1,7 +1,7 @@
 //! Session tokens: `aks_` + 43 base64url characters (256 random bits). Only their SHA-256 is
 //! stored; the token itself is returned once, at sign-in.
 
-use agentkeys_store::{NewAuditEvent, Result as StoreResult, SessionFilter, Tx};
+use agentkeys_store::{NewAuditEvent, Result as StoreResult, Session, SessionFilter, Store, Tx};
 use agentkeys_types::OmniAccount;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -81,6 +81,38 @@ pub fn revoke(
         tx.append(event)?;
     }
     Ok(revoked)
+}
+
+/// A live session of the caller, found by its public id ([`session_ref`]): the only way to
+/// revoke one of the caller's sessions by id ([`OwnSession::revoke`]). Made only by
+/// [`OwnSession::find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnSession {
+    token_hash: String,
+}
+
+impl OwnSession {
+    /// The live session of `caller`'s actor whose public id is `id`, if it has one.
+    pub async fn find(
+        store: &dyn Store,
+        caller: &Session,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<Option<OwnSession>> {
+        Ok(store
+            .sessions_of(&caller.omni, now)
+            .await?
+            .into_iter()
+            .find(|o| session_ref(&o.token_hash) == id)
+            .map(|o| OwnSession {
+                token_hash: o.token_hash,
+            }))
+    }
+
+    /// Revokes the session if it is still live, with its event ([`revoke`]); whether it was.
+    pub fn revoke(&self, tx: &mut dyn Tx, now: i64, event: &NewAuditEvent) -> StoreResult<bool> {
+        revoke(tx, &self.token_hash, now, event)
+    }
 }
 
 /// Revokes every live session of `omni` but `keep`, with one event if any was; how many.

@@ -2,7 +2,7 @@
 //! under a grant carries the `agentkeys_scope` tag, which the bucket policy turns into access
 //! to `<master prefix>/<scope>/*` and nothing else of the master's.
 
-use agentkeys_store::{ActorKind, AgentStatus, Grant, Session};
+use agentkeys_store::{ActorKind, Grant, Session};
 use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{GrantCreateRequest, GrantInfo, GrantList, WorstCaseExposure};
 use agentkeys_types::audit::{AuditKind, Outcome};
@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::event;
+use crate::agents::{self, OwnedAgent};
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthSession, Json, MasterSession};
@@ -119,24 +120,21 @@ pub async fn create(
     let m = Some(master.omni.as_str());
     let details = json!({"grant": grant.id, "agent": grant.agent, "scope": grant.scope, "expires_at": expires_at, "max_uses": req.max_uses});
     let created = event(now, AuditKind::GrantCreated, m, m, Outcome::Ok, details);
-    let stored = grant.clone();
+    let master_omni = master.omni.clone();
     // The agent is checked in the transaction that stores the grant, so a removal that
     // commits first wins.
     let made = state
         .store
         .transact(move |tx| {
-            match tx.agent(&stored.agent)? {
-                Some(a) if a.master == stored.master && a.status != AgentStatus::Removed => {}
-                _ => return Ok(false),
-            }
-            tx.insert_grant(&stored)?;
-            tx.append(&created)?;
-            Ok(true)
+            let Some(to) = OwnedAgent::check(tx, &master_omni, &grant.agent)? else {
+                return Ok(None);
+            };
+            agents::give_grant(tx, &to, grant, &created).map(Some)
         })
         .await?;
-    if !made {
+    let Some(grant) = made else {
         return Err(no_agent());
-    }
+    };
     Ok(axum::Json(info(&state, &grant)))
 }
 
@@ -183,6 +181,8 @@ pub async fn revoke(
     let revoked = state
         .store
         .transact(move |tx| {
+            // Ownership is the primitive's `master` filter: one conditional statement, so
+            // there is no separate read to turn into a capability.
             let revoked = tx.revoke_grant(&master.omni, &grant_id, now)?;
             if revoked {
                 tx.append(&e)?;

@@ -10,7 +10,7 @@ use super::event;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::extract::AuthSession;
-use crate::session::{self, session_ref};
+use crate::session::{self, OwnSession, session_ref};
 use crate::state::AppState;
 
 /// Who the bearer is.
@@ -80,8 +80,7 @@ pub async fn revoke_one(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let now = state.clock.now();
-    let sessions = state.store.sessions_of(&s.omni, now).await?;
-    let Some(target) = sessions.iter().find(|o| session_ref(&o.token_hash) == id) else {
+    let Some(target) = OwnSession::find(&*state.store, &s, &id, now).await? else {
         return Err(ApiError::NotFound(
             "you have no live session with that id; see GET /v1/sessions".into(),
         ));
@@ -94,10 +93,9 @@ pub async fn revoke_one(
         Outcome::Ok,
         json!({"session": id, "by": session_ref(&s.token_hash)}),
     );
-    let target = target.token_hash.clone();
     state
         .store
-        .transact(move |tx| session::revoke(tx, &target, now, &audit))
+        .transact(move |tx| target.revoke(tx, now, &audit))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
