@@ -1,11 +1,11 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
 use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session, StoreError};
-use agentkeys_types::OmniAccount;
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::aws_tags::AwsSessionTags;
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
+use agentkeys_types::{ErrorKind, OmniAccount};
 use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -57,28 +57,33 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// [`DenyReason::RateLimited`]'s reason, for the denial written before the wait is known.
-    pub const RATE_LIMITED: &'static str = "rate_limited";
+    pub const RATE_LIMITED: &'static str = ErrorKind::RateLimited.as_str();
+
+    /// The error kind the caller gets (for the refusals that are not another [`ApiError`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DenyReason::Unauthenticated => ErrorKind::Unauthenticated,
+            DenyReason::AgentSuspended => ErrorKind::AgentSuspended,
+            DenyReason::AgentRemoved => ErrorKind::AgentRemoved,
+            DenyReason::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            DenyReason::AudienceNotAllowed { .. } => ErrorKind::AudienceNotAllowed,
+            DenyReason::InvalidRoleArn => ErrorKind::InvalidRoleArn,
+            DenyReason::GrantNotForMasters | DenyReason::GrantNotYours => ErrorKind::GrantNotYours,
+            DenyReason::GrantUnknown => ErrorKind::GrantUnknown,
+            DenyReason::GrantRevoked => ErrorKind::GrantRevoked,
+            DenyReason::GrantExpired => ErrorKind::GrantExpired,
+            DenyReason::GrantExhausted => ErrorKind::GrantExhausted,
+            DenyReason::InvalidSessionTag(_) => ErrorKind::InvalidSessionTag,
+            DenyReason::NoSigningKey => ErrorKind::NoSigningKey,
+            DenyReason::RateLimited { .. } => ErrorKind::RateLimited,
+            DenyReason::GrantUnavailable => ErrorKind::GrantUnavailable,
+            DenyReason::AuditFailed(_) => ErrorKind::AuditFailed,
+        }
+    }
 
     /// The reason as written into the denial event and the metrics label.
     pub fn as_str(&self) -> &'static str {
-        match self {
-            DenyReason::Unauthenticated => "unauthenticated",
-            DenyReason::AgentSuspended => "agent_suspended",
-            DenyReason::AgentRemoved => "agent_removed",
-            DenyReason::InvalidRequest(_) => "invalid_request",
-            DenyReason::AudienceNotAllowed { .. } => "audience_not_allowed",
-            DenyReason::InvalidRoleArn => "invalid_role_arn",
-            DenyReason::GrantNotForMasters | DenyReason::GrantNotYours => "grant_not_yours",
-            DenyReason::GrantUnknown => "grant_unknown",
-            DenyReason::GrantRevoked => "grant_revoked",
-            DenyReason::GrantExpired => "grant_expired",
-            DenyReason::GrantExhausted => "grant_exhausted",
-            DenyReason::InvalidSessionTag(_) => "invalid_session_tag",
-            DenyReason::NoSigningKey => "no_signing_key",
-            DenyReason::RateLimited { .. } => Self::RATE_LIMITED,
-            DenyReason::GrantUnavailable => "grant_unavailable",
-            DenyReason::AuditFailed(_) => "audit_failed",
-        }
+        self.kind().as_str()
     }
 }
 
@@ -90,7 +95,7 @@ impl std::fmt::Display for DenyReason {
 
 impl From<DenyReason> for ApiError {
     fn from(reason: DenyReason) -> Self {
-        let kind = reason.as_str();
+        let kind = reason.kind();
         let forbidden = |message: &str| ApiError::Forbidden {
             kind,
             message: message.to_owned(),

@@ -8,9 +8,11 @@ pub mod api;
 pub mod audit;
 pub mod aws_tags;
 pub mod claims;
+pub mod error_kind;
 pub mod identity;
 pub mod login;
 pub mod pairing;
 
 pub use api::ErrorBody;
+pub use error_kind::ErrorKind;
 pub use identity::{OmniAccount, WalletAddress};

@@ -309,22 +309,23 @@ fn login_hint(profile: &str, agent: bool) -> String {
 
 /// Next step for broker refusals whose kind says what to do.
 fn broker_hint(kind: &str) -> &'static str {
-    match kind {
-        "agent_suspended" => "; its master can resume it with `agentkeys agents resume <LABEL>`",
-        "agent_removed" => {
+    use agentkeys_types::ErrorKind as K;
+    match K::parse(kind) {
+        K::AgentSuspended => "; its master can resume it with `agentkeys agents resume <LABEL>`",
+        K::AgentRemoved => {
             "; this agent was removed by its master: pair a new one with `agentkeys agent pair`"
         }
-        "wallet_master_only" => {
+        K::WalletMasterOnly => {
             "; sign in with the wallet key (`agentkeys login wallet --key-file <FILE>`) to link or \
              unlink identities"
         }
-        "grant_revoked" | "grant_expired" | "grant_exhausted" | "grant_unavailable" => {
+        K::GrantRevoked | K::GrantExpired | K::GrantExhausted | K::GrantUnavailable => {
             "; ask the master for a new grant (`agentkeys grants create`), or mint without --grant"
         }
-        "grant_unknown" | "grant_not_yours" => {
+        K::GrantUnknown | K::GrantNotYours => {
             "; `agentkeys grants list` in the agent's profile shows the grants it was given"
         }
-        "masters_only" => {
+        K::MastersOnly => {
             "; this profile holds an agent's session: use a master's profile (--profile NAME)"
         }
         _ => "",

@@ -199,7 +199,11 @@ pub(crate) async fn collect(
                 status: 422,
                 ref kind,
                 ref message,
-            }) if kind == "wrong_code" && retype.is_some() && !message.contains("no more") => {
+            }) if agentkeys_types::ErrorKind::parse(kind)
+                == agentkeys_types::ErrorKind::WrongCode
+                && retype.is_some()
+                && !message.contains("no more") =>
+            {
                 eprintln!("agentkeys: {message}");
                 let (timeout, again) = retype.unwrap_or((Duration::ZERO, ""));
                 code = prompt_code(pending.goal, timeout, again).await?;

@@ -1,7 +1,7 @@
 //! The one error type of the HTTP surface, mapped to a status in one `match`. Causes of 5xx are
 //! logged here once and never sent to the client.
 
-use agentkeys_types::ErrorBody;
+use agentkeys_types::{ErrorBody, ErrorKind};
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ pub enum ApiError {
     MetricsTokenRequired,
     /// 403 with a stable kind.
     #[error("{message}")]
-    Forbidden { kind: &'static str, message: String },
+    Forbidden { kind: ErrorKind, message: String },
     #[error("{0}")]
     NotFound(String),
     /// 404 for the retired server-side AWS mint.
@@ -44,7 +44,7 @@ pub enum ApiError {
     RequestTimeout,
     /// 422: well-formed JSON whose values are not acceptable.
     #[error("{message}")]
-    Unprocessable { kind: &'static str, message: String },
+    Unprocessable { kind: ErrorKind, message: String },
     #[error("too many requests; retry after {retry_after} seconds")]
     RateLimited { retry_after: i64 },
     /// 503: not ready (no active signing key, store down).
@@ -60,26 +60,27 @@ impl ApiError {
         Self::Internal(e.into())
     }
 
-    pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
+    pub fn status_and_kind(&self) -> (StatusCode, ErrorKind) {
         match self {
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            Self::SignInFailed(_) => (StatusCode::UNAUTHORIZED, "sign_in_failed"),
-            Self::MetricsTokenRequired => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            Self::Forbidden { kind, .. } => (StatusCode::FORBIDDEN, kind),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Retired => (StatusCode::NOT_FOUND, "route_retired"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            Self::Unprocessable { kind, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind),
-            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest),
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, ErrorKind::Unauthenticated),
+            Self::SignInFailed(_) => (StatusCode::UNAUTHORIZED, ErrorKind::SignInFailed),
+            Self::MetricsTokenRequired => (StatusCode::UNAUTHORIZED, ErrorKind::Unauthenticated),
+            Self::Forbidden { kind, .. } => (StatusCode::FORBIDDEN, *kind),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+            Self::Retired => (StatusCode::NOT_FOUND, ErrorKind::RouteRetired),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::MethodNotAllowed),
+            Self::Conflict(_) => (StatusCode::CONFLICT, ErrorKind::Conflict),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::PayloadTooLarge),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorKind::UnsupportedMediaType,
+            ),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, ErrorKind::RequestTimeout),
+            Self::Unprocessable { kind, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *kind),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
         }
     }
 }
@@ -91,7 +92,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %format!("{cause:#}"), "http.internal_error");
         }
         let body = ErrorBody {
-            error: kind.to_owned(),
+            error: kind.as_str().to_owned(),
             message: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();

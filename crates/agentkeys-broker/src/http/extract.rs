@@ -35,7 +35,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text()))
         }
         JsonRejection::JsonDataError(e) => ApiError::Unprocessable {
-            kind: "invalid_field",
+            kind: agentkeys_types::ErrorKind::InvalidField,
             message: e.body_text(),
         },
         JsonRejection::BytesRejection(e) => bytes_rejection(e),
@@ -71,7 +71,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         // serde would also accept an array for a struct; the API takes objects only.
         if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             return Err(ApiError::Unprocessable {
-                kind: "invalid_field",
+                kind: agentkeys_types::ErrorKind::InvalidField,
                 message: "the body must be a JSON object".into(),
             });
         }
@@ -82,7 +82,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
                 let inner = e.inner();
                 if inner.is_data() {
                     ApiError::Unprocessable {
-                        kind: "invalid_field",
+                        kind: agentkeys_types::ErrorKind::InvalidField,
                         message: format!("invalid body at `{}`: {inner}", e.path()),
                     }
                 } else {
@@ -160,7 +160,7 @@ impl FromRequestParts<AppState> for MasterSession {
         let AuthSession(session) = AuthSession::from_request_parts(parts, state).await?;
         if session.kind != agentkeys_store::ActorKind::Master {
             return Err(ApiError::Forbidden {
-                kind: "masters_only",
+                kind: agentkeys_types::ErrorKind::MastersOnly,
                 message: "only a master's session can do this; an agent cannot manage agents"
                     .into(),
             });

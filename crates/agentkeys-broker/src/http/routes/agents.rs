@@ -350,9 +350,9 @@ pub async fn agent_session(
         })),
         RenewOutcome::NotActive(a) => {
             let (kind, status) = if a.status == AgentStatus::Suspended {
-                ("agent_suspended", "suspended")
+                (agentkeys_types::ErrorKind::AgentSuspended, "suspended")
             } else {
-                ("agent_removed", "removed")
+                (agentkeys_types::ErrorKind::AgentRemoved, "removed")
             };
             Err(ApiError::Forbidden {
                 kind,

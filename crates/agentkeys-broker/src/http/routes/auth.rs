@@ -232,7 +232,7 @@ pub(super) async fn step_up(
         })
         .await?;
     Err(ApiError::Forbidden {
-        kind: "step_up_failed",
+        kind: agentkeys_types::ErrorKind::StepUpFailed,
         message: format!(
             "linking an identity needs a fresh signature by this master's wallet over a challenge \
              for this identity: {reason}"

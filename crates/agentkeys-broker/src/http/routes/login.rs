@@ -65,7 +65,7 @@ impl LinkingMaster {
     ) -> Result<Self, ApiError> {
         let Some(wallet) = master.wallet.as_deref() else {
             return Err(ApiError::Forbidden {
-                kind: "wallet_master_only",
+                kind: agentkeys_types::ErrorKind::WalletMasterOnly,
                 message: "only a master signed in with a wallet can link identities".into(),
             });
         };
@@ -115,7 +115,7 @@ pub async fn collect(
     // Compared as hashes of random values, so timing says nothing useful.
     if request.client_challenge.as_deref() != Some(code_challenge(&req.code_verifier).as_str()) {
         return Err(ApiError::Forbidden {
-            kind: "verifier_mismatch",
+            kind: agentkeys_types::ErrorKind::VerifierMismatch,
             message: "this sign-in was started by another client: the verifier does not match"
                 .into(),
         });
@@ -198,7 +198,7 @@ fn answer(
         LoginClaim::WrongCode { attempts_left } => {
             metrics::counter!(crate::metrics::SIGN_INS, "method" => method.to_owned(), "outcome" => "failed").increment(1);
             Err(ApiError::Unprocessable {
-                kind: "wrong_code",
+                kind: agentkeys_types::ErrorKind::WrongCode,
                 message: if attempts_left == 0 {
                     "the code does not match, and this request allows no more tries; start again"
                         .into()
