@@ -17,9 +17,6 @@ use rand::Rng;
 pub const PAIRING_TTL_SECONDS: i64 = 600;
 /// How often a device should poll.
 pub const POLL_INTERVAL_SECONDS: u64 = 2;
-/// Approval attempts a master may make per window, so codes cannot be guessed.
-pub const APPROVE_ATTEMPTS: u64 = 20;
-pub const APPROVE_WINDOW_SECONDS: i64 = 600;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProofError {

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod http;
 pub mod keys;
 pub mod limiter;
+pub mod limits;
 pub mod mailer;
 pub mod metrics;
 pub mod mint;

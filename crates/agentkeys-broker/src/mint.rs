@@ -391,11 +391,10 @@ impl Permit<'_> {
         };
         let gate = Gate {
             live: Some(live),
-            buckets: state
-                .mint_windows
-                .iter()
-                .map(|w| (session.omni.to_string(), *w))
-                .collect(),
+            buckets: crate::limits::LimitedAction::Mint {
+                actor: session.omni.as_str(),
+            }
+            .buckets(&state.settings),
             // With a grant, one use is consumed in the same transaction as the audit event.
             grant: grant.as_ref().map(GrantUse::of),
         };

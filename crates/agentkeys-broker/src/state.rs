@@ -3,7 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use agentkeys_store::{RateWindow, Store};
+use agentkeys_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clock::Clock;
@@ -25,8 +25,6 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     pub keys: KeyRing,
     pub metrics: PrometheusHandle,
-    /// Mint rate-limit windows, from the settings.
-    pub mint_windows: Vec<RateWindow>,
     /// Delivers sign-in links; `None` when email sign-in is off.
     pub mailer: Option<Arc<dyn Mailer>>,
     /// OpenID Connect providers by name, discovered at start-up.
@@ -48,16 +46,6 @@ impl AppState {
         oidc: std::collections::HashMap<String, Arc<crate::oidc_login::OidcProvider>>,
         vault: crate::keys::Vault,
     ) -> Self {
-        let mint_windows = vec![
-            RateWindow {
-                seconds: 60,
-                limit: settings.mint_rate_per_minute,
-            },
-            RateWindow {
-                seconds: 3600,
-                limit: settings.mint_rate_per_hour,
-            },
-        ];
         let keys = KeyRing::new(vault);
         let anonymous_limiter = Limiter::new(settings.anonymous_limits);
         let approve_limiter = Limiter::new(settings.approve_limits);
@@ -67,7 +55,6 @@ impl AppState {
             clock,
             keys,
             metrics: crate::metrics::handle(),
-            mint_windows,
             mailer,
             oidc,
             anonymous_limiter,

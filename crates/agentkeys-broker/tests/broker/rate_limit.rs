@@ -65,3 +65,32 @@ async fn per_minute_limit_gives_429_with_retry_after_and_actors_are_independent(
         StatusCode::OK
     );
 }
+
+#[test]
+fn limited_actions_keep_their_stored_bucket_keys_and_windows() {
+    use agentkeys_broker::limits::LimitedAction;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = crate::app::settings(dir.path(), "http://127.0.0.1:1");
+    s.mint_rate_per_minute = 3;
+    s.mint_rate_per_hour = 5;
+    let keys = |a: LimitedAction| {
+        a.buckets(&s)
+            .into_iter()
+            .map(|(k, w)| (k, w.seconds, w.limit))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(LimitedAction::Mint { actor: "omni" }),
+        [("omni".to_owned(), 60, 3), ("omni".to_owned(), 3600, 5)]
+    );
+    let email = keys(LimitedAction::EmailStart {
+        address: "a@example.com",
+        ip: "::ffff:10.0.0.1".parse().unwrap(),
+    });
+    assert_eq!(email[0].0, "email:a@example.com");
+    assert_eq!(email[1].0, "ip:10.0.0.1");
+    assert_eq!(
+        keys(LimitedAction::PairingApproval { master: "m" }),
+        [("approve:m".to_owned(), 600, 20)]
+    );
+}

@@ -1,6 +1,6 @@
 //! Agent pairing (device side and master side) and the agent lifecycle.
 
-use agentkeys_store::{Agent, PairingRequest, RateWindow, Session};
+use agentkeys_store::{Agent, PairingRequest, Session};
 use agentkeys_types::OmniAccount;
 use agentkeys_types::WalletAddress;
 use agentkeys_types::api::{
@@ -22,6 +22,7 @@ use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::http::limit;
+use crate::limits::LimitedAction;
 use crate::session::{new_token, random_id, session_ref};
 use crate::state::AppState;
 
@@ -134,10 +135,6 @@ pub async fn pairing_approve(
     let now = state.clock.now();
     let m = master.omni.as_str();
     // Every attempt counts, so codes cannot be guessed; each attempt is audited.
-    let window = RateWindow {
-        seconds: agents::APPROVE_WINDOW_SECONDS,
-        limit: agents::APPROVE_ATTEMPTS,
-    };
     let details = json!({"label": req.label, "session": session_ref(&master.token_hash)});
     let attempt = event(
         now,
@@ -157,7 +154,7 @@ pub async fn pairing_approve(
     );
     denied.details["reason"] = json!("rate_limited");
     if let GateOutcome::Limited { retry_after, .. } =
-        Gate::limits(vec![(format!("approve:{m}"), window)])
+        Gate::limits(LimitedAction::PairingApproval { master: m }.buckets(&state.settings))
             .append(&*state.store, now, attempt, denied)
             .await?
     {

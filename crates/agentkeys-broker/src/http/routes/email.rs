@@ -58,13 +58,11 @@ async fn start(
         AuditKind::SignInEmailRequested
     };
     let actor = link_to.map(|m| m.omni().as_str());
-    let buckets = vec![
-        (format!("email:{email}"), settings.email_limits.per_address),
-        (
-            format!("ip:{}", crate::limiter::ClientKey::from(ip.0)),
-            settings.email_limits.per_ip,
-        ),
-    ];
+    let buckets = crate::limits::LimitedAction::EmailStart {
+        address: &email,
+        ip: ip.0,
+    }
+    .buckets(settings);
     let request_id = secret();
     let code = crate::agents::new_code();
     // A link request has no browser link: only the linking master's CLI completes it.
