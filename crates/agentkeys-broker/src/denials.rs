@@ -143,13 +143,8 @@ impl Denials {
                 continue;
             };
             match result {
-                Ok(_) => {
-                    written += 1;
-                    metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-                }
+                Ok(_) => written += 1,
                 Err(e) => {
-                    metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed")
-                        .increment(1);
                     self.add(source, tally);
                     first_error.get_or_insert(e);
                 }

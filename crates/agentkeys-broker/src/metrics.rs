@@ -3,7 +3,8 @@
 //! * `agentkeys_mints_total{outcome}` — `ok` or `denied`
 //! * `agentkeys_mint_denials_total{reason}`
 //! * `agentkeys_mint_duration_seconds` — histogram, request start to response
-//! * `agentkeys_audit_writes_total{outcome}`
+//! * `agentkeys_audit_writes_total{outcome}` — every audit event this process appended: `ok`
+//!   committed, `failed` lost with a batch that could not commit (counted by the store's writer)
 //! * `agentkeys_sign_ins_total{method, outcome}`
 //! * `agentkeys_anonymous_denials_total{kind}` — refusals aggregated into `anonymous.denied`
 //! * `agentkeys_rate_limited_total{limiter, scope}` — 429s of the in-memory limiters

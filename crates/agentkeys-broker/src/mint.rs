@@ -231,14 +231,8 @@ pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReaso
         .append_audit(denied_event(now, session, reason.as_str(), details))
         .await
     {
-        Ok(_) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").increment(1);
-            reason.into()
-        }
-        Err(e) => {
-            metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").increment(1);
-            ApiError::internal(e)
-        }
+        Ok(_) => reason.into(),
+        Err(e) => ApiError::internal(e),
     }
 }
 
@@ -399,12 +393,7 @@ impl Permit<'_> {
             grant: grant.as_ref().map(GrantUse::of),
         };
         let gate = gate.append(&*state.store, now, on_allow, on_deny).await;
-        let audited = gate.is_ok();
-        metrics::counter!(
-            crate::metrics::AUDIT_WRITES,
-            "outcome" => if audited { "ok" } else { "failed" }
-        )
-        .increment(1);
+
         match gate {
             Ok(GateOutcome::Allowed { .. }) => {}
             Ok(GateOutcome::GrantUnavailable { .. }) => {

@@ -180,10 +180,41 @@ pub trait Tx {
     fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64>;
 }
 
+/// Audit events this process's writer appended: committed, and lost with a batch whose commit
+/// failed. Counted where the appends happen, so every kind of event is in it.
+#[derive(Debug, Default)]
+pub struct AuditCounter {
+    committed: std::sync::atomic::AtomicU64,
+    lost: std::sync::atomic::AtomicU64,
+}
+
+impl AuditCounter {
+    pub fn committed(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A batch that appended `events` committed, or did not.
+    pub(crate) fn record(&self, events: u64, committed: bool) {
+        let counter = if committed {
+            &self.committed
+        } else {
+            &self.lost
+        };
+        counter.fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;
+
+    /// What this process's writer appended to the audit chain.
+    fn audit_counter(&self) -> &AuditCounter;
 
     /// Runs `work` in a transaction and tells it whether that committed. Callers use
     /// [`transact`](#method.transact), which wraps a typed closure.

@@ -327,3 +327,84 @@ fn backup_writes_a_private_consistent_copy_whose_chain_verifies() {
         "{stderr}"
     );
 }
+
+#[test]
+fn audit_writes_are_counted_where_they_happen_every_kind_of_event() {
+    let dir = private_tempdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = broker()
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = |args: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = Instant::now();
+    while !curl(&[&format!("{url}/readyz")]).contains("ok") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "broker not ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A wrong answer to a real challenge is an audited failed sign-in (the dev key's
+    // generation was the first event).
+    let challenge = curl(&[
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"address":"0x1111111111111111111111111111111111111111"}"#,
+        &format!("{url}/v1/auth/wallet/challenge"),
+    ]);
+    let challenge: serde_json::Value = serde_json::from_str(&challenge).unwrap();
+    let answer = serde_json::json!({
+        "challenge_id": challenge["challenge_id"],
+        "signature": format!("0x{}", "11".repeat(65)),
+    });
+    curl(&[
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &answer.to_string(),
+        &format!("{url}/v1/auth/wallet/verify"),
+    ]);
+    let metrics = curl(&[&format!("{url}/metrics")]);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("agentkeys_audit_writes_total{outcome=\"ok\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no audit writes counter in {metrics}"))
+        .to_owned();
+    let verified = broker()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(verified.status.success());
+    let verified = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(
+        verified.contains(&format!("audit chain ok: {counted} events")),
+        "counted {counted}, the chain says: {verified}"
+    );
+    assert_eq!(counted, "2", "the key's generation and the failed sign-in");
+}

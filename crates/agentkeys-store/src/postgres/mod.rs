@@ -29,6 +29,7 @@ mod tx;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,6 +71,7 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 pub struct PostgresStore {
     readers: Pool,
     writer: mpsc::Sender<Box<dyn Work>>,
+    audit: Arc<crate::AuditCounter>,
 }
 
 impl PostgresStore {
@@ -79,8 +81,13 @@ impl PostgresStore {
         let config = config_of(url)?;
         migrate(&config).await?;
         let readers = pool(&config)?;
-        let writer = start_writer(config).await?;
-        Ok(Self { readers, writer })
+        let audit = Arc::new(crate::AuditCounter::default());
+        let writer = start_writer(config, audit.clone()).await?;
+        Ok(Self {
+            readers,
+            writer,
+            audit,
+        })
     }
 
     /// Applies pending migrations and returns (for a `migrate` command).
@@ -231,7 +238,10 @@ fn connect_writer(config: &postgres::Config) -> Result<WriterConn> {
 }
 
 /// Starts the writer thread once its first connection is up, so `open` fails early on a bad URL.
-async fn start_writer(config: tokio_postgres::Config) -> Result<mpsc::Sender<Box<dyn Work>>> {
+async fn start_writer(
+    config: tokio_postgres::Config,
+    audit: Arc<crate::AuditCounter>,
+) -> Result<mpsc::Sender<Box<dyn Work>>> {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (ready, connected) = oneshot::channel();
     std::thread::Builder::new()
@@ -248,7 +258,7 @@ async fn start_writer(config: tokio_postgres::Config) -> Result<mpsc::Sender<Box
             match connect_writer(&config) {
                 Ok(conn) => {
                     let _ = ready.send(Ok(()));
-                    run_writer(config, Some(conn), rx);
+                    run_writer(config, Some(conn), rx, &audit);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -264,6 +274,7 @@ fn run_writer(
     config: postgres::Config,
     mut conn: Option<WriterConn>,
     mut rx: mpsc::Receiver<Box<dyn Work>>,
+    audit: &crate::AuditCounter,
 ) {
     let mut batch: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -285,7 +296,9 @@ fn run_writer(
             }
             continue;
         };
-        let committed = commit_batch(c, &mut batch);
+        let mut appended = 0;
+        let committed = commit_batch(c, &mut batch, &mut appended);
+        audit.record(appended, committed.is_ok());
         if let Err(e) = &committed {
             tracing::error!(error = %e, "store.commit_failed");
             // The next batch starts from a fresh connection: the driver may not have noticed
@@ -328,7 +341,12 @@ fn reconnect(config: &postgres::Config) -> Option<WriterConn> {
 
 /// Runs every work of the batch in one transaction; an error is the transaction's own (each
 /// work's own error is kept by the work and answered at `finish`).
-fn commit_batch(conn: &mut WriterConn, batch: &mut [Box<dyn Work>]) -> Result<()> {
+/// `appended` is set to the events the batch appended, before its commit is tried.
+fn commit_batch(
+    conn: &mut WriterConn,
+    batch: &mut [Box<dyn Work>],
+    appended: &mut u64,
+) -> Result<()> {
     let WriterConn { client, stmts } = conn;
     let mut tx = client.transaction().map_err(db_err)?;
     // Savepoints by hand, one name reused, so a work costs one round trip of bookkeeping
@@ -337,6 +355,7 @@ fn commit_batch(conn: &mut WriterConn, batch: &mut [Box<dyn Work>]) -> Result<()
     tx.batch_execute(&format!("{LOCK_WRITERS}; SAVEPOINT work"))
         .map_err(db_err)?;
     let mut head = audit::head(&mut Db::new(&mut tx, stmts))?;
+    let start = head.seq;
     let last = batch.len().saturating_sub(1);
     for (i, work) in batch.iter_mut().enumerate() {
         let mut work_head = head.clone();
@@ -358,6 +377,7 @@ fn commit_batch(conn: &mut WriterConn, batch: &mut [Box<dyn Work>]) -> Result<()
                 .map_err(db_err)?,
         }
     }
+    *appended = head.seq - start;
     tx.commit().map_err(db_err)
 }
 
@@ -429,6 +449,10 @@ pub(super) fn all<T>(rows: Vec<Row>, f: fn(&Row) -> Result<T>) -> Result<Vec<T>>
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn audit_counter(&self) -> &crate::AuditCounter {
+        &self.audit
+    }
+
     async fn ping(&self) -> Result<()> {
         self.query_opt("SELECT 1", &[]).await.map(|_| ())
     }

@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     readers: Arc<Readers>,
     writer: mpsc::Sender<Box<dyn Work>>,
+    audit: Arc<crate::AuditCounter>,
 }
 
 impl SqliteStore {
@@ -86,9 +87,13 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Migrate(e.to_string()))??;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let audit = Arc::new(crate::AuditCounter::default());
         std::thread::Builder::new()
             .name("agentkeys-store-writer".into())
-            .spawn(move || run_writer(writer_conn, rx))
+            .spawn({
+                let audit = audit.clone();
+                move || run_writer(writer_conn, rx, audit)
+            })
             .map_err(|e| StoreError::Migrate(format!("starting the writer thread: {e}")))?;
         Ok(Self {
             readers: Arc::new(Readers {
@@ -96,6 +101,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             writer: tx,
+            audit,
         })
     }
 
@@ -267,7 +273,11 @@ impl Readers {
 
 // ---- the writer ---------------------------------------------------------------------------
 
-fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Work>>) {
+fn run_writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Work>>,
+    audit: Arc<crate::AuditCounter>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -277,10 +287,12 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Work>>) {
                 Err(_) => break,
             }
         }
-        let committed = run_batch(&mut conn, &mut batch).map_err(|e| {
+        let mut appended = 0;
+        let committed = run_batch(&mut conn, &mut batch, &mut appended).map_err(|e| {
             tracing::error!(error = %e, works = batch.len(), "store.commit_failed");
             e.to_string()
         });
+        audit.record(appended, committed.is_ok());
         // Only now, after the commit (or its failure), does any caller hear back.
         for work in batch.drain(..) {
             work.finish(committed.clone().map_err(StoreError::Commit));
@@ -289,11 +301,17 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Work>>) {
 }
 
 /// Runs every work of the batch in its own savepoint of one IMMEDIATE transaction and commits.
-fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Work>]) -> rusqlite::Result<()> {
+/// `appended` is set to the events the batch appended, before its commit is tried.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn Work>],
+    appended: &mut u64,
+) -> rusqlite::Result<()> {
     // IMMEDIATE takes the write lock up front: another process (the `keys` command) may write
     // too, and the chain head must be read under that lock.
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = audit::head(&tx)?;
+    let start = head.seq;
     for work in batch.iter_mut() {
         let savepoint = tx.savepoint()?;
         // A work rolled back must not advance the head: it runs on a copy.
@@ -316,6 +334,7 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Work>]) -> rusqlite::Re
             savepoint.finish()?;
         }
     }
+    *appended = u64::try_from(head.seq - start).unwrap_or(0);
     tx.commit()
 }
 
@@ -461,6 +480,10 @@ fn seq_param(seq: u64) -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn audit_counter(&self) -> &crate::AuditCounter {
+        &self.audit
+    }
+
     async fn ping(&self) -> Result<()> {
         self.readers
             .with(|c| c.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))

@@ -55,6 +55,10 @@ pub async fn metrics(
     {
         return Err(ApiError::MetricsTokenRequired);
     }
+    // Audit writes are counted by the store's writer, where every append happens.
+    let audit = state.store.audit_counter();
+    metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "ok").absolute(audit.committed());
+    metrics::counter!(crate::metrics::AUDIT_WRITES, "outcome" => "failed").absolute(audit.lost());
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
