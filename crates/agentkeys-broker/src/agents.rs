@@ -3,13 +3,14 @@
 //! `http/routes/agents.rs` call these.
 
 use agentkeys_store::{
-    ActorKind, Agent, AgentStatus, Grant, IdentityRef, NewAuditEvent, Result as StoreResult,
-    Session, SessionFilter, Tx,
+    Agent, AgentStatus, Grant, NewAuditEvent, Result as StoreResult, SessionFilter, Tx,
 };
 use agentkeys_types::pairing::{
     CODE_ALPHABET, CODE_LEN, PROOF_MAX_SKEW_SECONDS, ProofAction, proof_message,
 };
 use agentkeys_types::{OmniAccount, WalletAddress};
+
+use crate::session::SessionSlot;
 use alloy_primitives::Signature;
 use rand::Rng;
 
@@ -117,52 +118,6 @@ pub enum RenewOutcome {
     Unknown,
     /// The proof's timestamp is not later than this agent's last one (a replay).
     StaleProof,
-}
-
-/// A new session token's hash and lifetime, before anyone owns it.
-#[derive(Debug, Clone)]
-pub struct SessionSlot {
-    pub token_hash: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-impl SessionSlot {
-    /// The session of `agent`: it acts for the agent's master.
-    pub fn for_agent(&self, agent: &Agent) -> Session {
-        Session {
-            token_hash: self.token_hash.clone(),
-            kind: ActorKind::Agent,
-            omni: agent.omni.clone(),
-            wallet: None,
-            master: agent.master.clone(),
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            revoked_at: None,
-            via: None,
-        }
-    }
-
-    /// The session of a master, signed in with `wallet` if it has one, through `via` when it
-    /// came by email or OIDC.
-    pub fn for_master(
-        &self,
-        omni: OmniAccount,
-        wallet: Option<String>,
-        via: Option<IdentityRef>,
-    ) -> Session {
-        Session {
-            token_hash: self.token_hash.clone(),
-            kind: ActorKind::Master,
-            master: omni.clone(),
-            omni,
-            wallet,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            revoked_at: None,
-            via,
-        }
-    }
 }
 
 /// Turns the pending request with `code` into `master`'s agent labelled `label`; the event is

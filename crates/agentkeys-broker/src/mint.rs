@@ -1,6 +1,6 @@
 //! The one mint path (SPEC §5.2, §6): claims, tag contract, signature, gates, audit.
 
-use agentkeys_store::{ActorKind, Grant, NewAuditEvent, Session, StoreError};
+use agentkeys_store::{Grant, NewAuditEvent, Session, StoreError};
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::aws_tags::AwsSessionTags;
@@ -216,10 +216,6 @@ fn master_of(s: &Session) -> String {
     s.master.to_string()
 }
 
-fn is_agent(s: &Session) -> bool {
-    s.kind == ActorKind::Agent
-}
-
 /// Records a refusal durably, then returns the error to send. If even the audit write fails
 /// the caller gets a 500: a gate failure must not go unrecorded.
 pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReason) -> ApiError {
@@ -260,7 +256,7 @@ pub async fn authorize<'a>(
     // to refuse in the order of SPEC §6, and again (with gate 1) inside the gate's transaction
     // in [`Permit::commit`], so a logout, suspension or removal that commits meanwhile still
     // wins.
-    if is_agent(session) {
+    if session.is_agent() {
         let status = state.store.agent(&session.omni).await?.map(|a| a.status);
         if let Some(not_live) = NotLive::of_agent(status) {
             return Ok(Err(not_live.reason()));
@@ -295,12 +291,12 @@ pub async fn authorize<'a>(
 
     // Claims, checked against AWS's tag contract before anything is signed. An agent's tags
     // name only the agent: never its master's wallet, so no tenant-wide rule covers an agent.
-    let wallet = if is_agent(session) {
+    let wallet = if session.is_agent() {
         session.omni.as_str()
     } else {
         session.wallet.as_deref().unwrap_or(session.omni.as_str())
     };
-    let subject = if is_agent(session) {
+    let subject = if session.is_agent() {
         claims::agent_subject(session.omni.as_str())
     } else {
         claims::master_subject(wallet)
@@ -381,7 +377,7 @@ impl Permit<'_> {
         );
         let live = LiveCheck {
             session_token_hash: session.token_hash.clone(),
-            agent: is_agent(session).then(|| session.omni.clone()),
+            agent: session.is_agent().then(|| session.omni.clone()),
         };
         let gate = Gate {
             live: Some(live),
@@ -472,7 +468,7 @@ async fn check_grant(
     id: &str,
     now: i64,
 ) -> Result<Result<LiveGrant, DenyReason>, ApiError> {
-    if !is_agent(session) {
+    if !session.is_agent() {
         return Ok(Err(DenyReason::GrantNotForMasters));
     }
     let Some(grant) = state.store.grant(id).await? else {

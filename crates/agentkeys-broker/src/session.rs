@@ -1,7 +1,10 @@
 //! Session tokens: `aks_` + 43 base64url characters (256 random bits). Only their SHA-256 is
 //! stored; the token itself is returned once, at sign-in.
 
-use agentkeys_store::{NewAuditEvent, Result as StoreResult, Session, SessionFilter, Store, Tx};
+use agentkeys_store::{
+    ActorKind, Agent, IdentityRef, NewAuditEvent, Result as StoreResult, Session, SessionFilter,
+    Store, Tx,
+};
 use agentkeys_types::OmniAccount;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -67,6 +70,52 @@ pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// A new session token's hash and lifetime, before anyone owns it.
+#[derive(Debug, Clone)]
+pub struct SessionSlot {
+    pub token_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl SessionSlot {
+    /// The session of `agent`: it acts for the agent's master.
+    pub fn for_agent(&self, agent: &Agent) -> Session {
+        Session {
+            token_hash: self.token_hash.clone(),
+            kind: ActorKind::Agent,
+            omni: agent.omni.clone(),
+            wallet: None,
+            master: agent.master.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            via: None,
+        }
+    }
+
+    /// The session of a master, signed in with `wallet` if it has one, through `via` when it
+    /// came by email or OIDC.
+    pub fn for_master(
+        &self,
+        omni: OmniAccount,
+        wallet: Option<String>,
+        via: Option<IdentityRef>,
+    ) -> Session {
+        Session {
+            token_hash: self.token_hash.clone(),
+            kind: ActorKind::Master,
+            master: omni.clone(),
+            omni,
+            wallet,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            via,
+        }
+    }
 }
 
 /// Revokes one live session, with its event; whether it was live.

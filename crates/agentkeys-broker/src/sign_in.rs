@@ -10,7 +10,7 @@ use agentkeys_store::{
 use agentkeys_types::OmniAccount;
 use agentkeys_types::identity::IDENTITY_EMAIL;
 
-use crate::agents::SessionSlot;
+use crate::session::SessionSlot;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginClaim {

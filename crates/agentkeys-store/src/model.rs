@@ -33,6 +33,10 @@ pub struct Session {
 }
 
 impl Session {
+    pub fn is_agent(&self) -> bool {
+        self.kind == ActorKind::Agent
+    }
+
     /// Unrevoked and unexpired at `now`.
     pub fn is_live(&self, now: i64) -> bool {
         self.revoked_at.is_none() && now < self.expires_at

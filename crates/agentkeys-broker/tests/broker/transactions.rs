@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use agentkeys_broker::agents::{self, ApproveOutcome, ClaimOutcome, RenewOutcome, SessionSlot};
+use agentkeys_broker::agents::{self, ApproveOutcome, ClaimOutcome, RenewOutcome};
 use agentkeys_broker::gate::{Gate, GateOutcome, GrantUse, LiveCheck, NotLive};
 use agentkeys_broker::session;
+use agentkeys_broker::session::SessionSlot;
 use agentkeys_broker::sign_in::{self, LoginClaim};
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{

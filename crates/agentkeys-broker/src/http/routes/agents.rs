@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::event;
-use crate::agents::{self, ApproveOutcome, ClaimOutcome, ProofError, RenewOutcome, SessionSlot};
+use crate::agents::{self, ApproveOutcome, ClaimOutcome, ProofError, RenewOutcome};
 use crate::clock::rfc3339;
 use crate::gate::{Gate, GateOutcome};
 use crate::http::client_ip::ClientIp;
@@ -23,6 +23,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::http::limit;
 use crate::limits::LimitedAction;
+use crate::session::SessionSlot;
 use crate::session::{new_token, random_id, session_ref};
 use crate::state::AppState;
 

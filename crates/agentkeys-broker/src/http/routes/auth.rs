@@ -12,12 +12,12 @@ use agentkeys_types::{OmniAccount, WalletAddress};
 use axum::extract::State;
 use serde_json::json;
 
-use crate::agents::SessionSlot;
 use crate::clock::rfc3339;
 use crate::denials::DenialKind;
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
+use crate::session::SessionSlot;
 use crate::session::{new_token, random_id, session_ref};
 use crate::state::AppState;
 use crate::wallet::{self, SignInError};

@@ -22,13 +22,13 @@ use serde_json::json;
 
 use super::event;
 use super::login::{LinkingMaster, client_challenge, code_hash, collect};
-use crate::agents::SessionSlot;
 use crate::clock::rfc3339;
 use crate::gate::{Gate, GateOutcome};
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, MasterSession};
 use crate::mailer::SignInMail;
+use crate::session::SessionSlot;
 use crate::session::{looks_like_secret, new_token, secret, session_ref, token_hash};
 use crate::sign_in::{self, LoginClaim};
 use crate::state::AppState;

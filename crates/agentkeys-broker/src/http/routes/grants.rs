@@ -2,7 +2,7 @@
 //! under a grant carries the `agentkeys_scope` tag, which the bucket policy turns into access
 //! to `<master prefix>/<scope>/*` and nothing else of the master's.
 
-use agentkeys_store::{ActorKind, Grant, Session};
+use agentkeys_store::Grant;
 use agentkeys_types::OmniAccount;
 use agentkeys_types::api::{GrantCreateRequest, GrantInfo, GrantList, WorstCaseExposure};
 use agentkeys_types::audit::{AuditKind, Outcome};
@@ -145,7 +145,7 @@ pub async fn list(
     State(state): State<AppState>,
     AuthSession(s): AuthSession,
 ) -> Result<axum::Json<GrantList>, ApiError> {
-    let grants = if is_agent(&s) {
+    let grants = if s.is_agent() {
         state.store.grants_of(None, Some(&s.omni)).await?
     } else {
         state.store.grants_of(Some(&s.omni), None).await?
@@ -153,10 +153,6 @@ pub async fn list(
     Ok(axum::Json(GrantList {
         grants: grants.iter().map(|g| info(&state, g)).collect(),
     }))
-}
-
-fn is_agent(s: &Session) -> bool {
-    s.kind == ActorKind::Agent
 }
 
 /// Revoke a grant: the agent's next mint under it is refused.

@@ -20,9 +20,9 @@ use agentkeys_types::pairing::normalize_code;
 use serde_json::json;
 
 use super::event;
-use crate::agents::SessionSlot;
 use crate::clock::rfc3339;
 use crate::http::error::ApiError;
+use crate::session::SessionSlot;
 use crate::session::{looks_like_secret, new_token, session_ref, token_hash};
 use crate::sign_in::{self, LoginClaim};
 use crate::state::AppState;
