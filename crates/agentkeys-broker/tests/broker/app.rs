@@ -45,6 +45,15 @@ pub fn without_broker_env(mut command: std::process::Command) -> std::process::C
     command
 }
 
+/// A loopback port nothing listens on right now (a test's broker takes it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The real `agentkeys-broker` binary, with a clean environment.
 pub fn broker_binary() -> std::process::Command {
     without_broker_env(std::process::Command::new(env!(

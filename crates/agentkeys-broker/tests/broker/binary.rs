@@ -9,6 +9,20 @@ fn broker() -> Command {
     crate::app::broker_binary()
 }
 
+/// `serve --dev` on 127.0.0.1:`port` with its data in `data` (not yet spawned).
+fn serve_dev(port: u16, data: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = broker();
+    c.args([
+        "serve",
+        "--dev",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(data);
+    c
+}
+
 /// Runs to completion and returns (exit code, stderr).
 fn run(c: &mut Command) -> (i32, String) {
     let out = c.stdout(Stdio::null()).output().unwrap();
@@ -149,20 +163,8 @@ fn production_mode_refuses_to_start_without_a_key() {
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
     let dir = private_tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = broker()
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let port = crate::app::free_port();
+    let mut child = serve_dev(port, dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -241,20 +243,8 @@ fn output_into_a_closed_pipe_ends_quietly() {
 fn logs_written_to_a_file_carry_no_colour_codes() {
     let dir = private_tempdir();
     let log = dir.path().join("broker.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = broker()
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
+    let port = crate::app::free_port();
+    let mut child = serve_dev(port, dir.path().join("data"))
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -331,21 +321,9 @@ fn backup_writes_a_private_consistent_copy_whose_chain_verifies() {
 #[test]
 fn audit_writes_are_counted_where_they_happen_every_kind_of_event() {
     let dir = private_tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::app::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = broker()
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let mut child = serve_dev(port, dir.path())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

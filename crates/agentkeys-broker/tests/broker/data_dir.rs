@@ -56,11 +56,7 @@ fn healthy(port: u16) -> bool {
 }
 
 fn serve_dev(data: &Path) -> Running {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::app::free_port();
     let listen = format!("127.0.0.1:{port}");
     let data_s = data.to_str().unwrap();
     let mut running = Running(

@@ -19,7 +19,7 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::{private_tempdir, sign, test_database, write_kek};
+use crate::app::{free_port, private_tempdir, sign, test_database, write_kek};
 
 /// Per-minute mint limit of every actor, shared by both instances.
 const MINT_LIMIT: u64 = 30;
@@ -46,14 +46,6 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn broker_command(database_url: &str, kek: &Path, data_dir: &Path) -> Command {
