@@ -8,13 +8,21 @@ use tokio::sync::oneshot;
 
 use crate::{Result, StoreError, Tx};
 
-pub trait Work: Send {
+/// Only [`typed`] makes works (the trait is sealed), so every work catches its own closure's
+/// panic and a backend's writer need not guard against any other implementation.
+pub trait Work: Send + sealed::Sealed {
     /// Does the work inside an open transaction. An error means everything this call wrote
     /// must be rolled back (the backend runs each work in a savepoint of a batch).
     fn run(&mut self, tx: &mut dyn Tx) -> Result<()>;
     /// Called once the transaction ended: `Ok` when it committed, else why not.
     fn finish(self: Box<Self>, committed: Result<()>);
 }
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl<F, R> sealed::Sealed for Typed<F, R> {}
 
 struct Typed<F, R> {
     f: Option<F>,

@@ -28,7 +28,6 @@ mod logins;
 mod sessions;
 mod tx;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -318,13 +317,7 @@ fn run_batch(
         let mut work_head = head.clone();
         let ran = {
             let mut stx = tx::SqliteTx::new(&savepoint, &mut work_head);
-            // `Work` is public: an implementation other than `typed` may panic, and the writer
-            // must outlive it.
-            catch_unwind(AssertUnwindSafe(|| work.run(&mut stx))).unwrap_or_else(|_| {
-                Err(StoreError::Database(
-                    "a unit of work panicked; nothing of it was written".into(),
-                ))
-            })
+            work.run(&mut stx)
         };
         if ran.is_ok() {
             savepoint.commit()?;
