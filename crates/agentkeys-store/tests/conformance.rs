@@ -1544,6 +1544,59 @@ async fn a_failing_work_fails_alone_among_concurrent_ones() {
     assert_eq!(taken, 32);
 }
 
+/// Works queued together share one commit: those that fail, whether after queued writes only
+/// (a count, an event) or after a write already sent (an insert), leave nothing behind, and
+/// the others in the same batch commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_works_leave_nothing_and_the_rest_of_their_batch_commits() {
+    let f = Fixture::new().await;
+    let window = RateWindow {
+        seconds: 3600,
+        limit: 0,
+    };
+    let who = omni("batch");
+    let mut tasks = Vec::new();
+    for i in 0..96i64 {
+        let store = f.store.clone();
+        let who = who.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = store
+                .transact(move |t| {
+                    t.count_use("batch", window, 0)?;
+                    t.append(&event(AuditKind::Mint, i))?;
+                    match i % 3 {
+                        0 => Ok(i),
+                        1 => Err(StoreError::Conflict("refused after counting".into())),
+                        _ => {
+                            t.insert_session(&session(&format!("s{i}"), &who, i64::MAX))?;
+                            Err(StoreError::Conflict("refused after inserting".into()))
+                        }
+                    }
+                })
+                .await;
+            (i, result)
+        }));
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match i % 3 {
+            0 => assert_eq!(result.unwrap(), i),
+            _ => assert_conflict(result),
+        }
+    }
+    let counted = tx(&f.store, move |t| t.window_count("batch", window, 0)).await;
+    assert_eq!(counted, 32, "only the works that succeeded were counted");
+    assert_eq!(verify_chain(f.store.as_ref()).await, 32);
+    let mut kept: Vec<i64> = all_events(f.store.as_ref())
+        .await
+        .iter()
+        .map(|e| e.details["n"].as_i64().unwrap())
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(kept, (0..96).step_by(3).collect::<Vec<i64>>());
+    assert!(f.store.sessions_of(&who, 0).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn concurrent_transactions_form_one_gapless_chain() {
     let f = Fixture::new().await;

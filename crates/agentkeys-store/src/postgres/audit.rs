@@ -2,9 +2,9 @@
 
 use tokio_postgres::Row;
 
-use super::tx::{Db, Head};
-use super::{col, seq_param};
-use crate::audit::{GENESIS_HASH, canonical, chain_hash};
+use super::batch::{Batch, EventRow};
+use super::{col, no_nul, seq_param};
+use crate::audit::{canonical, chain_hash};
 use crate::{AuditEvent, NewAuditEvent, Result, StoreError};
 
 macro_rules! event_columns {
@@ -13,13 +13,6 @@ macro_rules! event_columns {
     };
 }
 
-/// Read under the writers' lock, so it is the head every instance appends to.
-const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
-const INSERT: &str = concat!(
-    "INSERT INTO audit_events (",
-    event_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-);
 pub(super) const SELECT_AFTER: &str = concat!(
     "SELECT ",
     event_columns!(),
@@ -38,41 +31,30 @@ pub(super) const SELECT_FOR_MASTER: &str = concat!(
      ORDER BY seq LIMIT $7"
 );
 
-pub(super) fn head(db: &mut Db<'_, '_>) -> Result<Head> {
-    Ok(match db.query_opt(HEAD, &[])? {
-        Some(row) => Head {
-            seq: u64::try_from(col::<i64>(&row, 0)?)
-                .map_err(|_| StoreError::Database("a negative audit seq".into()))?,
-            hash: col(&row, 1)?,
-        },
-        None => Head {
-            seq: 0,
-            hash: GENESIS_HASH.to_owned(),
-        },
-    })
-}
-
-pub(super) fn append(db: &mut Db<'_, '_>, head: &mut Head, event: &NewAuditEvent) -> Result<u64> {
-    let seq = head.seq + 1;
-    let hash = chain_hash(&head.hash, &canonical(seq, event.hashed()));
-    // The JSON text as written: the hash covers its canonical form, which is recomputed from
-    // this text on verification.
-    let details = event.details.to_string();
-    db.execute(
-        INSERT,
-        &[
-            &seq_param(seq),
-            &event.time,
-            &event.kind.as_str(),
-            &event.actor,
-            &event.master,
-            &event.outcome.as_str(),
-            &details,
-            &head.hash,
-            &hash,
-        ],
-    )?;
-    *head = Head { seq, hash };
+/// Appends to the batch's chain head; the row is written with the batch.
+pub(super) fn append(batch: &mut Batch<'_>, event: &NewAuditEvent) -> Result<u64> {
+    // Refused here, for this work alone, rather than by the batch's INSERT (serde_json
+    // escapes control characters, so the details text cannot hold one).
+    for text in [&event.actor, &event.master].into_iter().flatten() {
+        no_nul(text)?;
+    }
+    let seq = batch.head.seq + 1;
+    let hash = chain_hash(&batch.head.hash, &canonical(seq, event.hashed()));
+    let prev_hash = std::mem::replace(&mut batch.head.hash, hash.clone());
+    batch.head.seq = seq;
+    batch.events.push(EventRow {
+        seq: seq_param(seq),
+        time: event.time,
+        kind: event.kind.as_str(),
+        actor: event.actor.clone(),
+        master: event.master.clone(),
+        outcome: event.outcome.as_str(),
+        // The JSON text as written: the hash covers its canonical form, which is recomputed
+        // from this text on verification.
+        details: event.details.to_string(),
+        prev_hash,
+        hash,
+    });
     Ok(seq)
 }
 

@@ -1,18 +1,20 @@
 //! PostgreSQL backend: several broker instances may share one database.
 //!
-//! Writes mirror the SQLite backend: one std thread per instance owns a synchronous
-//! `postgres::Client` and commits whatever is queued as one transaction (group commit), each
-//! unit of work in its own savepoint so one failing work fails alone. The batch begins with
-//! `LOCK TABLE audit_events IN EXCLUSIVE MODE`, which serialises the writers of every instance
-//! (the audit chain head is read under it, so the chain stays gapless and linear) while plain
-//! SELECTs, which take only ACCESS SHARE, go on. Callers are answered after the commit.
+//! Writes mirror the SQLite backend: one std thread per instance owns the writer connection
+//! and commits whatever is queued as one transaction (group commit); a unit of work that fails
+//! fails alone. The batch begins with `LOCK TABLE audit_events IN EXCLUSIVE MODE`, which
+//! serialises the writers of every instance (the audit chain head is read under it, so the
+//! chain stays gapless and linear) while plain SELECTs, which take only ACCESS SHARE, go on.
+//! Callers are answered after the commit. How a batch keeps its round trips and statements
+//! few while it holds that lock: [`batch`].
 //!
-//! Why these drivers: the synchronous `postgres` client runs the broker's closures on the
-//! writer thread exactly as rusqlite does for SQLite (it wraps tokio-postgres with a runtime
-//! of its own, so it must live on a plain thread, never a tokio worker). Reads run on the
-//! caller's task through tokio-postgres with a small deadpool pool, statements prepared once
-//! per connection. sqlx was not used: its statement-per-message design is what made the old
-//! SQLite backend slow, and it adds a second query layer for no gain here.
+//! Why these drivers: tokio-postgres, because it pipelines requests issued together, which the
+//! writer uses to send the writes nobody waits for with the next statement. The writer runs it
+//! on a current-thread runtime of its own thread, so the broker's closures run there as they
+//! do on SQLite's writer thread, never on a tokio worker. Reads run on the caller's task with
+//! a small deadpool pool, statements prepared once per connection. sqlx was not used: its
+//! statement-per-message design is what made the old SQLite backend slow, and it adds a second
+//! query layer for no gain here.
 //!
 //! TLS: connections use `NoTls`. The database is assumed to be on loopback or a private
 //! network; a URL asking for `sslmode=require` fails to connect rather than silently
@@ -20,6 +22,7 @@
 
 mod agents;
 mod audit;
+mod batch;
 mod grants;
 mod keys;
 mod limits;
@@ -44,7 +47,8 @@ use crate::{
     Session, SigningKeyRecord, Store, StoreError, Work,
 };
 use agentkeys_types::OmniAccount;
-use tx::{Db, PgTx};
+use batch::{Batch, Conn};
+use tx::PgTx;
 
 /// Most units of work one commit carries; bounds the latency a burst adds to its first caller.
 const MAX_BATCH: usize = 512;
@@ -61,9 +65,6 @@ const RECONNECT_BUDGET: Duration = Duration::from_secs(15);
 
 /// Schema migrations, applied in order; `schema_migrations` records the versions applied.
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
-
-/// Serialises the writers of every instance sharing the database; SELECTs are not blocked.
-const LOCK_WRITERS: &str = "LOCK TABLE audit_events IN EXCLUSIVE MODE";
 
 type Statements = HashMap<&'static str, Statement>;
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -223,15 +224,21 @@ async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<()> {
 
 // ---- the writer ---------------------------------------------------------------------------
 
-struct WriterConn {
-    client: postgres::Client,
-    /// `postgres` has no statement cache of its own; statements live as long as the connection.
-    stmts: Statements,
-}
-
-fn connect_writer(config: &postgres::Config) -> Result<WriterConn> {
-    let client = config.connect(NoTls).map_err(db_err)?;
-    Ok(WriterConn {
+/// Connects the writer: tokio-postgres on a runtime of the writer thread's own (a current-thread
+/// runtime runs the connection only while the writer waits on it, which is when it must).
+fn connect_writer(config: &tokio_postgres::Config) -> Result<Conn> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("the writer's runtime: {e}")))?;
+    let (client, connection) = rt.block_on(config.connect(NoTls)).map_err(db_err)?;
+    rt.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "store.writer_connection_closed");
+        }
+    });
+    Ok(Conn {
+        rt,
         client,
         stmts: HashMap::new(),
     })
@@ -254,11 +261,10 @@ async fn start_writer(
                 config.get_application_name().unwrap_or("agentkeys")
             );
             config.application_name(&name);
-            let config = postgres::Config::from(config);
             match connect_writer(&config) {
                 Ok(conn) => {
                     let _ = ready.send(Ok(()));
-                    run_writer(config, Some(conn), rx, &audit);
+                    run_writer(&config, Some(conn), rx, &audit);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -271,12 +277,13 @@ async fn start_writer(
 }
 
 fn run_writer(
-    config: postgres::Config,
-    mut conn: Option<WriterConn>,
+    config: &tokio_postgres::Config,
+    mut conn: Option<Conn>,
     mut rx: mpsc::Receiver<Box<dyn Work>>,
     audit: &crate::AuditCounter,
 ) {
     let mut batch: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_BATCH);
+    let mut failures: Vec<Option<StoreError>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -286,7 +293,7 @@ fn run_writer(
             }
         }
         if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            conn = reconnect(&config);
+            conn = reconnect(config);
         }
         let Some(c) = conn.as_mut() else {
             for work in batch.drain(..) {
@@ -296,25 +303,31 @@ fn run_writer(
             }
             continue;
         };
+        failures.clear();
+        failures.resize_with(batch.len(), || None);
         let mut appended = 0;
-        let committed = commit_batch(c, &mut batch, &mut appended);
+        let committed = commit_batch(c, &mut batch, &mut failures, &mut appended);
         audit.record(appended, committed.is_ok());
         if let Err(e) = &committed {
             tracing::error!(error = %e, "store.commit_failed");
-            // The next batch starts from a fresh connection: the driver may not have noticed
-            // yet that this one is dead, and a failed batch is rare enough to afford it.
-            conn = None;
+            if c.rollback().is_err() {
+                // The next batch starts from a fresh connection.
+                conn = None;
+            }
         }
         // Nothing of a failed batch was written (or, if the connection died during COMMIT, it
         // is unknown): every work in it hears that its commit failed.
         let committed = committed.map_err(|e| e.to_string());
-        for work in batch.drain(..) {
-            work.finish(committed.clone().map_err(StoreError::Commit));
+        for (work, failure) in batch.drain(..).zip(failures.iter_mut()) {
+            work.finish(match failure.take() {
+                Some(e) => Err(e),
+                None => committed.clone().map_err(StoreError::Commit),
+            });
         }
     }
 }
 
-fn reconnect(config: &postgres::Config) -> Option<WriterConn> {
+fn reconnect(config: &tokio_postgres::Config) -> Option<Conn> {
     let mut delay = Duration::from_millis(100);
     let started = std::time::Instant::now();
     for attempt in 1..=RECONNECT_ATTEMPTS {
@@ -339,46 +352,25 @@ fn reconnect(config: &postgres::Config) -> Option<WriterConn> {
     None
 }
 
-/// Runs every work of the batch in one transaction; an error is the transaction's own (each
-/// work's own error is kept by the work and answered at `finish`).
-/// `appended` is set to the events the batch appended, before its commit is tried.
+/// Runs every work of the batch in one transaction (see [`batch`]); an error is the
+/// transaction's own. A work whose closure succeeded but whose statements did not gets its
+/// own error in `failures`. `appended` is set to the events the batch appended, before its
+/// commit is tried.
 fn commit_batch(
-    conn: &mut WriterConn,
-    batch: &mut [Box<dyn Work>],
+    conn: &mut Conn,
+    works: &mut [Box<dyn Work>],
+    failures: &mut [Option<StoreError>],
     appended: &mut u64,
 ) -> Result<()> {
-    let WriterConn { client, stmts } = conn;
-    let mut tx = client.transaction().map_err(db_err)?;
-    // Savepoints by hand, one name reused, so a work costs one round trip of bookkeeping
-    // ("release the last, open the next") rather than two: the batch holds the chain lock
-    // throughout, and round trips are what it is made of.
-    tx.batch_execute(&format!("{LOCK_WRITERS}; SAVEPOINT work"))
-        .map_err(db_err)?;
-    let mut head = audit::head(&mut Db::new(&mut tx, stmts))?;
-    let start = head.seq;
-    let last = batch.len().saturating_sub(1);
-    for (i, work) in batch.iter_mut().enumerate() {
-        let mut work_head = head.clone();
-        let result = {
-            let mut ptx = PgTx::new(Db::new(&mut tx, stmts), &mut work_head);
-            work.run(&mut ptx)
-        };
-        match result {
-            Ok(()) => {
-                head = work_head;
-                if i < last {
-                    tx.batch_execute("RELEASE SAVEPOINT work; SAVEPOINT work")
-                        .map_err(db_err)?;
-                }
-            }
-            // The savepoint stays open for the next work.
-            Err(_) => tx
-                .batch_execute("ROLLBACK TO SAVEPOINT work")
-                .map_err(db_err)?,
-        }
+    let mut batch = Batch::begin(conn)?;
+    let start = batch.head.seq;
+    for (work, failure) in works.iter_mut().zip(failures.iter_mut()) {
+        let mark = batch.mark();
+        let result = work.run(&mut PgTx::new(&mut batch));
+        *failure = batch.end_work(result.is_ok(), mark);
     }
-    *appended = head.seq - start;
-    tx.commit().map_err(db_err)
+    *appended = batch.head.seq - start;
+    batch.commit()
 }
 
 // ---- errors -------------------------------------------------------------------------------
@@ -439,6 +431,16 @@ pub(super) fn opt_omni(value: Option<String>) -> Result<Option<OmniAccount>> {
 /// Times and counts are BIGINT; seqs are u64 in Rust.
 pub(super) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// PostgreSQL's text cannot hold a NUL byte.
+pub(super) fn no_nul(text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(StoreError::Database(
+            "text with a NUL byte cannot be stored".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn all<T>(rows: Vec<Row>, f: fn(&Row) -> Result<T>) -> Result<Vec<T>> {

@@ -1,10 +1,11 @@
-//! The one `impl Tx` of this backend: each primitive is a domain function run in the batch
-//! transaction's savepoint for the current unit of work.
+//! The one `impl Tx` of this backend: each primitive is a domain function whose statements go
+//! to the writer's current [`Batch`].
 
-use postgres::Transaction;
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
-use super::{Params, Statements, agents, audit, db_err, grants, keys, limits, logins, sessions};
+use super::batch::Batch;
+use super::{Params, agents, audit, grants, keys, limits, logins, sessions};
 use crate::{
     Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest,
     NewAuditEvent, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord,
@@ -12,66 +13,62 @@ use crate::{
 };
 use agentkeys_types::OmniAccount;
 
-/// The open (sub)transaction and the connection's statement cache.
+/// The batch a domain function's statements go to.
 pub(super) struct Db<'a, 'c> {
-    tx: &'a mut Transaction<'c>,
-    stmts: &'a mut Statements,
+    batch: &'a mut Batch<'c>,
 }
 
 impl<'a, 'c> Db<'a, 'c> {
-    pub(super) fn new(tx: &'a mut Transaction<'c>, stmts: &'a mut Statements) -> Self {
-        Self { tx, stmts }
+    pub(super) fn new(batch: &'a mut Batch<'c>) -> Self {
+        Self { batch }
     }
 
-    fn stmt(&mut self, sql: &'static str) -> Result<Statement> {
-        if let Some(stmt) = self.stmts.get(sql) {
-            return Ok(stmt.clone());
-        }
-        // Named statements are per connection, not per transaction: one prepared inside a
-        // savepoint that is rolled back stays usable.
-        let stmt = self.tx.prepare(sql).map_err(db_err)?;
-        self.stmts.insert(sql, stmt.clone());
-        Ok(stmt)
+    pub(super) fn batch(&mut self) -> &mut Batch<'c> {
+        self.batch
     }
 
     /// Rows changed.
     pub(super) fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64> {
-        let stmt = self.stmt(sql)?;
-        self.tx.execute(&stmt, params).map_err(db_err)
+        self.batch.execute(sql, params)
     }
 
+    /// At most one row; a statement that is not a SELECT (`DELETE … RETURNING`) writes.
     pub(super) fn query_opt(
         &mut self,
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Option<Row>> {
-        let stmt = self.stmt(sql)?;
-        self.tx.query_opt(&stmt, params).map_err(db_err)
+        let writes = !sql.trim_start().starts_with("SELECT");
+        Ok(self.batch.query(sql, params, writes)?.into_iter().next())
     }
-}
 
-/// The last event of the chain, as seen inside the current transaction.
-#[derive(Clone)]
-pub(super) struct Head {
-    pub(super) seq: u64,
-    pub(super) hash: String,
+    pub(super) fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.batch.query(sql, params, false)
+    }
+
+    /// A write whose result nobody reads: sent with the next statement (see [`Batch`]).
+    pub(super) fn defer(
+        &mut self,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+    ) -> Result<()> {
+        self.batch.defer(sql, params)
+    }
 }
 
 pub(super) struct PgTx<'a, 'c> {
     db: Db<'a, 'c>,
-    /// Advanced by each append; the batch keeps it only if the work succeeds.
-    head: &'a mut Head,
 }
 
 impl<'a, 'c> PgTx<'a, 'c> {
-    pub(super) fn new(db: Db<'a, 'c>, head: &'a mut Head) -> Self {
-        Self { db, head }
+    pub(super) fn new(batch: &'a mut Batch<'c>) -> Self {
+        Self { db: Db::new(batch) }
     }
 }
 
 impl Tx for PgTx<'_, '_> {
     fn append(&mut self, event: &NewAuditEvent) -> Result<u64> {
-        audit::append(&mut self.db, self.head, event)
+        audit::append(self.db.batch(), event)
     }
 
     fn insert_challenge(&mut self, challenge: &Challenge) -> Result<()> {

@@ -236,6 +236,76 @@ async fn a_failed_closure_writes_nothing() {
     assert_eq!(verify_chain(store.as_ref()).await, 2);
 }
 
+/// A closure that ignores a failed statement cannot commit what it did around it: the
+/// statement aborted the work's savepoint, so the work fails, and only it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_that_ignores_a_failed_statement_still_fails_alone() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let store = schema.open().await;
+    store
+        .transact(|tx| tx.insert_challenge(&challenge("taken")))
+        .await
+        .unwrap();
+    let ignoring = store.transact(|tx| {
+        tx.insert_session(&session("s-ignoring"))?;
+        let duplicate = tx.insert_challenge(&challenge("taken"));
+        assert!(matches!(duplicate, Err(StoreError::Conflict(_))));
+        tx.append(&event(AuditKind::AgentRemoved, 1))
+    });
+    let neighbour = store.transact(|tx| {
+        tx.insert_session(&session("s-neighbour"))?;
+        tx.append(&event(AuditKind::GrantCreated, 2))
+    });
+    let (ignoring, neighbour) = tokio::join!(ignoring, neighbour);
+    assert!(ignoring.is_err(), "got {ignoring:?}");
+    assert_eq!(neighbour.unwrap(), 1);
+    assert!(store.session("s-ignoring").await.unwrap().is_none());
+    assert!(store.session("s-neighbour").await.unwrap().is_some());
+    assert_eq!(verify_chain(store.as_ref()).await, 1);
+}
+
+/// Rate counts are sent with a later statement; one PostgreSQL would refuse (a key with a NUL
+/// byte, which a client's input could carry) must fail its own work, not the batch it rides in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_key_postgres_cannot_store_fails_its_work_alone() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let store = schema.open().await;
+    let window = RateWindow {
+        seconds: 60,
+        limit: 10,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..32i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = if i == 7 { "ip:\0evil" } else { "ip:fine" };
+            store
+                .transact(move |tx| {
+                    tx.count_use(key, window, NOW)?;
+                    tx.append(&event(AuditKind::Mint, i))
+                })
+                .await
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        if task.await.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1);
+    let counted = store
+        .transact(move |tx| tx.window_count("ip:fine", window, NOW))
+        .await
+        .unwrap();
+    assert_eq!(counted, 31);
+    assert_eq!(verify_chain(store.as_ref()).await, 31);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_write_one_gapless_chain() {
     let Some(schema) = Schema::new().await else {
