@@ -34,10 +34,9 @@ pub enum GateOutcome {
 /// always wins over a mint that read the session before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveCheck {
-    /// The session must exist, be unrevoked and unexpired at `now`.
+    /// The session must exist, be unrevoked and unexpired at `now`, and, if it is an agent's,
+    /// its agent must be active (read with the session, in one statement).
     pub session_token_hash: String,
-    /// For an agent's session: this agent must be active.
-    pub agent: Option<OmniAccount>,
 }
 
 /// Why a [`LiveCheck`] failed.
@@ -66,6 +65,15 @@ impl NotLive {
             Some(AgentStatus::Active) => None,
             Some(AgentStatus::Suspended) => Some(NotLive::AgentSuspended),
             Some(AgentStatus::Removed) | None => Some(NotLive::AgentRemoved),
+        }
+    }
+
+    /// Why `session`'s agent (for an agent's session) is not live; `None` for a master's.
+    pub fn of_session(session: &agentkeys_store::Session) -> Option<NotLive> {
+        if session.is_agent() {
+            NotLive::of_agent(session.agent_status)
+        } else {
+            None
         }
     }
 }
@@ -174,14 +182,8 @@ impl Gate {
 
 /// Why `live` no longer holds at `now`, if it does not.
 fn not_live(tx: &mut dyn Tx, live: &LiveCheck, now: i64) -> Result<Option<NotLive>> {
-    let session_live = tx
-        .session(&live.session_token_hash)?
-        .is_some_and(|s| s.is_live(now));
-    if !session_live {
-        return Ok(Some(NotLive::Session));
-    }
-    let Some(agent) = &live.agent else {
-        return Ok(None);
-    };
-    Ok(NotLive::of_agent(tx.agent(agent)?.map(|a| a.status)))
+    Ok(match tx.session(&live.session_token_hash)? {
+        Some(session) if session.is_live(now) => NotLive::of_session(&session),
+        _ => Some(NotLive::Session),
+    })
 }

@@ -252,15 +252,12 @@ pub async fn authorize<'a>(
 ) -> Result<Result<Permit<'a>, DenyReason>, ApiError> {
     let settings = &state.settings;
 
-    // Gate 2: an agent must be active (suspension takes effect at its next mint). Checked here
-    // to refuse in the order of SPEC §6, and again (with gate 1) inside the gate's transaction
-    // in [`Permit::commit`], so a logout, suspension or removal that commits meanwhile still
-    // wins.
-    if session.is_agent() {
-        let status = state.store.agent(&session.omni).await?.map(|a| a.status);
-        if let Some(not_live) = NotLive::of_agent(status) {
-            return Ok(Err(not_live.reason()));
-        }
+    // Gate 2: an agent must be active (suspension takes effect at its next mint), as read with
+    // the session. Checked here to refuse in the order of SPEC §6, and again (with gate 1)
+    // inside the gate's transaction in [`Permit::commit`], so a logout, suspension or removal
+    // that commits meanwhile still wins.
+    if let Some(not_live) = NotLive::of_session(session) {
+        return Ok(Err(not_live.reason()));
     }
 
     // Gate 3: intent.
@@ -377,7 +374,6 @@ impl Permit<'_> {
         );
         let live = LiveCheck {
             session_token_hash: session.token_hash.clone(),
-            agent: session.is_agent().then(|| session.omni.clone()),
         };
         let gate = Gate {
             live: Some(live),

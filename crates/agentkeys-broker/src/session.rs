@@ -93,6 +93,7 @@ impl SessionSlot {
             expires_at: self.expires_at,
             revoked_at: None,
             via: None,
+            agent_status: Some(agent.status),
         }
     }
 
@@ -114,6 +115,7 @@ impl SessionSlot {
             expires_at: self.expires_at,
             revoked_at: None,
             via,
+            agent_status: None,
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct Session {
     /// The email or OIDC identity the session was obtained through: unlinking it revokes the
     /// session.
     pub via: Option<IdentityRef>,
+    /// For an agent's session, its agent's status, read in the same statement as the session
+    /// (so a check of both is one read); `None` for a master's. Not a column of the session:
+    /// inserting ignores it.
+    pub agent_status: Option<AgentStatus>,
 }
 
 impl Session {

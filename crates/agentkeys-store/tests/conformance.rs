@@ -141,6 +141,7 @@ fn session(hash: &str, who: &OmniAccount, expires_at: i64) -> Session {
         expires_at,
         revoked_at: None,
         via: None,
+        agent_status: None,
     }
 }
 
@@ -386,8 +387,9 @@ async fn sessions_read_back_as_written() {
         revoked_at: Some(5),
         ..session("h2", &m, 100)
     };
-    let (ms, ags) = (master_session.clone(), agent_session.clone());
+    let (ms, ags, agent_row) = (master_session.clone(), agent_session.clone(), a.clone());
     let inside = tx(&f.store, move |t| {
+        t.insert_agent(&agent_row)?;
         t.insert_session(&ms)?;
         t.insert_session(&ags)?;
         // A transaction sees its own writes.
@@ -399,7 +401,25 @@ async fn sessions_read_back_as_written() {
         f.store.session("h1").await.unwrap(),
         Some(master_session.clone())
     );
-    assert_eq!(f.store.session("h2").await.unwrap(), Some(agent_session));
+    // An agent's session is read with its agent's status, in the store and in a transaction.
+    let agent_session = Session {
+        agent_status: Some(AgentStatus::Active),
+        ..agent_session
+    };
+    assert_eq!(
+        f.store.session("h2").await.unwrap(),
+        Some(agent_session.clone())
+    );
+    let agent_omni = a.omni.clone();
+    let suspended = tx(&f.store, move |t| {
+        t.set_agent_status(&agent_omni, AgentStatus::Suspended, 10)?;
+        t.session("h2")
+    })
+    .await;
+    assert_eq!(
+        suspended.and_then(|s| s.agent_status),
+        Some(AgentStatus::Suspended)
+    );
     assert_eq!(f.store.session("none").await.unwrap(), None);
     assert_eq!(tx(&f.store, |t| t.session("none")).await, None);
 }

@@ -72,6 +72,7 @@ fn session(hash: &str, expires_at: i64) -> Session {
         expires_at,
         revoked_at: None,
         via: None,
+        agent_status: None,
     }
 }
 
@@ -1187,9 +1188,8 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
             .unwrap()
         }
     };
-    let of_master = |hash: &str| LiveCheck {
+    let of_session = |hash: &str| LiveCheck {
         session_token_hash: hash.into(),
-        agent: None,
     };
 
     // A master's session: live, then revoked (logout) before the gated append.
@@ -1197,12 +1197,12 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
     let read = s.session("m1").await.unwrap().unwrap();
     assert!(read.revoked_at.is_none(), "the mint's read saw it live");
     assert!(matches!(
-        gate(of_master("m1"), 10).await,
+        gate(of_session("m1"), 10).await,
         GateOutcome::Allowed { .. }
     ));
     assert!(revoke(s, "m1", 11).await);
     assert!(matches!(
-        gate(of_master("m1"), 12).await,
+        gate(of_session("m1"), 12).await,
         GateOutcome::NotLive {
             reason: NotLive::Session,
             ..
@@ -1211,18 +1211,18 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
     // Expired and unknown sessions are refused the same way.
     create_session(s, session("m2", 20), event(AuditKind::SignInWallet, 2)).await;
     assert!(matches!(
-        gate(of_master("m2"), 19).await,
+        gate(of_session("m2"), 19).await,
         GateOutcome::Allowed { .. }
     ));
     assert!(matches!(
-        gate(of_master("m2"), 20).await,
+        gate(of_session("m2"), 20).await,
         GateOutcome::NotLive {
             reason: NotLive::Session,
             ..
         }
     ));
     assert!(matches!(
-        gate(of_master("never"), 12).await,
+        gate(of_session("never"), 12).await,
         GateOutcome::NotLive {
             reason: NotLive::Session,
             ..
@@ -1235,10 +1235,7 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
         claim(s, "p1", 5, 2, "a1").await,
         ClaimOutcome::Claimed(_)
     ));
-    let of_agent = || LiveCheck {
-        session_token_hash: "a1".into(),
-        agent: Some(bot.clone()),
-    };
+    let of_agent = || of_session("a1");
     assert!(matches!(
         gate(of_agent(), 30).await,
         GateOutcome::Allowed { .. }
@@ -1285,14 +1282,7 @@ async fn the_gate_refuses_a_session_or_agent_that_stopped_being_live_after_the_r
     )
     .await;
     assert!(matches!(
-        gate(
-            LiveCheck {
-                session_token_hash: "a2".into(),
-                agent: Some(ghost),
-            },
-            37
-        )
-        .await,
+        gate(of_session("a2"), 37).await,
         GateOutcome::NotLive {
             reason: NotLive::AgentRemoved,
             ..
@@ -1457,7 +1447,6 @@ async fn a_grant_raced_by_concurrent_gates_is_used_exactly_max_uses_times() {
             let gate = Gate {
                 live: Some(LiveCheck {
                     session_token_hash: "a1".into(),
-                    agent: Some(bot.clone()),
                 }),
                 buckets: vec![(bot.to_string(), window)],
                 grant: Some(GrantUse {

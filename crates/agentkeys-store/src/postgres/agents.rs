@@ -167,7 +167,7 @@ fn status_str(status: AgentStatus) -> &'static str {
     }
 }
 
-fn status_of(s: &str) -> Result<AgentStatus> {
+pub(super) fn status_of(s: &str) -> Result<AgentStatus> {
     match s {
         "active" => Ok(AgentStatus::Active),
         "suspended" => Ok(AgentStatus::Suspended),

@@ -97,7 +97,11 @@ pub(super) fn count_uses(
             _ => {
                 db.defer(
                     BUMP,
-                    vec![Box::new(key.clone()), Box::new(first.seconds), Box::new(start)],
+                    vec![
+                        Box::new(key.clone()),
+                        Box::new(first.seconds),
+                        Box::new(start),
+                    ],
                 )?;
                 rest = tail;
             }

@@ -26,16 +26,21 @@ const INSERT: &str = concat!(
     session_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
-pub(super) const SELECT: &str = concat!(
-    "SELECT ",
-    session_columns!(),
-    " FROM sessions WHERE token_hash = $1"
-);
-pub(super) const SELECT_LIVE_OF: &str = concat!(
-    "SELECT ",
-    session_columns!(),
-    " FROM sessions WHERE omni = $1 AND revoked_at IS NULL AND expires_at > $2
-     ORDER BY created_at, token_hash"
+/// A session and, for an agent's, its agent's status.
+macro_rules! select_joined {
+    ($where:literal) => {
+        concat!(
+            "SELECT s.token_hash, s.kind, s.omni, s.wallet, s.master, s.created_at, s.expires_at,
+                    s.revoked_at, s.via_type, s.via_value, a.status
+             FROM sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni ",
+            $where
+        )
+    };
+}
+pub(super) const SELECT: &str = select_joined!("WHERE s.token_hash = $1");
+pub(super) const SELECT_LIVE_OF: &str = select_joined!(
+    "WHERE s.omni = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
+     ORDER BY s.created_at, s.token_hash"
 );
 const REVOKE: &str = "UPDATE sessions SET revoked_at = $1
      WHERE token_hash = $2 AND revoked_at IS NULL AND expires_at > $1";
@@ -159,5 +164,9 @@ pub(super) fn session_row(row: &Row) -> Result<Session> {
                 identity_type,
                 identity_value,
             }),
+        agent_status: col::<Option<String>>(row, 10)?
+            .as_deref()
+            .map(super::agents::status_of)
+            .transpose()?,
     })
 }

@@ -3,11 +3,13 @@
 use agentkeys_types::OmniAccount;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{actor_kind, kind_str, omni};
+use super::{actor_kind, agent_status, kind_str, omni};
 use crate::{Challenge, IdentityRef, Session, SessionFilter};
 
-const COLUMNS: &str = "token_hash, kind, omni, wallet, master, created_at, expires_at, revoked_at, \
-     via_type, via_value";
+/// A session and, for an agent's, its agent's status (`FROM` [`JOINED`]).
+const COLUMNS: &str = "s.token_hash, s.kind, s.omni, s.wallet, s.master, s.created_at, \
+     s.expires_at, s.revoked_at, s.via_type, s.via_value, a.status";
+const JOINED: &str = "sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<Session> {
     let via_type: Option<String> = r.get(8)?;
@@ -27,6 +29,10 @@ fn row(r: &Row<'_>) -> rusqlite::Result<Session> {
                 identity_value,
             }),
             _ => None,
+        },
+        agent_status: match r.get_ref(10)? {
+            rusqlite::types::ValueRef::Null => None,
+            _ => Some(agent_status(r, 10)?),
         },
     })
 }
@@ -54,7 +60,7 @@ pub(super) fn insert(conn: &Connection, s: &Session) -> rusqlite::Result<()> {
 
 pub(super) fn get(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<Session>> {
     conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM sessions WHERE token_hash = ?1"
+        "SELECT {COLUMNS} FROM {JOINED} WHERE s.token_hash = ?1"
     ))?
     .query_row([token_hash], row)
     .optional()
@@ -66,8 +72,8 @@ pub(super) fn live_of(
     now: i64,
 ) -> rusqlite::Result<Vec<Session>> {
     conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM sessions
-         WHERE omni = ?1 AND revoked_at IS NULL AND expires_at > ?2 ORDER BY created_at"
+        "SELECT {COLUMNS} FROM {JOINED}
+         WHERE s.omni = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 ORDER BY s.created_at"
     ))?
     .query_map(params![omni.as_str(), now], row)?
     .collect()

@@ -104,6 +104,7 @@ fn session(hash: &str) -> Session {
         expires_at: NOW + 3600,
         revoked_at: None,
         via: None,
+        agent_status: None,
     }
 }
 
