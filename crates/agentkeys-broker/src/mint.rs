@@ -11,15 +11,14 @@ use serde_json::json;
 use std::sync::Arc;
 
 use crate::gate::{Gate, GateOutcome, GrantUse, LiveCheck, NotLive};
-use crate::http::error::ApiError;
 use crate::keys::SigningKey;
 use crate::metrics::mint_denied;
 use crate::session::{random_id, session_ref};
 use crate::state::AppState;
 
 /// Why the mint refused: the `reason` of the denial event and of the
-/// `agentkeys_mint_denials_total` label ([`DenyReason::as_str`]), and the error the caller gets
-/// (`ApiError::from`). Variants carry what their error message needs.
+/// `agentkeys_mint_denials_total` label ([`DenyReason::as_str`]); the HTTP edge maps it, once,
+/// to the error the caller gets. Variants carry what their error message needs.
 #[derive(Debug)]
 pub enum DenyReason {
     /// No live session: revoked, expired or unknown (gate 1).
@@ -27,8 +26,8 @@ pub enum DenyReason {
     AgentSuspended,
     /// Removed, or no such agent.
     AgentRemoved,
-    /// The request body was refused; the error says why.
-    InvalidRequest(ApiError),
+    /// The request body was refused (the caller gets the body's own error).
+    InvalidRequest,
     /// The audience is not in the broker's allow-list, listed here.
     AudienceNotAllowed {
         allowed: Vec<String>,
@@ -59,13 +58,13 @@ impl DenyReason {
     /// [`DenyReason::RateLimited`]'s reason, for the denial written before the wait is known.
     pub const RATE_LIMITED: &'static str = ErrorKind::RateLimited.as_str();
 
-    /// The error kind the caller gets (for the refusals that are not another [`ApiError`]).
+    /// The error kind the caller gets.
     pub fn kind(&self) -> ErrorKind {
         match self {
             DenyReason::Unauthenticated => ErrorKind::Unauthenticated,
             DenyReason::AgentSuspended => ErrorKind::AgentSuspended,
             DenyReason::AgentRemoved => ErrorKind::AgentRemoved,
-            DenyReason::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            DenyReason::InvalidRequest => ErrorKind::InvalidRequest,
             DenyReason::AudienceNotAllowed { .. } => ErrorKind::AudienceNotAllowed,
             DenyReason::InvalidRoleArn => ErrorKind::InvalidRoleArn,
             DenyReason::GrantNotForMasters | DenyReason::GrantNotYours => ErrorKind::GrantNotYours,
@@ -93,46 +92,24 @@ impl std::fmt::Display for DenyReason {
     }
 }
 
-impl From<DenyReason> for ApiError {
+/// Why a mint produced no token: a refusal, or a failure of the store or of signing.
+#[derive(Debug)]
+pub enum MintError {
+    Denied(DenyReason),
+    Store(StoreError),
+    /// Signing failed after the mint was allowed and recorded: the token is withheld.
+    Signing(anyhow::Error),
+}
+
+impl From<DenyReason> for MintError {
     fn from(reason: DenyReason) -> Self {
-        let kind = reason.kind();
-        let forbidden = |message: &str| ApiError::Forbidden {
-            kind,
-            message: message.to_owned(),
-        };
-        match reason {
-            DenyReason::Unauthenticated => ApiError::Unauthenticated,
-            DenyReason::AgentSuspended | DenyReason::AgentRemoved => {
-                forbidden(&format!("this agent cannot mint ({kind}); ask its master"))
-            }
-            DenyReason::InvalidRequest(e) => e,
-            DenyReason::AudienceNotAllowed { allowed } => forbidden(&format!(
-                "that audience is not in the broker's allow-list ({})",
-                allowed.join(", ")
-            )),
-            DenyReason::InvalidRoleArn => ApiError::BadRequest(
-                "role_arn must look like arn:aws:iam::123456789012:role/NAME (or arn:aws:iam:::role/NAME)".into(),
-            ),
-            DenyReason::GrantNotForMasters => {
-                forbidden("grants are used by the agents they were given to, not by masters")
-            }
-            DenyReason::GrantUnknown => forbidden("no grant has that id"),
-            DenyReason::GrantNotYours => forbidden("that grant was given to another agent"),
-            DenyReason::GrantRevoked => forbidden("that grant was revoked by its master"),
-            DenyReason::GrantExpired => forbidden("that grant has expired"),
-            DenyReason::GrantExhausted => forbidden("that grant has no uses left"),
-            DenyReason::InvalidSessionTag(message) => ApiError::Unprocessable { kind, message },
-            DenyReason::NoSigningKey => ApiError::Unavailable(
-                "no active signing key; see `agentkeys-broker keys list`".into(),
-            ),
-            DenyReason::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
-            DenyReason::GrantUnavailable => {
-                forbidden("the grant was revoked, expired or used up just now")
-            }
-            DenyReason::AuditFailed(e) => ApiError::internal(
-                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
-            ),
-        }
+        MintError::Denied(reason)
+    }
+}
+
+impl From<StoreError> for MintError {
+    fn from(e: StoreError) -> Self {
+        MintError::Store(e)
     }
 }
 
@@ -216,9 +193,9 @@ fn master_of(s: &Session) -> String {
     s.master.to_string()
 }
 
-/// Records a refusal durably, then returns the error to send. If even the audit write fails
-/// the caller gets a 500: a gate failure must not go unrecorded.
-pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReason) -> ApiError {
+/// Records a refusal durably, then returns it. If even the audit write fails the caller gets
+/// the store's failure (a 500): a gate failure must not go unrecorded.
+pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReason) -> MintError {
     mint_denied(&reason);
     let now = state.clock.now();
     let details = json!({ "session": session.map(|s| session_ref(&s.token_hash).to_owned()) });
@@ -227,8 +204,8 @@ pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReaso
         .append_audit(denied_event(now, session, reason.as_str(), details))
         .await
     {
-        Ok(_) => reason.into(),
-        Err(e) => ApiError::internal(e),
+        Ok(_) => MintError::Denied(reason),
+        Err(e) => MintError::Store(e),
     }
 }
 
@@ -249,7 +226,7 @@ pub async fn authorize<'a>(
     session: &'a Session,
     request: &'a MintRequest,
     now: i64,
-) -> Result<Result<Permit<'a>, DenyReason>, ApiError> {
+) -> Result<Result<Permit<'a>, DenyReason>, StoreError> {
     let settings = &state.settings;
 
     // Gate 2: an agent must be active (suspension takes effect at its next mint), as read with
@@ -346,7 +323,7 @@ impl Permit<'_> {
         self,
         state: &AppState,
         now: i64,
-    ) -> Result<Result<Minted, DenyReason>, ApiError> {
+    ) -> Result<Result<Minted, DenyReason>, MintError> {
         let Permit {
             session,
             claims,
@@ -398,8 +375,10 @@ impl Permit<'_> {
             Err(e) => return Ok(Err(DenyReason::AuditFailed(e))),
         }
         // Allowed and recorded: only now is the token signed.
-        let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
-        let jwt = signer.sign_jwt(&body).map_err(ApiError::internal)?;
+        let body = serde_json::to_vec(&claims).map_err(|e| MintError::Signing(e.into()))?;
+        let jwt = signer
+            .sign_jwt(&body)
+            .map_err(|e| MintError::Signing(e.into()))?;
         metrics::counter!(crate::metrics::MINTS, "outcome" => "ok").increment(1);
         Ok(Ok(Minted {
             jwt,
@@ -416,7 +395,7 @@ pub async fn mint(
     state: &AppState,
     session: &Session,
     request: &MintRequest,
-) -> Result<Minted, ApiError> {
+) -> Result<Minted, MintError> {
     let now = state.clock.now();
     let permit = match authorize(state, session, request, now).await? {
         Ok(permit) => permit,
@@ -427,7 +406,7 @@ pub async fn mint(
         Err(reason) => {
             // Already recorded by the gate's transaction (or, for an audit failure, not at all).
             mint_denied(&reason);
-            Err(reason.into())
+            Err(MintError::Denied(reason))
         }
     }
 }
@@ -463,7 +442,7 @@ async fn check_grant(
     session: &Session,
     id: &str,
     now: i64,
-) -> Result<Result<LiveGrant, DenyReason>, ApiError> {
+) -> Result<Result<LiveGrant, DenyReason>, StoreError> {
     if !session.is_agent() {
         return Ok(Err(DenyReason::GrantNotForMasters));
     }
@@ -485,120 +464,7 @@ async fn check_grant(
 
 #[cfg(test)]
 mod tests {
-    use super::{DenyReason, valid_role_arn};
-    use crate::http::error::ApiError;
-    use axum::http::StatusCode;
-
-    #[test]
-    fn deny_reasons_keep_their_strings_and_errors() {
-        let cases = [
-            (
-                DenyReason::Unauthenticated,
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-            ),
-            (
-                DenyReason::AgentSuspended,
-                StatusCode::FORBIDDEN,
-                "agent_suspended",
-            ),
-            (
-                DenyReason::AgentRemoved,
-                StatusCode::FORBIDDEN,
-                "agent_removed",
-            ),
-            (
-                DenyReason::InvalidRequest(ApiError::BadRequest("x".into())),
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-            ),
-            (
-                DenyReason::AudienceNotAllowed {
-                    allowed: vec!["sts.amazonaws.com".into()],
-                },
-                StatusCode::FORBIDDEN,
-                "audience_not_allowed",
-            ),
-            (
-                DenyReason::InvalidRoleArn,
-                StatusCode::BAD_REQUEST,
-                "invalid_role_arn",
-            ),
-            (
-                DenyReason::GrantNotForMasters,
-                StatusCode::FORBIDDEN,
-                "grant_not_yours",
-            ),
-            (
-                DenyReason::GrantUnknown,
-                StatusCode::FORBIDDEN,
-                "grant_unknown",
-            ),
-            (
-                DenyReason::GrantNotYours,
-                StatusCode::FORBIDDEN,
-                "grant_not_yours",
-            ),
-            (
-                DenyReason::GrantRevoked,
-                StatusCode::FORBIDDEN,
-                "grant_revoked",
-            ),
-            (
-                DenyReason::GrantExpired,
-                StatusCode::FORBIDDEN,
-                "grant_expired",
-            ),
-            (
-                DenyReason::GrantExhausted,
-                StatusCode::FORBIDDEN,
-                "grant_exhausted",
-            ),
-            (
-                DenyReason::InvalidSessionTag("too long".into()),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_session_tag",
-            ),
-            (
-                DenyReason::NoSigningKey,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_signing_key",
-            ),
-            (
-                DenyReason::RateLimited { retry_after: 7 },
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-            ),
-            (
-                DenyReason::GrantUnavailable,
-                StatusCode::FORBIDDEN,
-                "grant_unavailable",
-            ),
-            (
-                DenyReason::AuditFailed(agentkeys_store::StoreError::Database("x".into())),
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit_failed",
-            ),
-        ];
-        for (reason, status, label) in cases {
-            assert_eq!(reason.as_str(), label);
-            let error = ApiError::from(reason);
-            assert_eq!(error.status_and_kind().0, status, "{label}");
-            // A 403 or 422 names the reason as its error kind.
-            if matches!(
-                status,
-                StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY
-            ) {
-                assert_eq!(error.status_and_kind().1, label);
-            }
-        }
-        assert_eq!(DenyReason::RATE_LIMITED, "rate_limited");
-        let e = ApiError::from(DenyReason::AgentSuspended);
-        assert_eq!(
-            e.to_string(),
-            "this agent cannot mint (agent_suspended); ask its master"
-        );
-    }
+    use super::valid_role_arn;
 
     #[test]
     fn role_arns() {

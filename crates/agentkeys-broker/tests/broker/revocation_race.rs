@@ -1,7 +1,7 @@
 //! A mint that read its session just before a logout must not commit after it (gates 1 and 2
 //! are re-checked inside the mint's audit transaction).
 
-use agentkeys_broker::http::error::ApiError;
+use agentkeys_broker::mint::{DenyReason, MintError};
 use agentkeys_broker::session::token_hash;
 use agentkeys_types::api::MintRequest;
 use reqwest::StatusCode;
@@ -29,7 +29,7 @@ async fn a_mint_that_read_its_session_before_a_logout_is_refused_and_audited() {
 
     let minted = agentkeys_broker::mint::mint(&app.state, &read, &MintRequest::default()).await;
     assert!(
-        matches!(minted, Err(ApiError::Unauthenticated)),
+        matches!(minted, Err(MintError::Denied(DenyReason::Unauthenticated))),
         "no JWT after the logout committed"
     );
     let last = app.audit().await.pop().unwrap();

@@ -12,7 +12,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{AuthSession, OptionalJson};
 use crate::http::limit;
 use crate::metrics::mint_denied;
-use crate::mint::{self, DenyReason};
+use crate::mint::{self, DenyReason, MintError};
 use crate::state::AppState;
 
 /// Mint a short-lived ES256 JWT for the bearer's session, for `AssumeRoleWithWebIdentity`.
@@ -50,8 +50,12 @@ pub async fn mint_oidc_jwt(
     let request = match body {
         Ok(OptionalJson(r)) => r,
         Err(e) => {
-            let reason = DenyReason::InvalidRequest(e);
-            return Err(mint::deny(&state, Some(&session), reason).await);
+            return Err(
+                match mint::deny(&state, Some(&session), DenyReason::InvalidRequest).await {
+                    MintError::Denied(_) => e,
+                    failed => failed.into(),
+                },
+            );
         }
     };
     let minted = mint::mint(&state, &session, &request).await?;
@@ -69,4 +73,179 @@ pub async fn mint_oidc_jwt(
     responses((status = 404, body = agentkeys_types::ErrorBody, description = "Always: the route is retired")))]
 pub async fn mint_aws_creds_retired() -> ApiError {
     ApiError::Retired
+}
+
+/// The one mapping of a mint's refusals to HTTP.
+impl From<DenyReason> for ApiError {
+    fn from(reason: DenyReason) -> Self {
+        let kind = reason.kind();
+        let forbidden = |message: &str| ApiError::Forbidden {
+            kind,
+            message: message.to_owned(),
+        };
+        match reason {
+            DenyReason::Unauthenticated => ApiError::Unauthenticated,
+            DenyReason::AgentSuspended | DenyReason::AgentRemoved => {
+                forbidden(&format!("this agent cannot mint ({kind}); ask its master"))
+            }
+            // The route answers with the body's own error; this is only the fallback.
+            DenyReason::InvalidRequest => ApiError::BadRequest("the request body was refused".into()),
+            DenyReason::AudienceNotAllowed { allowed } => forbidden(&format!(
+                "that audience is not in the broker's allow-list ({})",
+                allowed.join(", ")
+            )),
+            DenyReason::InvalidRoleArn => ApiError::BadRequest(
+                "role_arn must look like arn:aws:iam::123456789012:role/NAME (or arn:aws:iam:::role/NAME)".into(),
+            ),
+            DenyReason::GrantNotForMasters => {
+                forbidden("grants are used by the agents they were given to, not by masters")
+            }
+            DenyReason::GrantUnknown => forbidden("no grant has that id"),
+            DenyReason::GrantNotYours => forbidden("that grant was given to another agent"),
+            DenyReason::GrantRevoked => forbidden("that grant was revoked by its master"),
+            DenyReason::GrantExpired => forbidden("that grant has expired"),
+            DenyReason::GrantExhausted => forbidden("that grant has no uses left"),
+            DenyReason::InvalidSessionTag(message) => ApiError::Unprocessable { kind, message },
+            DenyReason::NoSigningKey => ApiError::Unavailable(
+                "no active signing key; see `agentkeys-broker keys list`".into(),
+            ),
+            DenyReason::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
+            DenyReason::GrantUnavailable => {
+                forbidden("the grant was revoked, expired or used up just now")
+            }
+            DenyReason::AuditFailed(e) => ApiError::internal(
+                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
+            ),
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        match e {
+            MintError::Denied(reason) => reason.into(),
+            MintError::Store(e) => e.into(),
+            MintError::Signing(e) => {
+                ApiError::internal(e.context("signing an allowed mint failed; token withheld"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DenyReason;
+    use crate::http::error::ApiError;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn deny_reasons_keep_their_strings_and_errors() {
+        let cases = [
+            (
+                DenyReason::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+            ),
+            (
+                DenyReason::AgentSuspended,
+                StatusCode::FORBIDDEN,
+                "agent_suspended",
+            ),
+            (
+                DenyReason::AgentRemoved,
+                StatusCode::FORBIDDEN,
+                "agent_removed",
+            ),
+            (
+                DenyReason::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                DenyReason::AudienceNotAllowed {
+                    allowed: vec!["sts.amazonaws.com".into()],
+                },
+                StatusCode::FORBIDDEN,
+                "audience_not_allowed",
+            ),
+            (
+                DenyReason::InvalidRoleArn,
+                StatusCode::BAD_REQUEST,
+                "invalid_role_arn",
+            ),
+            (
+                DenyReason::GrantNotForMasters,
+                StatusCode::FORBIDDEN,
+                "grant_not_yours",
+            ),
+            (
+                DenyReason::GrantUnknown,
+                StatusCode::FORBIDDEN,
+                "grant_unknown",
+            ),
+            (
+                DenyReason::GrantNotYours,
+                StatusCode::FORBIDDEN,
+                "grant_not_yours",
+            ),
+            (
+                DenyReason::GrantRevoked,
+                StatusCode::FORBIDDEN,
+                "grant_revoked",
+            ),
+            (
+                DenyReason::GrantExpired,
+                StatusCode::FORBIDDEN,
+                "grant_expired",
+            ),
+            (
+                DenyReason::GrantExhausted,
+                StatusCode::FORBIDDEN,
+                "grant_exhausted",
+            ),
+            (
+                DenyReason::InvalidSessionTag("too long".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_session_tag",
+            ),
+            (
+                DenyReason::NoSigningKey,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_signing_key",
+            ),
+            (
+                DenyReason::RateLimited { retry_after: 7 },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            ),
+            (
+                DenyReason::GrantUnavailable,
+                StatusCode::FORBIDDEN,
+                "grant_unavailable",
+            ),
+            (
+                DenyReason::AuditFailed(agentkeys_store::StoreError::Database("x".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_failed",
+            ),
+        ];
+        for (reason, status, label) in cases {
+            assert_eq!(reason.as_str(), label);
+            let error = ApiError::from(reason);
+            assert_eq!(error.status_and_kind().0, status, "{label}");
+            // A 403 or 422 names the reason as its error kind.
+            if matches!(
+                status,
+                StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY
+            ) {
+                assert_eq!(error.status_and_kind().1, label);
+            }
+        }
+        assert_eq!(DenyReason::RATE_LIMITED, "rate_limited");
+        let e = ApiError::from(DenyReason::AgentSuspended);
+        assert_eq!(
+            e.to_string(),
+            "this agent cannot mint (agent_suspended); ask its master"
+        );
+    }
 }
