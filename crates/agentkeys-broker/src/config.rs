@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory};
 use crate::http::client_ip::TrustedProxies;
 use crate::limiter::{Limits, Rate};
 use crate::metrics::MetricsToken;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Settings of `agentkeys-broker serve`.
 #[derive(Debug, Clone, Args)]
@@ -116,9 +117,13 @@ pub struct ServeSettings {
     pub smtp_port: u16,
 
     /// SMTP transport security: `starttls`, `tls`, or `none` (only for a relay on the same host).
-    #[arg(long, env = "BROKER_SMTP_TLS", default_value = "starttls", value_name = "MODE",
-          value_parser = ["starttls", "tls", "none"])]
-    pub smtp_tls: String,
+    #[arg(
+        long,
+        env = "BROKER_SMTP_TLS",
+        default_value = "starttls",
+        value_name = "MODE"
+    )]
+    pub smtp_tls: SmtpTls,
 
     /// SMTP user name, if the server needs one.
     #[arg(long, env = "BROKER_SMTP_USERNAME", value_name = "NAME")]
@@ -129,9 +134,10 @@ pub struct ServeSettings {
         long,
         env = "BROKER_SMTP_PASSWORD",
         value_name = "SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub smtp_password: Option<String>,
+    pub smtp_password: Option<SecretString>,
 
     /// Sender of sign-in emails.
     #[arg(
@@ -240,9 +246,10 @@ pub struct ServeSettings {
         long,
         env = "BROKER_METRICS_TOKEN",
         value_name = "SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<SecretString>,
 
     /// Serve /metrics on this address (e.g. a private interface) instead of on --listen.
     #[arg(long, env = "BROKER_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
@@ -255,9 +262,33 @@ pub struct ServeSettings {
     pub sts_max_session_seconds: u64,
 
     /// Log format: `text` or `json`.
-    #[arg(long, env = "BROKER_LOG_FORMAT", default_value = "text", value_name = "FORMAT",
-          value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(
+        long,
+        env = "BROKER_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How the broker reaches its SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmtpTls {
+    Starttls,
+    Tls,
+    /// Plain text: only for a relay on the same host.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Secrets are parsed straight into a type whose `Debug` shows no value.
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -524,7 +555,7 @@ impl ServeSettings {
             (Some(host), false) => Some(EmailDelivery::Smtp(crate::mailer::SmtpSettings {
                 host: host.clone(),
                 port: self.smtp_port,
-                tls: self.smtp_tls.clone(),
+                tls: self.smtp_tls,
                 username: self.smtp_username.clone(),
                 password: self.smtp_password.clone(),
                 from: self.smtp_from.clone(),
@@ -539,8 +570,8 @@ impl ServeSettings {
         };
         let metrics_token = self
             .metrics_token
-            .as_deref()
-            .map(MetricsToken::new)
+            .as_ref()
+            .map(|t| MetricsToken::new(t.expose_secret()))
             .transpose()
             // The value is a secret: never echo it.
             .map_err(|fix| SettingError::new("metrics_token", "(hidden)", fix))?;
@@ -567,7 +598,7 @@ impl ServeSettings {
             body_limit_bytes: self.body_limit_bytes as usize,
             jwks_max_age_seconds: self.jwks_max_age_seconds,
             key_refresh_seconds: self.key_refresh_seconds,
-            log_json: self.log_format == "json",
+            log_json: self.log_format == LogFormat::Json,
             email,
             login_ttl_seconds: self.login_ttl_seconds as i64,
             email_limits: EmailLimits {
@@ -741,6 +772,36 @@ mod tests {
         )
         .expect("write");
         path
+    }
+
+    /// The settings are logged and printed with `{:?}` in places; the secrets they hold never
+    /// show, and the string-typed choices parse into their types.
+    #[test]
+    fn settings_debug_shows_no_secret_and_choices_are_typed() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeSettings,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "agentkeys-broker",
+            "--smtp-password",
+            "smtp-secret-value",
+            "--metrics-token",
+            "metrics-secret-value-0123456789",
+            "--smtp-tls",
+            "tls",
+            "--log-format",
+            "json",
+        ])
+        .expect("parses");
+        let shown = format!("{:?}", cli.serve);
+        assert!(!shown.contains("smtp-secret-value"), "{shown}");
+        assert!(!shown.contains("metrics-secret-value"), "{shown}");
+        assert_eq!(cli.serve.smtp_tls, SmtpTls::Tls);
+        assert_eq!(cli.serve.log_format, LogFormat::Json);
+        let bad = <Cli as clap::Parser>::try_parse_from(["agentkeys-broker", "--smtp-tls", "ssl"]);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -6,6 +6,9 @@ use async_trait::async_trait;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::SmtpTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -73,27 +76,14 @@ pub trait Mailer: Send + Sync + 'static {
 }
 
 /// How to reach the SMTP server.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
-    /// `starttls`, `tls` or `none` (none only to a local relay).
-    pub tls: String,
+    pub tls: SmtpTls,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     pub from: String,
-}
-
-impl std::fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("from", &self.from)
-            .finish_non_exhaustive()
-    }
 }
 
 pub struct SmtpMailer {
@@ -103,17 +93,20 @@ pub struct SmtpMailer {
 
 impl SmtpMailer {
     pub fn new(s: &SmtpSettings) -> Result<Self, MailError> {
-        let builder = match s.tls.as_str() {
-            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host),
-            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host),
-            _ => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+        let builder = match s.tls {
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host),
+            SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
                 &s.host,
             )),
         }
         .map_err(|e| MailError::Build(e.to_string()))?;
         let mut builder = builder.port(s.port);
         if let (Some(user), Some(pass)) = (&s.username, &s.password) {
-            builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                pass.expose_secret().to_owned(),
+            ));
         }
         let from = s
             .from

@@ -21,6 +21,8 @@
 //! Nothing here logs or displays the client secret, codes, verifiers or tokens.
 
 use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::RwLock;
@@ -61,47 +63,8 @@ const MAX_IAT_SKEW_SECONDS: i64 = 300;
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
-/// A secret string (the client secret): its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for SecretString {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl From<&str> for SecretString {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretString([redacted])")
-    }
-}
-
-impl fmt::Display for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
 /// One external OpenID provider as configured by the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     /// Short name, `^[a-z0-9-]{1,32}$` (e.g. `google`): the identity type is `oauth2_<name>`.
     pub name: String,
@@ -156,7 +119,7 @@ impl ProviderConfig {
                 self.name
             )));
         }
-        if self.client_secret.expose().is_empty() {
+        if self.client_secret.expose_secret().is_empty() {
             return Err(OidcLoginError::Config(format!(
                 "provider {}: the client secret is empty",
                 self.name
@@ -657,7 +620,9 @@ impl OidcProvider {
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id.clone()),
-            Some(ClientSecret::new(config.client_secret.expose().to_owned())),
+            Some(ClientSecret::new(
+                config.client_secret.expose_secret().to_owned(),
+            )),
         )
         .set_token_uri(token_endpoint)
         .set_redirect_uri(redirect)
@@ -1157,7 +1122,7 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let c = ProviderConfig::google("client-id", "very-secret-value");
-        let shown = format!("{c:?} {}", c.client_secret);
+        let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret-value"), "{shown}");
         let start = LoginStart {
             authorization_url: "https://op/auth".into(),

@@ -131,7 +131,7 @@ impl SmtpSink {
         EmailDelivery::Smtp(SmtpSettings {
             host: "127.0.0.1".into(),
             port: self.port,
-            tls: "none".into(),
+            tls: agentkeys_broker::config::SmtpTls::None,
             username: None,
             password: None,
             from: "AgentKeys <no-reply@agentkeys.test>".into(),
