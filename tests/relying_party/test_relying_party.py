@@ -24,6 +24,7 @@ import time
 import jwt
 import pytest
 import requests
+import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -62,11 +63,16 @@ def b64url_encode(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
 
 
+# The running broker's data dir, for the operator commands run beside it.
+_DATA_DIR = []
+
+
 @pytest.fixture(scope="module")
 def broker():
     """The broker process; yields its issuer URL and stops it afterwards."""
     bin_path = _binary("AGENTKEYS_BROKER_BIN")
     with tempfile.TemporaryDirectory(prefix="agentkeys-rp-") as tmp:
+        _DATA_DIR[:] = [os.path.join(tmp, "data")]
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         log_path = os.path.join(tmp, "broker.log")
@@ -292,3 +298,22 @@ def test_foreign_key_and_wrong_audience_fail(client, discovery, jwks):
     with pytest.raises(jwt.InvalidIssuerError):
         jwt.decode(token, key, algorithms=["ES256"], audience=AUDIENCE,
                    issuer=discovery["issuer"] + "/")
+
+
+def test_audit_hashes_recompute_with_an_off_the_shelf_jcs_library(broker, client):
+    """The exported chain, recomputed with PyPI's rfc8785 and hashlib: no AgentKeys code."""
+    mint(client)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    out = subprocess.run([_binary("AGENTKEYS_BROKER_BIN"), "audit", "export",
+                          "--data-dir", _DATA_DIR[0]],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(events) >= 3, events
+    prev = "0" * 64
+    for e in events:
+        assert e["hash_format"] == 2, e
+        hashed = {k: e[k] for k in ("seq", "time", "kind", "actor", "master", "outcome", "details")}
+        digest = hashlib.sha256(prev.encode("ascii") + rfc8785.dumps(hashed)).hexdigest()
+        assert (e["prev_hash"], e["hash"]) == (prev, digest), e["seq"]
+        prev = digest

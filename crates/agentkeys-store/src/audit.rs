@@ -2,9 +2,12 @@
 //!
 //! `hash = hex(SHA-256(prev_hash ‖ canonical(event)))` where `prev_hash` is the 64-hex hash of
 //! the previous event ([`GENESIS_HASH`] for the first) and `canonical(event)` is the JSON object
-//! `{actor, details, kind, master, outcome, seq, time}` with keys sorted at every depth and no
-//! whitespace. Anyone with an export can recompute it; `agentkeys-broker audit verify` does.
+//! `{actor, details, kind, master, outcome, seq, time}` in the event's [`HashFormat`]: today
+//! RFC 8785 (JSON Canonicalization Scheme), so anyone with an export can recompute a hash with
+//! an off-the-shelf JCS library and SHA-256; `agentkeys-broker audit verify` does. Each event
+//! records its format, so a chain begun under an earlier one still verifies.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -26,8 +29,52 @@ pub struct Hashed<'a> {
     pub details: &'a Value,
 }
 
-/// The canonical bytes of an event at position `seq`.
-pub fn canonical(seq: u64, event: Hashed<'_>) -> String {
+/// How an event's canonical bytes are made; stored with each event.
+/// Serialized as its number (`"hash_format": 2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "i64", try_from = "i64")]
+pub enum HashFormat {
+    /// Keys sorted (by UTF-8 bytes) at every depth, no whitespace, serde_json's escaping and
+    /// numbers. Events written before RFC 8785 was adopted.
+    SortedKeys = 1,
+    /// RFC 8785 (keys sorted by UTF-16 code units, ECMAScript numbers and escaping).
+    Jcs = 2,
+}
+
+impl HashFormat {
+    /// The format of every event written now.
+    pub const CURRENT: HashFormat = HashFormat::Jcs;
+
+    pub fn from_stored(value: i64) -> Option<HashFormat> {
+        match value {
+            1 => Some(HashFormat::SortedKeys),
+            2 => Some(HashFormat::Jcs),
+            _ => None,
+        }
+    }
+
+    /// Events exported before the format was recorded are all of the first.
+    pub fn legacy() -> HashFormat {
+        HashFormat::SortedKeys
+    }
+}
+
+impl From<HashFormat> for i64 {
+    fn from(format: HashFormat) -> i64 {
+        format as i64
+    }
+}
+
+impl TryFrom<i64> for HashFormat {
+    type Error = String;
+
+    fn try_from(value: i64) -> Result<Self, String> {
+        HashFormat::from_stored(value).ok_or_else(|| format!("unknown audit hash format {value}"))
+    }
+}
+
+/// The canonical bytes of an event at position `seq`, in `format`.
+pub fn canonical(format: HashFormat, seq: u64, event: Hashed<'_>) -> String {
     let value = serde_json::json!({
         "seq": seq,
         "time": event.time,
@@ -37,9 +84,17 @@ pub fn canonical(seq: u64, event: Hashed<'_>) -> String {
         "outcome": event.outcome,
         "details": event.details,
     });
-    let mut out = String::with_capacity(256);
-    write_canonical(&value, &mut out);
-    out
+    match format {
+        HashFormat::SortedKeys => {
+            let mut out = String::with_capacity(256);
+            write_sorted_keys(&value, &mut out);
+            out
+        }
+        // A `Value` always serializes; the fallback only keeps this function total.
+        HashFormat::Jcs => {
+            serde_json_canonicalizer::to_string(&value).unwrap_or_else(|_| value.to_string())
+        }
+    }
 }
 
 pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
@@ -49,9 +104,10 @@ pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// Sorted keys at every level regardless of serde_json's `preserve_order` feature, which any
-/// crate in the build could switch on.
-fn write_canonical(value: &Value, out: &mut String) {
+/// [`HashFormat::SortedKeys`], written by hand because it is no standard: kept only so that
+/// events written under it still verify. Sorted regardless of serde_json's `preserve_order`
+/// feature, which any crate in the build could switch on.
+fn write_sorted_keys(value: &Value, out: &mut String) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
@@ -63,7 +119,7 @@ fn write_canonical(value: &Value, out: &mut String) {
                 }
                 out.push_str(&Value::String(k.clone()).to_string());
                 out.push(':');
-                write_canonical(v, out);
+                write_sorted_keys(v, out);
             }
             out.push('}');
         }
@@ -73,7 +129,7 @@ fn write_canonical(value: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_canonical(v, out);
+                write_sorted_keys(v, out);
             }
             out.push(']');
         }
@@ -135,7 +191,8 @@ impl ChainVerifier {
         if event.prev_hash != self.prev_hash {
             return Err(fail("prev_hash does not match the previous event's hash"));
         }
-        if chain_hash(&self.prev_hash, &canonical(event.seq, event.hashed())) != event.hash {
+        let canonical = canonical(event.hash_format, event.seq, event.hashed());
+        if chain_hash(&self.prev_hash, &canonical) != event.hash {
             return Err(fail(
                 "its content does not match its hash (modified after it was written)",
             ));
@@ -172,22 +229,63 @@ mod tests {
     }
 
     #[test]
-    fn canonical_form_sorts_keys_at_every_depth() {
+    fn the_first_format_sorts_keys_at_every_depth() {
         assert_eq!(
-            canonical(7, event(AuditKind::Mint).hashed()),
+            canonical(HashFormat::SortedKeys, 7, event(AuditKind::Mint).hashed()),
             r#"{"actor":"a","details":{"a":{"x":"é\"","y":[2,{"a":0,"b":1}]},"z":1},"kind":"mint","master":null,"outcome":"ok","seq":7,"time":1700000000}"#
         );
     }
 
+    /// The example of RFC 8785 §3.2.2 (numbers, escapes, literals), through the format the
+    /// chain uses now: what any JCS library produces.
+    #[test]
+    fn the_current_format_is_rfc_8785() {
+        let input = r#"{"numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+            "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+            "literals": [null, true, false]}"#;
+        let details: Value = serde_json::from_str(input).unwrap();
+        let e = NewAuditEvent {
+            details,
+            ..event(AuditKind::Mint)
+        };
+        assert_eq!(
+            canonical(HashFormat::CURRENT, 7, e.hashed()),
+            concat!(
+                r#"{"actor":"a","details":{"literals":[null,true,false],"#,
+                r#""numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"#,
+                r#""string":"€$\u000f\nA'B\"\\\\\"/"},"#,
+                r#""kind":"mint","master":null,"outcome":"ok","seq":7,"time":1700000000}"#
+            )
+        );
+        // Where the formats differ (serde_json writes 1.0, RFC 8785 writes 1), each event is
+        // verified in its own.
+        let e = NewAuditEvent {
+            details: serde_json::json!({"float": 1.0}),
+            ..event(AuditKind::Mint)
+        };
+        let (first, current) = (
+            canonical(HashFormat::SortedKeys, 7, e.hashed()),
+            canonical(HashFormat::Jcs, 7, e.hashed()),
+        );
+        assert!(first.contains(r#"{"float":1.0}"#), "{first}");
+        assert!(current.contains(r#"{"float":1}"#), "{current}");
+    }
+
     fn chain(kinds: &[AuditKind]) -> Vec<AuditEvent> {
+        chain_in(kinds, |_| HashFormat::CURRENT)
+    }
+
+    fn chain_in(kinds: &[AuditKind], format: impl Fn(u64) -> HashFormat) -> Vec<AuditEvent> {
         let mut prev = GENESIS_HASH.to_owned();
         kinds
             .iter()
             .enumerate()
             .map(|(i, k)| {
                 let seq = i as u64 + 1;
-                let e = event(*k);
-                let hash = chain_hash(&prev, &canonical(seq, e.hashed()));
+                let mut e = event(*k);
+                e.details["float"] = serde_json::json!(1.0);
+                let hash_format = format(seq);
+                let hash = chain_hash(&prev, &canonical(hash_format, seq, e.hashed()));
                 AuditEvent {
                     seq,
                     time: e.time,
@@ -198,9 +296,40 @@ mod tests {
                     details: e.details,
                     prev_hash: std::mem::replace(&mut prev, hash.clone()),
                     hash,
+                    hash_format,
                 }
             })
             .collect()
+    }
+
+    /// A chain begun before RFC 8785 and continued under it verifies; an event that claims the
+    /// other format does not.
+    #[test]
+    fn a_chain_that_changed_format_verifies_event_by_event() {
+        let kinds = [AuditKind::Mint, AuditKind::GrantCreated, AuditKind::Mint];
+        let events = chain_in(&kinds, |seq| {
+            if seq < 3 {
+                HashFormat::SortedKeys
+            } else {
+                HashFormat::Jcs
+            }
+        });
+        let mut v = ChainVerifier::default();
+        for e in &events {
+            v.check(e).unwrap();
+        }
+        let mut relabelled = events.clone();
+        relabelled[2].hash_format = HashFormat::SortedKeys;
+        let mut v = ChainVerifier::default();
+        v.check(&relabelled[0]).unwrap();
+        v.check(&relabelled[1]).unwrap();
+        assert_eq!(v.check(&relabelled[2]).unwrap_err().seq, 3);
+        // Exports from before the format was recorded read as the first format.
+        let mut old: serde_json::Value = serde_json::to_value(&events[0]).unwrap();
+        assert_eq!(old["hash_format"], 1);
+        old.as_object_mut().unwrap().remove("hash_format");
+        let parsed: AuditEvent = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.hash_format, HashFormat::SortedKeys);
     }
 
     #[test]

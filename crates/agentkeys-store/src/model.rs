@@ -115,6 +115,9 @@ pub struct AuditEvent {
     pub details: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
+    /// How `canonical(event)` was made when the event was written.
+    #[serde(default = "crate::audit::HashFormat::legacy")]
+    pub hash_format: crate::audit::HashFormat,
 }
 
 impl AuditEvent {

@@ -1,6 +1,7 @@
 //! `GET /v1/audit` for masters, and the operator's export and signed checkpoints.
 
 use agentkeys_broker::clock::Clock;
+use agentkeys_store::audit::HashFormat;
 use agentkeys_types::pairing::{ProofAction, proof_message};
 use alloy_signer_local::PrivateKeySigner;
 use reqwest::StatusCode;
@@ -335,17 +336,52 @@ async fn a_checkpoint_verifies_against_the_jwks_and_catches_tampering() {
 
 /// Recomputes every hash, as an attacker who rewrote history would.
 async fn rechain(app: &TestApp) {
+    rechain_in(app, None).await
+}
+
+/// Recomputes every hash, each in its own format or all in `format`.
+async fn rechain_in(app: &TestApp, format: Option<HashFormat>) {
     use agentkeys_store::audit::{GENESIS_HASH, canonical, chain_hash};
     let events = app.state.store.audit_events(0, 1_000_000).await.unwrap();
     let mut prev = GENESIS_HASH.to_owned();
     let mut updates = String::new();
     for e in events {
-        let hash = chain_hash(&prev, &canonical(e.seq, e.hashed()));
+        let format = format.unwrap_or(e.hash_format);
+        let hash = chain_hash(&prev, &canonical(format, e.seq, e.hashed()));
         updates.push_str(&format!(
-            "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}' WHERE seq = {};\n",
+            "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}', hash_format = {}
+             WHERE seq = {};\n",
+            i64::from(format),
             e.seq
         ));
         prev = hash;
     }
     app.sql(&updates).await;
+}
+
+/// A database upgraded from before RFC 8785 holds events of the first format: they still
+/// verify, and the chain goes on from them in the current one.
+#[tokio::test]
+async fn a_chain_begun_before_rfc_8785_still_verifies() {
+    let app = TestApp::start().await;
+    let (_, s) = app.sign_in().await;
+    app.mint_jwt(&s.session_token).await;
+    rechain_in(&app, Some(HashFormat::SortedKeys)).await;
+    ok(&broker(&app, &["audit", "verify"]));
+    let before = app.audit().await.len();
+    app.mint_jwt(&s.session_token).await;
+    let formats: Vec<i64> = app
+        .audit()
+        .await
+        .iter()
+        .map(|e| i64::from(e.hash_format))
+        .collect();
+    let mut expected = vec![1; before];
+    expected.push(2);
+    assert_eq!(formats, expected);
+    ok(&broker(&app, &["audit", "verify"]));
+    // Content changed under either format is caught.
+    app.sql("UPDATE audit_events SET outcome = 'denied' WHERE seq = 1")
+        .await;
+    assert!(!broker(&app, &["audit", "verify"]).status.success());
 }

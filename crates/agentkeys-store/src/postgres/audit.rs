@@ -4,12 +4,12 @@ use tokio_postgres::Row;
 
 use super::batch::{Batch, EventRow};
 use super::{col, no_nul, seq_param};
-use crate::audit::{canonical, chain_hash};
+use crate::audit::{HashFormat, canonical, chain_hash};
 use crate::{AuditEvent, NewAuditEvent, Result, StoreError};
 
 macro_rules! event_columns {
     () => {
-        "seq, time, kind, actor, master, outcome, details, prev_hash, hash"
+        "seq, time, kind, actor, master, outcome, details, prev_hash, hash, hash_format"
     };
 }
 
@@ -39,7 +39,10 @@ pub(super) fn append(batch: &mut Batch<'_>, event: &NewAuditEvent) -> Result<u64
         no_nul(text)?;
     }
     let seq = batch.head.seq + 1;
-    let hash = chain_hash(&batch.head.hash, &canonical(seq, event.hashed()));
+    let hash = chain_hash(
+        &batch.head.hash,
+        &canonical(HashFormat::CURRENT, seq, event.hashed()),
+    );
     let prev_hash = std::mem::replace(&mut batch.head.hash, hash.clone());
     batch.head.seq = seq;
     batch.events.push(EventRow {
@@ -73,5 +76,7 @@ pub(super) fn event_row(row: &Row) -> Result<AuditEvent> {
         details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
         prev_hash: col(row, 7)?,
         hash: col(row, 8)?,
+        hash_format: HashFormat::from_stored(i64::from(col::<i16>(row, 9)?))
+            .ok_or_else(|| StoreError::Database("an unknown audit hash format".into()))?,
     })
 }

@@ -39,9 +39,9 @@ const BEGIN: &str = "BEGIN; LOCK TABLE audit_events IN EXCLUSIVE MODE";
 /// Read under the writers' lock, so it is the head every instance appends to.
 const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
 const INSERT_EVENTS: &str = "INSERT INTO audit_events
-     (seq, time, kind, actor, master, outcome, details, prev_hash, hash)
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                          $6::text[], $7::text[], $8::text[], $9::text[])";
+     (seq, time, kind, actor, master, outcome, details, prev_hash, hash, hash_format)
+     SELECT *, $10::smallint FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])";
 const SAVEPOINT: &str = "SAVEPOINT work";
 const RELEASE: &str = "RELEASE SAVEPOINT work";
 const UNDO: &str = "ROLLBACK TO SAVEPOINT work; RELEASE SAVEPOINT work";
@@ -378,7 +378,8 @@ async fn pipeline(
     (sent, last)
 }
 
-/// The columns of `events` as the nine arrays of [`INSERT_EVENTS`].
+/// The columns of `events` as the nine arrays of [`INSERT_EVENTS`], and the hash format they
+/// were all hashed in.
 fn event_arrays(events: Vec<EventRow>) -> Vec<Box<dyn ToSql + Sync + Send>> {
     let n = events.len();
     let (mut seq, mut time, mut kind, mut actor, mut master) = (
@@ -415,5 +416,6 @@ fn event_arrays(events: Vec<EventRow>) -> Vec<Box<dyn ToSql + Sync + Send>> {
         Box::new(details),
         Box::new(prev_hash),
         Box::new(hash),
+        Box::new(i64::from(crate::audit::HashFormat::CURRENT) as i16),
     ]
 }

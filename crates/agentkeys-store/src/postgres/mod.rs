@@ -64,7 +64,10 @@ const RECONNECT_ATTEMPTS: u32 = 7;
 const RECONNECT_BUDGET: Duration = Duration::from_secs(15);
 
 /// Schema migrations, applied in order; `schema_migrations` records the versions applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_audit_hash_format.sql"),
+];
 
 type Statements = HashMap<&'static str, Statement>;
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::seq_param;
-use crate::audit::{GENESIS_HASH, canonical, chain_hash};
+use crate::audit::{GENESIS_HASH, HashFormat, canonical, chain_hash};
 use crate::{AuditEvent, AuditQuery, NewAuditEvent};
 
 /// The last event of the chain, as seen inside the current transaction.
@@ -40,10 +40,12 @@ pub(super) fn append(
     let seq = head.seq + 1;
     let seq_u64 =
         u64::try_from(seq).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-    let hash = chain_hash(&head.hash, &canonical(seq_u64, event.hashed()));
+    let format = HashFormat::CURRENT;
+    let hash = chain_hash(&head.hash, &canonical(format, seq_u64, event.hashed()));
     conn.prepare_cached(
-        "INSERT INTO audit_events (seq, time, kind, actor, master, outcome, details, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO audit_events
+             (seq, time, kind, actor, master, outcome, details, prev_hash, hash, hash_format)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         seq,
@@ -54,13 +56,15 @@ pub(super) fn append(
         event.outcome.as_str(),
         event.details.to_string(),
         head.hash,
-        hash
+        hash,
+        i64::from(format)
     ])?;
     *head = Head { seq, hash };
     Ok(seq_u64)
 }
 
-const COLUMNS: &str = "seq, time, kind, actor, master, outcome, details, prev_hash, hash";
+const COLUMNS: &str =
+    "seq, time, kind, actor, master, outcome, details, prev_hash, hash, hash_format";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
     let details: String = r.get(6)?;
@@ -76,6 +80,13 @@ fn row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
         details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
         prev_hash: r.get(7)?,
         hash: r.get(8)?,
+        hash_format: HashFormat::from_stored(r.get(9)?).ok_or_else(|| {
+            super::bad_value(
+                9,
+                rusqlite::types::Type::Integer,
+                "unknown audit hash format".to_owned(),
+            )
+        })?,
     })
 }
 

@@ -58,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_grants.sql"),
     include_str!("../../migrations/sqlite/0006_bound_logins.sql"),
     include_str!("../../migrations/sqlite/0007_sealed_keys.sql"),
+    include_str!("../../migrations/sqlite/0008_audit_hash_format.sql"),
 ];
 
 pub struct SqliteStore {
