@@ -103,3 +103,79 @@ fn the_tests_security_md_names_exist() {
         "docs/security.md names tests that do not exist: {missing:?}"
     );
 }
+
+/// Every `SPEC §N` or `SPEC §N.M` cited in the code and the docs names a section of
+/// docs/spec.md (`## N.` or `### N.M`) or, for `§N.M` without such a heading, item `M.` of
+/// section N's numbered list.
+#[test]
+fn every_spec_reference_names_a_section_of_docs_spec_md() {
+    let spec = std::fs::read_to_string(repo_file("docs/spec.md")).unwrap();
+    // Section number -> its text.
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in spec.lines() {
+        let heading = line
+            .strip_prefix("### ")
+            .or_else(|| line.strip_prefix("## "))
+            .and_then(|h| h.split_whitespace().next())
+            .map(|n| n.trim_end_matches('.').to_owned());
+        match heading {
+            Some(n) if n.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+                sections.push((n, String::new()))
+            }
+            _ => {
+                if let Some((_, text)) = sections.last_mut() {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    let resolves = |reference: &str| {
+        if sections.iter().any(|(n, _)| n == reference) {
+            return true;
+        }
+        let Some((section, item)) = reference.split_once('.') else {
+            return false;
+        };
+        sections.iter().any(|(n, text)| {
+            n == section && text.lines().any(|l| l.starts_with(&format!("{item}. ")))
+        })
+    };
+    let mut files = vec![repo_file("README.md")];
+    let mut dirs = vec![repo_file("crates"), repo_file("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "rs" || e == "md" || e == "sh")
+            {
+                files.push(path);
+            }
+        }
+    }
+    let mut cited = 0;
+    let mut dangling = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for (i, _) in text.match_indices("SPEC §") {
+            let reference: String = text[i + "SPEC §".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let reference = reference.trim_end_matches('.');
+            if reference.is_empty() {
+                continue; // this test's own spelling of the pattern
+            }
+            cited += 1;
+            if !resolves(reference) {
+                dangling.push(format!("{}: SPEC §{reference}", file.display()));
+            }
+        }
+    }
+    assert!(cited >= 20, "the code cites the spec: {cited}");
+    assert!(resolves("11.4") && resolves("5.2") && !resolves("5.9") && !resolves("11.40"));
+    assert!(dangling.is_empty(), "references to nothing: {dangling:?}");
+}
