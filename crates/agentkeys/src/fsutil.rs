@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -46,47 +46,30 @@ pub fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     res
 }
 
-/// Replaces `path` atomically with a 0600 file holding `contents` (temp file + rename in the
-/// same directory), whatever the mode of the file it replaces.
+/// Replaces `path` atomically with a 0600 file holding `contents` (a temporary file in the same
+/// directory, synced, then renamed over it), whatever the mode of the file it replaces.
 pub fn write_private_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let mut last_err = None;
-    for attempt in 0..16u32 {
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}-{}-{attempt}",
-            name.to_string_lossy(),
-            std::process::id(),
-            nanos()
-        ));
-        match write_new_private(&tmp, contents) {
-            Ok(()) => {
-                return fs::rename(&tmp, path).map_err(|e| {
-                    let _ = fs::remove_file(&tmp);
-                    Error::io("write", path, e)
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
-            Err(e) => return Err(Error::io("write", path, e)),
-        }
+    if path.file_name().is_none() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a file path",
+            path.display()
+        )));
     }
-    Err(Error::io(
-        "write",
-        path,
-        last_err.unwrap_or_else(|| std::io::Error::other("could not create a temporary file")),
-    ))
-}
-
-fn nanos() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
+    // tempfile creates it 0600 with O_EXCL under a random name, and removes it on failure.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".agentkeys-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("write", path, e))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", path, e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("write", path, e.error))?;
+    Ok(())
 }
 
 /// Reads a private file: it must be a regular file, not readable or writable by group/others,
