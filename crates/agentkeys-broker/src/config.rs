@@ -459,33 +459,57 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// Parsed by the `url` crate (WHATWG rules, as verifiers parse it); kept byte for byte as
+    /// given, since verifiers compare `iss` with the registered provider URL exactly.
     pub fn parse(url: &str, dev: bool) -> Result<Self, String> {
-        let rest = if let Some(rest) = url.strip_prefix("https://") {
-            rest
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            if !dev {
+        use openidconnect::url::{Host, Url};
+        if url.chars().any(char::is_whitespace) {
+            return Err("the issuer may not contain spaces".into());
+        }
+        let parsed = Url::parse(url).map_err(|_| {
+            "the issuer is an absolute URL such as https://broker.example.com".to_owned()
+        })?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if !dev => {
                 return Err("the issuer must be https (AWS refuses other issuers); http is only allowed with --dev".into());
             }
-            let host = rest.split([':', '/']).next().unwrap_or_default();
-            if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            "http" => {
+                let loopback = match parsed.host() {
+                    Some(Host::Domain(d)) => d == "localhost",
+                    Some(Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
+                };
+                if !loopback {
+                    return Err(
+                        "an http issuer must be on loopback (127.0.0.1, localhost or [::1])".into(),
+                    );
+                }
+            }
+            _ => {
                 return Err(
-                    "an http issuer must be on loopback (127.0.0.1, localhost or [::1])".into(),
+                    "the issuer is an absolute URL such as https://broker.example.com".into(),
                 );
             }
-            rest
-        } else {
-            return Err("the issuer is an absolute URL such as https://broker.example.com".into());
-        };
+        }
         if url.ends_with('/') {
             return Err("remove the trailing slash: verifiers compare iss byte for byte".into());
         }
-        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+        if parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
             return Err("the issuer may not contain a query, fragment, user info or spaces".into());
         }
-        let authority = rest.split('/').next().unwrap_or_default().to_owned();
-        if authority.is_empty() || authority.parse::<axum::http::uri::Authority>().is_err() {
+        let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
             return Err("the issuer has no valid host".into());
-        }
+        };
+        let authority = match parsed.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
         Ok(Self {
             url: url.to_owned(),
             authority,
@@ -772,6 +796,40 @@ mod tests {
         )
         .expect("write");
         path
+    }
+
+    #[test]
+    fn issuers_are_absolute_https_urls_kept_byte_for_byte() {
+        let ok = Issuer::parse("https://broker.example.com/tenant-a", false).unwrap();
+        assert_eq!(ok.url, "https://broker.example.com/tenant-a");
+        assert_eq!(ok.authority, "broker.example.com");
+        let dev = Issuer::parse("http://127.0.0.1:8091", true).unwrap();
+        assert_eq!(dev.authority, "127.0.0.1:8091");
+        assert_eq!(
+            Issuer::parse("http://[::1]:9", true).unwrap().authority,
+            "[::1]:9"
+        );
+        assert_eq!(
+            Issuer::parse("https://b.example:443", false)
+                .unwrap()
+                .authority,
+            "b.example",
+            "the default port is no part of the authority"
+        );
+        for (bad, dev) in [
+            ("http://127.0.0.1:8091", false),
+            ("http://broker.example.com", true),
+            ("https://broker.example.com/", false),
+            ("https://broker.example.com?x=1", false),
+            ("https://broker.example.com#f", false),
+            ("https://user:pw@broker.example.com", false),
+            ("https://broker example.com", false),
+            ("broker.example.com", false),
+            ("ftp://broker.example.com", false),
+            ("https://", false),
+        ] {
+            assert!(Issuer::parse(bad, dev).is_err(), "{bad} (dev {dev})");
+        }
     }
 
     /// The settings are logged and printed with `{:?}` in places; the secrets they hold never
