@@ -18,6 +18,7 @@
 //! network; a URL asking for `sslmode=require` fails to connect rather than silently
 //! downgrading.
 
+mod access;
 mod agents;
 mod audit;
 mod grants;
@@ -40,8 +41,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::{
-    Agent, AuditEvent, AuditQuery, Grant, Identity, LoginKey, LoginRequest, PairingRequest, Result,
-    Session, SigningKeyRecord, Store, StoreError, Work,
+    AccessRequest, Agent, AuditEvent, AuditQuery, Grant, Identity, LoginKey, LoginRequest,
+    PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError, Work,
 };
 use agentkeys_types::OmniAccount;
 use tx::{Db, PgTx};
@@ -60,7 +61,10 @@ const RECONNECT_ATTEMPTS: u32 = 7;
 const RECONNECT_BUDGET: Duration = Duration::from_secs(15);
 
 /// Schema migrations, applied in order; `schema_migrations` records the versions applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_access_requests.sql"),
+];
 
 /// Serialises the writers of every instance sharing the database; SELECTs are not blocked.
 const LOCK_WRITERS: &str = "LOCK TABLE audit_events IN EXCLUSIVE MODE";
@@ -518,6 +522,22 @@ impl Store for PostgresStore {
         let agent = agent.map(OmniAccount::as_str);
         let rows = self.query(grants::SELECT_OF, &[&master, &agent]).await?;
         all(rows, grants::grant_row)
+    }
+
+    async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>> {
+        let row = self.query_opt(access::SELECT, &[&id]).await?;
+        row.as_ref().map(access::row).transpose()
+    }
+
+    async fn access_requests_of(
+        &self,
+        master: Option<&OmniAccount>,
+        agent: Option<&OmniAccount>,
+    ) -> Result<Vec<AccessRequest>> {
+        let master = master.map(OmniAccount::as_str);
+        let agent = agent.map(OmniAccount::as_str);
+        let rows = self.query(access::SELECT_OF, &[&master, &agent]).await?;
+        all(rows, access::row)
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {

@@ -4,11 +4,13 @@
 use postgres::Transaction;
 use tokio_postgres::{Row, Statement};
 
-use super::{Params, Statements, agents, audit, db_err, grants, keys, limits, logins, sessions};
+use super::{
+    Params, Statements, access, agents, audit, db_err, grants, keys, limits, logins, sessions,
+};
 use crate::{
-    Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest,
-    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord,
-    Tx,
+    AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
+    LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
+    SessionFilter, SigningKeyRecord, Tx,
 };
 use agentkeys_types::OmniAccount;
 
@@ -213,6 +215,28 @@ impl Tx for PgTx<'_, '_> {
 
     fn revoke_grant(&mut self, master: &OmniAccount, id: &str, now: i64) -> Result<bool> {
         grants::revoke_grant(&mut self.db, master, id, now)
+    }
+
+    fn insert_access_request(&mut self, request: &AccessRequest) -> Result<()> {
+        access::insert(&mut self.db, request)
+    }
+
+    fn access_request(&mut self, id: &str) -> Result<Option<AccessRequest>> {
+        access::get(&mut self.db, id)
+    }
+
+    fn pending_access_requests(&mut self, agent: &OmniAccount, now: i64) -> Result<u64> {
+        access::pending_of(&mut self.db, agent, now)
+    }
+
+    fn decide_access_request(
+        &mut self,
+        id: &str,
+        decision: AccessDecision,
+        grant_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        access::decide(&mut self.db, id, decision, grant_id, now)
     }
 
     fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<()> {
