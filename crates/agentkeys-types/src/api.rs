@@ -568,8 +568,9 @@ pub struct AccessRequestInfo {
     pub device_address: String,
     /// Relative to the master's prefix, e.g. `inbox/`.
     pub scope: String,
-    /// The `agentkeys_scope` tag value the grant would carry: `<master prefix>/<scope>`.
-    pub scope_tag: String,
+    /// The `agentkeys_scope` tag value the grant would carry, `<master prefix>/<scope>`: in
+    /// the master's view (an agent does not know its master's prefix).
+    pub scope_tag: Option<String>,
     pub max_uses: Option<u32>,
     pub ttl_seconds: u64,
     pub reason: String,

@@ -33,7 +33,7 @@ use utoipa_axum::routes;
 
 use self::error::ApiError;
 use self::routes::{
-    agents, audit, auth, email, grants, identities, mint, oidc, oidc_signin, ops, session,
+    access, agents, audit, auth, email, grants, identities, mint, oidc, oidc_signin, ops, session,
 };
 use crate::state::AppState;
 
@@ -97,6 +97,10 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(grants::create))
         .routes(routes!(grants::list))
         .routes(routes!(grants::revoke))
+        .routes(routes!(access::create, access::list))
+        .routes(routes!(access::show))
+        .routes(routes!(access::approve))
+        .routes(routes!(access::deny))
         .routes(routes!(identities::list))
         .routes(routes!(identities::unlink))
         .routes(routes!(session::whoami))

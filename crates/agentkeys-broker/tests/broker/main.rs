@@ -5,6 +5,7 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod agents;
 mod anonymous;
 mod app;

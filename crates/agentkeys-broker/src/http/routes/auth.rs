@@ -57,6 +57,12 @@ pub async fn wallet_challenge(
             }
             Some(ChallengePurpose::LinkOidc(provider))
         }
+        Some(ChallengePurpose::ApproveAccess(a)) => {
+            // Only the shape: the broker accepts the signature at approval only if every field
+            // is the request's own (see `routes::access::approve`).
+            super::access::check_approval_shape(&a)?;
+            Some(ChallengePurpose::ApproveAccess(a))
+        }
     };
     let now = state.clock.now();
     let expires_at = now + state.settings.challenge_ttl_seconds;
@@ -207,17 +213,10 @@ pub(super) async fn step_up(
     proof: &WalletProof,
     purpose: &ChallengePurpose,
 ) -> Result<(), ApiError> {
-    let signature = check_shape(&proof.challenge_id, &proof.signature)?;
     let now = state.clock.now();
-    let challenge = take_challenge(state, &proof.challenge_id).await?;
-    let verified = match &challenge {
-        None => Err(SignInError::UnknownChallenge),
-        Some(c) => wallet::verify(c, &challenge_statement(Some(purpose)), &signature, now),
-    };
-    let reason = match verified {
-        Ok(w) if w.as_str().eq_ignore_ascii_case(master_wallet) => return Ok(()),
-        Ok(_) => "the signature is not from this master's wallet".to_owned(),
-        Err(e) => e.to_string(),
+    let reason = match wallet_proof(state, master_wallet, proof, purpose).await? {
+        Ok(_) => return Ok(()),
+        Err(reason) => reason,
     };
     let details = json!({"reason": reason, "purpose": purpose});
     state
@@ -237,5 +236,28 @@ pub(super) async fn step_up(
             "linking an identity needs a fresh signature by this master's wallet over a challenge \
              for this identity: {reason}"
         ),
+    })
+}
+
+/// Checks a fresh signature by `master_wallet` over a challenge issued for exactly `purpose`;
+/// the challenge is spent whatever the outcome. `Ok(message)`: the signed EIP-4361 message;
+/// `Err(reason)`: why it does not prove anything.
+pub(super) async fn wallet_proof(
+    state: &AppState,
+    master_wallet: &str,
+    proof: &WalletProof,
+    purpose: &ChallengePurpose,
+) -> Result<Result<String, String>, ApiError> {
+    let signature = check_shape(&proof.challenge_id, &proof.signature)?;
+    let now = state.clock.now();
+    let challenge = take_challenge(state, &proof.challenge_id).await?;
+    let verified = match &challenge {
+        None => Err(SignInError::UnknownChallenge),
+        Some(c) => wallet::verify(c, &challenge_statement(Some(purpose)), &signature, now),
+    };
+    Ok(match (verified, challenge) {
+        (Ok(w), Some(c)) if w.as_str().eq_ignore_ascii_case(master_wallet) => Ok(c.message),
+        (Ok(_), _) => Err("the signature is not from this master's wallet".to_owned()),
+        (Err(e), _) => Err(e.to_string()),
     })
 }

@@ -1,3 +1,4 @@
+pub mod access;
 pub mod agents;
 pub mod audit;
 pub mod auth;
