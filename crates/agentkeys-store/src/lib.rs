@@ -101,6 +101,9 @@ pub trait Tx {
     fn advance_pairing_proof(&mut self, id: &str, proof_ms: i64) -> Result<bool>;
     /// Records the agent a request became, if it had none yet; whether it had none.
     fn set_pairing_agent(&mut self, id: &str, agent: &OmniAccount) -> Result<bool>;
+    /// Ends a request that is unapproved and unexpired at `now` (its expiry becomes `now`): a
+    /// master refused the device; whether it was pending.
+    fn end_pairing(&mut self, id: &str, now: i64) -> Result<bool>;
     /// Marks the agent's session handed out, if it was not yet; whether it was not.
     fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool>;
 

@@ -742,6 +742,39 @@ async fn a_pairing_is_pending_until_approved_or_expired() {
 }
 
 #[tokio::test]
+async fn only_a_pending_pairing_is_ended() {
+    let f = Fixture::new().await;
+    let a = agent(&omni("m"), "bot");
+    let (p1, p2, p3) = (
+        pairing("p1", "AAAAAAAA", 100),
+        pairing("p2", "BBBBBBBB", 100),
+        pairing("p3", "CCCCCCCC", 100),
+    );
+    let results = tx(&f.store, move |t| {
+        t.insert_agent(&a)?;
+        [&p1, &p2, &p3]
+            .iter()
+            .try_for_each(|p| t.insert_pairing(p))?;
+        t.set_pairing_agent("p2", &a.omni)?;
+        Ok([
+            t.end_pairing("p1", 10)?,
+            t.end_pairing("p1", 11)?,
+            t.end_pairing("p2", 10)?,  // approved
+            t.end_pairing("p3", 100)?, // expired
+            t.end_pairing("nope", 10)?,
+            t.pending_pairing("AAAAAAAA", 10)?.is_some(),
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, false, false, false]);
+    assert_eq!(f.store.pairing("p1").await.unwrap().unwrap().expires_at, 10);
+    assert_eq!(
+        f.store.pairing("p2").await.unwrap().unwrap().expires_at,
+        100
+    );
+}
+
+#[tokio::test]
 async fn a_pairing_is_claimed_once_and_its_proofs_increase() {
     let f = Fixture::new().await;
     let results = tx(&f.store, |t| {

@@ -104,6 +104,20 @@ pub struct WhoAmI {
     pub expires_at: String,
 }
 
+/// The console's view of its own session (`GET /v1/console/session`): who it is, and the CSRF
+/// token its changes must carry in `X-CSRF-Token`. The session token itself stays in its
+/// HttpOnly cookie.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleSession {
+    pub omni_account: String,
+    pub wallet: Option<String>,
+    pub kind: ActorKind,
+    pub expires_at: String,
+    /// The email or OIDC identity the session was signed in with, if any (`type:value`).
+    pub via: Option<String>,
+    pub csrf_token: String,
+}
+
 /// Optional intent of a mint. An empty body means the defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +203,24 @@ pub struct PairingApproveRequest {
     pub code: String,
     /// `^[a-z0-9-]{1,32}$`, unique per master; part of the agent's identity.
     pub label: String,
+}
+
+/// A pairing code the master read from the device, to look up or to refuse.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairingCodeRequest {
+    pub code: String,
+}
+
+/// The pending pairing a code names: which device asks, so the master can compare the address
+/// with the one the device shows before approving.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PairingPending {
+    pub code: String,
+    /// The device key's address, as the device proved it.
+    pub device_address: String,
+    pub created_at: String,
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -439,6 +471,20 @@ pub struct AuditEventInfo {
     pub details: serde_json::Value,
     /// The event's chain hash, comparable with an operator's export or checkpoint.
     pub hash: String,
+}
+
+/// Whether the audit hash chain verifies from its first event to its head.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditChainStatus {
+    pub intact: bool,
+    /// Events verified (all of them when intact).
+    pub verified_events: u64,
+    /// Seq and hash of the last verified event (0 and the genesis hash for an empty log).
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The first bad or missing seq, and why, when broken.
+    pub broken_at: Option<u64>,
+    pub reason: Option<String>,
 }
 
 /// A page of audit events, oldest first.

@@ -23,6 +23,8 @@ pub enum AuditKind {
     AgentApproveAttempt,
     /// `agent.paired`
     AgentPaired,
+    /// `agent.pairing_denied`: a master refused a device's pairing code.
+    AgentPairingDenied,
     /// `agent.session_issued`
     AgentSessionIssued,
     /// `agent.suspended`
@@ -79,13 +81,14 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind, in the order of [`AuditKind::as_str`]'s table.
-    pub const ALL: [AuditKind; 32] = [
+    pub const ALL: [AuditKind; 33] = [
         AuditKind::AccessRequested,
         AuditKind::AccessApproved,
         AuditKind::AccessDenied,
         AuditKind::AgentPairingRequested,
         AuditKind::AgentApproveAttempt,
         AuditKind::AgentPaired,
+        AuditKind::AgentPairingDenied,
         AuditKind::AgentSessionIssued,
         AuditKind::AgentSuspended,
         AuditKind::AgentResumed,
@@ -123,6 +126,7 @@ impl AuditKind {
             AuditKind::AgentPairingRequested => "agent.pairing_requested",
             AuditKind::AgentApproveAttempt => "agent.approve_attempt",
             AuditKind::AgentPaired => "agent.paired",
+            AuditKind::AgentPairingDenied => "agent.pairing_denied",
             AuditKind::AgentSessionIssued => "agent.session_issued",
             AuditKind::AgentSuspended => "agent.suspended",
             AuditKind::AgentResumed => "agent.resumed",
@@ -211,6 +215,7 @@ mod tests {
                 "agent.pairing_requested",
                 "agent.approve_attempt",
                 "agent.paired",
+                "agent.pairing_denied",
                 "agent.session_issued",
                 "agent.suspended",
                 "agent.resumed",

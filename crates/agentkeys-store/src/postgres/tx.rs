@@ -150,6 +150,10 @@ impl Tx for PgTx<'_, '_> {
         agents::set_pairing_agent(&mut self.db, id, agent)
     }
 
+    fn end_pairing(&mut self, id: &str, now: i64) -> Result<bool> {
+        agents::end_pairing(&mut self.db, id, now)
+    }
+
     fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool> {
         agents::mark_pairing_claimed(&mut self.db, id, now)
     }

@@ -112,6 +112,10 @@ impl Tx for SqliteTx<'_> {
         Ok(agents::set_pairing_agent(self.conn, id, agent)?)
     }
 
+    fn end_pairing(&mut self, id: &str, now: i64) -> Result<bool> {
+        Ok(agents::end_pairing(self.conn, id, now)?)
+    }
+
     fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool> {
         Ok(agents::mark_pairing_claimed(self.conn, id, now)?)
     }

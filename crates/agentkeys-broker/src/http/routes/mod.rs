@@ -2,6 +2,7 @@ pub mod access;
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod email;
 pub mod grants;
 pub mod identities;
