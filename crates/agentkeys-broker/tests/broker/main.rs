@@ -14,6 +14,7 @@ mod audit_api;
 mod bad_input;
 mod binary;
 mod connections;
+mod console;
 mod data_dir;
 mod docs;
 mod email;
