@@ -155,7 +155,7 @@ async fn sign_in(
 ) -> Result<SessionIssued, ApiError> {
     let signature = check_shape(&req.challenge_id, &req.signature)?;
     let now = state.clock.now();
-    let Some(challenge) = take_challenge(&state, &req.challenge_id).await? else {
+    let Some(challenge) = take_challenge(state, &req.challenge_id).await? else {
         // A made-up (or spent) id names no address: nobody's sign-in was attempted, so it is
         // counted in aggregate rather than chained one event per guess.
         metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed")
