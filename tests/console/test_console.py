@@ -192,7 +192,7 @@ class Console:
         out = os.environ.get("CONSOLE_SCREENSHOTS")
         if out:
             os.makedirs(out, exist_ok=True)
-            self.page.screenshot(path=os.path.join(out, f"{name}.png"), full_page=True)
+            self.page.screenshot(path=os.path.join(out, f"{name}.png"))
 
     def close(self):
         self.context.close()
