@@ -426,3 +426,132 @@ async fn approve(
         None => emit(out, &terms_text(&approved)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkeys_types::api::WorstCaseExposure;
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    use crate::grants::GrantsCommand;
+
+    fn request() -> AccessRequestInfo {
+        AccessRequestInfo {
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            agent: "a".repeat(64),
+            agent_label: "bot".into(),
+            device_address: "0xdev".into(),
+            scope: "inbox/".into(),
+            scope_tag: Some("0xabc/inbox".into()),
+            max_uses: Some(5),
+            ttl_seconds: 3600,
+            reason: "read\u{1b}[31m invoices".into(),
+            status: AccessRequestStatus::Pending,
+            created_at: "2030-01-01T00:00:00Z".into(),
+            expires_at: "2030-01-01T00:15:00Z".into(),
+            decided_at: None,
+            grant: None,
+            worst_case_exposure: WorstCaseExposure {
+                seconds: 3900,
+                explanation: "a JWT stays valid for up to 300 s".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn terms_name_agent_scope_uses_ttl_reason_and_exposure_safely() {
+        let t = terms_text(&request());
+        for want in [
+            "bot (aaaa",
+            "device 0xdev",
+            "inbox/ (tag 0xabc/inbox) for 1h, 5 uses",
+            "worst case: a JWT stays valid for up to 300 s (3900 s)",
+        ] {
+            assert!(t.contains(want), "{want}: {t}");
+        }
+        assert!(
+            !t.contains('\u{1b}'),
+            "the agent's reason cannot drive the terminal"
+        );
+        assert_eq!(ttl_text(90), "90s");
+        assert_eq!(ttl_text(7200), "2h");
+        assert_eq!(ttl_text(172_800), "2d");
+        assert_eq!(uses_text(None), "unlimited uses");
+    }
+
+    #[test]
+    fn ids_are_checked_before_any_request() {
+        assert!(check_id("0123456789abcdef0123456789abcdef").is_ok());
+        for bad in ["", "../x", "0123", &"g".repeat(32)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn commands_parse() {
+        let cli = Cli::try_parse_from([
+            "agentkeys",
+            "--profile",
+            "bot",
+            "grants",
+            "request",
+            "--scope",
+            "inbox/",
+            "--uses",
+            "5",
+            "--ttl",
+            "1h",
+            "--reason",
+            "read today's invoices",
+        ])
+        .expect("parse");
+        let Command::Grants(GrantsCommand::Request(a)) = cli.command else {
+            panic!("not grants request")
+        };
+        assert_eq!(
+            (a.scope.as_str(), a.uses, a.ttl.as_str()),
+            ("inbox/", Some(5), "1h")
+        );
+        assert!(!a.no_wait);
+        // --reason and --ttl are required; --uses is at least 1.
+        assert!(
+            Cli::try_parse_from([
+                "agentkeys",
+                "grants",
+                "request",
+                "--scope",
+                "x",
+                "--ttl",
+                "1h"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "agentkeys",
+                "grants",
+                "request",
+                "--scope",
+                "x",
+                "--ttl",
+                "1h",
+                "--reason",
+                "r",
+                "--uses",
+                "0"
+            ])
+            .is_err()
+        );
+        for args in [
+            &["requests", "list", "--all", "--json"][..],
+            &["requests", "show", "ID", "--wait"],
+            &["requests", "approve", "ID", "--key-file", "k"],
+            &["requests", "deny", "ID"],
+        ] {
+            let mut v = vec!["agentkeys"];
+            v.extend_from_slice(args);
+            assert!(Cli::try_parse_from(&v).is_ok(), "{v:?}");
+        }
+    }
+}
