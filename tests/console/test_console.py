@@ -29,6 +29,7 @@ from eth_account.messages import encode_defunct
 from playwright.sync_api import expect, sync_playwright
 
 HEALTH_TIMEOUT_S = 30
+BROKER_LOG = {}
 CLI_TIMEOUT_S = 60
 
 PROVIDER = """
@@ -87,9 +88,10 @@ def broker():
         env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [bin_path, "serve", "--dev", "--listen", f"127.0.0.1:{port}",
+                [bin_path, "serve", "--dev", "--email-dev-log-links", "--listen", f"127.0.0.1:{port}",
                  "--data-dir", os.path.join(tmp, "data")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        BROKER_LOG["path"] = log_path
         try:
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
             while not _up(url):
@@ -206,34 +208,40 @@ def console(browser, broker, master_key):
     c.close()
 
 
+def pair_in_console(c, home, broker, label):
+    """Runs `agentkeys agent pair` and approves its code in the signed-in console `c`."""
+    a = Agent(broker, home)
+    device = a.run("agent", "init").stdout
+    pairing = a.spawn("agent", "pair", "--json", "--timeout", "60")
+    code = None
+    for line in pairing.stderr:
+        if line.startswith("Pairing code: "):
+            code = line.removeprefix("Pairing code: ").strip()
+            break
+    assert code, "agent pair printed no code"
+    c.page.fill("#pair-code", code)
+    c.page.click("#pairing-form button[type=submit]")
+    shown = c.page.locator("#pair-device").inner_text()
+    c.shot("requests-pairing")
+    c.page.fill("#pair-label", label)
+    c.page.click("#pair-approve")
+    assert f"Paired agent {label}" in c.flash()
+    out, err = pairing.communicate(timeout=CLI_TIMEOUT_S)
+    assert pairing.returncode == 0, err
+    paired = json.loads(out)
+    assert paired["device_address"].lower() == shown.lower(), (paired, shown)
+    a.device_shown, a.device_printed, a.omni = shown, device, paired["agent_omni"]
+    return a
+
+
 @pytest.fixture(scope="module")
 def agent(browser, broker, master_key):
     """An agent paired with the real CLI, its code approved in the console (the pairing test)."""
     with tempfile.TemporaryDirectory(prefix="agentkeys-agent-") as home:
-        a = Agent(broker, home)
-        device = a.run("agent", "init").stdout
-        pairing = a.spawn("agent", "pair", "--json", "--timeout", "60")
-        code = None
-        for line in pairing.stderr:
-            if line.startswith("Pairing code: "):
-                code = line.removeprefix("Pairing code: ").strip()
-                break
-        assert code, "agent pair printed no code"
         c = Console(browser, broker, master_key)
         c.sign_in()
-        c.page.fill("#pair-code", code)
-        c.page.click("#pairing-form button[type=submit]")
-        shown = c.page.locator("#pair-device").inner_text()
-        c.shot("requests-pairing")
-        c.page.fill("#pair-label", "bot1")
-        c.page.click("#pair-approve")
-        assert "Paired agent bot1" in c.flash()
-        out, err = pairing.communicate(timeout=CLI_TIMEOUT_S)
-        assert pairing.returncode == 0, err
-        paired = json.loads(out)
+        a = pair_in_console(c, home, broker, "bot1")
         c.close()
-        a.device_shown, a.device_printed, a.omni = shown, device, paired["agent_omni"]
-        assert paired["device_address"].lower() == shown.lower(), (paired, shown)
         yield a
 
 
@@ -298,6 +306,7 @@ def test_suspending_an_agent_refuses_its_next_mint(console, agent):
 def test_a_grant_is_created_with_its_exposure_and_revoked(console, agent):
     console.sign_in()
     console.go("grants")
+    expect(console.page.locator("#grant-exposure")).to_contain_text("Worst case after a revocation: 3900 s")
     console.page.select_option("#grant-agent", label="bot1")
     console.page.fill("#grant-scope", "inbox/")
     console.page.fill("#grant-hours", "2")
@@ -383,3 +392,41 @@ def test_sessions_and_identities_pages(console, browser, broker, master_key):
     other.close()
     console.go("identities")
     expect(console.page.locator("#page")).to_contain_text("No linked identities")
+
+
+def test_an_email_link_signs_in_this_browser_and_that_master_approves_with_its_session(
+        browser, broker):
+    console = Console(browser, broker, Account.create())
+    console.open()
+    console.page.fill("#email", "carol@example.com")
+    console.page.click("#email-form button[type=submit]")
+    assert "Open it in this browser" in console.flash()
+    # --email-dev-log-links: the mail's link is in the broker's log instead of a mailbox.
+    link = None
+    deadline = time.monotonic() + 10
+    while not link and time.monotonic() < deadline:
+        found = re.findall(r"(http://[^\s\"]+/auth/email/landing#token=[A-Za-z0-9_-]+)",
+                           open(BROKER_LOG["path"], errors="replace").read())
+        link = found[-1] if found else None
+        time.sleep(0.1)
+    assert link, "no sign-in link in the broker's log"
+    console.page.goto(link)
+    assert "#token" not in console.page.url, "the page takes the token out of the address bar"
+    console.page.click("#confirm")
+    expect(console.page.locator("#status")).to_contain_text("signed in as carol@example.com")
+    console.page.click("#status a")
+    console.wait_page("requests")
+    with tempfile.TemporaryDirectory(prefix="agentkeys-agent-") as home:
+        bot = pair_in_console(console, home, broker, "carols-bot")
+        asked = json.loads(bot.run("grants", "request", "--scope", "inbox/", "--ttl", "30m",
+                                   "--reason", "file receipts", "--no-wait", "--json").stdout)
+        console.page.reload()
+        console.wait_page("requests")
+        card = console.page.locator(f".access-request[data-request='{asked['request_id']}']")
+        expect(card.locator("button.approve-request")).to_have_text("Approve")
+        card.locator("button.approve-request").click()
+        assert "Approved: carols-bot has grant" in console.flash()
+        assert console.signed == [], "no wallet was asked to sign anything"
+        done = json.loads(bot.run("requests", "show", asked["request_id"], "--json").stdout)
+        assert done["status"] == "approved" and done["grant"]["max_uses"] is None
+    console.close()

@@ -326,7 +326,10 @@
       },
     }, el("label", {}, "Agent ", agent), el("label", {}, "Scope ", scope), el("label", {}, "Hours ", hours),
     el("label", {}, "Uses ", uses), el("button", { type: "submit", disabled: live.length === 0 }, "Create grant"));
-    page.append(el("div", { class: "card" }, el("h3", { text: "Give an agent part of your prefix" }), create, result));
+    const worst = list.worst_case_exposure;
+    page.append(el("div", { class: "card" }, el("h3", { text: "Give an agent part of your prefix" }), create,
+      el("p", { class: "exposure", id: "grant-exposure", text: "Worst case after a revocation: " + worst.seconds + " s — " + worst.explanation + "." }),
+      result));
     if (list.grants.length === 0) {
       page.append(el("p", { class: "muted", text: "No grants." }));
       return;

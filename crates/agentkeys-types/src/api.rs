@@ -536,6 +536,8 @@ pub struct GrantInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GrantList {
     pub grants: Vec<GrantInfo>,
+    /// What a grant made now would state as its worst case (shown before creating one).
+    pub worst_case_exposure: WorstCaseExposure,
 }
 
 // ---- access requests ---------------------------------------------------------------------------

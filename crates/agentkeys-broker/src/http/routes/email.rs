@@ -244,9 +244,12 @@ pub const LANDING_JS: &str = r#"(() => {
         credentials: "same-origin",
       });
       const body = await r.json();
-      status.textContent = r.ok
-        ? "This browser is signed in as " + (body.wallet || body.email) + "."
-        : "Not signed in: " + body.message;
+      if (!r.ok) { status.textContent = "Not signed in: " + body.message; return; }
+      status.textContent = "This browser is signed in as " + (body.wallet || body.email) + ". ";
+      const open = document.createElement("a");
+      open.href = "/console";
+      open.textContent = "Open the console";
+      status.appendChild(open);
     } catch (e) { status.textContent = "Not signed in: the broker could not be reached."; }
   });
 })();

@@ -158,6 +158,7 @@ pub async fn list(
     };
     Ok(axum::Json(GrantList {
         grants: grants.iter().map(|g| info(&state, g)).collect(),
+        worst_case_exposure: exposure(&state),
     }))
 }
 
