@@ -245,11 +245,8 @@ pub const LANDING_JS: &str = r#"(() => {
       });
       const body = await r.json();
       if (!r.ok) { status.textContent = "Not signed in: " + body.message; return; }
-      status.textContent = "This browser is signed in as " + (body.wallet || body.email) + ". ";
-      const open = document.createElement("a");
-      open.href = "/console";
-      open.textContent = "Open the console";
-      status.appendChild(open);
+      status.textContent = "This browser is signed in as " + (body.wallet || body.email) +
+        ". The console is at " + location.origin + "/console.";
     } catch (e) { status.textContent = "Not signed in: the broker could not be reached."; }
   });
 })();
