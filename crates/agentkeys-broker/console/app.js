@@ -6,7 +6,7 @@
   const $ = (id) => document.getElementById(id);
   let me = null; // the ConsoleSession: who is signed in, and the CSRF token
 
-  // ---- helpers ----------------------------------------------------------------------------
+  // ---- the page and the API ------------------------------------------------------------------
 
   /** el("td", {class: "mono", text: "…", onclick: f}, child, …) */
   function el(tag, attrs, ...children) {
