@@ -26,6 +26,10 @@ use crate::http::extract::{AuthSession, Json, MasterSession, OptionalJson};
 use crate::session::{random_id, session_ref};
 use crate::state::AppState;
 
+/// How far ahead of the broker's clock an approver's may be: it computes the grant's end as its
+/// now + the requested TTL before signing.
+const CLOCK_SKEW_SECONDS: i64 = 120;
+
 fn status_at(r: &AccessRequest, now: i64) -> AccessRequestStatus {
     match r.decision {
         Some(AccessDecision::Approved) => AccessRequestStatus::Approved,
@@ -345,11 +349,11 @@ pub async fn approve(
                 )
             })?;
             let at = parse_time(&signed)
-                .filter(|&t| t > now && t <= now + request.ttl_seconds)
+                .filter(|&t| t > now && t <= now + request.ttl_seconds + CLOCK_SKEW_SECONDS)
                 .ok_or_else(|| {
                     ApiError::BadRequest(
                         "expires_at is an RFC 3339 time in the future, at most the requested \
-                         ttl_seconds from now"
+                         ttl_seconds from now (give or take two minutes of clock skew)"
                             .into(),
                     )
                 })?;
