@@ -48,4 +48,8 @@ for expected in '"sub": "agentkeys:user:0x' '"aud": "sts.amazonaws.com"' '"https
 done
 retired=$(curl -s -X POST "$base/v1/mint-aws-creds")
 [[ $retired == *route_retired* ]] || { echo "check-readme: retired route answered $retired" >&2; exit 1; }
+# The console the README points at is served, with its strict policy.
+console_headers=$(curl -s -D - -o /dev/null "$base/console")
+[[ $console_headers == *"200"*"frame-ancestors 'none'"* ]] \
+  || { echo "check-readme: $base/console answered: $console_headers" >&2; exit 1; }
 echo "README walkthrough: ok"

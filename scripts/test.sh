@@ -80,6 +80,11 @@ AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
 AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
   tests/relying_party/run.sh
 
+step "console in a real browser (Playwright driving Debian's chromium, headless)"
+AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \
+AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
+  tests/console/run.sh
+
 step "policy lint (parliament on the documents of policy aws)"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" tests/policy_lint/run.sh
 

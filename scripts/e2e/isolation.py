@@ -14,6 +14,9 @@ Run by scripts/e2e/run.sh (which brings RGW up and down). It:
   * has master A grant bot1 its `inbox/` (`agentkeys grants create`) and proves that credentials
     minted with `--grant` reach `<A>/inbox/` and nothing else of A's, and that a revoked grant
     mints nothing;
+  * has bot1 ask for `inbox/` again (`agentkeys grants request`), A approve it with a wallet
+    signature (`agentkeys requests approve`), and proves the grant it receives reaches
+    `<A>/inbox/` only, for exactly its uses;
   * checks that STS refuses tokens that differ from a good one in exactly one property;
   * ends with `agentkeys-broker audit verify`.
 
@@ -989,6 +992,82 @@ def body(work, broker):
             return ok, f"rc={r.returncode}: {short(r.stderr, 200)}"
         check("bot1: after revocation `agentkeys aws credentials --grant ID` fails (mint refused: 403 grant_revoked)",
               revoked)
+
+    # -------------------------------------------------------------- 6d. access request: bot1 asks, A approves
+    # bot1 no longer reaches <A>/inbox/ (its grant was revoked); it asks for it, A approves with a
+    # wallet signature, and the grant it receives works at once, for exactly its uses.
+    asked = {}
+    if bot1:
+        def request_access():
+            need("grants", "request")
+            r = bot1.cli("grants", "request", "--scope", "inbox/", "--uses", "2", "--ttl", "1h",
+                         "--reason", "read today's invoices", "--no-wait", "--json")
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            asked.update(json.loads(r.stdout))
+            return asked.get("status") == "pending", f"request {asked.get('request_id', '')[:8]}… {asked.get('status')}"
+        check("bot1: `agentkeys grants request --scope inbox/ --uses 2 --ttl 1h --reason …` (pending)", request_access)
+    if asked:
+        rid = asked["request_id"]
+
+        def master_sees():
+            r = A.cli("requests", "list", "--json")
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            mine = [q for q in json.loads(r.stdout)["requests"] if q["request_id"] == rid]
+            ok = bool(mine) and mine[0]["agent_label"] == "bot1" and mine[0]["scope_tag"] == grant_scope \
+                and mine[0]["reason"] == "read today's invoices" and mine[0]["worst_case_exposure"]["seconds"] > 0
+            return ok, f"{mine[0]['agent_label']} asks {mine[0]['scope_tag']} ({mine[0]['max_uses']} uses)" if mine else "not listed"
+        check("A: `agentkeys requests list` shows bot1's request (scope tag, uses, reason, worst case)", master_sees)
+
+        def approve():
+            r = A.cli("requests", "approve", rid, "--key-file", A.key, "--json")
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            done = json.loads(r.stdout)
+            return done.get("status") == "approved" and bool(done.get("grant")), f"status {done.get('status')}"
+        check("A: `agentkeys requests approve ID --key-file KEY` (a wallet signature over the terms)", approve)
+
+        def received():
+            r = bot1.cli("requests", "show", rid, "--wait", "--json")
+            if r.returncode != 0:
+                return False, f"rc={r.returncode}: {short(r.stderr)}"
+            asked["grant"] = json.loads(r.stdout).get("grant") or {}
+            return asked["grant"].get("scope_tag") == grant_scope, f"grant {asked['grant'].get('grant_id', '')[:8]}…"
+        check("bot1: `agentkeys requests show ID --wait` receives the grant", received)
+    if asked.get("grant"):
+        def approved_creds():
+            args = ["aws", "credentials", "--role-arn", role_arn(ROLE), "--format", "json", *sts_args]
+            return bot1.cli(*args, "--grant", asked["grant"]["grant_id"])
+        r = approved_creds()
+        if r.returncode == 0:
+            sa = s3_for(json.loads(r.stdout))
+            inbox = f"{grant_scope}/"
+            check("bot1 (approved request): list <A>/inbox/", allowed(lambda: list_prefix(sa, inbox)))
+
+            def read_seed():
+                got = sa.get_object(Bucket=BUCKET, Key=f"{inbox}seed.txt")["Body"].read()
+                return got == f"seed of {grant_scope}".encode(), f"content {got[:40]!r}"
+            check("bot1 (approved request): get <A>/inbox/seed.txt", read_seed)
+            check("bot1 (approved request): list <A>/private/ is AccessDenied",
+                  denied(lambda: list_prefix(sa, f"{A.wallet}/private/")))
+            check("bot1 (approved request): get <A>/seed.txt is AccessDenied",
+                  denied(lambda: sa.get_object(Bucket=BUCKET, Key=f"{A.wallet}/seed.txt")))
+            check("bot1 (approved request): list <B>/ is AccessDenied", denied(lambda: list_prefix(sa, f"{B.wallet}/")))
+        else:
+            check("bot1: `agentkeys aws credentials --grant ID` with the approved grant",
+                  lambda: (False, f"rc={r.returncode}: {short(r.stderr)}"))
+
+        def second_use():
+            r = approved_creds()
+            return r.returncode == 0, f"rc={r.returncode}" + ("" if r.returncode == 0 else f": {short(r.stderr)}")
+        check("bot1: the grant's second (last) use mints", second_use)
+
+        def spent():
+            r = approved_creds()
+            ok = r.returncode != 0 and "403 grant_exhausted" in r.stderr and not r.stdout.strip()
+            return ok, f"rc={r.returncode}: {short(r.stderr, 200)}"
+        check("bot1: with its 2 uses spent, the next mint under the grant is refused (403 grant_exhausted)", spent)
 
     # -------------------------------------------------------------- 7. agentkeys exec + AWS CLI
     exec_args = ["exec", "--role-arn", role_arn(ROLE), *sts_args, "--"]

@@ -154,6 +154,27 @@ pub fn approve(
     Ok(ApproveOutcome::Approved(agent))
 }
 
+/// Refuses the pending request with `code`: the device's polls then find it gone. Whether there
+/// was one; the event is written only then.
+pub fn deny_pairing(
+    tx: &mut dyn Tx,
+    code: &str,
+    now: i64,
+    event: &NewAuditEvent,
+) -> StoreResult<bool> {
+    let Some(request) = tx.pending_pairing(code, now)? else {
+        return Ok(false);
+    };
+    if !tx.end_pairing(&request.id, now)? {
+        return Ok(false);
+    }
+    let mut event = event.clone();
+    event.details["device"] = serde_json::json!(request.device_address);
+    event.details["pairing_id"] = serde_json::json!(request.id);
+    tx.append(&event)?;
+    Ok(true)
+}
+
 /// Records a device's proof made at `proof_ms` on its pairing request and, once approved and
 /// not yet collected, stores the agent's session (`slot`) with `event`.
 pub fn claim(

@@ -261,6 +261,23 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(900..=43_200))]
     pub sts_max_session_seconds: u64,
 
+    /// Access requests an agent may have waiting for its master at once; more are refused
+    /// until one is decided or expires.
+    #[arg(long, env = "BROKER_ACCESS_REQUEST_MAX_PENDING", default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub access_request_max_pending: u64,
+
+    /// How long an access request waits for its master's decision, in seconds; undecided
+    /// after that, it is expired.
+    #[arg(long, env = "BROKER_ACCESS_REQUEST_TTL_SECONDS", default_value_t = 900, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(60..=604_800))]
+    pub access_request_ttl_seconds: u64,
+
+    /// Longest reason an agent may give with an access request, in bytes (UTF-8).
+    #[arg(long, env = "BROKER_ACCESS_REQUEST_REASON_MAX_BYTES", default_value_t = 500, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(16..=4096))]
+    pub access_request_reason_max_bytes: u64,
+
     /// Log format: `text` or `json`.
     #[arg(
         long,
@@ -431,8 +448,18 @@ pub struct Settings {
     pub metrics_token: Option<MetricsToken>,
     pub metrics_listen: Option<SocketAddr>,
     pub sts_max_session_seconds: i64,
+    /// Access requests: pending per agent, lifetime, reason size.
+    pub access_requests: AccessRequestLimits,
     /// OpenID Connect providers for sign-in (discovered at start-up).
     pub oidc_providers: Vec<crate::oidc_login::ProviderConfig>,
+}
+
+/// The limits on agents' access requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessRequestLimits {
+    pub max_pending: u64,
+    pub ttl_seconds: i64,
+    pub reason_max_bytes: usize,
 }
 
 /// How many sign-in emails one address, and one client IP, may cause per window.
@@ -652,6 +679,11 @@ impl ServeSettings {
             metrics_listen: self.metrics_listen,
             oidc_providers,
             sts_max_session_seconds: self.sts_max_session_seconds as i64,
+            access_requests: AccessRequestLimits {
+                max_pending: self.access_request_max_pending,
+                ttl_seconds: self.access_request_ttl_seconds as i64,
+                reason_max_bytes: self.access_request_reason_max_bytes as usize,
+            },
         })
     }
 }

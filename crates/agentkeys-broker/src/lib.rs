@@ -1,6 +1,7 @@
 //! The AgentKeys broker as a library: `main` only parses the command line and calls in here,
 //! and tests drive the same functions with a port-0 listener.
 
+pub mod access;
 pub mod agents;
 pub mod checkpoint;
 pub mod cli;

@@ -101,6 +101,9 @@ pub trait Tx {
     fn advance_pairing_proof(&mut self, id: &str, proof_ms: i64) -> Result<bool>;
     /// Records the agent a request became, if it had none yet; whether it had none.
     fn set_pairing_agent(&mut self, id: &str, agent: &OmniAccount) -> Result<bool>;
+    /// Ends a request that is unapproved and unexpired at `now` (its expiry becomes `now`): a
+    /// master refused the device; whether it was pending.
+    fn end_pairing(&mut self, id: &str, now: i64) -> Result<bool>;
     /// Marks the agent's session handed out, if it was not yet; whether it was not.
     fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool>;
 
@@ -144,6 +147,21 @@ pub trait Tx {
     fn use_grant(&mut self, id: &str, agent: &OmniAccount, now: i64) -> Result<bool>;
     /// Revokes the grant if it is `master`'s and unrevoked; whether it was.
     fn revoke_grant(&mut self, master: &OmniAccount, id: &str, now: i64) -> Result<bool>;
+
+    // -- access requests --
+    fn insert_access_request(&mut self, request: &AccessRequest) -> Result<()>;
+    fn access_request(&mut self, id: &str) -> Result<Option<AccessRequest>>;
+    /// How many of `agent`'s requests are undecided and unexpired at `now`.
+    fn pending_access_requests(&mut self, agent: &OmniAccount, now: i64) -> Result<u64>;
+    /// Records `decision` (and the grant an approval made) if the request is undecided and
+    /// unexpired at `now`; whether it was.
+    fn decide_access_request(
+        &mut self,
+        id: &str,
+        decision: AccessDecision,
+        grant_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool>;
 
     // -- signing keys --
     fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<()>;
@@ -236,6 +254,13 @@ pub trait Store: Send + Sync + 'static {
         master: Option<&OmniAccount>,
         agent: Option<&OmniAccount>,
     ) -> Result<Vec<Grant>>;
+    async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>>;
+    /// Requests to `master`'s agents, or (with `agent`) of that agent, oldest first.
+    async fn access_requests_of(
+        &self,
+        master: Option<&OmniAccount>,
+        agent: Option<&OmniAccount>,
+    ) -> Result<Vec<AccessRequest>>;
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn audit_events(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>>;

@@ -1,7 +1,7 @@
 //! Rows and values that cross the [`crate::Store`] boundary.
 
 use agentkeys_types::OmniAccount;
-pub use agentkeys_types::api::{ActorKind, AgentStatus};
+pub use agentkeys_types::api::{AccessDecision, ActorKind, AgentStatus};
 pub use agentkeys_types::audit::{AuditKind, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -270,6 +270,35 @@ pub struct Grant {
     pub max_uses: Option<i64>,
     pub uses: i64,
     pub revoked_at: Option<i64>,
+}
+
+/// An agent's request for a grant of `scope` under its master's prefix, until the master
+/// decides (or it expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRequest {
+    pub id: String,
+    pub agent: OmniAccount,
+    pub master: OmniAccount,
+    /// Relative to the master's prefix, normalised (e.g. `inbox`).
+    pub scope: String,
+    pub max_uses: Option<i64>,
+    /// The grant's lifetime once approved.
+    pub ttl_seconds: i64,
+    pub reason: String,
+    pub created_at: i64,
+    /// Undecided after this, the request is expired.
+    pub expires_at: i64,
+    pub decision: Option<AccessDecision>,
+    pub decided_at: Option<i64>,
+    /// The grant an approval made.
+    pub grant_id: Option<String>,
+}
+
+impl AccessRequest {
+    /// Undecided and unexpired at `now`.
+    pub fn is_pending(&self, now: i64) -> bool {
+        self.decision.is_none() && now < self.expires_at
+    }
 }
 
 /// How a login request is looked up.

@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    ActorKind, Agent, AgentStatus, AuditEvent, AuditKind, AuditQuery, Challenge, Grant, Identity,
-    IdentityRef, LoginKey, LoginRequest, NewAuditEvent, Outcome, PairingRequest, RateWindow,
-    Result, Session, SessionFilter, SigningKeyRecord, Store, StoreError, Tx,
+    AccessDecision, AccessRequest, ActorKind, Agent, AgentStatus, AuditEvent, AuditKind,
+    AuditQuery, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest, NewAuditEvent,
+    Outcome, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord, Store,
+    StoreError, Tx,
 };
 use agentkeys_types::OmniAccount;
 use serde_json::json;
@@ -761,6 +762,39 @@ async fn a_pairing_is_pending_until_approved_or_expired() {
 }
 
 #[tokio::test]
+async fn only_a_pending_pairing_is_ended() {
+    let f = Fixture::new().await;
+    let a = agent(&omni("m"), "bot");
+    let (p1, p2, p3) = (
+        pairing("p1", "AAAAAAAA", 100),
+        pairing("p2", "BBBBBBBB", 100),
+        pairing("p3", "CCCCCCCC", 100),
+    );
+    let results = tx(&f.store, move |t| {
+        t.insert_agent(&a)?;
+        [&p1, &p2, &p3]
+            .iter()
+            .try_for_each(|p| t.insert_pairing(p))?;
+        t.set_pairing_agent("p2", &a.omni)?;
+        Ok([
+            t.end_pairing("p1", 10)?,
+            t.end_pairing("p1", 11)?,
+            t.end_pairing("p2", 10)?,  // approved
+            t.end_pairing("p3", 100)?, // expired
+            t.end_pairing("nope", 10)?,
+            t.pending_pairing("AAAAAAAA", 10)?.is_some(),
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, false, false, false]);
+    assert_eq!(f.store.pairing("p1").await.unwrap().unwrap().expires_at, 10);
+    assert_eq!(
+        f.store.pairing("p2").await.unwrap().unwrap().expires_at,
+        100
+    );
+}
+
+#[tokio::test]
 async fn a_pairing_is_claimed_once_and_its_proofs_increase() {
     let f = Fixture::new().await;
     let results = tx(&f.store, |t| {
@@ -1112,6 +1146,114 @@ async fn grants_are_listed_by_master_and_by_agent() {
         "both filters apply"
     );
     assert_eq!(s.grants_of(None, None).await.unwrap(), [g1, g2, g3]);
+}
+
+// ---- access requests ------------------------------------------------------------------------
+
+fn access_request(id: &str, a: &Agent, created_at: i64, expires_at: i64) -> AccessRequest {
+    AccessRequest {
+        id: id.into(),
+        agent: a.omni.clone(),
+        master: a.master.clone(),
+        scope: "inbox".into(),
+        max_uses: Some(5),
+        ttl_seconds: 3600,
+        reason: "read today's invoices".into(),
+        created_at,
+        expires_at,
+        decision: None,
+        decided_at: None,
+        grant_id: None,
+    }
+}
+
+#[tokio::test]
+async fn access_requests_read_back_and_count_pending_until_decided_or_expired() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    let (a, b) = (agent(&m, "a"), agent(&m, "b"));
+    let (r1, r2, r3) = (
+        access_request("r1", &a, 1, 100),
+        access_request("r2", &a, 2, 50),
+        AccessRequest {
+            max_uses: None,
+            ..access_request("r3", &b, 3, 100)
+        },
+    );
+    let rows = (a.clone(), b.clone(), [r1.clone(), r2.clone(), r3.clone()]);
+    let (at_10, at_50, other_agent) = tx(&f.store, move |t| {
+        t.insert_agent(&rows.0)?;
+        t.insert_agent(&rows.1)?;
+        rows.2.iter().try_for_each(|r| t.insert_access_request(r))?;
+        Ok((
+            t.pending_access_requests(&rows.0.omni, 10)?,
+            // r2 expires at 50: not pending at 50.
+            t.pending_access_requests(&rows.0.omni, 50)?,
+            t.pending_access_requests(&rows.1.omni, 10)?,
+        ))
+    })
+    .await;
+    assert_eq!((at_10, at_50, other_agent), (2, 1, 1));
+    assert_eq!(
+        f.store.access_request("r3").await.unwrap(),
+        Some(r3.clone())
+    );
+    assert_eq!(f.store.access_request("nope").await.unwrap(), None);
+    let s = f.store.as_ref();
+    assert_eq!(
+        s.access_requests_of(Some(&m), None).await.unwrap(),
+        [r1.clone(), r2.clone(), r3.clone()]
+    );
+    assert_eq!(
+        s.access_requests_of(None, Some(&b.omni)).await.unwrap(),
+        std::slice::from_ref(&r3)
+    );
+    assert_eq!(
+        s.access_requests_of(Some(&omni("other")), None)
+            .await
+            .unwrap(),
+        []
+    );
+}
+
+#[tokio::test]
+async fn an_access_request_is_decided_once_and_only_before_it_expires() {
+    let f = Fixture::new().await;
+    let m = omni("m");
+    let a = agent(&m, "a");
+    let g = grant("g", &a, Some(5), 1000);
+    let (a2, g2) = (a.clone(), g.clone());
+    let results = tx(&f.store, move |t| {
+        t.insert_agent(&a2)?;
+        t.insert_grant(&g2)?;
+        t.insert_access_request(&access_request("r1", &a2, 1, 100))?;
+        t.insert_access_request(&access_request("r2", &a2, 1, 100))?;
+        Ok([
+            t.decide_access_request("r1", AccessDecision::Approved, Some("g"), 10)?,
+            // A second decision of either kind loses.
+            t.decide_access_request("r1", AccessDecision::Denied, None, 11)?,
+            t.decide_access_request("r1", AccessDecision::Approved, Some("g"), 11)?,
+            // At its expiry a request can no longer be decided.
+            t.decide_access_request("r2", AccessDecision::Denied, None, 100)?,
+            t.decide_access_request("r2", AccessDecision::Denied, None, 99)?,
+            t.decide_access_request("nope", AccessDecision::Denied, None, 1)?,
+        ])
+    })
+    .await;
+    assert_eq!(results, [true, false, false, false, true, false]);
+    let r1 = f.store.access_request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (r1.decision, r1.decided_at, r1.grant_id.as_deref()),
+        (Some(AccessDecision::Approved), Some(10), Some("g"))
+    );
+    assert!(!r1.is_pending(10));
+    let r2 = f.store.access_request("r2").await.unwrap().unwrap();
+    assert_eq!(
+        (r2.decision, r2.decided_at, r2.grant_id),
+        (Some(AccessDecision::Denied), Some(99), None)
+    );
+    let pending = tx(&f.store, move |t| t.pending_access_requests(&a.omni, 5)).await;
+    assert_eq!(pending, 0);
 }
 
 // ---- signing keys ---------------------------------------------------------------------------

@@ -36,6 +36,8 @@ pub enum ChallengePurpose {
     LinkEmail(String),
     /// Linking an identity at this OIDC provider (by name) to the signing wallet's master.
     LinkOidc(String),
+    /// Approving an agent's access request: the grant it becomes, field by field.
+    ApproveAccess(AccessApproval),
 }
 
 /// A fresh signature by the master's wallet over a challenge issued for one purpose.
@@ -100,6 +102,20 @@ pub struct WhoAmI {
     pub wallet: Option<String>,
     pub kind: ActorKind,
     pub expires_at: String,
+}
+
+/// The console's view of its own session (`GET /v1/console/session`): who it is, and the CSRF
+/// token its changes must carry in `X-CSRF-Token`. The session token itself stays in its
+/// HttpOnly cookie.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleSession {
+    pub omni_account: String,
+    pub wallet: Option<String>,
+    pub kind: ActorKind,
+    pub expires_at: String,
+    /// The email or OIDC identity the session was signed in with, if any (`type:value`).
+    pub via: Option<String>,
+    pub csrf_token: String,
 }
 
 /// Optional intent of a mint. An empty body means the defaults.
@@ -187,6 +203,24 @@ pub struct PairingApproveRequest {
     pub code: String,
     /// `^[a-z0-9-]{1,32}$`, unique per master; part of the agent's identity.
     pub label: String,
+}
+
+/// A pairing code the master read from the device, to look up or to refuse.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairingCodeRequest {
+    pub code: String,
+}
+
+/// The pending pairing a code names: which device asks, so the master can compare the address
+/// with the one the device shows before approving.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PairingPending {
+    pub code: String,
+    /// The device key's address, as the device proved it.
+    pub device_address: String,
+    pub created_at: String,
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -439,6 +473,20 @@ pub struct AuditEventInfo {
     pub hash: String,
 }
 
+/// Whether the audit hash chain verifies from its first event to its head.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditChainStatus {
+    pub intact: bool,
+    /// Events verified (all of them when intact).
+    pub verified_events: u64,
+    /// Seq and hash of the last verified event (0 and the genesis hash for an empty log).
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The first bad or missing seq, and why, when broken.
+    pub broken_at: Option<u64>,
+    pub reason: Option<String>,
+}
+
 /// A page of audit events, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
@@ -488,4 +536,137 @@ pub struct GrantInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GrantList {
     pub grants: Vec<GrantInfo>,
+    /// What a grant made now would state as its worst case (shown before creating one).
+    pub worst_case_exposure: WorstCaseExposure,
+}
+
+// ---- access requests ---------------------------------------------------------------------------
+
+/// An agent asks its master for a grant (`POST /v1/access-requests`, agents only).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequestCreate {
+    /// A path under the master's prefix, e.g. `inbox/` (letters, digits, `._-` and `/`).
+    pub scope: String,
+    /// Mints the grant would allow; unlimited until it expires when absent.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// How long the grant would last once approved, in seconds (at most a year).
+    pub ttl_seconds: u64,
+    /// Why the agent needs it, shown to the master (size limited by the broker).
+    pub reason: String,
+}
+
+/// What the master decided, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessDecision {
+    Approved,
+    Denied,
+}
+
+impl AccessDecision {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccessDecision::Approved => "approved",
+            AccessDecision::Denied => "denied",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "approved" => Some(AccessDecision::Approved),
+            "denied" => Some(AccessDecision::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessRequestStatus {
+    /// Waiting for the master.
+    Pending,
+    /// Approved: `grant` is the grant it became.
+    Approved,
+    Denied,
+    /// Nobody decided before `expires_at`.
+    Expired,
+}
+
+impl AccessRequestStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccessRequestStatus::Pending => "pending",
+            AccessRequestStatus::Approved => "approved",
+            AccessRequestStatus::Denied => "denied",
+            AccessRequestStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessRequestInfo {
+    pub request_id: String,
+    /// The asking agent's omni.
+    pub agent: String,
+    pub agent_label: String,
+    /// The agent's device key, as paired.
+    pub device_address: String,
+    /// Relative to the master's prefix, e.g. `inbox/`.
+    pub scope: String,
+    /// The `agentkeys_scope` tag value the grant would carry, `<master prefix>/<scope>`: in
+    /// the master's view (an agent does not know its master's prefix).
+    pub scope_tag: Option<String>,
+    pub max_uses: Option<u32>,
+    pub ttl_seconds: u64,
+    pub reason: String,
+    pub status: AccessRequestStatus,
+    pub created_at: String,
+    /// The request's own expiry: undecided after this, it is `expired`.
+    pub expires_at: String,
+    pub decided_at: Option<String>,
+    /// The grant an approval made.
+    pub grant: Option<GrantInfo>,
+    /// What approving would expose at worst, as grants state it.
+    pub worst_case_exposure: WorstCaseExposure,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessRequestList {
+    pub requests: Vec<AccessRequestInfo>,
+}
+
+/// The master's approval. A master with a wallet proves it with a fresh signature over a
+/// challenge whose purpose is [`ChallengePurpose::ApproveAccess`] naming exactly this request,
+/// its agent, scope, uses and the grant's `expires_at`; a master without a wallet (email or
+/// OIDC) approves with its session and sends neither field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessApproveRequest {
+    #[serde(default)]
+    pub wallet_proof: Option<WalletProof>,
+    /// RFC 3339 end of the grant, as signed; at most `ttl_seconds` from now. Without a wallet
+    /// proof the broker sets it to now + `ttl_seconds`.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// What a wallet approval of an access request signs: the statement of the EIP-4361 message
+/// names every field (see `login::challenge_statement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessApproval {
+    pub request_id: String,
+    /// The agent's label and omni.
+    pub agent_label: String,
+    pub agent: String,
+    /// The scope tag, `<master prefix>/<scope>`.
+    pub scope_tag: String,
+    /// Absent: unlimited until `expires_at`.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// RFC 3339 end of the grant.
+    pub expires_at: String,
 }

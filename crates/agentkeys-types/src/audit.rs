@@ -10,12 +10,21 @@ use std::fmt;
 /// Every kind of audit event the broker writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditKind {
+    /// `access.requested`: an agent asked its master for a grant (denied: too many pending).
+    AccessRequested,
+    /// `access.approved`: the master approved a request (failed: a wallet proof that did not
+    /// verify); the details carry the signature of a wallet approval.
+    AccessApproved,
+    /// `access.denied`: the master denied a request.
+    AccessDenied,
     /// `agent.pairing_requested`: an agent asked to be paired.
     AgentPairingRequested,
     /// `agent.approve_attempt`: a master tried to approve a pairing (rate limited).
     AgentApproveAttempt,
     /// `agent.paired`
     AgentPaired,
+    /// `agent.pairing_denied`: a master refused a device's pairing code.
+    AgentPairingDenied,
     /// `agent.session_issued`
     AgentSessionIssued,
     /// `agent.suspended`
@@ -72,10 +81,14 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind, in the order of [`AuditKind::as_str`]'s table.
-    pub const ALL: [AuditKind; 29] = [
+    pub const ALL: [AuditKind; 33] = [
+        AuditKind::AccessRequested,
+        AuditKind::AccessApproved,
+        AuditKind::AccessDenied,
         AuditKind::AgentPairingRequested,
         AuditKind::AgentApproveAttempt,
         AuditKind::AgentPaired,
+        AuditKind::AgentPairingDenied,
         AuditKind::AgentSessionIssued,
         AuditKind::AgentSuspended,
         AuditKind::AgentResumed,
@@ -107,9 +120,13 @@ impl AuditKind {
     /// The kind as written into the log (and hashed): these bytes never change.
     pub const fn as_str(self) -> &'static str {
         match self {
+            AuditKind::AccessRequested => "access.requested",
+            AuditKind::AccessApproved => "access.approved",
+            AuditKind::AccessDenied => "access.denied",
             AuditKind::AgentPairingRequested => "agent.pairing_requested",
             AuditKind::AgentApproveAttempt => "agent.approve_attempt",
             AuditKind::AgentPaired => "agent.paired",
+            AuditKind::AgentPairingDenied => "agent.pairing_denied",
             AuditKind::AgentSessionIssued => "agent.session_issued",
             AuditKind::AgentSuspended => "agent.suspended",
             AuditKind::AgentResumed => "agent.resumed",
@@ -192,9 +209,13 @@ mod tests {
         assert_eq!(
             kinds,
             [
+                "access.requested",
+                "access.approved",
+                "access.denied",
                 "agent.pairing_requested",
                 "agent.approve_attempt",
                 "agent.paired",
+                "agent.pairing_denied",
                 "agent.session_issued",
                 "agent.suspended",
                 "agent.resumed",

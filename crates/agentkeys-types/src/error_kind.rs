@@ -40,6 +40,10 @@ pub enum ErrorKind {
     InvalidSessionTag,
     NoSigningKey,
     AuditFailed,
+    /// Only an agent's session can do this (ask for access).
+    AgentsOnly,
+    /// A change made with the console's cookie without its CSRF token.
+    CsrfFailed,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -47,7 +51,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every known kind, [`ErrorKind::Unknown`] excluded.
-    pub const ALL: [ErrorKind; 32] = [
+    pub const ALL: [ErrorKind; 34] = [
         Self::InvalidRequest,
         Self::InvalidField,
         Self::Unauthenticated,
@@ -80,6 +84,8 @@ impl ErrorKind {
         Self::InvalidSessionTag,
         Self::NoSigningKey,
         Self::AuditFailed,
+        Self::AgentsOnly,
+        Self::CsrfFailed,
     ];
 
     /// The kind as sent in `ErrorBody.error` (and as a mint denial's reason).
@@ -117,6 +123,8 @@ impl ErrorKind {
             Self::InvalidSessionTag => "invalid_session_tag",
             Self::NoSigningKey => "no_signing_key",
             Self::AuditFailed => "audit_failed",
+            Self::AgentsOnly => "agents_only",
+            Self::CsrfFailed => "csrf_failed",
             Self::Unknown => "unknown",
         }
     }

@@ -28,6 +28,17 @@ pub fn challenge_statement(purpose: Option<&ChallengePurpose>) -> String {
         Some(ChallengePurpose::LinkOidc(provider)) => {
             format!("Link my {provider} sign-in to my AgentKeys account.")
         }
+        Some(ChallengePurpose::ApproveAccess(a)) => {
+            let uses = match a.max_uses {
+                Some(1) => "1 mint".to_owned(),
+                Some(n) => format!("{n} mints"),
+                None => "unlimited mints".to_owned(),
+            };
+            format!(
+                "Approve access request {}: agent {} ({}) may use {}/ for {uses} until {}.",
+                a.request_id, a.agent_label, a.agent, a.scope_tag, a.expires_at
+            )
+        }
     }
 }
 

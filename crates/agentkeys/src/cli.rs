@@ -25,7 +25,7 @@ pub use crate::login::LoginCommand;
 pub use crate::sessions::SessionsCommand;
 pub use crate::signin::{CodeArgs, TimeoutArg};
 use crate::{
-    account, agent, agents, audit, cloud, grants, identities, key, login, sessions, token,
+    account, agent, agents, audit, cloud, grants, identities, key, login, requests, sessions, token,
 };
 
 /// AgentKeys client: sign in to an AgentKeys broker, mint short-lived OIDC tokens, and trade
@@ -121,6 +121,11 @@ pub enum Command {
     /// revoke); an agent lists the grants it was given.
     #[command(subcommand)]
     Grants(crate::grants::GrantsCommand),
+
+    /// Access requests: a master lists, approves or denies its agents' requests for grants; an
+    /// agent checks its own (it asks with `agentkeys grants request`).
+    #[command(subcommand)]
+    Requests(crate::requests::RequestsCommand),
 
     /// Mint a short-lived OIDC JWT for the signed-in session and print it on stdout, so
     /// `$(agentkeys token)` works.
@@ -245,6 +250,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             .await
         }
         Command::Grants(command) => grants::run(&ctx()?, command, out).await,
+        Command::Requests(command) => requests::run(&ctx()?, command, out).await,
         Command::Token {
             audience,
             role_arn,

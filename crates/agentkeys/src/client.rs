@@ -444,6 +444,73 @@ impl BrokerClient {
         self.send(rb, self.owner()).await.map(drop)
     }
 
+    /// `POST /v1/access-requests` (an agent): ask the master for a grant.
+    pub async fn access_request(
+        &self,
+        token: &SecretToken,
+        req: &agentkeys_types::api::AccessRequestCreate,
+    ) -> Result<agentkeys_types::api::AccessRequestInfo> {
+        let rb = self
+            .request(Method::POST, "/v1/access-requests")
+            .bearer_auth(token.expose())
+            .json(req);
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `GET /v1/access-requests`: a master's (to all its agents), or an agent's own.
+    pub async fn access_requests(
+        &self,
+        token: &SecretToken,
+        pending_only: bool,
+    ) -> Result<agentkeys_types::api::AccessRequestList> {
+        let path = if pending_only {
+            "/v1/access-requests?status=pending"
+        } else {
+            "/v1/access-requests"
+        };
+        let rb = self.request(Method::GET, path).bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `GET /v1/access-requests/{id}`; the id is percent-encoded.
+    pub async fn access_request_show(
+        &self,
+        token: &SecretToken,
+        id: &str,
+    ) -> Result<agentkeys_types::api::AccessRequestInfo> {
+        let path = format!("/v1/access-requests/{}", encode_path_segment(id));
+        let rb = self.request(Method::GET, &path).bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `POST /v1/access-requests/{id}/approve` (a master).
+    pub async fn access_approve(
+        &self,
+        token: &SecretToken,
+        id: &str,
+        req: &agentkeys_types::api::AccessApproveRequest,
+    ) -> Result<agentkeys_types::api::AccessRequestInfo> {
+        let path = format!("/v1/access-requests/{}/approve", encode_path_segment(id));
+        let rb = self
+            .request(Method::POST, &path)
+            .bearer_auth(token.expose())
+            .json(req);
+        self.send_json(rb, self.owner()).await
+    }
+
+    /// `POST /v1/access-requests/{id}/deny` (a master).
+    pub async fn access_deny(
+        &self,
+        token: &SecretToken,
+        id: &str,
+    ) -> Result<agentkeys_types::api::AccessRequestInfo> {
+        let path = format!("/v1/access-requests/{}/deny", encode_path_segment(id));
+        let rb = self
+            .request(Method::POST, &path)
+            .bearer_auth(token.expose());
+        self.send_json(rb, self.owner()).await
+    }
+
     pub async fn unlink_identity(
         &self,
         token: &SecretToken,

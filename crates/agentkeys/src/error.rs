@@ -126,6 +126,10 @@ pub enum Error {
     #[error("sign-in did not complete: {0}")]
     SignIn(String),
 
+    /// An access request ended without a grant (denied, expired), or could not be decided.
+    #[error("no grant: {0}")]
+    AccessRequest(String),
+
     /// `agentkeys identities link-*` ended without a link (timed out, expired, linked elsewhere).
     #[error("linking did not complete: {0}")]
     Linking(String),

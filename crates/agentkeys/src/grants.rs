@@ -31,6 +31,10 @@ pub enum GrantsCommand {
         json: bool,
     },
 
+    /// An agent asks its master for a grant and waits for the decision (prints the grant id to
+    /// pass with `--grant`); a denied or expired request is an error.
+    Request(crate::requests::RequestArgs),
+
     /// Revoke a grant: the agent's next mint under it is refused. Credentials minted before
     /// stay valid until they expire (see the worst-case exposure).
     Revoke {
@@ -198,6 +202,7 @@ pub(crate) async fn run(ctx: &Context, command: GrantsCommand, out: &mut dyn Wri
         GrantsCommand::Create(args) => create(ctx, args, out).await,
         GrantsCommand::List { json } => list(ctx, json, out).await,
         GrantsCommand::Revoke { id } => revoke(ctx, &id, out).await,
+        GrantsCommand::Request(args) => crate::requests::request(ctx, args, out).await,
     }
 }
 

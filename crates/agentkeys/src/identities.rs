@@ -149,25 +149,27 @@ async fn list(ctx: &Context, json: bool, out: &mut dyn Write) -> Result<()> {
 }
 
 /// The step-up: a fresh signature by the signed-in master's own wallet over a challenge whose
-/// statement names exactly what is being linked. The key must be the session's wallet, and the
-/// message must say what the user asked for, or nothing is signed.
-async fn step_up(
+/// statement names exactly what is being done (`purpose`). The key must be the session's
+/// wallet, and the message must say what the user asked for, or nothing is signed. `refused`
+/// makes the command's error from a sentence.
+pub(crate) async fn step_up(
     client: &BrokerClient,
     saved: &SavedSession,
     args: &StepUpArgs,
     purpose: ChallengePurpose,
+    refused: fn(String) -> Error,
 ) -> Result<WalletProof> {
     let signer = keyfile::read(&args.key_file)?;
     let address = keyfile::address_of(&signer);
     let wallet = saved.wallet.as_deref().ok_or_else(|| {
-        Error::Linking(
-            "only a master signed in with a wallet can link identities; run `agentkeys login \
-             wallet --key-file FILE` first"
+        refused(
+            "only a master signed in with a wallet can do this; run `agentkeys login wallet \
+             --key-file FILE` first"
                 .into(),
         )
     })?;
     if !wallet.eq_ignore_ascii_case(address.as_str()) {
-        return Err(Error::Linking(format!(
+        return Err(refused(format!(
             "{} is the key of {address}, but this session is wallet {}; pass the signed-in \
              wallet's key file",
             args.key_file.display(),
@@ -232,7 +234,8 @@ async fn link_email(
     let done = flow
         .run(code, async |code_challenge| {
             let purpose = ChallengePurpose::LinkEmail(email.clone());
-            let wallet_proof = step_up(&client, &saved, step_up_args, purpose).await?;
+            let wallet_proof =
+                step_up(&client, &saved, step_up_args, purpose, Error::Linking).await?;
             let started = client
                 .link_email_start(
                     &saved.session_token,
@@ -284,7 +287,8 @@ async fn link_oidc(
     let done = flow
         .run(code, async |code_challenge| {
             let purpose = ChallengePurpose::LinkOidc(provider.clone());
-            let wallet_proof = step_up(&client, &saved, step_up_args, purpose).await?;
+            let wallet_proof =
+                step_up(&client, &saved, step_up_args, purpose, Error::Linking).await?;
             let loopback = loopback_unless(no_browser).await?;
             let started = client
                 .link_oidc_start(

@@ -30,6 +30,7 @@ mod loopback;
 pub mod output;
 pub mod pairing;
 pub mod poll;
+pub mod requests;
 pub mod sessions;
 pub mod signin;
 pub mod siwe_check;

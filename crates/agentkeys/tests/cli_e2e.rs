@@ -1617,6 +1617,104 @@ fn a_victim_finishing_the_attackers_oidc_sign_in_hands_over_nothing() {
 }
 
 #[test]
+fn an_agent_asks_for_access_and_its_master_approves_or_denies() {
+    let broker = Broker::start();
+    let (master, master_key, _) = signed_in_master(&broker);
+    let master_wallet = master
+        .ok(&["key", "address", "--key-file", &master_key])
+        .trim()
+        .to_lowercase();
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, &master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", "bot1"]);
+        true
+    })
+    .expect("paired");
+
+    // The agent asks and waits; the master sees the terms and approves with its wallet.
+    let mut running = agent.spawn(&[
+        "grants",
+        "request",
+        "--scope",
+        "inbox/",
+        "--uses",
+        "2",
+        "--ttl",
+        "1h",
+        "--reason",
+        "read today's invoices",
+    ]);
+    let (id, stderr) = running.stderr_line("Access request: ");
+    let listed = master.ok(&["requests", "list"]);
+    for want in [
+        id.as_str(),
+        "bot1",
+        "inbox/",
+        "2 uses",
+        "1h",
+        "read today's invoices",
+    ] {
+        assert!(listed.contains(want), "{want}: {listed}");
+    }
+    let shown = master.ok(&["requests", "show", &id]);
+    assert!(
+        shown.contains(&format!("(tag {master_wallet}/inbox)")) && shown.contains("worst case:"),
+        "{shown}"
+    );
+    let err = master.fails(&["requests", "approve", &id], 1);
+    assert!(err.contains("--key-file"), "{err}");
+    let text = master.ok(&["requests", "approve", &id, "--key-file", &master_key]);
+    assert!(text.contains("grant_id:"), "{text}");
+
+    let (status, stdout) = running.finish(Duration::from_secs(30));
+    let stderr = stderr.join().expect("stderr thread");
+    assert!(
+        status.success(),
+        "grants request failed:\n{stdout}\n{stderr}"
+    );
+    let grant = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("grant_id:"))
+        .unwrap_or_else(|| panic!("no grant_id in {stdout}"))
+        .trim()
+        .to_owned();
+    let claims = jwt_payload(agent.ok(&["token", "--grant", &grant]).trim());
+    assert_eq!(claims["agentkeys_scope"], format!("{master_wallet}/inbox"));
+
+    // Asked without waiting, denied, then checked: the agent is told, with a failing status.
+    let asked: serde_json::Value = serde_json::from_str(&agent.ok(&[
+        "grants",
+        "request",
+        "--scope",
+        "outbox/",
+        "--ttl",
+        "10m",
+        "--reason",
+        "send",
+        "--no-wait",
+        "--json",
+    ]))
+    .expect("json");
+    assert_eq!(asked["status"], "pending", "{asked}");
+    let id = asked["request_id"].as_str().expect("request_id");
+    assert!(
+        master
+            .ok(&["requests", "deny", id])
+            .starts_with("Denied request")
+    );
+    let err = agent.fails(&["requests", "show", id, "--wait"], 1);
+    assert!(err.contains("denied"), "{err}");
+    let all = master.ok(&["requests", "list", "--all"]);
+    assert!(all.contains("approved") && all.contains("denied"), "{all}");
+    assert!(
+        master
+            .ok(&["requests", "list"])
+            .starts_with("No access requests are waiting")
+    );
+}
+
+#[test]
 fn grants_create_use_exhaust_and_revoke() {
     let broker = Broker::start();
     let (master, master_key, _) = signed_in_master(&broker);

@@ -5,12 +5,13 @@ use agentkeys_store::Session;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::routes::email::SESSION_COOKIE;
 use crate::session::token_hash;
 use crate::state::AppState;
 
@@ -117,8 +118,35 @@ pub fn bearer_of(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// A live session: the bearer token names a stored session that is neither expired nor
-/// revoked. Checked against the store on every request, so revocation is immediate.
+/// The console's session cookie in `headers`, if there is one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(name, value)| (name == SESSION_COOKIE).then_some(value))
+}
+
+/// The header a cookie-authenticated change must carry (`GET /v1/console/session` gives it).
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The CSRF token of a session: derived from its secret, so only a page that could read the
+/// session's own answer (same origin) knows it, and it dies with the session.
+pub fn csrf_token(session_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"agentkeys-console-csrf\0");
+    h.update(session_token.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// A live session: the bearer token (or, for the console, the session cookie) names a stored
+/// session that is neither expired nor revoked. Checked against the store on every request, so
+/// revocation is immediate. A request authenticated by the cookie that changes anything (any
+/// method but GET and HEAD) must also carry the session's CSRF token in `X-CSRF-Token`: a
+/// cross-site page can make the browser send the cookie, but cannot read the token.
 #[derive(Debug, Clone)]
 pub struct AuthSession(pub Session);
 
@@ -129,7 +157,23 @@ impl FromRequestParts<AppState> for AuthSession {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(ApiError::Unauthenticated)?;
+        let token = match bearer(parts) {
+            Some(token) => token,
+            None => {
+                let token = session_cookie(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+                let safe = matches!(parts.method, Method::GET | Method::HEAD);
+                let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+                if !safe && sent.is_none_or(|s| !constant_time_eq(s, &csrf_token(token))) {
+                    return Err(ApiError::Forbidden {
+                        kind: agentkeys_types::ErrorKind::CsrfFailed,
+                        message: "a change made with the console's session cookie needs its \
+                                  X-CSRF-Token header; reload the console"
+                            .into(),
+                    });
+                }
+                token
+            }
+        };
         if !crate::session::looks_like_token(token) {
             return Err(ApiError::Unauthenticated);
         }
@@ -144,6 +188,14 @@ impl FromRequestParts<AppState> for AuthSession {
         }
         Ok(AuthSession(session))
     }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// A live session of a master (not an agent): the only kind that may pair and manage agents.

@@ -33,7 +33,8 @@ use utoipa_axum::routes;
 
 use self::error::ApiError;
 use self::routes::{
-    agents, audit, auth, email, grants, identities, mint, oidc, oidc_signin, ops, session,
+    access, agents, audit, auth, console, email, grants, identities, mint, oidc, oidc_signin, ops,
+    session,
 };
 use crate::state::AppState;
 
@@ -66,6 +67,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
     let anonymous = OpenApiRouter::new()
         .routes(routes!(auth::wallet_challenge))
         .routes(routes!(auth::wallet_verify))
+        .routes(routes!(auth::wallet_browser))
         .routes(routes!(email::email_start))
         .routes(routes!(email::email_collect))
         .routes(routes!(email::email_browser))
@@ -92,11 +94,19 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .merge(anonymous)
         .routes(routes!(email::landing))
         .routes(routes!(email::landing_js))
+        .routes(routes!(console::index))
+        .routes(routes!(console::app_js))
+        .routes(routes!(console::app_css))
+        .routes(routes!(console::session))
         .routes(routes!(email::link_email_start))
         .routes(routes!(oidc_signin::link_oidc_start))
         .routes(routes!(grants::create))
         .routes(routes!(grants::list))
         .routes(routes!(grants::revoke))
+        .routes(routes!(access::create, access::list))
+        .routes(routes!(access::show))
+        .routes(routes!(access::approve))
+        .routes(routes!(access::deny))
         .routes(routes!(identities::list))
         .routes(routes!(identities::unlink))
         .routes(routes!(session::whoami))
@@ -105,11 +115,14 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(session::list_sessions))
         .routes(routes!(session::revoke_one))
         .routes(routes!(agents::pairing_approve))
+        .routes(routes!(agents::pairing_lookup))
+        .routes(routes!(agents::pairing_deny))
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::suspend_agent))
         .routes(routes!(agents::resume_agent))
         .routes(routes!(agents::remove_agent))
         .routes(routes!(audit::list))
+        .routes(routes!(audit::chain))
         .routes(routes!(mint::mint_oidc_jwt))
         .routes(routes!(mint::mint_aws_creds_retired))
         .routes(routes!(ops::healthz))

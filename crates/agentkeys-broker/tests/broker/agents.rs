@@ -9,21 +9,21 @@ use serde_json::{Value, json};
 
 use crate::app::{TestApp, error_of, sign, verify_jwt};
 
-struct Device {
+pub(crate) struct Device {
     key: PrivateKeySigner,
     /// Milliseconds; bumped for every proof so each is later than the last.
     clock_ms: i64,
 }
 
 impl Device {
-    fn new(app: &TestApp) -> Self {
+    pub(crate) fn new(app: &TestApp) -> Self {
         Self {
             key: PrivateKeySigner::random(),
             clock_ms: app.clock.now() * 1000,
         }
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         self.key.address().to_string().to_lowercase()
     }
 
@@ -38,7 +38,7 @@ impl Device {
         (self.clock_ms, sign(&self.key, &msg))
     }
 
-    async fn start(&mut self, app: &TestApp) -> Value {
+    pub(crate) async fn start(&mut self, app: &TestApp) -> Value {
         let (ts, sig) = self.proof(app, ProofAction::Pair, None);
         let r = app
             .post_json(
@@ -50,7 +50,7 @@ impl Device {
         r.json().await.unwrap()
     }
 
-    async fn poll(&mut self, app: &TestApp, pairing_id: &str) -> reqwest::Response {
+    pub(crate) async fn poll(&mut self, app: &TestApp, pairing_id: &str) -> reqwest::Response {
         let (ts, sig) = self.proof(app, ProofAction::Poll, Some(pairing_id));
         app.post_json(
             "/v1/agents/pairing/poll",

@@ -129,6 +129,11 @@ pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
         },
         oidc_providers: vec![],
         sts_max_session_seconds: 3600,
+        access_requests: agentkeys_broker::config::AccessRequestLimits {
+            max_pending: 5,
+            ttl_seconds: 900,
+            reason_max_bytes: 500,
+        },
         trusted_proxies: TrustedProxies::default(),
         // Out of the way unless a test is about them (every test client is 127.0.0.1).
         anonymous_limits: Limits {

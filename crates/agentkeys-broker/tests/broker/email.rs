@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::app::{TestApp, error_of};
 
 /// A real SMTP server writing every message into a maildir.
-struct SmtpSink {
+pub(crate) struct SmtpSink {
     child: Child,
     port: u16,
     maildir: tempfile::TempDir,
@@ -76,7 +76,7 @@ impl SmtpSink {
     /// Starts aiosmtpd on a free port. The port is picked by binding and releasing it, so
     /// another test may take it first: a sink whose process exits (its bind failed) is started
     /// again on another port, rather than this test talking to someone else's sink.
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let python = venv_python();
         for _ in 0..5 {
             let maildir = tempfile::tempdir().unwrap();
@@ -127,7 +127,7 @@ impl SmtpSink {
         panic!("aiosmtpd could not get a port in five tries")
     }
 
-    fn settings(&self) -> EmailDelivery {
+    pub(crate) fn settings(&self) -> EmailDelivery {
         EmailDelivery::Smtp(SmtpSettings {
             host: "127.0.0.1".into(),
             port: self.port,
@@ -139,7 +139,7 @@ impl SmtpSink {
     }
 
     /// Waits for the `n`th message (1-based) and returns it raw.
-    async fn message(&self, n: usize) -> String {
+    pub(crate) async fn message(&self, n: usize) -> String {
         let dir = self.maildir.path().join("mail/new");
         let started = Instant::now();
         loop {
@@ -193,7 +193,7 @@ fn link_token(message: &str, issuer: &str) -> String {
 }
 
 /// The one-time code in a message (`… code: ABCD-EFGH`).
-fn mailed_code(message: &str) -> String {
+pub(crate) fn mailed_code(message: &str) -> String {
     let message = decoded(message);
     let at = message
         .find("code: ")
@@ -209,7 +209,7 @@ pub fn verifier() -> (String, String) {
     (v, c)
 }
 
-async fn start(app: &TestApp, email: &str, challenge: &str) -> String {
+pub(crate) async fn start(app: &TestApp, email: &str, challenge: &str) -> String {
     let r = app
         .post_json(
             "/v1/auth/email/start",
@@ -224,7 +224,12 @@ async fn start(app: &TestApp, email: &str, challenge: &str) -> String {
         .to_owned()
 }
 
-async fn collect(app: &TestApp, request_id: &str, code: &str, verifier: &str) -> reqwest::Response {
+pub(crate) async fn collect(
+    app: &TestApp,
+    request_id: &str,
+    code: &str,
+    verifier: &str,
+) -> reqwest::Response {
     app.post_json(
         "/v1/auth/email/collect",
         json!({"request_id": request_id, "code": code, "code_verifier": verifier}),

@@ -5,6 +5,7 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod agents;
 mod anonymous;
 mod app;
@@ -13,6 +14,7 @@ mod audit_api;
 mod bad_input;
 mod binary;
 mod connections;
+mod console;
 mod data_dir;
 mod docs;
 mod email;

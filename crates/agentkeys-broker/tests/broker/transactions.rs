@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use agentkeys_broker::access::{self, OpenOutcome, PendingRequest};
 use agentkeys_broker::agents::{self, ApproveOutcome, ClaimOutcome, RenewOutcome};
 use agentkeys_broker::gate::{Gate, GateOutcome, GrantUse, LiveCheck, NotLive};
 use agentkeys_broker::session;
@@ -12,8 +13,8 @@ use agentkeys_broker::session::SessionSlot;
 use agentkeys_broker::sign_in::{self, LoginClaim};
 use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
-    ActorKind, AgentStatus, AuditKind, Grant, IdentityRef, LoginKey, LoginRequest, NewAuditEvent,
-    Outcome, PairingRequest, RateWindow, Session, Store, StoreError,
+    AccessRequest, ActorKind, AgentStatus, AuditKind, Grant, IdentityRef, LoginKey, LoginRequest,
+    NewAuditEvent, Outcome, PairingRequest, RateWindow, Session, Store, StoreError,
 };
 use agentkeys_types::OmniAccount;
 use serde_json::json;
@@ -1504,4 +1505,108 @@ async fn a_grant_raced_by_concurrent_gates_is_used_exactly_max_uses_times() {
     );
     assert_eq!(new.len(), RACERS, "one event per racer");
     assert_eq!(verify_chain(s).await, before + RACERS as u64);
+}
+
+// ---- access requests --------------------------------------------------------------------------
+
+fn access_request(id: &str, master: &OmniAccount, agent: &OmniAccount) -> AccessRequest {
+    AccessRequest {
+        id: id.into(),
+        agent: agent.clone(),
+        master: master.clone(),
+        scope: "inbox".into(),
+        max_uses: Some(2),
+        ttl_seconds: 3600,
+        reason: "r".into(),
+        created_at: 5,
+        expires_at: 600,
+        decision: None,
+        decided_at: None,
+        grant_id: None,
+    }
+}
+
+#[tokio::test]
+async fn access_requests_open_under_the_pending_limit_and_are_decided_once_by_their_master() {
+    let f = Fixture::new().await;
+    let s = f.store.as_ref();
+    let (master, stranger) = (omni("master"), omni("stranger"));
+    let bot = paired_bot(s, &master).await;
+    let open = |id: &'static str| {
+        let r = access_request(id, &master, &bot);
+        let (ok, no) = (
+            event(AuditKind::AccessRequested, 5),
+            denied(AuditKind::AccessRequested, 5),
+        );
+        s.transact(move |tx| access::open(tx, &r, 2, &ok, &no))
+    };
+    assert_eq!(open("r1").await.unwrap(), OpenOutcome::Opened);
+    assert_eq!(open("r2").await.unwrap(), OpenOutcome::Opened);
+    assert_eq!(open("r3").await.unwrap(), OpenOutcome::TooManyPending(2));
+    assert_eq!(
+        s.access_request("r3").await.unwrap(),
+        None,
+        "a refusal stores nothing"
+    );
+
+    // Only its master finds it pending; the decision is taken once.
+    let (m, st) = (master.clone(), stranger.clone());
+    let found = s
+        .transact(move |tx| {
+            Ok((
+                PendingRequest::check(tx, &st, "r1", 10)?.is_some(),
+                PendingRequest::check(tx, &m, "r1", 600)?.is_some(),
+                PendingRequest::check(tx, &m, "r1", 10)?.is_some(),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(found, (false, false, true), "stranger, expired, master");
+    let approve_once = |n: i64| {
+        let (m, g) = (
+            master.clone(),
+            grant(&format!("g{n}"), &master, &bot, Some(2)),
+        );
+        let (created, approved) = (
+            event(AuditKind::GrantCreated, n),
+            event(AuditKind::AccessApproved, n),
+        );
+        s.transact(move |tx| match PendingRequest::check(tx, &m, "r1", 10)? {
+            Some(p) => access::approve(tx, p, g, 10, &created, &approved).map(Some),
+            None => Ok(None),
+        })
+    };
+    let (first, second) = tokio::join!(approve_once(1), approve_once(2));
+    let made: Vec<Grant> = [first.unwrap(), second.unwrap()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(made.len(), 1, "two racing approvals make one grant");
+    let r1 = s.access_request("r1").await.unwrap().unwrap();
+    assert_eq!(r1.grant_id.as_deref(), Some(made[0].id.as_str()));
+    assert_eq!(s.grants_of(Some(&master), None).await.unwrap().len(), 1);
+
+    // Denying a decided request does nothing; denying a pending one frees a slot.
+    let deny = |id: &'static str| {
+        let m = master.clone();
+        let e = event(AuditKind::AccessDenied, 20);
+        s.transact(move |tx| match PendingRequest::check(tx, &m, id, 20)? {
+            Some(p) => access::deny(tx, p, 20, &e),
+            None => Ok(false),
+        })
+    };
+    assert!(!deny("r1").await.unwrap());
+    assert!(deny("r2").await.unwrap());
+    assert_eq!(open("r4").await.unwrap(), OpenOutcome::Opened);
+    let k = kinds_and_outcomes(s).await;
+    for (kind, outcome, n) in [
+        ("access.requested", "ok", 3),
+        ("access.requested", "denied", 1),
+        ("access.approved", "ok", 1),
+        ("access.denied", "ok", 1),
+    ] {
+        let seen = k.iter().filter(|(a, b)| a == kind && b == outcome).count();
+        assert_eq!(seen, n, "{kind} {outcome}: {k:?}");
+    }
+    verify_chain(s).await;
 }

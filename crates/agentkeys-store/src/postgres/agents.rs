@@ -54,6 +54,8 @@ const PENDING_PAIRING: &str = concat!(
 );
 const ADVANCE_PAIRING_PROOF: &str =
     "UPDATE pairing_requests SET last_proof_ms = $1 WHERE id = $2 AND last_proof_ms < $1";
+const END_PAIRING: &str = "UPDATE pairing_requests SET expires_at = $1
+     WHERE id = $2 AND agent IS NULL AND expires_at > $1";
 const SET_PAIRING_AGENT: &str =
     "UPDATE pairing_requests SET agent = $1 WHERE id = $2 AND agent IS NULL";
 const MARK_PAIRING_CLAIMED: &str =
@@ -153,6 +155,10 @@ pub(super) fn set_pairing_agent(
     agent: &OmniAccount,
 ) -> Result<bool> {
     Ok(db.execute(SET_PAIRING_AGENT, &[&agent.as_str(), &id])? > 0)
+}
+
+pub(super) fn end_pairing(db: &mut Db<'_, '_>, id: &str, now: i64) -> Result<bool> {
+    Ok(db.execute(END_PAIRING, &[&now, &id])? > 0)
 }
 
 pub(super) fn mark_pairing_claimed(db: &mut Db<'_, '_>, id: &str, now: i64) -> Result<bool> {

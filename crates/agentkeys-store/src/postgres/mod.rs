@@ -20,6 +20,7 @@
 //! network; a URL asking for `sslmode=require` fails to connect rather than silently
 //! downgrading.
 
+mod access;
 mod agents;
 mod audit;
 mod batch;
@@ -43,8 +44,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::{
-    Agent, AuditEvent, AuditQuery, Grant, Identity, LoginKey, LoginRequest, PairingRequest, Result,
-    Session, SigningKeyRecord, Store, StoreError, Work,
+    AccessRequest, Agent, AuditEvent, AuditQuery, Grant, Identity, LoginKey, LoginRequest,
+    PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError, Work,
 };
 use agentkeys_types::OmniAccount;
 use batch::{Batch, Conn};
@@ -67,6 +68,7 @@ const RECONNECT_BUDGET: Duration = Duration::from_secs(15);
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_audit_hash_format.sql"),
+    include_str!("../../migrations/postgres/0003_access_requests.sql"),
 ];
 
 type Statements = HashMap<&'static str, Statement>;
@@ -523,6 +525,22 @@ impl Store for PostgresStore {
         let agent = agent.map(OmniAccount::as_str);
         let rows = self.query(grants::SELECT_OF, &[&master, &agent]).await?;
         all(rows, grants::grant_row)
+    }
+
+    async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>> {
+        let row = self.query_opt(access::SELECT, &[&id]).await?;
+        row.as_ref().map(access::row).transpose()
+    }
+
+    async fn access_requests_of(
+        &self,
+        master: Option<&OmniAccount>,
+        agent: Option<&OmniAccount>,
+    ) -> Result<Vec<AccessRequest>> {
+        let master = master.map(OmniAccount::as_str);
+        let agent = agent.map(OmniAccount::as_str);
+        let rows = self.query(access::SELECT_OF, &[&master, &agent]).await?;
+        all(rows, access::row)
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {

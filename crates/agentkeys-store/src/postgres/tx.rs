@@ -5,11 +5,11 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::batch::Batch;
-use super::{Params, agents, audit, grants, keys, limits, logins, sessions};
+use super::{Params, access, agents, audit, grants, keys, limits, logins, sessions};
 use crate::{
-    Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest,
-    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord,
-    Tx,
+    AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
+    LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
+    SessionFilter, SigningKeyRecord, Tx,
 };
 use agentkeys_types::OmniAccount;
 
@@ -145,6 +145,10 @@ impl Tx for PgTx<'_, '_> {
         agents::set_pairing_agent(&mut self.db, id, agent)
     }
 
+    fn end_pairing(&mut self, id: &str, now: i64) -> Result<bool> {
+        agents::end_pairing(&mut self.db, id, now)
+    }
+
     fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool> {
         agents::mark_pairing_claimed(&mut self.db, id, now)
     }
@@ -210,6 +214,28 @@ impl Tx for PgTx<'_, '_> {
 
     fn revoke_grant(&mut self, master: &OmniAccount, id: &str, now: i64) -> Result<bool> {
         grants::revoke_grant(&mut self.db, master, id, now)
+    }
+
+    fn insert_access_request(&mut self, request: &AccessRequest) -> Result<()> {
+        access::insert(&mut self.db, request)
+    }
+
+    fn access_request(&mut self, id: &str) -> Result<Option<AccessRequest>> {
+        access::get(&mut self.db, id)
+    }
+
+    fn pending_access_requests(&mut self, agent: &OmniAccount, now: i64) -> Result<u64> {
+        access::pending_of(&mut self.db, agent, now)
+    }
+
+    fn decide_access_request(
+        &mut self,
+        id: &str,
+        decision: AccessDecision,
+        grant_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        access::decide(&mut self.db, id, decision, grant_id, now)
     }
 
     fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<()> {

@@ -170,6 +170,16 @@ pub(super) fn set_pairing_agent(
     Ok(n > 0)
 }
 
+pub(super) fn end_pairing(conn: &Connection, id: &str, now: i64) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE pairing_requests SET expires_at = ?1
+             WHERE id = ?2 AND agent IS NULL AND expires_at > ?1",
+        )?
+        .execute(params![now, id])?;
+    Ok(n > 0)
+}
+
 pub(super) fn mark_pairing_claimed(
     conn: &Connection,
     id: &str,

@@ -19,6 +19,7 @@
 //! The SQL lives in one module per domain as free functions over a [`Connection`]; the same
 //! function serves the writer's [`Tx`](crate::Tx) (see `tx.rs`) and the reads below.
 
+mod access;
 mod agents;
 mod audit;
 mod grants;
@@ -39,8 +40,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Row, TransactionBehavior};
 use tokio::sync::mpsc;
 
 use crate::{
-    ActorKind, Agent, AgentStatus, AuditEvent, AuditQuery, Grant, Identity, LoginKey, LoginRequest,
-    PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError, Work,
+    AccessRequest, ActorKind, Agent, AgentStatus, AuditEvent, AuditQuery, Grant, Identity,
+    LoginKey, LoginRequest, PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError,
+    Work,
 };
 
 /// Most works one commit carries; bounds the latency a large burst adds to its first caller.
@@ -59,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_bound_logins.sql"),
     include_str!("../../migrations/sqlite/0007_sealed_keys.sql"),
     include_str!("../../migrations/sqlite/0008_audit_hash_format.sql"),
+    include_str!("../../migrations/sqlite/0009_access_requests.sql"),
 ];
 
 pub struct SqliteStore {
@@ -533,6 +536,20 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Grant>> {
         let (master, agent) = (master.cloned(), agent.cloned());
         self.scan(move |c| grants::of(c, master.as_ref(), agent.as_ref()))
+            .await
+    }
+
+    async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>> {
+        self.readers.with(|c| access::get(c, id))
+    }
+
+    async fn access_requests_of(
+        &self,
+        master: Option<&OmniAccount>,
+        agent: Option<&OmniAccount>,
+    ) -> Result<Vec<AccessRequest>> {
+        let (master, agent) = (master.cloned(), agent.cloned());
+        self.scan(move |c| access::of(c, master.as_ref(), agent.as_ref()))
             .await
     }
 

@@ -5,11 +5,11 @@ use agentkeys_types::OmniAccount;
 use rusqlite::Connection;
 
 use super::audit::Head;
-use super::{agents, audit, grants, keys, limits, logins, sessions};
+use super::{access, agents, audit, grants, keys, limits, logins, sessions};
 use crate::{
-    Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest,
-    NewAuditEvent, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord,
-    StoreError, Tx,
+    AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
+    LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
+    SessionFilter, SigningKeyRecord, StoreError, Tx,
 };
 
 pub(super) struct SqliteTx<'a> {
@@ -112,6 +112,10 @@ impl Tx for SqliteTx<'_> {
         Ok(agents::set_pairing_agent(self.conn, id, agent)?)
     }
 
+    fn end_pairing(&mut self, id: &str, now: i64) -> Result<bool> {
+        Ok(agents::end_pairing(self.conn, id, now)?)
+    }
+
     fn mark_pairing_claimed(&mut self, id: &str, now: i64) -> Result<bool> {
         Ok(agents::mark_pairing_claimed(self.conn, id, now)?)
     }
@@ -179,6 +183,28 @@ impl Tx for SqliteTx<'_> {
 
     fn revoke_grant(&mut self, master: &OmniAccount, id: &str, now: i64) -> Result<bool> {
         Ok(grants::revoke(self.conn, master, id, now)?)
+    }
+
+    fn insert_access_request(&mut self, request: &AccessRequest) -> Result<()> {
+        Ok(access::insert(self.conn, request)?)
+    }
+
+    fn access_request(&mut self, id: &str) -> Result<Option<AccessRequest>> {
+        Ok(access::get(self.conn, id)?)
+    }
+
+    fn pending_access_requests(&mut self, agent: &OmniAccount, now: i64) -> Result<u64> {
+        Ok(access::pending_of(self.conn, agent, now)?)
+    }
+
+    fn decide_access_request(
+        &mut self,
+        id: &str,
+        decision: AccessDecision,
+        grant_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(access::decide(self.conn, id, decision, grant_id, now)?)
     }
 
     fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<()> {

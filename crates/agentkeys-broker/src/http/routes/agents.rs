@@ -5,8 +5,8 @@ use agentkeys_types::OmniAccount;
 use agentkeys_types::WalletAddress;
 use agentkeys_types::api::{
     AgentInfo, AgentList, AgentSessionRequest, AgentStatus, PairingApproveRequest,
-    PairingPollRequest, PairingPollResponse, PairingStartRequest, PairingStartResponse,
-    PairingStatus, SessionIssued,
+    PairingCodeRequest, PairingPending, PairingPollRequest, PairingPollResponse,
+    PairingStartRequest, PairingStartResponse, PairingStatus, SessionIssued,
 };
 use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::pairing::{ProofAction, display_code, normalize_code, valid_label};
@@ -121,46 +121,14 @@ pub async fn pairing_approve(
     MasterSession(master): MasterSession,
     Json(req): Json<PairingApproveRequest>,
 ) -> Result<axum::Json<AgentInfo>, ApiError> {
-    // Masters are free (anyone can make a wallet), so the per-master limit below alone would
-    // let one client guess codes with many masters: attempts are limited per client IP and
-    // overall too, in memory, before anything is read or written.
-    limit::admit(&state, &state.approve_limiter, "pairing_approve", ip)?;
-    let code = normalize_code(&req.code).ok_or_else(|| {
-        ApiError::BadRequest("code is the 8-character code the agent shows, e.g. ABCD-EFGH".into())
-    })?;
     if !valid_label(&req.label) {
         return Err(ApiError::BadRequest(
             "label is 1-32 characters of a-z, 0-9 and '-'".into(),
         ));
     }
+    let code = count_attempt(&state, ip, &master, &req.code, json!({"label": req.label})).await?;
     let now = state.clock.now();
     let m = master.omni.as_str();
-    // Every attempt counts, so codes cannot be guessed; each attempt is audited.
-    let details = json!({"label": req.label, "session": session_ref(&master.token_hash)});
-    let attempt = event(
-        now,
-        AuditKind::AgentApproveAttempt,
-        Some(m),
-        Some(m),
-        Outcome::Ok,
-        details.clone(),
-    );
-    let mut denied = event(
-        now,
-        AuditKind::AgentApproveAttempt,
-        Some(m),
-        Some(m),
-        Outcome::Denied,
-        details,
-    );
-    denied.details["reason"] = json!("rate_limited");
-    if let GateOutcome::Limited { retry_after, .. } =
-        Gate::limits(LimitedAction::PairingApproval { master: m }.buckets(&state.settings))
-            .append(&*state.store, now, attempt, denied)
-            .await?
-    {
-        return Err(ApiError::RateLimited { retry_after });
-    }
     let agent_omni = OmniAccount::for_agent(&master.omni, &req.label).to_string();
     let paired = event(
         now,
@@ -177,9 +145,7 @@ pub async fn pairing_approve(
         .await?;
     match approved {
         ApproveOutcome::Approved(agent) => Ok(axum::Json(agent_info(&agent))),
-        ApproveOutcome::UnknownCode => Err(ApiError::NotFound(
-            "no pending pairing request has that code; codes expire after 10 minutes, ask the agent for a new one".into(),
-        )),
+        ApproveOutcome::UnknownCode => Err(no_pending_code()),
         ApproveOutcome::LabelTaken => Err(ApiError::Conflict(format!(
             "you already have (or had) an agent labelled {:?}; labels name an agent's identity and are never reused",
             req.label
@@ -280,6 +246,123 @@ pub async fn pairing_poll(
             "the proof's timestamp is not later than the previous poll's (a replay?)".into(),
         )),
         ClaimOutcome::Gone => Err(gone()),
+    }
+}
+
+/// One master's attempt at a pairing code (approve, look up, deny): codes are short, so every
+/// attempt counts against the per-master limit and is audited; since masters are free (anyone
+/// can make a wallet), attempts are limited per client IP and overall too, in memory, before
+/// anything is read or written. The code, normalised.
+async fn count_attempt(
+    state: &AppState,
+    ip: ClientIp,
+    master: &Session,
+    code: &str,
+    mut details: serde_json::Value,
+) -> Result<String, ApiError> {
+    limit::admit(state, &state.approve_limiter, "pairing_approve", ip)?;
+    let code = normalize_code(code).ok_or_else(|| {
+        ApiError::BadRequest("code is the 8-character code the agent shows, e.g. ABCD-EFGH".into())
+    })?;
+    let now = state.clock.now();
+    let m = master.omni.as_str();
+    details["session"] = json!(session_ref(&master.token_hash));
+    let attempt = event(
+        now,
+        AuditKind::AgentApproveAttempt,
+        Some(m),
+        Some(m),
+        Outcome::Ok,
+        details.clone(),
+    );
+    let mut denied = event(
+        now,
+        AuditKind::AgentApproveAttempt,
+        Some(m),
+        Some(m),
+        Outcome::Denied,
+        details,
+    );
+    denied.details["reason"] = json!("rate_limited");
+    if let GateOutcome::Limited { retry_after, .. } =
+        Gate::limits(LimitedAction::PairingApproval { master: m }.buckets(&state.settings))
+            .append(&*state.store, now, attempt, denied)
+            .await?
+    {
+        return Err(ApiError::RateLimited { retry_after });
+    }
+    Ok(code)
+}
+
+fn no_pending_code() -> ApiError {
+    ApiError::NotFound(
+        "no pending pairing request has that code; codes expire after 10 minutes, ask the agent for a new one".into(),
+    )
+}
+
+/// Master side: which device a pairing code names (its address), before approving or denying.
+/// Counted and limited as approvals are.
+#[utoipa::path(post, path = "/v1/agents/pairing/lookup", tag = "agents", security(("bearer" = [])),
+    request_body = PairingCodeRequest,
+    responses(
+        (status = 200, body = PairingPending),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 404, body = agentkeys_types::ErrorBody),
+        (status = 429, body = agentkeys_types::ErrorBody)))]
+pub async fn pairing_lookup(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    MasterSession(master): MasterSession,
+    Json(req): Json<PairingCodeRequest>,
+) -> Result<axum::Json<PairingPending>, ApiError> {
+    let code = count_attempt(&state, ip, &master, &req.code, json!({"action": "lookup"})).await?;
+    let now = state.clock.now();
+    let found = state
+        .store
+        .transact(move |tx| tx.pending_pairing(&code, now))
+        .await?
+        .ok_or_else(no_pending_code)?;
+    Ok(axum::Json(PairingPending {
+        code: display_code(&found.code),
+        device_address: found.device_address,
+        created_at: rfc3339(found.created_at),
+        expires_at: rfc3339(found.expires_at),
+    }))
+}
+
+/// Master side: refuse a device's pairing code; its polls then find the request gone.
+#[utoipa::path(post, path = "/v1/agents/pairing/deny", tag = "agents", security(("bearer" = [])),
+    request_body = PairingCodeRequest,
+    responses(
+        (status = 204, description = "Refused"),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 404, body = agentkeys_types::ErrorBody),
+        (status = 429, body = agentkeys_types::ErrorBody)))]
+pub async fn pairing_deny(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    MasterSession(master): MasterSession,
+    Json(req): Json<PairingCodeRequest>,
+) -> Result<StatusCode, ApiError> {
+    let code = count_attempt(&state, ip, &master, &req.code, json!({"action": "deny"})).await?;
+    let now = state.clock.now();
+    let m = master.omni.as_str();
+    let denied = event(
+        now,
+        AuditKind::AgentPairingDenied,
+        Some(m),
+        Some(m),
+        Outcome::Ok,
+        json!({"session": session_ref(&master.token_hash)}),
+    );
+    let done = state
+        .store
+        .transact(move |tx| agents::deny_pairing(tx, &code, now, &denied))
+        .await?;
+    if done {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_pending_code())
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
+use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{AuditEvent, AuditQuery};
-use agentkeys_types::api::{AuditEventInfo, AuditPage};
+use agentkeys_types::api::{AuditChainStatus, AuditEventInfo, AuditPage};
 use axum::extract::{Query, State};
 
 use crate::clock::rfc3339;
@@ -55,6 +56,44 @@ pub async fn list(
     Ok(axum::Json(AuditPage {
         events: events.into_iter().map(info).collect(),
         next,
+    }))
+}
+
+/// Serialises verifications: each reads the whole log, so concurrent callers wait for one
+/// another instead of scanning it side by side.
+static VERIFYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether the whole audit chain (every master's events: the chain is one) verifies, as
+/// `agentkeys-broker audit verify` checks it.
+#[utoipa::path(get, path = "/v1/audit/chain", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = AuditChainStatus), (status = 401, body = agentkeys_types::ErrorBody),
+        (status = 403, body = agentkeys_types::ErrorBody)))]
+pub async fn chain(
+    State(state): State<AppState>,
+    MasterSession(_master): MasterSession,
+) -> Result<axum::Json<AuditChainStatus>, ApiError> {
+    let _one_at_a_time = VERIFYING.lock().await;
+    let mut verifier = ChainVerifier::default();
+    let mut after = 0;
+    let mut broken = None;
+    'pages: loop {
+        let page = state.store.audit_events(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for event in &page {
+            if let Err(e) = verifier.check(event) {
+                broken = Some(e);
+                break 'pages;
+            }
+        }
+    }
+    Ok(axum::Json(AuditChainStatus {
+        intact: broken.is_none(),
+        verified_events: verifier.verified(),
+        head_seq: verifier.verified(),
+        head_hash: verifier.head_hash().to_owned(),
+        broken_at: broken.as_ref().map(|b| b.seq),
+        reason: broken.map(|b| b.reason),
     }))
 }
 

@@ -2,21 +2,23 @@
 
 use agentkeys_store::{Challenge, NewAuditEvent};
 use agentkeys_types::api::{
-    ChallengePurpose, SessionIssued, WalletChallengeRequest, WalletChallengeResponse, WalletProof,
-    WalletVerifyRequest,
+    ActorKind, ChallengePurpose, ConsoleSession, SessionIssued, WalletChallengeRequest,
+    WalletChallengeResponse, WalletProof, WalletVerifyRequest,
 };
 use agentkeys_types::audit::{AuditKind, Outcome};
 use agentkeys_types::identity::canonical_email;
 use agentkeys_types::login::{SIGN_IN_STATEMENT, challenge_statement};
 use agentkeys_types::{OmniAccount, WalletAddress};
 use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::clock::rfc3339;
 use crate::denials::DenialKind;
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
-use crate::http::extract::Json;
+use crate::http::extract::{Json, csrf_token};
 use crate::session::SessionSlot;
 use crate::session::{new_token, random_id, session_ref};
 use crate::state::AppState;
@@ -56,6 +58,12 @@ pub async fn wallet_challenge(
                 ));
             }
             Some(ChallengePurpose::LinkOidc(provider))
+        }
+        Some(ChallengePurpose::ApproveAccess(a)) => {
+            // Only the shape: the broker accepts the signature at approval only if every field
+            // is the request's own (see `routes::access::approve`).
+            super::access::check_approval_shape(&a)?;
+            Some(ChallengePurpose::ApproveAccess(a))
         }
     };
     let now = state.clock.now();
@@ -101,9 +109,53 @@ pub async fn wallet_verify(
     ip: ClientIp,
     Json(req): Json<WalletVerifyRequest>,
 ) -> Result<axum::Json<SessionIssued>, ApiError> {
+    sign_in(&state, ip, &req, "cli").await.map(axum::Json)
+}
+
+/// Sign in this browser with a wallet (the console): the same challenge and signature as
+/// `POST /v1/auth/wallet/verify`, but the session goes into an HttpOnly, SameSite=Strict cookie
+/// and never into the page; the answer carries the console's CSRF token.
+#[utoipa::path(post, path = "/v1/auth/wallet/browser", tag = "auth",
+    request_body = WalletVerifyRequest,
+    responses(
+        (status = 200, body = ConsoleSession, description = "Signed in; the session is in the Set-Cookie header"),
+        (status = 400, body = agentkeys_types::ErrorBody),
+        (status = 401, body = agentkeys_types::ErrorBody)))]
+pub async fn wallet_browser(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Json(req): Json<WalletVerifyRequest>,
+) -> Result<Response, ApiError> {
+    let issued = sign_in(&state, ip, &req, "browser").await?;
+    let body = ConsoleSession {
+        omni_account: issued.omni_account,
+        wallet: issued.wallet,
+        kind: ActorKind::Master,
+        expires_at: issued.expires_at,
+        via: None,
+        csrf_token: csrf_token(&issued.session_token),
+    };
+    let cookie = super::console::session_cookie(&state, &issued.session_token)?;
+    Ok((
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+/// Checks the signature over a taken challenge and stores the new master session.
+async fn sign_in(
+    state: &AppState,
+    ip: ClientIp,
+    req: &WalletVerifyRequest,
+    client: &str,
+) -> Result<SessionIssued, ApiError> {
     let signature = check_shape(&req.challenge_id, &req.signature)?;
     let now = state.clock.now();
-    let Some(challenge) = take_challenge(&state, &req.challenge_id).await? else {
+    let Some(challenge) = take_challenge(state, &req.challenge_id).await? else {
         // A made-up (or spent) id names no address: nobody's sign-in was attempted, so it is
         // counted in aggregate rather than chained one event per guess.
         metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "failed")
@@ -154,7 +206,7 @@ pub async fn wallet_verify(
         actor: Some(omni.to_string()),
         master: Some(omni.to_string()),
         outcome: Outcome::Ok,
-        details: json!({"wallet": wallet.as_str(), "session": session_ref(&token.hash), "expires_at": expires_at}),
+        details: json!({"wallet": wallet.as_str(), "session": session_ref(&token.hash), "expires_at": expires_at, "client": client}),
     };
     state
         .store
@@ -166,12 +218,12 @@ pub async fn wallet_verify(
     metrics::counter!(crate::metrics::SIGN_INS, "method" => "wallet", "outcome" => "ok")
         .increment(1);
     tracing::info!(omni = %omni, session = session_ref(&token.hash), "sign_in.wallet.ok");
-    Ok(axum::Json(SessionIssued {
+    Ok(SessionIssued {
         session_token: token.token,
         expires_at: rfc3339(expires_at),
         omni_account: omni.to_string(),
         wallet: Some(wallet.to_string()),
-    }))
+    })
 }
 
 /// Removes the challenge and returns it: each is answered at most once.
@@ -207,17 +259,10 @@ pub(super) async fn step_up(
     proof: &WalletProof,
     purpose: &ChallengePurpose,
 ) -> Result<(), ApiError> {
-    let signature = check_shape(&proof.challenge_id, &proof.signature)?;
     let now = state.clock.now();
-    let challenge = take_challenge(state, &proof.challenge_id).await?;
-    let verified = match &challenge {
-        None => Err(SignInError::UnknownChallenge),
-        Some(c) => wallet::verify(c, &challenge_statement(Some(purpose)), &signature, now),
-    };
-    let reason = match verified {
-        Ok(w) if w.as_str().eq_ignore_ascii_case(master_wallet) => return Ok(()),
-        Ok(_) => "the signature is not from this master's wallet".to_owned(),
-        Err(e) => e.to_string(),
+    let reason = match wallet_proof(state, master_wallet, proof, purpose).await? {
+        Ok(_) => return Ok(()),
+        Err(reason) => reason,
     };
     let details = json!({"reason": reason, "purpose": purpose});
     state
@@ -237,5 +282,28 @@ pub(super) async fn step_up(
             "linking an identity needs a fresh signature by this master's wallet over a challenge \
              for this identity: {reason}"
         ),
+    })
+}
+
+/// Checks a fresh signature by `master_wallet` over a challenge issued for exactly `purpose`;
+/// the challenge is spent whatever the outcome. `Ok(message)`: the signed EIP-4361 message;
+/// `Err(reason)`: why it does not prove anything.
+pub(super) async fn wallet_proof(
+    state: &AppState,
+    master_wallet: &str,
+    proof: &WalletProof,
+    purpose: &ChallengePurpose,
+) -> Result<Result<String, String>, ApiError> {
+    let signature = check_shape(&proof.challenge_id, &proof.signature)?;
+    let now = state.clock.now();
+    let challenge = take_challenge(state, &proof.challenge_id).await?;
+    let verified = match &challenge {
+        None => Err(SignInError::UnknownChallenge),
+        Some(c) => wallet::verify(c, &challenge_statement(Some(purpose)), &signature, now),
+    };
+    Ok(match (verified, challenge) {
+        (Ok(w), Some(c)) if w.as_str().eq_ignore_ascii_case(master_wallet) => Ok(c.message),
+        (Ok(_), _) => Err("the signature is not from this master's wallet".to_owned()),
+        (Err(e), _) => Err(e.to_string()),
     })
 }

@@ -244,9 +244,9 @@ pub const LANDING_JS: &str = r#"(() => {
         credentials: "same-origin",
       });
       const body = await r.json();
-      status.textContent = r.ok
-        ? "This browser is signed in as " + (body.wallet || body.email) + "."
-        : "Not signed in: " + body.message;
+      if (!r.ok) { status.textContent = "Not signed in: " + body.message; return; }
+      status.textContent = "This browser is signed in as " + (body.wallet || body.email) +
+        ". The console is at " + location.origin + "/console.";
     } catch (e) { status.textContent = "Not signed in: the broker could not be reached."; }
   });
 })();
@@ -300,17 +300,7 @@ pub async fn email_browser(
     };
     metrics::counter!(crate::metrics::SIGN_INS, "method" => "email_browser", "outcome" => "ok")
         .increment(1);
-    let secure = if state.settings.issuer.url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={ttl}{secure}",
-        token.token
-    );
-    let cookie = HeaderValue::from_str(&cookie)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("session cookie: {e}")))?;
+    let cookie = super::console::session_cookie(&state, &token.token)?;
     let body = BrowserSignedIn {
         omni_account: session.omni.to_string(),
         wallet: session.wallet,

@@ -19,11 +19,11 @@ use crate::session::random_id;
 use crate::state::AppState;
 
 /// Longest grant, in seconds.
-const MAX_GRANT_SECONDS: i64 = 365 * 86_400;
+pub(crate) const MAX_GRANT_SECONDS: i64 = 365 * 86_400;
 
 /// `inbox/` or `projects/x` → `inbox` / `projects/x`: segments of letters, digits and `._-`,
 /// no `.` or `..`, no leading slash.
-fn normalize_scope(scope: &str) -> Option<String> {
+pub(crate) fn normalize_scope(scope: &str) -> Option<String> {
     let trimmed = scope.strip_suffix('/').unwrap_or(scope);
     let ok = !trimmed.is_empty()
         && trimmed.len() <= 160
@@ -38,9 +38,21 @@ fn normalize_scope(scope: &str) -> Option<String> {
     ok.then(|| trimmed.to_owned())
 }
 
-fn info(state: &AppState, g: &Grant) -> GrantInfo {
+/// How long credentials minted under a grant can outlive its revocation, as every grant (and
+/// every access request) states it.
+pub(crate) fn exposure(state: &AppState) -> WorstCaseExposure {
     let ttl = state.settings.jwt_ttl_seconds;
     let sts = state.settings.sts_max_session_seconds;
+    WorstCaseExposure {
+        seconds: (ttl + sts) as u64,
+        explanation: format!(
+            "revocation stops new mints at once, but a JWT minted just before stays valid for up to \
+             {ttl} s and the STS credentials bought with it for up to {sts} s (the role's maximum session)"
+        ),
+    }
+}
+
+pub(crate) fn info(state: &AppState, g: &Grant) -> GrantInfo {
     GrantInfo {
         grant_id: g.id.clone(),
         agent: g.agent.to_string(),
@@ -55,13 +67,7 @@ fn info(state: &AppState, g: &Grant) -> GrantInfo {
         max_uses: g.max_uses.map(|m| m as u32),
         uses: g.uses as u32,
         revoked_at: g.revoked_at.map(rfc3339),
-        worst_case_exposure: WorstCaseExposure {
-            seconds: (ttl + sts) as u64,
-            explanation: format!(
-                "revocation stops new mints at once, but a JWT minted just before stays valid for up to \
-                 {ttl} s and the STS credentials bought with it for up to {sts} s (the role's maximum session)"
-            ),
-        },
+        worst_case_exposure: exposure(state),
     }
 }
 
@@ -152,6 +158,7 @@ pub async fn list(
     };
     Ok(axum::Json(GrantList {
         grants: grants.iter().map(|g| info(&state, g)).collect(),
+        worst_case_exposure: exposure(&state),
     }))
 }
 

@@ -1,6 +1,8 @@
+pub mod access;
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod email;
 pub mod grants;
 pub mod identities;

@@ -3,7 +3,8 @@
 use agentkeys_types::api::{SessionInfo, SessionList, WhoAmI};
 use agentkeys_types::audit::{AuditKind, Outcome};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::event;
@@ -31,7 +32,7 @@ pub async fn whoami(AuthSession(s): AuthSession) -> axum::Json<WhoAmI> {
 pub async fn logout(
     State(state): State<AppState>,
     AuthSession(s): AuthSession,
-) -> Result<StatusCode, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let now = state.clock.now();
     let audit = event(
         now,
@@ -45,7 +46,11 @@ pub async fn logout(
         .store
         .transact(move |tx| session::revoke(tx, &s.token_hash, now, &audit))
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    // A console's cookie goes with the session it named.
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, super::console::CLEAR_COOKIE)],
+    ))
 }
 
 /// The caller's live sessions.
