@@ -100,6 +100,7 @@ pub fn write_kek(dir: &std::path::Path) -> PathBuf {
 pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
         data_dir: dir.to_path_buf(),
         issuer: Issuer::parse(url, true).unwrap(),
         dev: true,
