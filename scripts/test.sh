@@ -99,7 +99,7 @@ AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
 step "README walkthrough (runs the documented commands against a fresh broker)"
 scripts/check-readme.sh
 
-step "operator runbook (its checked block against a fresh broker)"
+step "operator runbook and AWS quickstart (their checked blocks against a fresh broker)"
 scripts/check-runbook.sh
 
 step "deploy docs and systemd units"
