@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Keeps docs/deploy.md and deploy/systemd/ true:
+# Keeps docs/deploy.md, docs/quickstart-aws.md and deploy/systemd/ true:
 #  * `systemd-analyze verify` on the units (a copy, with the binary path pointed at the built
 #    broker), failing on any warning or error about them;
 #  * every BROKER_* setting named in the units, broker.env.example and docs/deploy.md exists in
-#    docs/configuration.md (generated from the code);
-#  * every `agentkeys-broker SUBCOMMAND … --flag` in docs/deploy.md's code is accepted by the
+#    docs/configuration.md (generated from the code), and so is each in docs/quickstart-aws.md;
+#  * every `agentkeys-broker SUBCOMMAND … --flag` in the two documents' code is accepted by the
 #    built binary's --help.
 #
 #   scripts/check-deploy.sh            # AGENTKEYS_BROKER_BIN defaults to the debug build
@@ -19,13 +19,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 bin="${AGENTKEYS_BROKER_BIN:-$CARGO_TARGET_DIR/debug/agentkeys-broker}"
 units=(deploy/systemd/agentkeys-broker.service deploy/systemd/agentkeys-broker@.service)
 env_example=deploy/systemd/broker.env.example
-doc=docs/deploy.md
+docs=(docs/deploy.md docs/quickstart-aws.md)
 
 fail() { echo "check-deploy: $*" >&2; exit 1; }
 
 [[ -x "$bin" ]] || fail "no broker binary at $bin: build it (cargo build -p agentkeys-broker) or set AGENTKEYS_BROKER_BIN"
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
-for f in "${units[@]}" "$env_example" "$doc" docs/configuration.md; do
+for f in "${units[@]}" "$env_example" "${docs[@]}" docs/configuration.md; do
   [[ -f "$f" ]] || fail "missing $f"
 done
 
@@ -44,21 +44,24 @@ while read -r name; do
   else
     grep -qx "$name" "$scratch/known" && continue
   fi
-  where=$(grep -l -- "$name" "${units[@]}" "$env_example" "$doc" | paste -sd, -)
+  where=$(grep -l -- "$name" "${units[@]}" "$env_example" "${docs[@]}" | paste -sd, -)
   echo "check-deploy: $name (in $where) is not a setting in docs/configuration.md" >&2
   missing=1
-done < <(grep -ho 'BROKER_[A-Z0-9_]*' "${units[@]}" "$env_example" "$doc" | sort -u)
+done < <(grep -ho 'BROKER_[A-Z0-9_]*' "${units[@]}" "$env_example" "${docs[@]}" | sort -u)
 ((missing == 0)) || exit 1
 
-# 2. Commands: the subcommands and flags docs/deploy.md and the units' Exec lines show exist in
+# 2. Commands: the subcommands and flags the documents and the units' Exec lines show exist in
 #    the binary.
-python3 - "$doc" "${units[@]}" >"$scratch/commands" <<'EOF'
+python3 - "${#docs[@]}" "${docs[@]}" "${units[@]}" >"$scratch/commands" <<'EOF'
 import re, sys
-text = open(sys.argv[1]).read()
-code = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
-prose = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
-code += [c.replace("\n", " ") for c in re.findall(r"`([^`]+)`", prose)]
-for unit in sys.argv[2:]:
+ndocs = int(sys.argv[1])
+code = []
+for doc in sys.argv[2:2 + ndocs]:
+    text = open(doc).read()
+    code += re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    prose = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
+    code += [c.replace("\n", " ") for c in re.findall(r"`([^`]+)`", prose)]
+for unit in sys.argv[2 + ndocs:]:
     code += re.findall(r"^Exec\w*=(.*)$", open(unit).read(), re.M)
 # `akb` is the page's wrapper for /usr/local/bin/agentkeys-broker.
 pattern = re.compile(r"(?:\bakb|agentkeys-broker)((?: [a-z][a-z-]*)+)([^|;&)`]*)")
@@ -76,12 +79,12 @@ for snippet in code:
             seen.add(line)
             print(line)
 EOF
-[[ -s "$scratch/commands" ]] || fail "found no agentkeys-broker commands in $doc"
+[[ -s "$scratch/commands" ]] || fail "found no agentkeys-broker commands in ${docs[*]}"
 while IFS=$'\t' read -r words flags; do
   read -ra argv <<<"$words"
-  help=$("$bin" "${argv[@]}" --help 2>&1) || fail "$doc shows \`agentkeys-broker $words\`, which the binary does not know"
+  help=$("$bin" "${argv[@]}" --help 2>&1) || fail "${docs[*]} show \`agentkeys-broker $words\`, which the binary does not know"
   for flag in $flags; do
-    grep -qE -- "$flag([^a-z-]|$)" <<<"$help" || fail "$doc shows \`agentkeys-broker $words $flag\`, which the binary does not accept"
+    grep -qE -- "$flag([^a-z-]|$)" <<<"$help" || fail "${docs[*]} show \`agentkeys-broker $words $flag\`, which the binary does not accept"
   done
 done <"$scratch/commands"
 

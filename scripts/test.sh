@@ -8,8 +8,8 @@
 #
 # Needs: Rust (stable), python3 with venv, Node.js >= 20 with npm (a real OpenID Provider and a
 # headless-browser driver for the sign-in tests), Debian's chromium, Debian's postgresql (server
-# binaries for a throwaway cluster on 127.0.0.1, and psql; scripts/postgres.sh), and root for apt
-# (Ceph RGW for the isolation test).
+# binaries for a throwaway cluster on 127.0.0.1, and psql; scripts/postgres.sh), Debian's nginx
+# and openssl (scripts/check-tls.sh), and root for apt (Ceph RGW for the isolation test).
 # Everything else it fetches from crates.io, PyPI and Debian.
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -35,6 +35,8 @@ node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/de
 command -v chromium >/dev/null || missing+=("Debian's chromium (apt-get install chromium)")
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v psql >/dev/null \
   || missing+=("PostgreSQL server and psql (apt-get install postgresql)")
+command -v nginx >/dev/null || missing+=("Debian's nginx (apt-get install nginx)")
+command -v openssl >/dev/null || missing+=("openssl (apt-get install openssl)")
 if ((${#missing[@]})); then
   echo "scripts/test.sh needs, and this machine lacks:" >&2
   printf '  - %s\n' "${missing[@]}" >&2
@@ -102,10 +104,13 @@ AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
 step "README walkthrough (runs the documented commands against a fresh broker)"
 scripts/check-readme.sh
 
-step "operator runbook (its checked block against a fresh broker)"
+step "operator runbook and AWS quickstart (their checked blocks against a fresh broker)"
 scripts/check-runbook.sh
 
 step "deploy docs and systemd units"
 scripts/check-deploy.sh
+
+step "TLS: the walkthrough through nginx and through the broker's own TLS, a renewal"
+timeout 300 scripts/check-tls.sh
 
 step "all tests passed"

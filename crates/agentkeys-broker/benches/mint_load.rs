@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use alloy_signer::SignerSync;
-use alloy_signer_local::PrivateKeySigner;
+use agentkeys::keyfile::WalletKey;
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
@@ -203,13 +202,13 @@ fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
 }
 
 /// EIP-191 `personal_sign`, as 0x + 130 hex.
-fn personal_sign(wallet: &PrivateKeySigner, message: &str) -> anyhow::Result<String> {
-    let sig = wallet.sign_message_sync(message.as_bytes())?;
+fn personal_sign(wallet: &WalletKey, message: &str) -> anyhow::Result<String> {
+    let sig = wallet.sign_message(message.as_bytes())?;
     Ok(format!("0x{}", hex::encode(sig.as_bytes())))
 }
 
 async fn sign_in(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let r = http
         .post(format!("{base}/v1/auth/wallet/challenge"))
         .json(&json!({ "address": wallet.address().to_string() }))

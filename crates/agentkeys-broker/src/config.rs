@@ -34,9 +34,31 @@ pub struct ServeSettings {
     pub data_dir: PathBuf,
 
     /// Issuer URL, byte-exact in every token and in discovery: https, no trailing slash.
-    /// With --dev it defaults to http://<listen>.
+    /// With --dev it defaults to http://<listen> (https://<listen> with --tls-cert).
     #[arg(long, env = "BROKER_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
+
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Both files
+    /// are checked before each handshake and reloaded when they change, so a renewed
+    /// certificate is served without a restart. Leave unset when a proxy in front terminates
+    /// TLS.
+    #[arg(
+        long,
+        env = "BROKER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; readable by the broker's
+    /// user only.
+    #[arg(
+        long,
+        env = "BROKER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 
     /// Development mode: allows an http issuer on loopback and generates a signing key if none
     /// exists. Never use in production.
@@ -415,6 +437,8 @@ pub fn setting_error_from_clap(err: &clap::Error) -> Option<SettingError> {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Serve HTTPS with these files (`--tls-cert`, `--tls-key`); `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
     pub issuer: Issuer,
     pub dev: bool,
@@ -547,9 +571,42 @@ impl Issuer {
 impl ServeSettings {
     /// Applies the rules that involve more than one setting.
     pub fn resolve(self) -> Result<Settings, SettingError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(SettingError::new(
+                    "tls_key",
+                    "",
+                    format!("--tls-cert {} needs its private key", cert.display()),
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(SettingError::new(
+                    "tls_cert",
+                    "",
+                    format!("--tls-key {} needs its certificate", key.display()),
+                ));
+            }
+        };
+        if let Some(files) = &tls {
+            crate::tls::load(files).map_err(|e| {
+                use crate::tls::TlsError;
+                let (setting, path) = match &e {
+                    TlsError::ReadKey { .. } | TlsError::NoKey(_) => ("tls_key", &files.key),
+                    TlsError::Pem { path, .. } if *path == files.key => ("tls_key", &files.key),
+                    _ => ("tls_cert", &files.cert),
+                };
+                SettingError::new(setting, path.display().to_string(), e.to_string())
+            })?;
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let issuer_text = match (&self.issuer, self.dev) {
             (Some(url), _) => url.clone(),
-            (None, true) => format!("http://{}", self.listen),
+            (None, true) => format!("{scheme}://{}", self.listen),
             (None, false) => {
                 return Err(SettingError::new(
                     "issuer",
@@ -560,6 +617,13 @@ impl ServeSettings {
         };
         let issuer = Issuer::parse(&issuer_text, self.dev)
             .map_err(|fix| SettingError::new("issuer", &issuer_text, fix))?;
+        if tls.is_some() && !issuer.url.starts_with("https://") {
+            return Err(SettingError::new(
+                "issuer",
+                &issuer_text,
+                "the broker serves https (--tls-cert): make the issuer its https URL",
+            ));
+        }
         if self.mint_rate_per_hour < self.mint_rate_per_minute {
             return Err(SettingError::new(
                 "mint_rate_per_hour",
@@ -635,6 +699,7 @@ impl ServeSettings {
         }
         Ok(Settings {
             listen: self.listen,
+            tls,
             data_dir: self.data_dir,
             issuer,
             dev: self.dev,

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod session;
 pub mod sign_in;
 pub mod state;
+pub mod tls;
 pub mod wallet;
 
 use agentkeys_types::audit::AuditKind;

@@ -2,6 +2,7 @@
 //! shared types of `agentkeys_types::api`; every failure becomes an [`Error`] that tells the
 //! user what to do.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentkeys_types::api::{
@@ -167,18 +168,65 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
+/// How the client reaches a broker: whether plain http may leave loopback, and which CAs
+/// vouch for an https broker.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    pub policy: HttpPolicy,
+    /// `--ca-file` / `AGENTKEYS_CA_FILE`: PEM certificates trusted besides the system's roots
+    /// (a private CA in front of the broker). The system's own roots come from the platform,
+    /// which on Linux honours `SSL_CERT_FILE` and `SSL_CERT_DIR`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The certificates of a `--ca-file`; at least one, or an error naming the file.
+pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let bad = |why: String| {
+        Error::InvalidInput(format!(
+            "the CA file {} (--ca-file, AGENTKEYS_CA_FILE) {why}",
+            path.display()
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(bad(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        )),
+        Err(e) => Err(bad(format!("is not a PEM certificate bundle: {e}"))),
+    }
+}
+
 impl BrokerClient {
-    /// A client that refuses plain http off loopback; see [`BrokerClient::with_policy`].
+    /// A client that refuses plain http off loopback; see [`BrokerClient::with_transport`].
     pub fn new(base_url: &str, profile: &str) -> Result<Self> {
         Self::with_policy(base_url, profile, HttpPolicy::LoopbackOnly)
+    }
+
+    /// [`BrokerClient::with_transport`] trusting the system's roots only.
+    pub fn with_policy(base_url: &str, profile: &str, policy: HttpPolicy) -> Result<Self> {
+        Self::with_transport(
+            base_url,
+            profile,
+            &Transport {
+                policy,
+                ca_file: None,
+            },
+        )
     }
 
     /// `base_url` must already be normalised (see [`crate::config::normalize_broker_url`]);
     /// `profile` only names the profile in error messages. Every client is built here, so the
     /// transport check cannot be skipped.
-    pub fn with_policy(base_url: &str, profile: &str, policy: HttpPolicy) -> Result<Self> {
-        check_transport(base_url, policy)?;
-        let http = reqwest::Client::builder()
+    pub fn with_transport(base_url: &str, profile: &str, transport: &Transport) -> Result<Self> {
+        check_transport(base_url, transport.policy)?;
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &transport.ca_file {
+            for cert in load_ca_file(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("agentkeys/", env!("CARGO_PKG_VERSION")))
@@ -742,6 +790,37 @@ mod tests {
             e.to_string().contains("run `agentkeys agent login` again"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_refused_naming_the_file_and_the_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").expect("write");
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(
+            &key_only,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        for (path, why) in [
+            (dir.path().join("missing.pem"), "cannot be read"),
+            (garbage, "no PEM certificate"),
+            (key_only, "no PEM certificate"),
+        ] {
+            let transport = Transport {
+                policy: HttpPolicy::LoopbackOnly,
+                ca_file: Some(path.clone()),
+            };
+            let e = BrokerClient::with_transport("https://broker.example", "p", &transport)
+                .err()
+                .expect("refused");
+            let s = e.to_string();
+            assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+            for word in [path.to_str().expect("utf-8"), "AGENTKEYS_CA_FILE", why] {
+                assert!(s.contains(word), "{word:?} not in {s}");
+            }
+        }
     }
 
     #[test]

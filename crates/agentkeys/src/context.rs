@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::cache::CredentialCache;
-use crate::client::{BrokerClient, HttpPolicy};
+use crate::client::{BrokerClient, HttpPolicy, Transport};
 use crate::config::{self, DEFAULT_BROKER_URL, DEFAULT_PROFILE, Profile, SavedSession};
 use crate::error::{Error, Result};
 
@@ -31,6 +31,12 @@ pub struct GlobalArgs {
     #[arg(long, env = "AGENTKEYS_INSECURE_HTTP", global = true,
           value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure_http: bool,
+
+    /// PEM file of CA certificates to trust for an https broker besides the system's roots,
+    /// e.g. the private CA of the proxy in front of it. (SSL_CERT_FILE replaces the system's
+    /// roots instead.)
+    #[arg(long, env = "AGENTKEYS_CA_FILE", value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Resolved global options.
@@ -39,8 +45,8 @@ pub(crate) struct Context {
     config_dir: Option<std::path::PathBuf>,
     /// From `--broker-url` / `AGENTKEYS_BROKER_URL`, normalised.
     explicit_broker: Option<String>,
-    /// `--insecure-http`: whether plain http off loopback is allowed.
-    http_policy: HttpPolicy,
+    /// `--insecure-http` and `--ca-file`.
+    transport: Transport,
 }
 
 impl Context {
@@ -54,10 +60,13 @@ impl Context {
             profile_name: g.profile.clone(),
             config_dir: g.config_dir.clone(),
             explicit_broker,
-            http_policy: if g.insecure_http {
-                HttpPolicy::AllowInsecure
-            } else {
-                HttpPolicy::LoopbackOnly
+            transport: Transport {
+                policy: if g.insecure_http {
+                    HttpPolicy::AllowInsecure
+                } else {
+                    HttpPolicy::LoopbackOnly
+                },
+                ca_file: g.ca_file.clone(),
             },
         })
     }
@@ -69,7 +78,7 @@ impl Context {
             profile_name: crate::config::DEFAULT_PROFILE.to_owned(),
             config_dir: Some(config_dir.to_path_buf()),
             explicit_broker: broker.map(str::to_owned),
-            http_policy: HttpPolicy::LoopbackOnly,
+            transport: Transport::default(),
         }
     }
 
@@ -96,7 +105,7 @@ impl Context {
             });
         }
         Ok(
-            BrokerClient::with_policy(&saved_url, &self.profile_name, self.http_policy)?
+            BrokerClient::with_transport(&saved_url, &self.profile_name, &self.transport)?
                 .with_agent_session(saved.is_agent()),
         )
     }
@@ -118,7 +127,7 @@ impl Context {
                 _ => DEFAULT_BROKER_URL.to_owned(),
             },
         };
-        BrokerClient::with_policy(&url, &self.profile_name, self.http_policy)
+        BrokerClient::with_transport(&url, &self.profile_name, &self.transport)
     }
 }
 
@@ -140,7 +149,10 @@ mod tests {
             profile_name: "default".into(),
             config_dir: Some(dir.to_path_buf()),
             explicit_broker: broker.map(str::to_owned),
-            http_policy: HttpPolicy::AllowInsecure,
+            transport: Transport {
+                policy: HttpPolicy::AllowInsecure,
+                ca_file: None,
+            },
         }
     }
 
@@ -196,7 +208,7 @@ mod tests {
     fn every_broker_client_of_a_context_checks_the_transport() {
         let dir = tempfile::tempdir().expect("tempdir");
         let strict = |broker: Option<&str>| Context {
-            http_policy: HttpPolicy::LoopbackOnly,
+            transport: Transport::default(),
             ..ctx(dir.path(), broker)
         };
         // A saved session of a plain-http broker off loopback is not used without the flag ...

@@ -15,7 +15,6 @@ use crate::signin::*;
 use agentkeys_types::api::{ChallengePurpose, LinkEmailRequest, LinkOidcRequest, WalletProof};
 use agentkeys_types::api::{LoginStatusResponse, WalletChallengeRequest};
 use agentkeys_types::login::challenge_statement;
-use alloy_signer::Signer;
 
 #[derive(Debug, Subcommand)]
 pub enum IdentitiesCommand {
@@ -199,7 +198,6 @@ pub(crate) async fn step_up(
     }
     let signature = signer
         .sign_message(challenge.message.as_bytes())
-        .await
         .map_err(|e| Error::Signing(e.to_string()))?;
     Ok(WalletProof {
         challenge_id: challenge.challenge_id,

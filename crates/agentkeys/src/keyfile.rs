@@ -3,15 +3,74 @@
 use std::path::Path;
 
 use agentkeys_types::WalletAddress;
-use alloy_signer_local::PrivateKeySigner;
+use alloy_primitives::{Address, Signature};
+use k256::ecdsa::SigningKey;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
 
+/// A wallet's secp256k1 key: its address, and EIP-191 signatures (sign-in messages, device
+/// proofs). The secret is zeroed when dropped and never formatted.
+pub struct WalletKey {
+    key: SigningKey,
+    address: Address,
+}
+
+/// The address only: the secret never reaches a log or an error.
+impl std::fmt::Debug for WalletKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalletKey")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalletKey {
+    /// A new key from the operating system's randomness.
+    pub fn random() -> Self {
+        use rand::RngCore;
+        loop {
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            let key = Self::from_slice(&secret);
+            secret.fill(0);
+            // Zero or ≥ the group order: about one draw in 2^128.
+            if let Ok(key) = key {
+                return key;
+            }
+        }
+    }
+
+    /// The key whose 32-byte big-endian secret is `secret`.
+    pub fn from_slice(secret: &[u8]) -> std::result::Result<Self, k256::ecdsa::Error> {
+        let key = SigningKey::from_slice(secret)?;
+        let address = Address::from_private_key(&key);
+        Ok(Self { key, address })
+    }
+
+    /// The 32-byte secret, for the key file.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes().into()
+    }
+
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// The EIP-191 `personal_sign` signature of `message`: low-s, `v` = 27/28 on the wire.
+    pub fn sign_message(
+        &self,
+        message: &[u8],
+    ) -> std::result::Result<Signature, k256::ecdsa::Error> {
+        let hash = alloy_primitives::eip191_hash_message(message);
+        Ok(self.key.sign_prehash_recoverable(hash.as_slice())?.into())
+    }
+}
+
 /// Generates a new key and writes it to `path` (mode 0600). Refuses to replace an existing
 /// file unless `force`. Returns the signer of the new key.
-pub fn generate(path: &Path, force: bool) -> Result<PrivateKeySigner> {
-    let signer = PrivateKeySigner::random();
+pub fn generate(path: &Path, force: bool) -> Result<WalletKey> {
+    let signer = WalletKey::random();
     let contents = format!("0x{}\n", hex::encode(signer.to_bytes()));
     if force {
         fsutil::write_private_atomic(path, contents.as_bytes())?;
@@ -30,7 +89,7 @@ pub fn generate(path: &Path, force: bool) -> Result<PrivateKeySigner> {
 }
 
 /// Reads a key file. Refuses a file that group or others may read, and never echoes its content.
-pub fn read(path: &Path) -> Result<PrivateKeySigner> {
+pub fn read(path: &Path) -> Result<WalletKey> {
     let bytes = fsutil::read_private(path)?.ok_or_else(|| {
         Error::InvalidInput(format!(
             "key file {} does not exist; create one with `agentkeys key generate --out {}`",
@@ -41,7 +100,7 @@ pub fn read(path: &Path) -> Result<PrivateKeySigner> {
     parse(path, &bytes)
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<PrivateKeySigner> {
+fn parse(path: &Path, bytes: &[u8]) -> Result<WalletKey> {
     let invalid = |reason: &str| Error::InvalidKeyFile {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
@@ -58,14 +117,14 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<PrivateKeySigner> {
     }
     let mut secret = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut secret).map_err(|_| invalid("bad hex"))?;
-    let signer = PrivateKeySigner::from_slice(&secret)
+    let signer = WalletKey::from_slice(&secret)
         .map_err(|_| invalid("the value is not a valid secp256k1 secret key (zero or too large)"));
     secret.fill(0);
     signer
 }
 
 /// The canonical (lowercase) address of a signer.
-pub fn address_of(signer: &PrivateKeySigner) -> WalletAddress {
+pub fn address_of(signer: &WalletKey) -> WalletAddress {
     // Formatting an `Address` as lower hex always yields `0x` + 40 hex digits, which parses.
     let s = format!("{:#x}", signer.address());
     s.parse()
@@ -134,10 +193,9 @@ mod tests {
 
     #[test]
     fn eip191_signature_recovers_to_the_key_address() {
-        use alloy_signer::SignerSync;
-        let s = PrivateKeySigner::random();
+        let s = WalletKey::random();
         let msg = "example.com wants you to sign in with your Ethereum account:\n0xabc";
-        let sig = s.sign_message_sync(msg.as_bytes()).expect("sign");
+        let sig = s.sign_message(msg.as_bytes()).expect("sign");
         let wire = sig.to_string();
         assert!(wire.starts_with("0x") && wire.len() == 132, "{wire}");
         assert!(

@@ -15,7 +15,6 @@ use crate::signin::*;
 use crate::siwe_check;
 use agentkeys_types::api::{EmailStartRequest, OidcStartRequest};
 use agentkeys_types::api::{LoginStatusResponse, WalletChallengeRequest, WalletVerifyRequest};
-use alloy_signer::Signer;
 
 #[derive(Debug, Subcommand)]
 pub enum LoginCommand {
@@ -135,7 +134,6 @@ async fn login_wallet(
     }
     let signature = signer
         .sign_message(challenge.message.as_bytes())
-        .await
         .map_err(|e| Error::Signing(e.to_string()))?;
     let issued = client
         .wallet_verify(&WalletVerifyRequest {

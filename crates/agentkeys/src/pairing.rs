@@ -7,16 +7,14 @@ use agentkeys_types::api::{
 };
 use agentkeys_types::pairing::{ProofAction, display_code, normalize_code, proof_message};
 use agentkeys_types::{OmniAccount, WalletAddress};
-use alloy_signer::SignerSync;
-use alloy_signer_local::PrivateKeySigner;
 
 use crate::error::{Error, Result};
-use crate::keyfile;
+use crate::keyfile::{self, WalletKey};
 
 /// Signs pairing and poll proofs for one broker, with strictly increasing timestamps (the
 /// broker refuses a poll whose timestamp is not later than the previous one).
 pub struct DeviceProver {
-    signer: PrivateKeySigner,
+    signer: WalletKey,
     address: WalletAddress,
     issuer: String,
     last_ms: i64,
@@ -24,7 +22,7 @@ pub struct DeviceProver {
 
 impl DeviceProver {
     /// `issuer` is the broker's issuer URL, verbatim from its discovery document.
-    pub fn new(signer: PrivateKeySigner, issuer: &str) -> Self {
+    pub fn new(signer: WalletKey, issuer: &str) -> Self {
         let address = keyfile::address_of(&signer);
         Self {
             signer,
@@ -80,7 +78,7 @@ impl DeviceProver {
     fn sign(&self, action: ProofAction, pairing_id: Option<&str>, ts: i64) -> Result<String> {
         let message = proof_message(&self.issuer, action, self.address.as_str(), pairing_id, ts);
         self.signer
-            .sign_message_sync(message.as_bytes())
+            .sign_message(message.as_bytes())
             .map(|s| s.to_string())
             .map_err(|e| Error::Signing(e.to_string()))
     }
@@ -195,7 +193,7 @@ mod tests {
 
     #[test]
     fn proofs_sign_the_shared_message_with_the_device_key() {
-        let signer = PrivateKeySigner::random();
+        let signer = WalletKey::random();
         let key_address = signer.address();
         let mut p = DeviceProver::new(signer, ISSUER);
         let device = p.address().to_string();
@@ -232,7 +230,7 @@ mod tests {
 
     #[test]
     fn timestamps_strictly_increase_even_if_the_clock_does_not() {
-        let mut p = DeviceProver::new(PrivateKeySigner::random(), ISSUER);
+        let mut p = DeviceProver::new(WalletKey::random(), ISSUER);
         let a = p.start_request(5_000).expect("a").timestamp_ms;
         let b = p.poll_request("x", 5_000).expect("b").timestamp_ms;
         let c = p.poll_request("x", 4_000).expect("c").timestamp_ms;

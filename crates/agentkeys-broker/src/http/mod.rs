@@ -37,6 +37,7 @@ use self::routes::{
     session,
 };
 use crate::state::AppState;
+use crate::tls::ReloadingConfig;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -243,14 +244,21 @@ impl ConnectionLimits {
     }
 }
 
-/// Serves the API until `shutdown` resolves, then drains in-flight requests.
+/// Serves the API until `shutdown` resolves, then drains in-flight requests: over TLS when the
+/// settings name a certificate and key (`--tls-cert`, `--tls-key`).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = ConnectionLimits::of(&state);
-    serve_router(listener, router(state), limits, shutdown).await
+    let tls = match &state.settings.tls {
+        Some(files) => Some(Arc::new(
+            ReloadingConfig::open(files.clone()).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    serve_router(listener, router(state), limits, tls, shutdown).await
 }
 
 /// Serves [`metrics_router`] until `shutdown` resolves.
@@ -260,7 +268,7 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = ConnectionLimits::of(&state);
-    serve_router(listener, metrics_router(state), limits, shutdown).await
+    serve_router(listener, metrics_router(state), limits, None, shutdown).await
 }
 
 /// HTTP/1.1 with hyper directly rather than `axum::serve`, which sets no timer and so no
@@ -270,11 +278,13 @@ pub async fn serve_metrics(
 /// Connections beyond `max_connections` are not accepted until one closes: they wait in the
 /// kernel's listen queue (and time out on the client's side if it stays full) instead of being
 /// accepted and dropped, which would cost the same work per attempt and turn a burst into
-/// errors. The header-read timeout bounds how long a silent or trickling client holds a slot.
+/// errors. The header-read timeout bounds how long a silent or trickling client holds a slot,
+/// and with `tls` also how long its handshake may take.
 pub async fn serve_router(
     mut listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<ReloadingConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -307,11 +317,38 @@ pub async fn serve_router(
                 request
             },
         );
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(service);
+        let Some(tls) = tls.clone() else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                // Timeouts and resets end here; they are the client's business, not an error
+                // of ours.
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, peer = %peer, "http.connection_closed");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, so a slow client cannot stall accepting.
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            // Timeouts and resets end here; they are the client's business, not an error of ours.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, peer = %peer, "tls.handshake_failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "tls.handshake_timed_out");
+                        return;
+                    }
+                };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, peer = %peer, "http.connection_closed");
             }

@@ -2,8 +2,8 @@
 //! the request's terms, an email master with its session) or denies, and the agent's poll gets
 //! the grant.
 
+use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::{Clock, rfc3339};
-use alloy_signer_local::PrivateKeySigner;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -91,7 +91,7 @@ async fn a_wallet_master_approves_with_a_signature_over_the_terms_and_the_agent_
     );
     let expires_at = rfc3339(app.clock.now() + 3600);
     // Another wallet's signature, or a signature over other terms (5 uses), is refused.
-    let thief = PrivateKeySigner::random();
+    let thief = WalletKey::random();
     let proof = app
         .wallet_proof(&thief, approval(request, &expires_at))
         .await;

@@ -1,16 +1,16 @@
 //! Agent pairing, lifecycle and agent tokens.
 
+use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::Clock;
 use agentkeys_types::OmniAccount;
 use agentkeys_types::pairing::{ProofAction, proof_message};
-use alloy_signer_local::PrivateKeySigner;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::app::{TestApp, error_of, sign, verify_jwt};
 
 pub(crate) struct Device {
-    key: PrivateKeySigner,
+    key: WalletKey,
     /// Milliseconds; bumped for every proof so each is later than the last.
     clock_ms: i64,
 }
@@ -18,7 +18,7 @@ pub(crate) struct Device {
 impl Device {
     pub(crate) fn new(app: &TestApp) -> Self {
         Self {
-            key: PrivateKeySigner::random(),
+            key: WalletKey::random(),
             clock_ms: app.clock.now() * 1000,
         }
     }
@@ -173,7 +173,7 @@ async fn device_proofs_are_checked() {
     let app = TestApp::start().await;
     let mut device = Device::new(&app);
     let (ts, _) = device.proof(&app, ProofAction::Pair, None);
-    let other = PrivateKeySigner::random();
+    let other = WalletKey::random();
     let cases = [
         (
             sign(
@@ -578,7 +578,7 @@ async fn a_paired_device_renews_its_session_with_a_proof() {
         error_of(renew(ts, sig).await).await.0,
         StatusCode::UNAUTHORIZED
     );
-    let other = PrivateKeySigner::random();
+    let other = WalletKey::random();
     let ts2 = ts + 1;
     let forged = sign(
         &other,

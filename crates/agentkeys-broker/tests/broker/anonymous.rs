@@ -8,11 +8,11 @@
 
 use std::net::IpAddr;
 
+use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::Clock;
 use agentkeys_broker::http::client_ip::{TrustedProxies, parse_trusted_proxy};
 use agentkeys_broker::limiter::{Limits, Rate};
 use agentkeys_types::pairing::{ProofAction, proof_message};
-use alloy_signer_local::PrivateKeySigner;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -58,7 +58,7 @@ fn made_up_token() -> String {
 /// A device's signed request to open a pairing (a real proof: it passes verification and costs
 /// a store write when admitted).
 fn pairing_body(app: &TestApp) -> Value {
-    let key = PrivateKeySigner::random();
+    let key = WalletKey::random();
     let address = key.address().to_string().to_lowercase();
     let ts = app.clock.now() * 1000;
     let msg = proof_message(&app.url, ProofAction::Pair, &address, None, ts);
@@ -81,7 +81,7 @@ fn attack(app: &TestApp, route: usize) -> (Method, String, Option<Value>, Option
         0 => (
             Method::POST,
             "/v1/auth/wallet/challenge".into(),
-            Some(json!({"address": PrivateKeySigner::random().address().to_string()})),
+            Some(json!({"address": WalletKey::random().address().to_string()})),
             None,
         ),
         1 => (
@@ -169,7 +169,7 @@ async fn a_flood_of_every_unauthenticated_route_is_refused_in_memory_and_others_
 
     // A legitimate master signs in from its own address (two anonymous requests of its own).
     let legit = client_from("127.0.0.3");
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let c: Value = send(
         &app,
         &legit,
@@ -330,13 +330,10 @@ async fn unauthenticated_denials_are_aggregated_per_client_but_a_real_challenge_
     );
 
     // A wrong signature over a real challenge is an attempt on a real address: its own event.
-    let victim = PrivateKeySigner::random();
+    let victim = WalletKey::random();
     let c = app.challenge(&victim.address().to_string()).await;
     let r = app
-        .verify(
-            &c.challenge_id,
-            &sign(&PrivateKeySigner::random(), &c.message),
-        )
+        .verify(&c.challenge_id, &sign(&WalletKey::random(), &c.message))
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let events = app.audit().await;
@@ -383,7 +380,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_the_key() {
             app.http
                 .post(format!("{}/v1/auth/wallet/challenge", app.url))
                 .header("x-forwarded-for", xff)
-                .json(&json!({"address": PrivateKeySigner::random().address().to_string()}))
+                .json(&json!({"address": WalletKey::random().address().to_string()}))
                 .send()
                 .await
                 .unwrap()
@@ -439,7 +436,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
             .http
             .post(format!("{}/v1/auth/wallet/challenge", app.url))
             .header("x-forwarded-for", format!("198.51.100.{i}"))
-            .json(&json!({"address": PrivateKeySigner::random().address().to_string()}))
+            .json(&json!({"address": WalletKey::random().address().to_string()}))
             .send()
             .await
             .unwrap();
@@ -460,7 +457,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
 #[tokio::test]
 async fn expired_challenges_and_pairing_requests_are_purged_by_the_maintenance_task() {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     app.challenge(&wallet.address().to_string()).await;
     let r = app
         .post_json("/v1/agents/pairing", pairing_body(&app))

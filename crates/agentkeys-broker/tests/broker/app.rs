@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::{Clock, ManualClock};
 use agentkeys_broker::config::{EmailLimits, Issuer, Settings};
 use agentkeys_broker::http::client_ip::TrustedProxies;
@@ -10,8 +11,6 @@ use agentkeys_broker::limiter::{Limits, Rate};
 use agentkeys_broker::state::AppState;
 use agentkeys_store::RateWindow;
 use agentkeys_types::api::{SessionIssued, WalletChallengeResponse};
-use alloy_signer::SignerSync;
-use alloy_signer_local::PrivateKeySigner;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -100,6 +99,7 @@ pub fn write_kek(dir: &std::path::Path) -> PathBuf {
 pub fn settings(dir: &std::path::Path, url: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
         data_dir: dir.to_path_buf(),
         issuer: Issuer::parse(url, true).unwrap(),
         dev: true,
@@ -296,13 +296,13 @@ impl TestApp {
     }
 
     /// A full wallet sign-in with a fresh random key.
-    pub async fn sign_in(&self) -> (PrivateKeySigner, SessionIssued) {
-        let wallet = PrivateKeySigner::random();
+    pub async fn sign_in(&self) -> (WalletKey, SessionIssued) {
+        let wallet = WalletKey::random();
         let session = self.sign_in_as(&wallet).await;
         (wallet, session)
     }
 
-    pub async fn sign_in_as(&self, wallet: &PrivateKeySigner) -> SessionIssued {
+    pub async fn sign_in_as(&self, wallet: &WalletKey) -> SessionIssued {
         let c = self.challenge(&wallet.address().to_string()).await;
         let r = self
             .verify(&c.challenge_id, &sign(wallet, &c.message))
@@ -313,7 +313,7 @@ impl TestApp {
 
     /// A step-up for linking: `wallet` signs a challenge issued for `purpose` (e.g.
     /// `{"link_email": "bob@example.com"}`); returns the `wallet_proof` object.
-    pub async fn wallet_proof(&self, wallet: &PrivateKeySigner, purpose: Value) -> Value {
+    pub async fn wallet_proof(&self, wallet: &WalletKey, purpose: Value) -> Value {
         let r = self
             .post_json(
                 "/v1/auth/wallet/challenge",
@@ -367,8 +367,8 @@ impl TestApp {
 }
 
 /// EIP-191 `personal_sign` of the message, as 0x + 130 hex.
-pub fn sign(wallet: &PrivateKeySigner, message: &str) -> String {
-    let sig = wallet.sign_message_sync(message.as_bytes()).unwrap();
+pub fn sign(wallet: &WalletKey, message: &str) -> String {
+    let sig = wallet.sign_message(message.as_bytes()).unwrap();
     format!("0x{}", hex::encode(sig.as_bytes()))
 }
 

@@ -1,9 +1,9 @@
 //! `GET /v1/audit` for masters, and the operator's export and signed checkpoints.
 
+use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::Clock;
 use agentkeys_store::audit::HashFormat;
 use agentkeys_types::pairing::{ProofAction, proof_message};
-use alloy_signer_local::PrivateKeySigner;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ async fn page(app: &TestApp, token: &str, query: &str) -> Value {
 
 /// Pairs a new agent under `master_token`; returns (agent session token, agent omni).
 async fn pair(app: &TestApp, master_token: &str, label: &str) -> (String, String) {
-    let key = PrivateKeySigner::random();
+    let key = WalletKey::random();
     let address = key.address().to_string().to_lowercase();
     let mut ms = app.clock.now() * 1000;
     let mut proof = |action, pairing: Option<&str>| {

@@ -2,7 +2,7 @@
 //! CSRF token a cookie-authenticated change needs, logout, pairing lookup and denial, and the
 //! audit chain's status.
 
-use alloy_signer_local::PrivateKeySigner;
+use agentkeys::keyfile::WalletKey;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, SET_COOKIE};
 use serde_json::{Value, json};
@@ -11,7 +11,7 @@ use crate::agents::Device;
 use crate::app::{TestApp, error_of, sign};
 
 /// Signs `wallet` in the way the console does; the `Set-Cookie` value and the body.
-async fn browser_sign_in(app: &TestApp, wallet: &PrivateKeySigner) -> (String, Value) {
+async fn browser_sign_in(app: &TestApp, wallet: &WalletKey) -> (String, Value) {
     let c = app.challenge(&wallet.address().to_string()).await;
     let r = app
         .post_json(
@@ -93,7 +93,7 @@ async fn console_pages_forbid_inline_script_framing_and_sniffing() {
 async fn a_browser_sign_in_keeps_the_session_in_an_httponly_cookie_and_changes_need_the_csrf_token()
 {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let (set_cookie, body) = browser_sign_in(&app, &wallet).await;
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(set_cookie.contains(attr), "{set_cookie}");

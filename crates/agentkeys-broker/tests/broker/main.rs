@@ -29,5 +29,6 @@ mod rate_limit;
 mod revocation_race;
 mod rotation;
 mod sign_in;
+mod tls;
 mod transactions;
 mod two_instances;

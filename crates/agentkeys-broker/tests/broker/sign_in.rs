@@ -1,5 +1,5 @@
+use agentkeys::keyfile::WalletKey;
 use agentkeys_types::{OmniAccount, WalletAddress};
-use alloy_signer_local::PrivateKeySigner;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -8,7 +8,7 @@ use crate::app::{TestApp, error_of, sign};
 #[tokio::test]
 async fn wallet_sign_in_gives_a_session_for_that_wallet() {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let c = app
         .challenge(&wallet.address().to_string().to_lowercase())
         .await;
@@ -65,8 +65,8 @@ async fn wallet_sign_in_gives_a_session_for_that_wallet() {
 #[tokio::test]
 async fn another_signer_is_refused() {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
-    let impostor = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
+    let impostor = WalletKey::random();
     let c = app.challenge(&wallet.address().to_string()).await;
     let (status, kind, message) = error_of(
         app.verify(&c.challenge_id, &sign(&impostor, &c.message))
@@ -86,7 +86,7 @@ async fn another_signer_is_refused() {
 #[tokio::test]
 async fn a_challenge_is_single_use() {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let c = app.challenge(&wallet.address().to_string()).await;
     let sig = sign(&wallet, &c.message);
     assert_eq!(
@@ -99,7 +99,7 @@ async fn a_challenge_is_single_use() {
 
     // A failed attempt burns the challenge too, so it cannot be brute-forced.
     let c = app.challenge(&wallet.address().to_string()).await;
-    let other = sign(&PrivateKeySigner::random(), &c.message);
+    let other = sign(&WalletKey::random(), &c.message);
     assert_eq!(
         app.verify(&c.challenge_id, &other).await.status(),
         StatusCode::UNAUTHORIZED
@@ -115,7 +115,7 @@ async fn a_challenge_is_single_use() {
 #[tokio::test]
 async fn an_expired_challenge_is_refused() {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let c = app.challenge(&wallet.address().to_string()).await;
     app.clock.advance(600);
     let (status, _, message) = error_of(
@@ -130,7 +130,7 @@ async fn an_expired_challenge_is_refused() {
 #[tokio::test]
 async fn unknown_challenge_and_malformed_input() {
     let app = TestApp::start().await;
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let c = app.challenge(&wallet.address().to_string()).await;
     let good = sign(&wallet, &c.message);
 

@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentkeys::keyfile::WalletKey;
 use agentkeys_types::login::code_challenge;
 use agentkeys_types::pairing::{ProofAction, proof_message};
-use alloy_signer_local::PrivateKeySigner;
 use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -180,8 +180,8 @@ impl Cluster {
     }
 
     /// A wallet sign-in: the challenge from `issue`, answered on `answer`.
-    async fn sign_in(&self, issue: &Broker, answer: &Broker) -> (PrivateKeySigner, String) {
-        let wallet = PrivateKeySigner::random();
+    async fn sign_in(&self, issue: &Broker, answer: &Broker) -> (WalletKey, String) {
+        let wallet = WalletKey::random();
         let c: Value = self
             .post(
                 issue,
@@ -264,7 +264,7 @@ async fn two_instances_on_one_database_behave_as_one_broker() {
     let (a, b, http) = (&cluster.a, &cluster.b, &cluster.http);
 
     // A wallet challenge issued by A verifies once on B, and never again on either.
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let c: Value = cluster
         .post(
             a,
@@ -295,7 +295,7 @@ async fn two_instances_on_one_database_behave_as_one_broker() {
     }
 
     // Pairing started on A, approved through B, collected by polling A.
-    let device = PrivateKeySigner::random();
+    let device = WalletKey::random();
     let device_address = device.address().to_string().to_lowercase();
     let mut proof_ms = chrono_ms();
     let mut proof = |action, pairing: Option<&str>| {
