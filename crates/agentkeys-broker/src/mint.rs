@@ -129,9 +129,16 @@ impl From<DenyReason> for ApiError {
             DenyReason::GrantUnavailable => {
                 forbidden("the grant was revoked, expired or used up just now")
             }
-            DenyReason::AuditFailed(e) => ApiError::internal(
-                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
-            ),
+            // Fail closed with an answer a client can act on: a full disk or a lost database
+            // is transient, and the operator finds the cause in the log.
+            DenyReason::AuditFailed(e) => {
+                tracing::error!(error = %e, "mint.audit_failed; token withheld");
+                ApiError::Unavailable(
+                    "no token was issued: its audit event could not be stored; retry later \
+                     (the broker log has the cause)"
+                        .into(),
+                )
+            }
         }
     }
 }
@@ -580,7 +587,7 @@ mod tests {
             ),
             (
                 DenyReason::AuditFailed(agentkeys_store::StoreError::Database("x".into())),
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "audit_failed",
             ),
         ];

@@ -149,7 +149,8 @@ pub struct Health {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
     pub status: String,
-    /// `ok` when the store answers.
+    /// `ok` when the store answers and its last write committed (a failed write, e.g. on a
+    /// full disk, makes it `unavailable` until a write commits or for 10 s).
     pub store: String,
     /// `ok` when an active signing key is loaded.
     pub signing_key: String,

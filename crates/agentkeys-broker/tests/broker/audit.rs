@@ -104,11 +104,18 @@ async fn no_durable_audit_event_means_no_jwt() {
     let r = app.mint(&s.session_token, None).await;
     let status = r.status();
     let text = r.text().await.unwrap();
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(body["error"], "internal");
+    assert_eq!(body["error"], "unavailable");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no token was issued"),
+        "{text}"
+    );
     assert!(!text.contains("eyJ"), "no token in a failed response");
-    assert!(!text.contains("simulated"), "no internals in a 500");
+    assert!(!text.contains("simulated"), "no internals in the answer");
     assert_eq!(
         app.audit()
             .await
@@ -117,6 +124,9 @@ async fn no_durable_audit_event_means_no_jwt() {
             .count(),
         0
     );
+    // One refused event is not an outage: the batch around it committed, the store is ready.
+    // (A commit that fails, e.g. on a full disk, is: tests/reliability's full-disk harness.)
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
 
     app.sql(if app.on_sqlite() {
         "DROP TRIGGER refuse_mint_audit"
