@@ -6,6 +6,7 @@
 //!     [--stop-file FILE] [--tolerate-outage] [--allow-status CODE ...]
 //! reliability_load soak --url http://127.0.0.1:PORT [--concurrency C] [--seconds S]
 //!     [--window S] [--server-pid PID]
+//! reliability_load sessions --url http://127.0.0.1:PORT
 //! ```
 //!
 //! `mint` signs in `--masters` wallets (or reads their session tokens from `--tokens-in`) and
@@ -18,6 +19,9 @@
 //! `soak` runs a mixed workload (wallet sign-ins, agent pairings, grant create/list/revoke,
 //! master and agent mints, audit reads) and prints, per `--window`, the operations, errors, the
 //! p99 latency and the server's RSS and open file descriptors (Linux /proc).
+//!
+//! `sessions` signs a master in, pairs an agent to it and grants the agent a scope, then prints
+//! one JSON object: `master`, `agent` (session tokens), `agent_omni`, `grant_id`, `wallet`.
 //!
 //! Output is `key: value` lines; the exit status is non-zero when the run broke its contract.
 
@@ -36,7 +40,8 @@ use alloy_signer_local::PrivateKeySigner;
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: reliability_load mint|soak --url URL [options] (see the file's header)";
+const USAGE: &str =
+    "usage: reliability_load mint|soak|sessions --url URL [options] (see the file's header)";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The run may outlast `--seconds` by at most this much (sign-ins, draining).
 const GRACE: Duration = Duration::from_secs(120);
@@ -61,7 +66,10 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     let mode = it.next().context(USAGE)?;
-    ensure!(mode == "mint" || mode == "soak", "{USAGE}");
+    ensure!(
+        matches!(mode.as_str(), "mint" | "soak" | "sessions"),
+        "{USAGE}"
+    );
     let mut a = Args {
         mode,
         url: String::new(),
@@ -160,10 +168,10 @@ fn main() -> ExitCode {
     let bound = Duration::from_secs_f64(args.seconds) + GRACE;
     let result = runtime.block_on(async move {
         let work = async {
-            if args.mode == "mint" {
-                mint(args).await
-            } else {
-                soak(args).await
+            match args.mode.as_str() {
+                "mint" => mint(args).await,
+                "sessions" => sessions(args).await,
+                _ => soak(args).await,
             }
         };
         match tokio::time::timeout(bound, work).await {
@@ -578,6 +586,51 @@ impl Soak {
         ensure!(r.status().is_success(), "grant revoke: {}", r.status());
         Ok(())
     }
+}
+
+/// A master with a paired agent and a grant, for tools that cannot sign (the API fuzzer).
+async fn sessions(args: Args) -> anyhow::Result<bool> {
+    let http = client()?;
+    let discovery = Answer::of(
+        http.get(format!("{}/.well-known/openid-configuration", args.url))
+            .send()
+            .await,
+    )
+    .await
+    .ok("discovery")?;
+    let soak = Soak {
+        http,
+        base: args.url.clone(),
+        issuer: str_field(&discovery, "issuer")?,
+        masters: Vec::new(),
+        window: Mutex::new(Window::default()),
+        labels: AtomicU64::new(0),
+    };
+    let (master, agent_omni, agent) = soak.pair().await?;
+    let expires = (chrono::Utc::now() + chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let grant = post(
+        &soak.http,
+        &format!("{}/v1/grants", soak.base),
+        Some(&master),
+        json!({ "agent": agent_omni, "scope": "fuzz/", "expires_at": expires }),
+    )
+    .await
+    .ok("grant create")?;
+    let who = get(&soak.http, &format!("{}/v1/session", soak.base), &master)
+        .await
+        .ok("whoami")?;
+    println!(
+        "{}",
+        json!({
+            "master": master,
+            "agent": agent,
+            "agent_omni": agent_omni,
+            "grant_id": str_field(&grant, "grant_id")?,
+            "wallet": who["wallet"],
+        })
+    );
+    Ok(true)
 }
 
 /// Resident set size (KiB) and open descriptors of a process (Linux /proc).

@@ -17,9 +17,11 @@ pub struct ErrorBody {
 #[serde(deny_unknown_fields)]
 pub struct WalletChallengeRequest {
     /// The wallet that will sign, `0x` + 40 hex (any case).
+    #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
     pub address: String,
     /// EIP-155 chain id placed in the message; defaults to 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub chain_id: Option<u64>,
     /// What the signature will be for: absent for a sign-in; a step-up names the identity a
     /// signed-in wallet master is about to link, and the message's statement names it too.
@@ -42,8 +44,10 @@ pub enum ChallengePurpose {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalletProof {
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub challenge_id: String,
     /// The 65-byte EIP-191 signature as `0x` + 130 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -59,8 +63,10 @@ pub struct WalletChallengeResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalletVerifyRequest {
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub challenge_id: String,
     /// The 65-byte EIP-191 signature as `0x` + 130 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -164,10 +170,12 @@ pub struct Readiness {
 #[serde(deny_unknown_fields)]
 pub struct PairingStartRequest {
     /// The device key's address, `0x` + 40 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
     pub device_address: String,
     /// Milliseconds since the Unix epoch; within two minutes of the broker's clock.
     pub timestamp_ms: i64,
     /// `0x` + 130 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -185,17 +193,21 @@ pub struct PairingStartResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairingApproveRequest {
+    /// The code the agent shows; case, `-` and spaces do not matter.
     pub code: String,
     /// `^[a-z0-9-]{1,32}$`, unique per master; part of the agent's identity.
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub label: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairingPollRequest {
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub pairing_id: String,
     /// Milliseconds since the epoch; must be later than the previous poll's.
     pub timestamp_ms: i64,
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -203,10 +215,12 @@ pub struct PairingPollRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSessionRequest {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub agent_omni: String,
     /// Milliseconds since the epoch; must be later than this agent's previous proof.
     pub timestamp_ms: i64,
     /// EIP-191 signature by the device key over the `session` proof message.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -286,6 +300,7 @@ pub struct EmailStartRequest {
     pub email: String,
     /// PKCE-style (RFC 7636, S256): base64url, unpadded, of SHA-256 of a verifier that only the
     /// requester holds and reveals when it collects the session.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
 }
 
@@ -295,6 +310,7 @@ pub struct OidcStartRequest {
     /// A provider configured on the broker (BROKER_OIDC_PROVIDERS_FILE), e.g. `google`.
     pub provider: String,
     /// As for email: S256 of the requester's verifier.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
     /// RFC 8252 loopback redirect of the requesting CLI, `http://127.0.0.1:<port>/<path>` or
     /// `http://[::1]:<port>/<path>`. After the provider, the broker sends the browser there with
@@ -309,6 +325,7 @@ pub struct OidcStartRequest {
 #[serde(deny_unknown_fields)]
 pub struct LinkEmailRequest {
     pub email: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
     pub wallet_proof: WalletProof,
 }
@@ -319,6 +336,7 @@ pub struct LinkEmailRequest {
 #[serde(deny_unknown_fields)]
 pub struct LinkOidcRequest {
     pub provider: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
     #[serde(default)]
     pub redirect_uri: Option<String>,
@@ -350,6 +368,7 @@ impl std::fmt::Debug for LoginStartResponse {
 pub struct LoginCollectRequest {
     pub request_id: String,
     pub code: String,
+    #[schema(pattern = "^[A-Za-z0-9._~-]{43,128}$")]
     pub code_verifier: String,
 }
 
@@ -365,6 +384,7 @@ impl std::fmt::Debug for LoginCollectRequest {
 #[serde(deny_unknown_fields)]
 pub struct EmailLinkRequest {
     /// The token from the link's fragment.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub token: String,
 }
 
@@ -454,10 +474,12 @@ pub struct AuditPage {
 #[serde(deny_unknown_fields)]
 pub struct GrantCreateRequest {
     /// The agent's omni.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub agent: String,
     /// A path under the master's own prefix, e.g. `inbox/` (letters, digits, `._-` and `/`).
     pub scope: String,
     /// RFC 3339; at most a year ahead.
+    #[schema(format = DateTime)]
     pub expires_at: String,
     /// Mints allowed under the grant; unlimited when absent.
     #[serde(default)]

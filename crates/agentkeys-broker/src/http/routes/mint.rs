@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 /// Mint a short-lived ES256 JWT for the bearer's session, for `AssumeRoleWithWebIdentity`.
 #[utoipa::path(post, path = "/v1/mint-oidc-jwt", tag = "mint", security(("bearer" = [])),
-    request_body(content = MintRequest, description = "Optional; an empty body means the defaults"),
+    request_body(content = Option<MintRequest>, description = "Optional; an empty body means the defaults"),
     responses(
         (status = 200, body = MintResponse),
         (status = 400, body = agentkeys_types::ErrorBody),
