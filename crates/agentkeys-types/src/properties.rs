@@ -207,7 +207,15 @@ proptest! {
 /// the reserved-prefix check slice through it and panic.
 #[test]
 fn tag_keys_with_multibyte_characters_near_the_prefix_do_not_panic() {
-    for key in ["I\u{1F574}:x", "aw\u{e9}:", "\u{81fde}"] {
+    // Letters all (allowed characters), each with byte 4 inside a character.
+    for key in ["Ia\u{4e2d}x", "\u{4e2d}\u{6587}", "\u{e9}\u{4e2d}"] {
+        assert!(!key.is_char_boundary(4), "{key}");
         assert!(AwsSessionTags::new([(key, "v")]).is_ok(), "{key}");
     }
+    // Not allowed, still no panic: the charset error.
+    let key = "I\u{1F574}:x";
+    assert_eq!(
+        AwsSessionTags::new([(key, "v")]).unwrap_err(),
+        TagError::KeyCharset(key.to_owned())
+    );
 }
