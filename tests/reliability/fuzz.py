@@ -63,6 +63,13 @@ def schemathesis(schema, base_url, work, name, args, headers=(), extra=()):
     text = open(out_path).read()
     summary = re.search(r"^=+ .* in [\d.]+s =+$", text, re.M)
     log(f"pass {name}: exit {p.returncode}; {summary.group(0).strip('= ') if summary else '?'}")
+    # A pass that ran out of time before testing every selected operation proves nothing.
+    selected = re.search(r"^\s*Selected: (\d+)/", text, re.M)
+    tested = re.search(r"^\s*Tested: (\d+)", text, re.M)
+    if not (selected and tested and selected.group(1) == tested.group(1)):
+        raise Failure(f"pass {name} did not test every selected operation "
+                      f"(selected {selected and selected.group(1)}, tested "
+                      f"{tested and tested.group(1)}); give it more --max-time")
     return p.returncode, text
 
 
@@ -84,7 +91,7 @@ def main():
     except Failure as e:
         log(f"FAILED: {e} (outputs in {work})")
     finally:
-        if ok or not os.environ.get("RELIABILITY_KEEP"):
+        if (ok != a.control) or not os.environ.get("RELIABILITY_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
     if a.control:
         log("control: the undocumented status was " + ("MISSED" if ok else "caught, as it must be"))
