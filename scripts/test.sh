@@ -102,8 +102,9 @@ step "reliability: key rotation under load, checked by an independent relying pa
 tests/reliability/run.sh rotation --seconds 40
 tests/reliability/run.sh rotation --seconds 15 --rotations 1 --control
 
-step "reliability: 2-minute mixed-workload soak (RSS, fds, p99, errors)"
+step "reliability: 2-minute mixed-workload soak (RSS, fds, p99, errors), and its control"
 tests/reliability/run.sh soak --seconds 120
+tests/reliability/run.sh soak --seconds 40 --window 5 --control
 
 step "reliability: Schemathesis on every operation (anonymous, master, agent), and its control"
 tests/reliability/run.sh fuzz --max-examples 25 --max-time 45

@@ -2,7 +2,7 @@
 
     python3 harness.py kill9     [--database-url URL] [--cycles 5] [--control]
     python3 harness.py full-disk [--control]
-    python3 harness.py soak      [--seconds 120] [--concurrency 8]
+    python3 harness.py soak      [--seconds 120] [--concurrency 8] [--window 10] [--control]
 
 Binaries come from the environment: AGENTKEYS_BROKER_BIN (agentkeys-broker) and
 RELIABILITY_LOAD_BIN (the reliability_load example). RELIABILITY_PORT pins the broker's port
@@ -383,12 +383,17 @@ def full_disk(args, work):
 # ---- soak ---------------------------------------------------------------------------------------
 
 def soak(args, work):
-    broker = Broker(work)
+    # The control: the client leaks idle connections and the broker is configured to keep an
+    # idle connection for 300 s instead of 10, so they pile up as a descriptor leak would.
+    broker = Broker(work, extra_env={"BROKER_HEADER_READ_TIMEOUT_SECONDS": "300"}
+                    if args.control else None)
     broker.start()
     try:
+        leak = ["--leak-connections", 4] if args.control else []
         rc, out = finish(load("soak", "--url", broker.url, "--concurrency", args.concurrency,
                               "--seconds", args.seconds, "--window", args.window,
-                              "--server-pid", broker.proc.pid, timeout=args.seconds + 300))
+                              "--server-pid", broker.proc.pid, *leak,
+                              timeout=args.seconds + 300))
     finally:
         broker.stop()
     print(out, end="")
@@ -441,6 +446,9 @@ def main():
     s.add_argument("--concurrency", type=int, default=8)
     s.add_argument("--window", type=int, default=10)
     s.add_argument("--max-rss-growth", type=float, default=0.25)
+    s.add_argument("--control", action="store_true",
+                   help="idle connections pile up (client leaks them, broker keeps them 300 s); "
+                        "the descriptor check must fail")
     a = p.parse_args()
     if getattr(a, "seconds", 1) > 7200:
         raise SystemExit("--seconds must be at most 7200")

@@ -18,7 +18,9 @@
 //!
 //! `soak` runs a mixed workload (wallet sign-ins, agent pairings, grant create/list/revoke,
 //! master and agent mints, audit reads) and prints, per `--window`, the operations, errors, the
-//! p99 latency and the server's RSS and open file descriptors (Linux /proc).
+//! p99 latency and the server's RSS and open file descriptors (Linux /proc). With
+//! `--leak-connections N` (the harness's control) it also opens N keep-alive connections per
+//! window and never closes them (the broker closes idle ones after its header-read timeout).
 //!
 //! `sessions` signs a master in, pairs an agent to it and grants the agent a scope, then prints
 //! one JSON object: `master`, `agent` (session tokens), `agent_omni`, `grant_id`, `wallet`.
@@ -61,6 +63,7 @@ struct Args {
     allow_status: Vec<u16>,
     window: f64,
     server_pid: Option<u32>,
+    leak_connections: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -85,6 +88,7 @@ fn parse_args() -> anyhow::Result<Args> {
         allow_status: Vec::new(),
         window: 10.0,
         server_pid: None,
+        leak_connections: 0,
     };
     while let Some(flag) = it.next() {
         if flag == "--tolerate-outage" {
@@ -106,6 +110,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--allow-status" => a.allow_status.push(value.parse().map_err(|e| bad(&e))?),
             "--window" => a.window = value.parse().map_err(|e| bad(&e))?,
             "--server-pid" => a.server_pid = Some(value.parse().map_err(|e| bad(&e))?),
+            "--leak-connections" => a.leak_connections = value.parse().map_err(|e| bad(&e))?,
             _ => bail!("unknown argument {flag}\n{USAGE}"),
         }
     }
@@ -127,6 +132,10 @@ fn parse_args() -> anyhow::Result<Args> {
         "--window must be in [1, 600]"
     );
     ensure!(a.max_requests >= 1, "--max-requests must be at least 1");
+    ensure!(
+        a.leak_connections <= 16,
+        "--leak-connections must be at most 16"
+    );
     Ok(a)
 }
 
@@ -729,6 +738,12 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
     }
 
     let mut windows = Vec::new();
+    let mut leaked = Vec::new();
+    let authority = reqwest::Url::parse(&soak.base)?
+        .socket_addrs(|| None)?
+        .into_iter()
+        .next()
+        .context("the broker's address")?;
     let mut next = Instant::now();
     let mut n = 0;
     let mut ok = true;
@@ -736,6 +751,16 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
         next += Duration::from_secs_f64(args.window);
         let last = next >= stop_at;
         tokio::time::sleep_until(next.min(stop_at).into()).await;
+        for _ in 0..args.leak_connections {
+            // One answered request, then the connection is kept open and idle for good.
+            let mut c = tokio::net::TcpStream::connect(authority).await?;
+            tokio::io::AsyncWriteExt::write_all(
+                &mut c,
+                b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+            )
+            .await?;
+            leaked.push(c);
+        }
         let w = std::mem::take(&mut *soak.window.lock().unwrap_or_else(|e| e.into_inner()));
         let mut lat = w.latencies_us;
         lat.sort_unstable();
