@@ -29,6 +29,8 @@ import urllib.error
 import urllib.request
 
 READY_TIMEOUT_S = 60
+# Nine SQLite connections × 2 MiB of page cache, plus 2 MiB.
+PAGE_CACHE_BUDGET_KB = 20 * 1024
 
 
 class Failure(Exception):
@@ -418,8 +420,13 @@ def soak(args, work):
         f"median window p99 {p99_a} ms -> {p99_b} ms")
     # Bounds that a leak (per request or per session) or a slowing store would exceed within
     # the run, and that a shared machine's noise does not.
-    if rss_growth > args.max_rss_growth:
-        raise Failure(f"RSS grew {rss_growth:.1%} after warm-up (bound {args.max_rss_growth:.0%})")
+    # The SQLite connections' page caches (one writer, up to eight readers, 2 MiB each) fill
+    # over the first minutes of a run whatever its length: growth within that budget is not a
+    # leak. A 2-minute run is mostly warm-up; the long run is the one that judges.
+    grown_kb = max(w["rss"] for w in steady) - first["rss"]
+    if rss_growth > args.max_rss_growth and grown_kb > PAGE_CACHE_BUDGET_KB:
+        raise Failure(f"RSS grew {rss_growth:.1%} ({grown_kb} kB) after warm-up (bound "
+                      f"{args.max_rss_growth:.0%} or {PAGE_CACHE_BUDGET_KB} kB)")
     if fd_growth > 8:
         raise Failure(f"open descriptors grew by {fd_growth} after warm-up")
     if p99_b > max(4 * p99_a, 50):
