@@ -104,11 +104,11 @@ tests/reliability/run.sh rotation --seconds 15 --rotations 1 --control
 
 step "reliability: 2-minute mixed-workload soak (RSS, fds, p99, errors), and its control"
 tests/reliability/run.sh soak --seconds 120
-tests/reliability/run.sh soak --seconds 40 --window 5 --control
+tests/reliability/run.sh soak --seconds 30 --window 5 --control
 
 step "reliability: Schemathesis on every operation (anonymous, master, agent), and its control"
-tests/reliability/run.sh fuzz --max-examples 25 --max-time 45
-tests/reliability/run.sh fuzz --max-examples 10 --max-time 30 --control
+tests/reliability/run.sh fuzz --max-examples 25 --max-time 35
+tests/reliability/run.sh fuzz --max-examples 10 --max-time 25 --control
 
 step "supply chain: cargo deny (licenses, bans, sources), and its control"
 scripts/check-deny.sh
