@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's whole test suite: formatting, lints, every Rust test (unit, in-process HTTP,
 # end-to-end with the real binaries), the store conformance and in-process HTTP suites again on
-# PostgreSQL, the independent relying-party test in Python, and the isolation harness with the
-# broker on SQLite and then on PostgreSQL.
+# PostgreSQL, the independent relying-party test in Python, the reliability harnesses (kill -9,
+# full disk, rotation, soak, API fuzzing, cargo deny; docs/reliability.md), and the isolation
+# harness with the broker on SQLite and then on PostgreSQL.
 #
 #   scripts/test.sh
 #
@@ -89,6 +90,36 @@ AGENTKEYS_BIN="$CARGO_TARGET_DIR/debug/agentkeys" \
 
 step "policy lint (parliament on the documents of policy aws)"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" tests/policy_lint/run.sh
+
+# Reliability harnesses (docs/reliability.md): each bounded, each followed by its control (a
+# deliberate fault the harness must catch). Binaries from the cargo test build above.
+export AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker"
+export RELIABILITY_LOAD_BIN="$CARGO_TARGET_DIR/debug/examples/reliability_load"
+
+step "reliability: kill -9 under load, 5 times (SQLite, then PostgreSQL), and its control"
+tests/reliability/run.sh kill9
+tests/reliability/run.sh kill9 --database-url "$pg_url"
+tests/reliability/run.sh kill9 --cycles 1 --control
+
+step "reliability: full disk (tmpfs data dir) fails closed and recovers, and its control"
+tests/reliability/run.sh full-disk
+tests/reliability/run.sh full-disk --control
+
+step "reliability: key rotation under load, checked by an independent relying party"
+tests/reliability/run.sh rotation --seconds 40
+tests/reliability/run.sh rotation --seconds 15 --rotations 1 --control
+
+step "reliability: 2-minute mixed-workload soak (RSS, fds, p99, errors), and its control"
+tests/reliability/run.sh soak --seconds 120
+tests/reliability/run.sh soak --seconds 30 --window 5 --control
+
+step "reliability: Schemathesis on every operation (anonymous, master, agent), and its control"
+tests/reliability/run.sh fuzz --max-examples 25 --max-time 35
+tests/reliability/run.sh fuzz --max-examples 10 --max-time 25 --control
+
+step "supply chain: cargo deny (licenses, bans, sources), and its control"
+scripts/check-deny.sh
+scripts/check-deny.sh --control
 
 step "isolation end to end: real broker, real CLI, Ceph RGW as S3 + STS"
 AGENTKEYS_BROKER_BIN="$CARGO_TARGET_DIR/debug/agentkeys-broker" \

@@ -466,6 +466,34 @@ async fn check_grant(
 mod tests {
     use super::valid_role_arn;
 
+    proptest::proptest! {
+        /// Arbitrary strings never panic; every well-formed ARN of the three partitions, with
+        /// or without an account, passes; changing its service, resource type or account
+        /// width makes it fail.
+        #[test]
+        fn role_arns_by_property(
+            s in ".{0,120}",
+            partition in proptest::sample::select(vec!["aws", "aws-cn", "aws-us-gov"]),
+            account in proptest::option::of("[0-9]{12}"),
+            name in "([A-Za-z0-9+=,.@_-]{1,16}/){0,3}[A-Za-z0-9+=,.@_-]{1,32}",
+            short in "[0-9]{1,11}",
+        ) {
+            let _ = valid_role_arn(&s);
+            let account = account.unwrap_or_default();
+            let arn = format!("arn:{partition}:iam::{account}:role/{name}");
+            proptest::prop_assert!(valid_role_arn(&arn), "{}", arn);
+            let as_user = format!("arn:{partition}:iam::{account}:user/{name}");
+            proptest::prop_assert!(!valid_role_arn(&as_user));
+            let other_service = format!("arn:{partition}:s3::{account}:role/{name}");
+            proptest::prop_assert!(!valid_role_arn(&other_service));
+            let short_account = format!("arn:{partition}:iam::{short}:role/{name}");
+            proptest::prop_assert!(!valid_role_arn(&short_account));
+            let empty_name = format!("arn:{partition}:iam::{account}:role/");
+            proptest::prop_assert!(!valid_role_arn(&empty_name));
+            proptest::prop_assert!(!valid_role_arn(&format!("{arn}/")), "a path is not a role");
+        }
+    }
+
     #[test]
     fn role_arns() {
         for ok in [

@@ -204,6 +204,9 @@ pub trait Tx {
 pub struct AuditCounter {
     committed: std::sync::atomic::AtomicU64,
     lost: std::sync::atomic::AtomicU64,
+    /// Unix seconds of the last batch that failed to commit while no batch has committed
+    /// since; 0 when the last batch committed.
+    failing_since: std::sync::atomic::AtomicI64,
 }
 
 impl AuditCounter {
@@ -215,6 +218,18 @@ impl AuditCounter {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// When the writer's last batch failed to commit (unix seconds), if it did: the store
+    /// cannot take writes (a full disk, a lost database) until a batch commits again.
+    pub fn failing_since(&self) -> Option<i64> {
+        match self
+            .failing_since
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
     /// A batch that appended `events` committed, or did not.
     pub(crate) fn record(&self, events: u64, committed: bool) {
         let counter = if committed {
@@ -223,6 +238,16 @@ impl AuditCounter {
             &self.lost
         };
         counter.fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+        let failing = if committed {
+            0
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() as i64)
+                .max(1)
+        };
+        self.failing_since
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -353,5 +378,19 @@ mod tests {
             redact_url("sqlite:///var/lib/ak/broker.db"),
             "sqlite:///var/lib/ak/broker.db"
         );
+    }
+
+    #[test]
+    fn a_failed_commit_marks_the_store_failing_until_one_commits() {
+        let c = super::AuditCounter::default();
+        assert_eq!(c.failing_since(), None);
+        c.record(2, false);
+        assert!(c.failing_since().is_some_and(|t| t > 0));
+        assert_eq!((c.committed(), c.lost()), (0, 2));
+        c.record(0, false);
+        assert!(c.failing_since().is_some());
+        c.record(1, true);
+        assert_eq!(c.failing_since(), None);
+        assert_eq!((c.committed(), c.lost()), (1, 2));
     }
 }

@@ -17,9 +17,11 @@ pub struct ErrorBody {
 #[serde(deny_unknown_fields)]
 pub struct WalletChallengeRequest {
     /// The wallet that will sign, `0x` + 40 hex (any case).
+    #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
     pub address: String,
     /// EIP-155 chain id placed in the message; defaults to 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub chain_id: Option<u64>,
     /// What the signature will be for: absent for a sign-in; a step-up names the identity a
     /// signed-in wallet master is about to link, and the message's statement names it too.
@@ -44,8 +46,10 @@ pub enum ChallengePurpose {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalletProof {
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub challenge_id: String,
     /// The 65-byte EIP-191 signature as `0x` + 130 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -61,8 +65,10 @@ pub struct WalletChallengeResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalletVerifyRequest {
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub challenge_id: String,
     /// The 65-byte EIP-191 signature as `0x` + 130 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -165,7 +171,8 @@ pub struct Health {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
     pub status: String,
-    /// `ok` when the store answers.
+    /// `ok` when the store answers and its last write committed (a failed write, e.g. on a
+    /// full disk, makes it `unavailable` until a write commits or for 10 s).
     pub store: String,
     /// `ok` when an active signing key is loaded.
     pub signing_key: String,
@@ -179,10 +186,12 @@ pub struct Readiness {
 #[serde(deny_unknown_fields)]
 pub struct PairingStartRequest {
     /// The device key's address, `0x` + 40 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
     pub device_address: String,
     /// Milliseconds since the Unix epoch; within two minutes of the broker's clock.
     pub timestamp_ms: i64,
     /// `0x` + 130 hex.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -200,8 +209,10 @@ pub struct PairingStartResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairingApproveRequest {
+    /// The code the agent shows; case, `-` and spaces do not matter.
     pub code: String,
     /// `^[a-z0-9-]{1,32}$`, unique per master; part of the agent's identity.
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub label: String,
 }
 
@@ -226,9 +237,11 @@ pub struct PairingPending {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairingPollRequest {
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub pairing_id: String,
     /// Milliseconds since the epoch; must be later than the previous poll's.
     pub timestamp_ms: i64,
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -236,10 +249,12 @@ pub struct PairingPollRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSessionRequest {
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub agent_omni: String,
     /// Milliseconds since the epoch; must be later than this agent's previous proof.
     pub timestamp_ms: i64,
     /// EIP-191 signature by the device key over the `session` proof message.
+    #[schema(pattern = "^0x[0-9a-fA-F]{130}$")]
     pub signature: String,
 }
 
@@ -319,6 +334,7 @@ pub struct EmailStartRequest {
     pub email: String,
     /// PKCE-style (RFC 7636, S256): base64url, unpadded, of SHA-256 of a verifier that only the
     /// requester holds and reveals when it collects the session.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
 }
 
@@ -328,6 +344,7 @@ pub struct OidcStartRequest {
     /// A provider configured on the broker (BROKER_OIDC_PROVIDERS_FILE), e.g. `google`.
     pub provider: String,
     /// As for email: S256 of the requester's verifier.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
     /// RFC 8252 loopback redirect of the requesting CLI, `http://127.0.0.1:<port>/<path>` or
     /// `http://[::1]:<port>/<path>`. After the provider, the broker sends the browser there with
@@ -342,6 +359,7 @@ pub struct OidcStartRequest {
 #[serde(deny_unknown_fields)]
 pub struct LinkEmailRequest {
     pub email: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
     pub wallet_proof: WalletProof,
 }
@@ -352,6 +370,7 @@ pub struct LinkEmailRequest {
 #[serde(deny_unknown_fields)]
 pub struct LinkOidcRequest {
     pub provider: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub code_challenge: String,
     #[serde(default)]
     pub redirect_uri: Option<String>,
@@ -383,6 +402,7 @@ impl std::fmt::Debug for LoginStartResponse {
 pub struct LoginCollectRequest {
     pub request_id: String,
     pub code: String,
+    #[schema(pattern = "^[A-Za-z0-9._~-]{43,128}$")]
     pub code_verifier: String,
 }
 
@@ -398,6 +418,7 @@ impl std::fmt::Debug for LoginCollectRequest {
 #[serde(deny_unknown_fields)]
 pub struct EmailLinkRequest {
     /// The token from the link's fragment.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
     pub token: String,
 }
 
@@ -501,10 +522,12 @@ pub struct AuditPage {
 #[serde(deny_unknown_fields)]
 pub struct GrantCreateRequest {
     /// The agent's omni.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub agent: String,
     /// A path under the master's own prefix, e.g. `inbox/` (letters, digits, `._-` and `/`).
     pub scope: String,
     /// RFC 3339; at most a year ahead.
+    #[schema(format = DateTime)]
     pub expires_at: String,
     /// Mints allowed under the grant; unlimited when absent.
     #[serde(default)]

@@ -66,7 +66,8 @@ impl AwsSessionTags {
             if key_chars == 0 || key_chars > MAX_KEY_CHARS {
                 return Err(TagError::KeyLength(key.to_owned()));
             }
-            if key.len() >= 4 && key[..4].eq_ignore_ascii_case("aws:") {
+            // `get`, not indexing: byte 4 need not be a char boundary (found by proptest).
+            if key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
                 return Err(TagError::ReservedPrefix(key.to_owned()));
             }
             if !key.chars().all(allowed_char) {

@@ -16,3 +16,6 @@ pub mod pairing;
 pub use api::ErrorBody;
 pub use error_kind::ErrorKind;
 pub use identity::{OmniAccount, WalletAddress};
+
+#[cfg(test)]
+mod properties;

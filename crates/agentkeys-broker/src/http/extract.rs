@@ -63,7 +63,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         let body = Bytes::from_request(req, state)
             .await
             .map_err(bytes_rejection)?;
-        if body.iter().all(|b| b.is_ascii_whitespace()) {
+        // No body, or JSON `null` (what the documented optional body allows): the defaults.
+        let trimmed = body.trim_ascii();
+        if trimmed.is_empty() || (trimmed == b"null" && is_json(&headers)) {
             return Ok(OptionalJson(T::default()));
         }
         if !is_json(&headers) {

@@ -134,6 +134,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
     }
     let (router, mut openapi) = api.with_state(state).split_for_parts();
     document_rate_limit(&mut openapi, &anonymous_paths);
+    document_common_errors(&mut openapi);
     let spec = openapi.clone();
     let router = router
         .route(
@@ -184,6 +185,62 @@ fn document_rate_limit(openapi: &mut utoipa::openapi::OpenApi, paths: &[String])
                 .responses
                 .entry("429".to_owned())
                 .or_insert_with(|| response.clone().into());
+        }
+    }
+}
+
+/// Documents the answers the shared extractors give on every operation that uses them, in one
+/// place: a JSON body can be malformed (400), too large (413), not JSON (415) or of the wrong
+/// shape (422); a bearer-only operation answers 401 without a live session, and, outside the
+/// session routes any session may use, 403 to an agent's session where a master's is needed.
+fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    let body_errors = [
+        ("400", "The body is not valid JSON, or a field is malformed"),
+        ("413", "The body is larger than BROKER_BODY_LIMIT_BYTES"),
+        ("415", "The body is not sent as application/json"),
+        ("422", "The JSON does not have the documented shape"),
+    ];
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let any_session = path.starts_with("/v1/session");
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            if operation.request_body.is_some() {
+                for (status, description) in body_errors {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+            let bearer_only = operation.security.as_ref().is_some_and(|alternatives| {
+                !alternatives.is_empty()
+                    && alternatives.iter().all(|a| {
+                        serde_json::to_value(a)
+                            .is_ok_and(|v| v.as_object().is_some_and(|o| o.contains_key("bearer")))
+                    })
+            });
+            if bearer_only {
+                responses
+                    .entry("401".to_owned())
+                    .or_insert_with(|| error("No live session in `Authorization: Bearer`").into());
+                if !any_session {
+                    responses.entry("403".to_owned()).or_insert_with(|| {
+                        error("Not allowed to this session (e.g. an agent's, where a master's is needed)").into()
+                    });
+                }
+            }
         }
     }
 }

@@ -192,6 +192,70 @@ async fn huge_and_odd_values_are_4xx() {
     }
 }
 
+/// What the API fuzzer (tests/reliability/fuzz.py) found, kept fixed.
+#[tokio::test]
+async fn api_fuzzer_findings_stay_fixed() {
+    let app = TestApp::start().await;
+    let (_, s) = app.sign_in().await;
+    // The documented optional mint body may be JSON null: the defaults, like no body.
+    let r = post_raw(
+        &app,
+        "/v1/mint-oidc-jwt",
+        &s.session_token,
+        Some("application/json"),
+        b"null".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let minted: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(minted["jwt"].as_str().unwrap().split('.').count(), 3);
+    // chain_id is documented as int64 (EIP-2294): one past it is refused, not signed into a
+    // message.
+    let r = app
+        .http
+        .post(format!("{}/v1/auth/wallet/challenge", app.url))
+        .json(
+            &json!({"address": "0x8ba1f109551bd432803012645ac136ddd64dba72",
+                      "chain_id": 9_223_372_036_854_775_808_u64}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, kind, _) = error_of(r).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    // Audit seqs are int64 too.
+    let r = app
+        .http
+        .get(format!("{}/v1/audit?after=9223372036854775808", app.url))
+        .bearer_auth(&s.session_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // The contract names the answers every body and every bearer route can give.
+    let spec: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let documented = |status: &str| op["responses"].get(status).is_some();
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(documented(status), "{method} {path} lacks {status}");
+                }
+            }
+            let bearer_only = op["security"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|alt| alt.get("bearer").is_some()));
+            if bearer_only {
+                assert!(documented("401"), "{method} {path} lacks 401");
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 

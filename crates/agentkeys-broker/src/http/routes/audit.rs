@@ -19,10 +19,10 @@ const MAX_KIND_LEN: usize = 64;
 /// The signed-in master's audit events (its own and its agents'), oldest first.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])),
     params(
-        ("after" = Option<u64>, Query, description = "Only events with a larger seq (the previous page's `next`)"),
-        ("limit" = Option<u32>, Query, description = "At most this many events, 1-1000 (default 100)"),
-        ("kind" = Option<String>, Query, description = "Only this kind, e.g. `mint`"),
-        ("agent" = Option<String>, Query, description = "Only events whose actor is this omni (an agent's, or your own)"),
+        ("after" = Option<u64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_i64, description = "Only events with a larger seq (the previous page's `next`)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many events, 1-1000 (default 100)"),
+        ("kind" = Option<String>, Query, pattern = "^[a-z0-9._-]{1,64}$", description = "Only this kind, e.g. `mint`"),
+        ("agent" = Option<String>, Query, pattern = "^[0-9a-f]{64}$", description = "Only events whose actor is this omni (an agent's, or your own)"),
         ("since" = Option<String>, Query, description = "RFC 3339; only events at or after it"),
         ("until" = Option<String>, Query, description = "RFC 3339; only events before it"),
     ),
@@ -122,11 +122,16 @@ pub fn parse(params: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
     for (name, value) in params {
         match name.as_str() {
             "after" => {
-                q.after_seq = value.parse().map_err(|_| {
-                    bad(format!(
-                        "after must be a seq (a non-negative integer), got {value:?}"
-                    ))
-                })?
+                // Seqs are int64, as documented: one past it is not a seq.
+                q.after_seq = value
+                    .parse()
+                    .ok()
+                    .filter(|n: &u64| i64::try_from(*n).is_ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "after must be a seq (an integer from 0 to 2^63-1), got {value:?}"
+                        ))
+                    })?
             }
             "limit" => {
                 q.limit = value

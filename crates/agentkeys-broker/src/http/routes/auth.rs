@@ -41,9 +41,10 @@ pub async fn wallet_challenge(
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("address: {e}")))?;
     let chain_id = req.chain_id.unwrap_or(1);
-    if chain_id == 0 {
+    // EIP-2294 bounds chain ids to 1..=2^63-1 (the documented int64).
+    if chain_id == 0 || chain_id > i64::MAX as u64 {
         return Err(ApiError::BadRequest(
-            "chain_id must be a positive EIP-155 chain id".into(),
+            "chain_id must be a positive EIP-155 chain id (at most 2^63-1)".into(),
         ));
     }
     let purpose = match req.purpose {

@@ -219,4 +219,30 @@ mod tests {
             assert!(normalize_scope(bad).is_none(), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any string normalises or is refused; what normalises is a path of safe segments,
+        /// normalises to itself, and takes a trailing slash; `.`/`..` segments never pass.
+        #[test]
+        fn scopes_by_property(
+            s in ".{0,200}",
+            segments in proptest::collection::vec("[A-Za-z0-9_-][A-Za-z0-9._-]{0,15}", 1..6),
+            dots in proptest::sample::select(vec![".", ".."]),
+            at in 0usize..6,
+        ) {
+            if let Some(n) = normalize_scope(&s) {
+                proptest::prop_assert!(n.len() <= 160 && !n.ends_with('/') && !n.starts_with('/'));
+                proptest::prop_assert_eq!(normalize_scope(&n), Some(n.clone()));
+                proptest::prop_assert_eq!(normalize_scope(&format!("{n}/")), Some(n.clone()));
+                proptest::prop_assert!(n.split('/').all(|seg| seg != "." && seg != ".."));
+            }
+            let path = segments.join("/");
+            proptest::prop_assume!(path.len() <= 160);
+            proptest::prop_assert_eq!(normalize_scope(&path), Some(path.clone()));
+            let mut with_dots = segments.clone();
+            with_dots.insert(at.min(with_dots.len()), dots.to_owned());
+            proptest::prop_assert_eq!(normalize_scope(&with_dots.join("/")), None);
+            proptest::prop_assert_eq!(normalize_scope(&format!("/{path}")), None);
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 /// Mint a short-lived ES256 JWT for the bearer's session, for `AssumeRoleWithWebIdentity`.
 #[utoipa::path(post, path = "/v1/mint-oidc-jwt", tag = "mint", security(("bearer" = [])),
-    request_body(content = MintRequest, description = "Optional; an empty body means the defaults"),
+    request_body(content = Option<MintRequest>, description = "Optional; an empty body means the defaults"),
     responses(
         (status = 200, body = MintResponse),
         (status = 400, body = agentkeys_types::ErrorBody),
@@ -113,9 +113,16 @@ impl From<DenyReason> for ApiError {
             DenyReason::GrantUnavailable => {
                 forbidden("the grant was revoked, expired or used up just now")
             }
-            DenyReason::AuditFailed(e) => ApiError::internal(
-                anyhow::Error::new(e).context("mint audit append failed; token withheld"),
-            ),
+            // Fail closed with an answer a client can act on: a full disk or a lost database
+            // is transient, and the operator finds the cause in the log.
+            DenyReason::AuditFailed(e) => {
+                tracing::error!(error = %e, "mint.audit_failed; token withheld");
+                ApiError::Unavailable(
+                    "no token was issued: its audit event could not be stored; retry later \
+                     (the broker log has the cause)"
+                        .into(),
+                )
+            }
         }
     }
 }
@@ -225,7 +232,7 @@ mod tests {
             ),
             (
                 DenyReason::AuditFailed(agentkeys_store::StoreError::Database("x".into())),
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "audit_failed",
             ),
         ];

@@ -134,7 +134,8 @@ pub async fn oidc_start(
     responses(
         (status = 200, body = LoginStartResponse),
         (status = 400, body = agentkeys_types::ErrorBody),
-        (status = 403, body = agentkeys_types::ErrorBody)))]
+        (status = 403, body = agentkeys_types::ErrorBody),
+        (status = 404, body = agentkeys_types::ErrorBody, description = "No OIDC provider by that name on this broker")))]
 pub async fn link_oidc_start(
     State(state): State<AppState>,
     MasterSession(master): MasterSession,
@@ -243,9 +244,18 @@ fn error_code(raw: &str) -> String {
 /// the browser is redirected to the requesting CLI's loopback listener with a one-time code,
 /// or shown the code to paste.
 #[utoipa::path(get, path = "/auth/oidc/callback", tag = "auth",
+    params(
+        ("state" = String, Query, description = "The state the broker sent the provider"),
+        ("code" = Option<String>, Query, description = "The provider's authorization code"),
+        ("iss" = Option<String>, Query, description = "The provider's issuer (RFC 9207)"),
+        ("error" = Option<String>, Query, description = "The provider's error code instead of a code"),
+    ),
     responses(
         (status = 200, description = "HTML page (the code to paste, or why it failed)", content_type = "text/html"),
-        (status = 303, description = "To the CLI's loopback redirect URI, with `code`")))]
+        (status = 303, description = "To the CLI's loopback redirect URI, with `code`"),
+        (status = 400, description = "HTML page: the sign-in link is unknown, used or expired, or the answer came from another issuer", content_type = "text/html"),
+        (status = 401, description = "HTML page: the provider's answer could not be verified", content_type = "text/html"),
+        (status = 403, description = "HTML page: the provider did not sign the user in", content_type = "text/html")))]
 pub async fn callback(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,

@@ -18,11 +18,25 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers and an active signing key is loaded.
+/// How long a failed store write keeps `/readyz` not-ready when no write commits after it.
+pub const WRITE_FAILURE_HOLD_SECONDS: i64 = 10;
+
+/// Readiness: the store answers and takes writes, and an active signing key is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let store_ok = state.store.ping().await.is_ok();
+    // A store that answers reads but failed its last write (a full disk) is not ready either:
+    // until a write commits, or for WRITE_FAILURE_HOLD_SECONDS after the failure, so that a
+    // balancer that stopped sending traffic lets some through again to find out.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let writes_failing = state
+        .store
+        .audit_counter()
+        .failing_since()
+        .is_some_and(|t| now - t < WRITE_FAILURE_HOLD_SECONDS);
+    let store_ok = !writes_failing && state.store.ping().await.is_ok();
     let key_ok = state.keys.current().signer(state.clock.now()).is_some();
     let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
     let status = if store_ok && key_ok {
