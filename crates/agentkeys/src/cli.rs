@@ -12,7 +12,9 @@ pub use crate::agent::AgentCommand;
 pub use crate::agents::{AgentTarget, AgentsCommand};
 #[cfg(test)]
 use crate::aws::DEFAULT_DURATION;
-pub use crate::cloud::{AwsCommand, CredentialFormat, DurationArg, StsArgs};
+pub use crate::cloud::{
+    AwsCommand, CredentialFormat, CredentialsCommand, DurationArg, ExecMode, StsArgs,
+};
 #[cfg(test)]
 use crate::config::DEFAULT_PROFILE;
 use crate::context::Context;
@@ -157,8 +159,9 @@ pub enum Command {
     /// removes inherited AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE,
     /// AWS_CONTAINER_* and other variables that would point an SDK at other credentials. The
     /// client replaces itself with the command, so the command's exit status is the exit
-    /// status, and signals sent to this process reach the command. The credentials are not
-    /// refreshed: pick --duration to cover the command's run time.
+    /// status, and signals sent to this process reach the command. These credentials are not
+    /// refreshed: pick --duration to cover the command's run time, or use --refresh (any AWS
+    /// SDK then renews them by itself) or --web-identity.
     #[command(
         override_usage = "agentkeys exec [OPTIONS] --role-arn <ARN> -- <CMD> [ARGS]...",
         after_help = "Example: agentkeys exec --role-arn arn:aws:iam::123456789012:role/data \
@@ -176,11 +179,19 @@ pub enum Command {
         #[arg(long, value_name = "GRANT_ID")]
         grant: Option<String>,
 
+        #[command(flatten)]
+        mode: ExecMode,
+
         /// The command and its arguments, after `--`.
         #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,
               allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
         command: Vec<OsString>,
     },
+
+    /// A loopback credentials endpoint for other processes (containers, third-party MCP
+    /// servers, any AWS SDK).
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
 
     /// The acceptance test of the cloud setup: with the signed-in session's credentials, list
     /// the session's own prefix (must succeed) and another prefix (must be denied).
@@ -263,8 +274,26 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             sts,
             duration,
             grant,
+            mode,
             command,
-        } => cloud::exec_command(&ctx()?, &sts, duration.secs, grant, command).await,
+        } => cloud::exec_command(&ctx()?, &sts, duration.secs, grant, mode, command).await,
+        Command::Credentials(CredentialsCommand::Serve {
+            sts,
+            duration,
+            grant,
+            refresh_margin,
+            port,
+        }) => {
+            cloud::credentials_serve(
+                &ctx()?,
+                &sts,
+                (duration.secs, refresh_margin),
+                grant,
+                port,
+                out,
+            )
+            .await
+        }
         Command::VerifyIsolation {
             sts,
             bucket,
