@@ -193,6 +193,32 @@ pub enum Command {
     #[command(subcommand)]
     Credentials(CredentialsCommand),
 
+    /// An MCP server on stdio for agents: tools whoami, grants, storage_list, storage_get,
+    /// storage_put and storage_delete on the bucket under the session's own prefix (or a
+    /// granted one). The server keeps the credentials; no tool result, error or log line
+    /// carries a key, secret, token or session.
+    ///
+    /// Wire it into an MCP client as a command: `agentkeys mcp --role-arn ARN --bucket B`
+    /// (docs/agents.md has a config snippet).
+    Mcp {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        /// The bucket whose policy confines sessions to their prefixes.
+        #[arg(long, env = "AGENTKEYS_BUCKET", value_name = "BUCKET")]
+        bucket: String,
+
+        /// Mint under this grant (agents): the storage tools also reach the granted part of
+        /// the master's data (each credential renewal consumes one use).
+        #[arg(long, env = "AGENTKEYS_GRANT", value_name = "GRANT_ID")]
+        grant: Option<String>,
+
+        /// S3 endpoint for S3-compatible clouds such as Ceph RGW (path-style addressing is used
+        /// then). Default: AWS S3 in the region.
+        #[arg(long, env = "AGENTKEYS_S3_ENDPOINT", value_name = "URL")]
+        s3_endpoint: Option<String>,
+    },
+
     /// The acceptance test of the cloud setup: with the signed-in session's credentials, list
     /// the session's own prefix (must succeed) and another prefix (must be denied).
     ///
@@ -294,6 +320,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             )
             .await
         }
+        Command::Mcp {
+            sts,
+            bucket,
+            grant,
+            s3_endpoint,
+        } => cloud::mcp(&ctx()?, &sts, bucket, grant, s3_endpoint).await,
         Command::VerifyIsolation {
             sts,
             bucket,

@@ -319,6 +319,36 @@ pub(crate) async fn credentials_serve(
     refresh::serve(r, port, out).await
 }
 
+pub(crate) async fn mcp(
+    ctx: &Context,
+    sts: &StsArgs,
+    bucket: String,
+    grant: Option<String>,
+    s3_endpoint: Option<String>,
+) -> Result<()> {
+    let target = sts_target(sts)?;
+    let s3_endpoint = s3_endpoint
+        .map(|e| aws::normalize_endpoint(&e, "--s3-endpoint"))
+        .transpose()?;
+    check_bucket(&bucket)?;
+    let renewer = refresh::renewer(ctx, target, DEFAULT_DURATION, None, grant)?;
+    crate::mcp::serve(crate::mcp::Setup {
+        renewer,
+        bucket,
+        s3_endpoint,
+    })
+    .await
+}
+
+fn check_bucket(bucket: &str) -> Result<()> {
+    if bucket.trim().is_empty() || bucket.contains('/') {
+        return Err(Error::InvalidInput(format!(
+            "invalid --bucket {bucket:?}: give the bucket name only, without s3:// or a prefix"
+        )));
+    }
+    Ok(())
+}
+
 /// Writes the start of a step line and flushes it, so a slow network call shows where it is.
 fn step(out: &mut dyn Write, text: &str) -> Result<()> {
     emit(out, &format!("{text} ... "))
@@ -336,11 +366,7 @@ pub(crate) async fn verify_isolation(
     let s3_endpoint = s3_endpoint
         .map(|e| aws::normalize_endpoint(e, "--s3-endpoint"))
         .transpose()?;
-    if bucket.trim().is_empty() || bucket.contains('/') {
-        return Err(Error::InvalidInput(format!(
-            "invalid --bucket {bucket:?}: give the bucket name only, without s3:// or a prefix"
-        )));
-    }
+    check_bucket(bucket)?;
     if other_prefix.is_empty() {
         return Err(Error::InvalidInput(
             "--other-prefix must not be empty (default: 0xdeadbeef/)".to_owned(),

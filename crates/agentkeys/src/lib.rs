@@ -28,6 +28,7 @@ pub mod key;
 pub mod keyfile;
 pub mod login;
 mod loopback;
+pub mod mcp;
 pub mod output;
 pub mod pairing;
 pub mod poll;

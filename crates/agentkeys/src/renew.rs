@@ -15,6 +15,8 @@ use agentkeys_types::api::{MintRequest, MintResponse};
 
 use crate::agent;
 use crate::aws::{self, AwsCredentials, StsTarget};
+use crate::client::BrokerClient;
+use crate::config::SecretToken;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -27,11 +29,14 @@ pub const MIN_HOLD: u32 = 30;
 /// many seconds remain.
 const STILL_USABLE: i64 = 60;
 
-/// Credentials and the prefix (wallet tag) they may use.
+/// Credentials and the prefixes they may use.
 #[derive(Debug, Clone)]
 pub struct Current {
     pub creds: AwsCredentials,
+    /// The `agentkeys_user_wallet` tag: the own prefix is `<wallet>/`.
     pub wallet: String,
+    /// The `agentkeys_scope` tag of a mint under a grant: `<master prefix>/<scope>`.
+    pub scope: Option<String>,
 }
 
 /// What a renewal needs, and the credentials it holds.
@@ -124,22 +129,36 @@ impl Renewer {
                 .await?;
         Ok(Current {
             creds,
+            scope: scope_claim(&minted.jwt),
             wallet: minted.wallet,
         })
     }
 
-    /// A JWT pinned to the role (and the grant, if any) from the profile's session, renewing an
-    /// agent's session by device proof when the broker no longer accepts it.
+    /// A JWT pinned to the role (and the grant, if any) from the profile's session.
     pub async fn mint(&self) -> Result<MintResponse> {
-        let profile = self.ctx.profile()?;
-        let saved = profile.require_session()?;
         let req = MintRequest {
             audience: None,
             role_arn: Some(self.target.role_arn.clone()),
             grant_id: self.grant.clone(),
         };
+        self.with_session(|client, token| {
+            let req = req.clone();
+            async move { client.mint(&token, &req).await }
+        })
+        .await
+    }
+
+    /// Calls the broker with the profile's session, renewing an agent's session by device
+    /// proof once when the broker no longer accepts it.
+    pub async fn with_session<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(BrokerClient, SecretToken) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let profile = self.ctx.profile()?;
+        let saved = profile.require_session()?;
         let client = self.ctx.broker_for_session(&saved)?;
-        match client.mint(&saved.session_token, &req).await {
+        match call(client, saved.session_token).await {
             Err(rejected @ Error::SessionRejected { agent: true, .. }) => {
                 let Some(renewed) = agent::renew_agent_session(&self.ctx, &profile).await? else {
                     return Err(rejected);
@@ -150,11 +169,23 @@ impl Renewer {
                     renewed.expires_at
                 );
                 let client = self.ctx.broker_for_session(&renewed)?;
-                client.mint(&renewed.session_token, &req).await
+                call(client, renewed.session_token).await
             }
             other => other,
         }
     }
+}
+
+/// The `agentkeys_scope` claim of a JWT the broker just issued (read, not verified: it only
+/// names the prefix for display and paths; the cloud checks the signed token).
+fn scope_claim(jwt: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("agentkeys_scope")?.as_str().map(str::to_owned)
 }
 
 /// Failures that may pass by themselves; everything else is a refusal.
@@ -188,6 +219,23 @@ mod tests {
             .err()
             .expect("too large");
         assert!(e.to_string().contains("at most 870"), "{e}");
+    }
+
+    #[test]
+    fn scope_claim_is_read_from_the_payload() {
+        use base64::Engine as _;
+        let enc = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let jwt = format!(
+            "{}.{}.sig",
+            enc(serde_json::json!({"alg": "ES256"})),
+            enc(serde_json::json!({"agentkeys_scope": "0xabc/inbox"}))
+        );
+        assert_eq!(scope_claim(&jwt).as_deref(), Some("0xabc/inbox"));
+        let jwt = format!("h.{}.s", enc(serde_json::json!({"sub": "x"})));
+        assert_eq!(scope_claim(&jwt), None);
+        assert_eq!(scope_claim("garbage"), None);
     }
 
     #[test]
