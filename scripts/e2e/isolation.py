@@ -262,6 +262,7 @@ class Broker:
         if self.postgres:
             self.prepare_postgres()
         env = clean_env(self.home, BROKER_AUDIENCES=f"{AUD},wrong-audience", BROKER_LOG_FORMAT="text",
+                        BROKER_OIDC_JWT_TTL_SECONDS="60",
                         NO_COLOR="1", **self.store_env())
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -1234,7 +1235,14 @@ def body(work, broker):
     check("STS rejects a valid broker token for a role whose trust lacks sts:TagSession",
           sts_rejects(ROLE_NOTAG, lambda: token(A)))
 
-    # -------------------------------------------------------------- 11. audit chain
+    # -------------------------------------------------------------- 11. agents' everyday path (agents.py)
+    if bot1 and bot2:
+        import agents as agents_checks    # noqa: PLC0415 - the second module of this harness run
+        agents_checks.run(sys.modules[__name__], broker, A, B, bot1, bot2)
+    else:
+        check("agents' everyday path (agents.py)", lambda: (False, "needs both paired agents"))
+
+    # -------------------------------------------------------------- 12. audit chain
     def audit():
         r = broker.cli("audit", "verify")
         return r.returncode == 0, f"rc={r.returncode}: {short(r.stdout + r.stderr, 160)}"

@@ -9,7 +9,7 @@
 #   CARGO_TARGET_DIR [<repo>/target]      where the binaries are built
 #   AGENTKEYS_BROKER_BIN, AGENTKEYS_BIN   set both to test given binaries and skip `cargo build`
 #   E2E_VENV [$CARGO_TARGET_DIR/e2e-venv] Python venv from requirements.txt, reused while unchanged
-#   E2E_TEST_TIMEOUT [300]                upper bound for isolation.py, in seconds
+#   E2E_TEST_TIMEOUT [600]                upper bound for isolation.py (with agents.py), in seconds
 #   E2E_STRICT [1]                        0: a check whose CLI command is missing is skipped, not failed
 #   E2E_DATABASE_URL [unset]              postgres://USER@HOST:PORT/DB: the broker runs on PostgreSQL, in a
 #                                         fresh schema of that database, keys sealed under a KEK the
@@ -91,7 +91,7 @@ set +a
 # 5. the test
 t=$SECONDS
 rc=0
-run timeout --kill-after=10 "${E2E_TEST_TIMEOUT:-300}" "$venv/bin/python" "$here/isolation.py" || rc=$?
+run timeout --kill-after=10 "${E2E_TEST_TIMEOUT:-600}" "$venv/bin/python" "$here/isolation.py" || rc=$?
 log "isolation.py: $((SECONDS - t))s (exit $rc)"
 if ((rc != 0)); then
   log "RGW log kept in $lab/log (set E2E_RGW_DEBUG=20 to log STS token validation and policy evaluation)"

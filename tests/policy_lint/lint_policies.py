@@ -52,7 +52,8 @@ def main():
                                                       "Resource": "arn:aws:s3:::agentkeys-data"}]}
     check("control: parliament flags s3:GetObject on a bucket ARN", any(f[0] == "RESOURCE_MISMATCH" for f in findings(broken)))
 
-    for label, extra in [("default", []), ("--with-grants", ["--with-grants"])]:
+    for label, extra in [("default", []), ("--with-grants", ["--with-grants"]),
+                         ("--require-source-identity", ["--require-source-identity"])]:
         with tempfile.TemporaryDirectory() as out:
             docs = generate(broker, out, *extra)
         bucket = findings(docs["bucket-policy"])
@@ -60,6 +61,12 @@ def main():
         trust = [f for f in findings(docs["trust-policy"]) if (f[0], f[1]) not in TRUST_POLICY_FALSE_POSITIVES
                  and (f[0], None) not in TRUST_POLICY_FALSE_POSITIVES]
         check(f"trust policy ({label}) has no findings beyond the known trust-policy false positives", not trust, str(trust))
+        actions = docs["trust-policy"]["Statement"][0]["Action"]
+        check(f"trust policy ({label}) allows sts:SetSourceIdentity", "sts:SetSourceIdentity" in actions, str(actions))
+        required = docs["trust-policy"]["Statement"][0]["Condition"].get("StringLike", {}).get("sts:SourceIdentity")
+        want = "*" if "--require-source-identity" in extra else None
+        check(f"trust policy ({label}) {'requires' if want else 'does not require'} a source identity",
+              required == want, str(required))
 
     print(f"{results['passed']} passed, {results['failed']} failed")
     sys.exit(1 if results["failed"] else 0)

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentkeys::keyfile::WalletKey as PrivateKeySigner;
+use agentkeys::keyfile::WalletKey;
 use agentkeys_types::pairing::{ProofAction, proof_message};
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
@@ -206,12 +206,12 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-fn personal_sign(key: &PrivateKeySigner, message: &str) -> anyhow::Result<String> {
+fn personal_sign(key: &WalletKey, message: &str) -> anyhow::Result<String> {
     let sig = key.sign_message(message.as_bytes())?;
     Ok(format!("0x{}", hex::encode(sig.as_bytes())))
 }
 
-fn lower_address(key: &PrivateKeySigner) -> String {
+fn lower_address(key: &WalletKey) -> String {
     format!("0x{}", hex::encode(key.address()))
 }
 
@@ -268,7 +268,7 @@ fn str_field(v: &Value, field: &str) -> anyhow::Result<String> {
 }
 
 async fn sign_in(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let wallet = PrivateKeySigner::random();
+    let wallet = WalletKey::random();
     let challenge = post(
         http,
         &format!("{base}/v1/auth/wallet/challenge"),
@@ -510,7 +510,7 @@ impl Soak {
 
     fn proof(
         &self,
-        device: &PrivateKeySigner,
+        device: &WalletKey,
         action: ProofAction,
         subject: Option<&str>,
     ) -> anyhow::Result<(i64, String)> {
@@ -524,7 +524,7 @@ impl Soak {
     async fn pair(&self) -> anyhow::Result<(String, String, String)> {
         let master = sign_in(&self.http, &self.base).await?;
         let master = master.as_str();
-        let device = PrivateKeySigner::random();
+        let device = WalletKey::random();
         let (ts, signature) = self.proof(&device, ProofAction::Pair, None)?;
         let started = post(
             &self.http,

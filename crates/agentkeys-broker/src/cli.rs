@@ -182,6 +182,11 @@ pub struct PolicyAwsArgs {
     /// Also allow the grant-scope prefix (`agentkeys_scope`), for agents minting under grants.
     #[arg(long)]
     pub with_grants: bool,
+    /// The trust policy refuses sessions without a source identity (condition
+    /// `sts:SourceIdentity`), so every session the role gives names its actor in CloudTrail.
+    /// AWS only (needs --account).
+    #[arg(long)]
+    pub require_source_identity: bool,
     /// Write every tag value out instead of `${aws:PrincipalTag/…}` (for clouds that cannot
     /// substitute policy variables in resources, e.g. Ceph RGW 16): TAG=VALUE, repeatable.
     #[arg(long, value_name = "TAG=VALUE")]

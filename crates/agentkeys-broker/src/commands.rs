@@ -273,6 +273,15 @@ fn policy_aws(args: &PolicyAwsArgs) -> anyhow::Result<()> {
     if args.with_grants {
         inputs = inputs.with_scope();
     }
+    if args.require_source_identity {
+        if inputs.account.is_empty() {
+            bail!(
+                "--require-source-identity needs an AWS account: account-less clouds (Ceph RGW) \
+                 set no sts:SourceIdentity key and would refuse every token"
+            );
+        }
+        inputs = inputs.requiring_source_identity();
+    }
     let mut bundle = aws_bundle(&inputs);
     if !args.expand.is_empty() {
         let mut values = Vec::new();

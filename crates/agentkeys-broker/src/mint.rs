@@ -3,7 +3,7 @@
 use agentkeys_store::{Grant, NewAuditEvent, Session, StoreError};
 use agentkeys_types::api::MintRequest;
 use agentkeys_types::audit::{AuditKind, Outcome};
-use agentkeys_types::aws_tags::AwsSessionTags;
+use agentkeys_types::aws_tags::{AwsSessionTags, check_source_identity};
 use agentkeys_types::claims::{self, NBF_BACKDATE_SECONDS};
 use agentkeys_types::{ErrorKind, OmniAccount};
 use serde::Serialize;
@@ -133,6 +133,8 @@ struct Claims<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     aws_roles: Option<&'a str>,
+    #[serde(rename = "https://aws.amazon.com/source_identity")]
+    aws_source_identity: &'a str,
 }
 
 /// A signed token, not yet released.
@@ -286,6 +288,12 @@ pub async fn authorize<'a>(
         Ok(t) => t,
         Err(e) => return Ok(Err(DenyReason::InvalidSessionTag(e.to_string()))),
     };
+    // The actor is the session's source identity (CloudTrail's `sourceIdentity`), checked like
+    // the tags: a value AWS would refuse is a 4xx here, never a token STS rejects.
+    let source_identity = session.omni.as_str();
+    if let Err(e) = check_source_identity(source_identity) {
+        return Ok(Err(DenyReason::InvalidSessionTag(e.to_string())));
+    }
 
     // The key is picked now, so its kid goes into the audit event; it signs only after the
     // gate's transaction has allowed the mint.
@@ -305,6 +313,7 @@ pub async fn authorize<'a>(
         agentkeys_scope: grant.as_ref().map(|g| g.scope().to_owned()),
         aws_tags: tags,
         aws_roles: request.role_arn.as_deref(),
+        aws_source_identity: source_identity,
     };
     Ok(Ok(Permit {
         session,

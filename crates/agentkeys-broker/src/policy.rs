@@ -18,6 +18,16 @@ pub const OBJECT_ACTIONS: &[&str] = &[
     "s3:AbortMultipartUpload",
 ];
 
+/// What the role's trust policy lets the broker's tokens do.
+pub const TRUST_ACTIONS: &[&str] = &[
+    "sts:AssumeRoleWithWebIdentity",
+    "sts:TagSession",
+    "sts:SetSourceIdentity",
+];
+/// The same for account-less clouds (Ceph RGW 16): RGW refuses a trust policy that names
+/// `sts:SetSourceIdentity` (CreateRole fails), and ignores the source identity claim.
+pub const TRUST_ACTIONS_ACCOUNTLESS: &[&str] = &["sts:AssumeRoleWithWebIdentity", "sts:TagSession"];
+
 /// Inputs of `agentkeys-broker policy aws`.
 #[derive(Debug, Clone)]
 pub struct AwsInputs {
@@ -30,6 +40,8 @@ pub struct AwsInputs {
     pub audience: String,
     /// Tag keys whose value names a prefix the session may use.
     pub prefix_tags: Vec<String>,
+    /// The trust policy refuses tokens without a source identity (`sts:SourceIdentity`).
+    pub require_source_identity: bool,
 }
 
 impl AwsInputs {
@@ -71,12 +83,19 @@ impl AwsInputs {
             role_name: role_name.to_owned(),
             audience: AUDIENCE_STS.to_owned(),
             prefix_tags: vec![USER_WALLET.to_owned(), ACTOR_OMNI.to_owned()],
+            require_source_identity: false,
         })
     }
 
     /// Adds the grant-scope tag (issued for mints under a grant).
     pub fn with_scope(mut self) -> Self {
         self.prefix_tags.push(SCOPE.to_owned());
+        self
+    }
+
+    /// Makes the trust policy require a source identity on every session.
+    pub fn requiring_source_identity(mut self) -> Self {
+        self.require_source_identity = true;
         self
     }
 
@@ -102,21 +121,29 @@ impl AwsInputs {
 }
 
 /// The role's trust policy: only the broker's provider, only with the right audience, only
-/// tokens that carry the actor tag. It replaces any IAM-user principal; never both.
+/// tokens that carry the actor tag. It replaces any IAM-user principal; never both. It allows
+/// `sts:SetSourceIdentity` (the tokens carry the actor as source identity, and STS refuses a
+/// token with one unless the trust policy allows it) and, with `require_source_identity`,
+/// refuses sessions without one.
 pub fn trust_policy(i: &AwsInputs) -> Value {
+    let mut like = serde_json::Map::new();
+    // "The tag is present". AWS reads `Null: {key: "false"}` the same way, but Ceph RGW 16
+    // evaluates every Null condition as "absent", which would admit untagged tokens and refuse
+    // tagged ones; StringLike "*" means the same on both.
+    like.insert(format!("aws:RequestTag/{ACTOR_OMNI}"), json!("*"));
+    if i.require_source_identity {
+        like.insert("sts:SourceIdentity".to_owned(), json!("*"));
+    }
     json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Sid": "AgentKeysBrokerFederation",
             "Effect": "Allow",
             "Principal": { "Federated": i.provider_arn() },
-            "Action": ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"],
+            "Action": if i.account.is_empty() { TRUST_ACTIONS_ACCOUNTLESS } else { TRUST_ACTIONS },
             "Condition": {
                 "StringEquals": { format!("{}:aud", i.provider_host()): i.audience },
-                // "The tag is present". AWS reads `Null: {key: "false"}` the same way, but
-                // Ceph RGW 16 evaluates every Null condition as "absent", which would admit
-                // untagged tokens and refuse tagged ones; StringLike "*" means the same on both.
-                "StringLike": { format!("aws:RequestTag/{ACTOR_OMNI}"): "*" }
+                "StringLike": like
             }
         }]
     })
@@ -265,7 +292,27 @@ mod tests {
         );
         assert_eq!(
             s["Action"],
-            json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"])
+            json!([
+                "sts:AssumeRoleWithWebIdentity",
+                "sts:TagSession",
+                "sts:SetSourceIdentity"
+            ])
+        );
+        assert!(
+            s["Condition"]["StringLike"]
+                .get("sts:SourceIdentity")
+                .is_none()
+        );
+        let rgw = AwsInputs::new("http://127.0.0.1:1", "", "agentkeys-data", "r").unwrap();
+        assert_eq!(
+            trust_policy(&rgw)["Statement"][0]["Action"],
+            json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"]),
+            "RGW refuses sts:SetSourceIdentity in a trust policy"
+        );
+        let required = trust_policy(&inputs().requiring_source_identity());
+        assert_eq!(
+            required["Statement"][0]["Condition"]["StringLike"]["sts:SourceIdentity"],
+            "*"
         );
         assert_eq!(
             s["Condition"]["StringEquals"]["broker.example.com:aud"],

@@ -98,7 +98,7 @@ pub fn nonce() -> String {
 mod properties {
     //! The SIWE message and its answer, by property (docs/reliability.md).
 
-    use agentkeys::keyfile::WalletKey as PrivateKeySigner;
+    use agentkeys::keyfile::WalletKey;
     use proptest::prelude::*;
 
     use super::*;
@@ -132,7 +132,7 @@ mod properties {
             ttl in 1i64..3600,
             statement in "[A-Za-z0-9 .,]{1,60}",
         ) {
-            let key = PrivateKeySigner::random();
+            let key = WalletKey::random();
             let address: WalletAddress = format!("0x{}", hex::encode(key.address())).parse().unwrap();
             let text = message(&issuer(port), &address, statement.clone(), chain_id, &nonce, issued_at, issued_at + ttl).unwrap();
             let parsed: siwe::Message = text.parse().unwrap();
@@ -147,7 +147,7 @@ mod properties {
             prop_assert_eq!(verify(&c, &statement, &signature, issued_at), Ok(address.clone()));
             prop_assert_eq!(verify(&c, &format!("{statement}!"), &signature, issued_at), Err(SignInError::WrongPurpose));
             prop_assert_eq!(verify(&c, &statement, &signature, issued_at + ttl), Err(SignInError::Expired));
-            let other: [u8; 65] = PrivateKeySigner::random().sign_message(text.as_bytes()).unwrap().as_bytes();
+            let other: [u8; 65] = WalletKey::random().sign_message(text.as_bytes()).unwrap().as_bytes();
             prop_assert_eq!(verify(&c, &statement, &other, issued_at), Err(SignInError::WrongSigner));
         }
 

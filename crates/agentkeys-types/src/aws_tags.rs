@@ -37,6 +37,28 @@ pub enum TagError {
     ValueCharset { key: String },
     #[error("session tag key {0:?} appears twice (keys are case-insensitive)")]
     DuplicateKey(String),
+    #[error(
+        "source identity {0:?} must be {MIN_SOURCE_IDENTITY}–{MAX_SOURCE_IDENTITY} characters of \
+         letters, digits and _+=,.@-"
+    )]
+    SourceIdentity(String),
+}
+
+/// AWS's rule for `SourceIdentity`: 2–64 characters of `[\w+=,.@-]`.
+pub const MIN_SOURCE_IDENTITY: usize = 2;
+pub const MAX_SOURCE_IDENTITY: usize = 64;
+
+/// Checks a source identity against AWS's rule before it is signed into a token.
+pub fn check_source_identity(value: &str) -> Result<(), TagError> {
+    let ok = (MIN_SOURCE_IDENTITY..=MAX_SOURCE_IDENTITY).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(TagError::SourceIdentity(value.to_owned()))
+    }
 }
 
 /// `\p{L}` and `\p{N}` (approximated by Unicode alphanumerics), `\p{Z}` and `_ . : / = + - @`.
@@ -124,6 +146,20 @@ mod tests {
             serde_json::json!(["0xabc/inbox/"])
         );
         assert_eq!(json["transitive_tag_keys"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn source_identity_rule() {
+        // An omni is 64 hex digits: exactly the longest source identity.
+        check_source_identity(&"a".repeat(64)).unwrap();
+        check_source_identity("ab").unwrap();
+        check_source_identity("user_1+x=y,z.w@v-u").unwrap();
+        for bad in ["", "a", &"a".repeat(65), "a b", "a:b", "a/b", "é1", "a\nb"] {
+            assert!(
+                matches!(check_source_identity(bad), Err(TagError::SourceIdentity(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

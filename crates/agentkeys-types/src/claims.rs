@@ -15,6 +15,9 @@ pub const SCOPE: &str = "agentkeys_scope";
 pub const AWS_TAGS: &str = "https://aws.amazon.com/tags";
 /// Pins a token to one role ARN.
 pub const AWS_ROLES: &str = "https://aws.amazon.com/roles";
+/// The actor, as the STS session's source identity: CloudTrail names it on every call made with
+/// the session, and it survives role chaining.
+pub const AWS_SOURCE_IDENTITY: &str = "https://aws.amazon.com/source_identity";
 
 /// Every claim the broker can emit, in a stable order.
 pub const CLAIMS_SUPPORTED: &[&str] = &[
@@ -30,6 +33,7 @@ pub const CLAIMS_SUPPORTED: &[&str] = &[
     SCOPE,
     AWS_TAGS,
     AWS_ROLES,
+    AWS_SOURCE_IDENTITY,
 ];
 
 /// The default audience: AWS STS.

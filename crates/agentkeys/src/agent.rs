@@ -266,26 +266,7 @@ pub(crate) async fn agent_login(
         .as_ref()
         .and_then(|s| s.label.clone())
         .unwrap_or_default();
-    let client = ctx.broker_for_login(&profile)?;
-    let issuer = client.issuer().await?;
-    let paired = profile.load_paired()?;
-    check_paired_issuer(&profile, client.base_url(), paired.as_ref(), &issuer)?;
-    let mut prover = DeviceProver::new(signer, &issuer);
-    let issued = client
-        .agent_session(&prover.session_request(&omni, pairing::now_ms())?)
-        .await?;
-    if issued.omni_account != omni {
-        return Err(Error::BrokerProtocol {
-            url: client.base_url().to_owned(),
-            detail: "the new session is not for this agent".into(),
-        });
-    }
-    let saved = SavedSession::from_pairing(client.base_url(), issued, &label);
-    profile.save_session(&saved)?;
-    if paired.is_none() {
-        // A profile paired before issuers were pinned: pin the one that just accepted the key.
-        profile.save_paired(&PairedBroker { issuer })?;
-    }
+    let saved = device_login(ctx, &profile, signer, &omni, &label).await?;
     if json {
         emit(
             out,
@@ -307,6 +288,58 @@ pub(crate) async fn agent_login(
             ),
         )
     }
+}
+
+/// A new session for the agent `omni` by proving `signer` (its device key), saved in the profile.
+async fn device_login(
+    ctx: &Context,
+    profile: &Profile,
+    signer: crate::keyfile::WalletKey,
+    omni: &str,
+    label: &str,
+) -> Result<SavedSession> {
+    let client = ctx.broker_for_login(profile)?;
+    let issuer = client.issuer().await?;
+    let paired = profile.load_paired()?;
+    check_paired_issuer(profile, client.base_url(), paired.as_ref(), &issuer)?;
+    let mut prover = DeviceProver::new(signer, &issuer);
+    let issued = client
+        .agent_session(&prover.session_request(omni, pairing::now_ms())?)
+        .await?;
+    if issued.omni_account != omni {
+        return Err(Error::BrokerProtocol {
+            url: client.base_url().to_owned(),
+            detail: "the new session is not for this agent".into(),
+        });
+    }
+    let saved = SavedSession::from_pairing(client.base_url(), issued, label);
+    profile.save_session(&saved)?;
+    if paired.is_none() {
+        // A profile paired before issuers were pinned: pin the one that just accepted the key.
+        profile.save_paired(&PairedBroker { issuer })?;
+    }
+    Ok(saved)
+}
+
+/// Renews the saved agent session of `profile` by device proof (its `device.key`), for
+/// long-running commands whose session expired or was ended while they ran. `None` when the
+/// profile is not an agent's or has no device key: only signing in again helps then.
+pub(crate) async fn renew_agent_session(
+    ctx: &Context,
+    profile: &Profile,
+) -> Result<Option<SavedSession>> {
+    let Some(saved) = profile.load_session()? else {
+        return Ok(None);
+    };
+    let key = profile.device_key_path();
+    if !saved.is_agent() || !key.exists() {
+        return Ok(None);
+    }
+    let signer = keyfile::read(&key)?;
+    let label = saved.label.clone().unwrap_or_default();
+    device_login(ctx, profile, signer, &saved.omni_account, &label)
+        .await
+        .map(Some)
 }
 
 /// A device proof names the broker's issuer; the device signs one only for the issuer its

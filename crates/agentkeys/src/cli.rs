@@ -12,7 +12,9 @@ pub use crate::agent::AgentCommand;
 pub use crate::agents::{AgentTarget, AgentsCommand};
 #[cfg(test)]
 use crate::aws::DEFAULT_DURATION;
-pub use crate::cloud::{AwsCommand, CredentialFormat, DurationArg, StsArgs};
+pub use crate::cloud::{
+    AwsCommand, CredentialFormat, CredentialsCommand, DurationArg, ExecMode, StsArgs,
+};
 #[cfg(test)]
 use crate::config::DEFAULT_PROFILE;
 use crate::context::Context;
@@ -162,8 +164,9 @@ pub enum Command {
     /// removes inherited AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE,
     /// AWS_CONTAINER_* and other variables that would point an SDK at other credentials. The
     /// client replaces itself with the command, so the command's exit status is the exit
-    /// status, and signals sent to this process reach the command. The credentials are not
-    /// refreshed: pick --duration to cover the command's run time.
+    /// status, and signals sent to this process reach the command. These credentials are not
+    /// refreshed: pick --duration to cover the command's run time, or use --refresh (any AWS
+    /// SDK then renews them by itself) or --web-identity.
     #[command(
         override_usage = "agentkeys exec [OPTIONS] --role-arn <ARN> -- <CMD> [ARGS]...",
         after_help = "Example: agentkeys exec --role-arn arn:aws:iam::123456789012:role/data \
@@ -181,10 +184,44 @@ pub enum Command {
         #[arg(long, value_name = "GRANT_ID")]
         grant: Option<String>,
 
+        #[command(flatten)]
+        mode: ExecMode,
+
         /// The command and its arguments, after `--`.
         #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,
               allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
         command: Vec<OsString>,
+    },
+
+    /// A loopback credentials endpoint for other processes (containers, third-party MCP
+    /// servers, any AWS SDK).
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+
+    /// An MCP server on stdio for agents: tools whoami, grants, storage_list, storage_get,
+    /// storage_put and storage_delete on the bucket under the session's own prefix (or a
+    /// granted one). The server keeps the credentials; no tool result, error or log line
+    /// carries a key, secret, token or session.
+    ///
+    /// Wire it into an MCP client as a command: `agentkeys mcp --role-arn ARN --bucket B`
+    /// (docs/agents.md has a config snippet).
+    Mcp {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        /// The bucket whose policy confines sessions to their prefixes.
+        #[arg(long, env = "AGENTKEYS_BUCKET", value_name = "BUCKET")]
+        bucket: String,
+
+        /// Mint under this grant (agents): the storage tools also reach the granted part of
+        /// the master's data (each credential renewal consumes one use).
+        #[arg(long, env = "AGENTKEYS_GRANT", value_name = "GRANT_ID")]
+        grant: Option<String>,
+
+        /// S3 endpoint for S3-compatible clouds such as Ceph RGW (path-style addressing is used
+        /// then). Default: AWS S3 in the region.
+        #[arg(long, env = "AGENTKEYS_S3_ENDPOINT", value_name = "URL")]
+        s3_endpoint: Option<String>,
     },
 
     /// The acceptance test of the cloud setup: with the signed-in session's credentials, list
@@ -269,8 +306,32 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             sts,
             duration,
             grant,
+            mode,
             command,
-        } => cloud::exec_command(&ctx()?, &sts, duration.secs, grant, command).await,
+        } => cloud::exec_command(&ctx()?, &sts, duration.secs, grant, mode, command).await,
+        Command::Credentials(CredentialsCommand::Serve {
+            sts,
+            duration,
+            grant,
+            refresh_margin,
+            port,
+        }) => {
+            cloud::credentials_serve(
+                &ctx()?,
+                &sts,
+                (duration.secs, refresh_margin),
+                grant,
+                port,
+                out,
+            )
+            .await
+        }
+        Command::Mcp {
+            sts,
+            bucket,
+            grant,
+            s3_endpoint,
+        } => cloud::mcp(&ctx()?, &sts, bucket, grant, s3_endpoint).await,
         Command::VerifyIsolation {
             sts,
             bucket,

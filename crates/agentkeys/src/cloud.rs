@@ -10,7 +10,7 @@ use crate::cache::{self, CacheKey, CredentialCache, Miss};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::output::emit;
-use crate::{exec, isolation};
+use crate::{exec, isolation, refresh};
 use agentkeys_types::api::{MintRequest, MintResponse};
 use clap::ValueEnum;
 
@@ -86,6 +86,65 @@ pub enum AwsCommand {
         /// Mint under this grant (agents); cached separately from the session's own credentials.
         #[arg(long, value_name = "GRANT_ID")]
         grant: Option<String>,
+    },
+}
+
+/// How `exec` hands credentials to the command.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ExecMode {
+    /// Serve refreshing credentials: the command gets AWS_CONTAINER_CREDENTIALS_FULL_URI and
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN (random for this run) for a loopback endpoint that
+    /// renews the token and the STS credentials before they expire, instead of static keys.
+    /// Every AWS SDK refreshes from it by itself. The command runs as a child (not in place of
+    /// this process); signals are passed on and its exit status is returned.
+    #[arg(long, conflicts_with = "web_identity")]
+    pub refresh: bool,
+
+    /// Write the JWT to a 0600 file that is rewritten before each token expires, and set
+    /// AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN and AWS_ROLE_SESSION_NAME (and
+    /// AWS_ENDPOINT_URL_STS with --sts-endpoint): the command's SDK calls STS itself.
+    #[arg(long)]
+    pub web_identity: bool,
+
+    /// With --refresh: renew the credentials when fewer than this many seconds of their life
+    /// remain (default: 300, or a third of --duration if less; at most --duration minus 30).
+    #[arg(long, value_name = "SECONDS", requires = "refresh")]
+    pub refresh_margin: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Serve refreshing credentials on 127.0.0.1 in the AWS container-credentials format, as a
+    /// sidecar, until SIGTERM or SIGINT.
+    ///
+    /// Prints `export AWS_CONTAINER_CREDENTIALS_FULL_URI=…` and `export
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN=…` (a random token for this run; requests without it
+    /// get 401, with another value 403), plus AGENTKEYS_USER_WALLET. A process with these two
+    /// variables, e.g. a third-party MCP server or any AWS SDK, fetches credentials here and
+    /// again before they expire; the endpoint renews the token and the STS credentials (and an
+    /// agent's ended session, by device proof) as needed.
+    #[command(after_help = "Example: agentkeys credentials serve --role-arn \
+                      arn:aws:iam::123456789012:role/data > creds.env & . ./creds.env")]
+    Serve {
+        #[command(flatten)]
+        sts: StsArgs,
+
+        #[command(flatten)]
+        duration: DurationArg,
+
+        /// Mint under this grant (agents): the credentials also reach the granted part of the
+        /// master's data; each renewal consumes one use.
+        #[arg(long, value_name = "GRANT_ID")]
+        grant: Option<String>,
+
+        /// Renew the credentials when fewer than this many seconds of their life remain
+        /// (default: 300, or a third of --duration if less; at most --duration minus 30).
+        #[arg(long, value_name = "SECONDS")]
+        refresh_margin: Option<u32>,
+
+        /// Port on 127.0.0.1 (default 0: any free port, shown in the printed URL).
+        #[arg(long, value_name = "PORT", default_value_t = 0)]
+        port: u16,
     },
 }
 
@@ -223,6 +282,7 @@ pub(crate) async fn exec_command(
     sts: &StsArgs,
     duration: u32,
     grant: Option<String>,
+    mode: ExecMode,
     command: Vec<OsString>,
 ) -> Result<()> {
     let Some((program, args)) = command.split_first() else {
@@ -231,10 +291,62 @@ pub(crate) async fn exec_command(
         ));
     };
     let target = sts_target(sts)?;
+    if mode.refresh {
+        let r = refresh::renewer(ctx, target, duration, mode.refresh_margin, grant)?;
+        return refresh::exec_refresh(r, program, args).await;
+    }
+    if mode.web_identity {
+        let dir = ctx.profile()?.dir().to_path_buf();
+        let r = refresh::renewer(ctx, target, duration, None, grant)?;
+        return refresh::exec_web_identity(r, &dir, program, args).await;
+    }
     let (creds, minted) = fetch_credentials(ctx, &target, duration, (None, grant)).await?;
     let cmd = exec::command(program, args, &creds, &target.region, &minted.wallet);
     // Returns only if the command could not be started.
     Err(exec::exec(cmd))
+}
+
+pub(crate) async fn credentials_serve(
+    ctx: &Context,
+    sts: &StsArgs,
+    (duration, margin): (u32, Option<u32>),
+    grant: Option<String>,
+    port: u16,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let target = sts_target(sts)?;
+    let r = refresh::renewer(ctx, target, duration, margin, grant)?;
+    refresh::serve(r, port, out).await
+}
+
+pub(crate) async fn mcp(
+    ctx: &Context,
+    sts: &StsArgs,
+    bucket: String,
+    grant: Option<String>,
+    s3_endpoint: Option<String>,
+) -> Result<()> {
+    let target = sts_target(sts)?;
+    let s3_endpoint = s3_endpoint
+        .map(|e| aws::normalize_endpoint(&e, "--s3-endpoint"))
+        .transpose()?;
+    check_bucket(&bucket)?;
+    let renewer = refresh::renewer(ctx, target, DEFAULT_DURATION, None, grant)?;
+    crate::mcp::serve(crate::mcp::Setup {
+        renewer,
+        bucket,
+        s3_endpoint,
+    })
+    .await
+}
+
+fn check_bucket(bucket: &str) -> Result<()> {
+    if bucket.trim().is_empty() || bucket.contains('/') {
+        return Err(Error::InvalidInput(format!(
+            "invalid --bucket {bucket:?}: give the bucket name only, without s3:// or a prefix"
+        )));
+    }
+    Ok(())
 }
 
 /// Writes the start of a step line and flushes it, so a slow network call shows where it is.
@@ -254,11 +366,7 @@ pub(crate) async fn verify_isolation(
     let s3_endpoint = s3_endpoint
         .map(|e| aws::normalize_endpoint(e, "--s3-endpoint"))
         .transpose()?;
-    if bucket.trim().is_empty() || bucket.contains('/') {
-        return Err(Error::InvalidInput(format!(
-            "invalid --bucket {bucket:?}: give the bucket name only, without s3:// or a prefix"
-        )));
-    }
+    check_bucket(bucket)?;
     if other_prefix.is_empty() {
         return Err(Error::InvalidInput(
             "--other-prefix must not be empty (default: 0xdeadbeef/)".to_owned(),

@@ -40,6 +40,7 @@ pub struct GlobalArgs {
 }
 
 /// Resolved global options.
+#[derive(Clone)]
 pub(crate) struct Context {
     profile_name: String,
     config_dir: Option<std::path::PathBuf>,

@@ -14,7 +14,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut stdout = std::io::stdout().lock();
+    // Not locked for the whole run: `agentkeys mcp` writes stdout from the async runtime's
+    // threads, which would wait forever on a lock held here.
+    let mut stdout = std::io::stdout();
     match runtime.block_on(agentkeys::run(cli, &mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

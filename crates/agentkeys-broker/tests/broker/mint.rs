@@ -58,6 +58,11 @@ async fn a_minted_jwt_verifies_and_carries_exactly_the_spec_claims() {
     );
     assert!(c.get("https://aws.amazon.com/roles").is_none());
     assert!(c.get("agentkeys_scope").is_none(), "no grant, no scope");
+    assert_eq!(
+        c["https://aws.amazon.com/source_identity"],
+        s.omni_account.as_str(),
+        "the actor is the STS session's source identity"
+    );
 
     // jti is unique per mint.
     let second = app.mint_jwt(&s.session_token).await;
