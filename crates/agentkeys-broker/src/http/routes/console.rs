@@ -60,7 +60,8 @@ pub async fn app_css() -> impl IntoResponse {
 /// The console's own session: who is signed in in this browser, and the CSRF token its changes
 /// carry in `X-CSRF-Token`. 204 when this browser has no live session (the console then shows
 /// its sign-in page; a 401 would be an error in the browser's console on every visit).
-#[utoipa::path(get, path = "/v1/console/session", tag = "console", security(("bearer" = [])),
+/// Signing in is therefore optional here (an empty security alternative in the OpenAPI).
+#[utoipa::path(get, path = "/v1/console/session", tag = "console", security((), ("bearer" = [])),
     responses((status = 200, body = ConsoleSession), (status = 204, description = "Not signed in")))]
 pub async fn session(
     headers: HeaderMap,
