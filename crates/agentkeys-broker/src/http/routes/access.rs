@@ -325,14 +325,8 @@ pub async fn approve(
     Path(request_id): Path<String>,
     OptionalJson(body): OptionalJson<AccessApproveRequest>,
 ) -> Result<axum::Json<AccessRequestInfo>, ApiError> {
-    let request = state
-        .store
-        .access_request(&request_id)
-        .await?
-        .filter(|r| r.master == master.omni)
-        .ok_or_else(not_found)?;
     let now = state.clock.now();
-    undecided(&request, now)?;
+    let request = pending_of(&state, &master, &request_id, now).await?;
     let agent = state
         .store
         .agent(&request.agent)
@@ -470,6 +464,24 @@ pub async fn approve(
     ))
 }
 
+/// The request as read before deciding: this master's and still pending, or the answer to
+/// send. The transaction checks both again (`PendingRequest::check`); this gives the error.
+async fn pending_of(
+    state: &AppState,
+    master: &Session,
+    request_id: &str,
+    now: i64,
+) -> Result<AccessRequest, ApiError> {
+    let request = state
+        .store
+        .access_request(request_id)
+        .await?
+        .filter(|r| r.master == master.omni)
+        .ok_or_else(not_found)?;
+    undecided(&request, now)?;
+    Ok(request)
+}
+
 fn undecided(r: &AccessRequest, now: i64) -> Result<(), ApiError> {
     match status_at(r, now) {
         AccessRequestStatus::Pending => Ok(()),
@@ -492,14 +504,8 @@ pub async fn deny(
     MasterSession(master): MasterSession,
     Path(request_id): Path<String>,
 ) -> Result<axum::Json<AccessRequestInfo>, ApiError> {
-    let request = state
-        .store
-        .access_request(&request_id)
-        .await?
-        .filter(|r| r.master == master.omni)
-        .ok_or_else(not_found)?;
     let now = state.clock.now();
-    undecided(&request, now)?;
+    let request = pending_of(&state, &master, &request_id, now).await?;
     let m = master.omni.as_str();
     let denied = event(
         now,
