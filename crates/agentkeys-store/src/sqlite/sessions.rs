@@ -58,12 +58,14 @@ pub(super) fn insert(conn: &Connection, s: &Session) -> rusqlite::Result<()> {
     Ok(())
 }
 
+pub(super) fn get_sql() -> String {
+    format!("SELECT {COLUMNS} FROM {JOINED} WHERE s.token_hash = ?1")
+}
+
 pub(super) fn get(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<Session>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM {JOINED} WHERE s.token_hash = ?1"
-    ))?
-    .query_row([token_hash], row)
-    .optional()
+    conn.prepare_cached(&get_sql())?
+        .query_row([token_hash], row)
+        .optional()
 }
 
 pub(super) fn live_of(
