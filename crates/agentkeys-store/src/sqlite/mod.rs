@@ -319,24 +319,25 @@ fn run_batch(
 ) -> rusqlite::Result<()> {
     // IMMEDIATE takes the write lock up front: another process (the `keys` command) may write
     // too, and the chain head must be read under that lock.
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = audit::head(&tx)?;
     let start = head.seq;
     for work in batch.iter_mut() {
-        let savepoint = tx.savepoint()?;
+        // Prepared once and reused: rusqlite's `Transaction::savepoint` parses its SQL anew
+        // each time, which cost a mint more than all its own statements together.
+        tx.prepare_cached("SAVEPOINT work")?.execute([])?;
         // A work rolled back must not advance the head: it runs on a copy.
         let mut work_head = head.clone();
         let ran = {
-            let mut stx = tx::SqliteTx::new(&savepoint, &mut work_head);
+            let mut stx = tx::SqliteTx::new(&tx, &mut work_head);
             work.run(&mut stx)
         };
         if ran.is_ok() {
-            savepoint.commit()?;
             head = work_head;
         } else {
-            // A savepoint's default drop behaviour is to roll back; `finish` reports errors.
-            savepoint.finish()?;
+            tx.prepare_cached("ROLLBACK TO work")?.execute([])?;
         }
+        tx.prepare_cached("RELEASE work")?.execute([])?;
     }
     *appended = u64::try_from(head.seq - start).unwrap_or(0);
     tx.commit()
