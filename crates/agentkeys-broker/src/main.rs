@@ -4,6 +4,11 @@ use agentkeys_broker::cli::{Cli, Command};
 use agentkeys_broker::config::setting_error_from_clap;
 use clap::Parser;
 
+// A mint allocates a few dozen small buffers across the async workers and the store's writer
+// thread; glibc's malloc spent about a tenth of the broker's CPU on them (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
