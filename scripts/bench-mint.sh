@@ -5,7 +5,7 @@
 #
 #   scripts/bench-mint.sh [--concurrency C] [--seconds S] [--masters N] [--runs R]
 #                         [--warmup S] [--threads T] [--wrk] [--keep]
-#                         [--database sqlite|postgres] [--instances N]
+#                         [--database sqlite|postgres] [--instances N] [--compare]
 #
 #   --concurrency  concurrent workers / connections (default 32)
 #   --seconds      measured seconds per run (default 20)
@@ -20,6 +20,12 @@
 #   --instances    broker processes sharing the database (default 1); the load is spread over
 #                  them round-robin, and server CPU is the sum of every broker's and, on
 #                  postgres, every PostgreSQL process's
+#   --compare      also measure the ceiling, the perf lab's minimal Rust mint with a durable
+#                  group-committed SQLite audit (refmint AUDIT=group, 2 workers; from
+#                  $PERFLAB_DIR, default ../shared/perf-lab beside the repository): ceiling and
+#                  broker are both driven by wrk (1 thread, same connections, same seconds, 200
+#                  bearers round-robin), alternating, once per run; prints the broker's ratios
+#                  to the ceiling (mints/s, p99, server CPU per mint). Needs wrk.
 #
 # The broker and the load generator share the machine's cores: see docs/performance.md for how
 # to read the numbers. Exits non-zero if a run fails (anything but 200, or no mint at all), the
@@ -41,6 +47,8 @@ use_wrk=0
 keep=0
 database=sqlite
 instances=1
+compare=0
+perflab="${PERFLAB_DIR:-$repo/../shared/perf-lab}"
 
 die() {
   echo "bench-mint: $*" >&2
@@ -60,6 +68,7 @@ while (($#)); do
     --keep) keep=1; shift ;;
     --database) [[ "${2-}" == sqlite || "${2-}" == postgres ]] || die "--database is sqlite or postgres"; database="$2"; shift 2 ;;
     --instances) need_int "$1" "${2-}"; instances="$2"; shift 2 ;;
+    --compare) compare=1; shift ;;
     -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -71,10 +80,15 @@ if ((instances > 1)) && [[ "$database" == sqlite ]]; then
   echo "bench-mint: note: $instances instances on one SQLite file (writers take turns on its lock)" >&2
 fi
 ((use_wrk == 0 || instances == 1)) || die "--wrk drives one instance; use it without --instances"
+((compare == 0 || instances == 1)) || die "--compare drives one instance; use it without --instances"
 
 command -v curl >/dev/null || die "curl is required"
-if ((use_wrk)); then
-  command -v wrk >/dev/null || die "--wrk needs wrk (apt-get install -y wrk)"
+if ((use_wrk || compare)); then
+  command -v wrk >/dev/null || die "--wrk and --compare need wrk (apt-get install -y wrk)"
+fi
+if ((compare)); then
+  [[ -f "$perflab/refmint/Cargo.toml" ]] ||
+    die "--compare needs the perf lab's refmint at $perflab/refmint (set PERFLAB_DIR to the perf-lab directory)"
 fi
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -86,6 +100,16 @@ broker_bin="$CARGO_TARGET_DIR/release/agentkeys-broker"
 [[ -x "$broker_bin" ]] || die "no broker binary at $broker_bin"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentkeys-bench.XXXXXX")"
+if ((compare)); then
+  # Built from a copy, so nothing (its Cargo.lock) is written into the perf lab's directory.
+  step "cargo build --release the ceiling (refmint) from $perflab/refmint"
+  cp -r "$perflab/refmint" "$work/refmint"
+  rm -rf "$work/refmint/target"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/refmint" timeout 1800 \
+    cargo build --release --manifest-path "$work/refmint/Cargo.toml"
+  refmint_bin="$CARGO_TARGET_DIR/refmint/release/refmint"
+  [[ -x "$refmint_bin" ]] || die "no refmint binary at $refmint_bin"
+fi
 data="$work/data"
 pg_state="$work/pg.env"
 broker_pids=()
@@ -223,35 +247,106 @@ for r in $(seq "$runs"); do
   fi
 done
 
-wrk_line=""
-if ((use_wrk)); then
-  step "cross-check with wrk: $concurrency connections, $seconds s"
-  timeout 300 cargo bench -q -p agentkeys-broker --bench mint_load -- \
-    --url "$url" --masters "$masters" --tokens-out "$work/tokens" >/dev/null
-  cat >"$work/mint.lua" <<'LUA'
--- POST /v1/mint-oidc-jwt round-robin over the session tokens in $TOKENS_FILE.
+# POST $MINT_PATH round-robin over the bearer tokens in $TOKENS_FILE (one a line).
+cat >"$work/mint.lua" <<'LUA'
 local tokens = {}
 for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
+local path = os.getenv("MINT_PATH")
 local i = 0
 function request()
   i = i % #tokens + 1
-  return wrk.format("POST", "/v1/mint-oidc-jwt", { ["Authorization"] = "Bearer " .. tokens[i] })
+  return wrk.format("POST", path, { ["Authorization"] = "Bearer " .. tokens[i], ["Content-Length"] = "0" })
 end
 function done(summary, latency, requests)
-  io.write(string.format("wrk_non_2xx_or_3xx: %d\nwrk_socket_errors: %d\n", summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+  io.write(string.format("wrk_requests: %d\nwrk_non_2xx_or_3xx: %d\nwrk_socket_errors: %d\nwrk_p99_ms: %.3f\n",
+    summary.requests, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(99) / 1000))
 end
 LUA
-  # Warm-up, then the measured run.
-  TOKENS_FILE="$work/tokens" timeout 120 wrk -t1 -c"$concurrency" -d"${warmup}s" \
-    -s "$work/mint.lua" "$url" >/dev/null 2>&1 || true
-  TOKENS_FILE="$work/tokens" timeout $((seconds + 120)) wrk -t1 -c"$concurrency" -d"${seconds}s" \
-    --latency -s "$work/mint.lua" "$url" | tee "$work/wrk.txt"
-  wrk_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/wrk.txt")
-  wrk_p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.txt")
-  wrk_p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.txt")
-  wrk_bad=$(awk '/^wrk_non_2xx_or_3xx:/ {print $2}' "$work/wrk.txt")
-  wrk_line="wrk (1 thread, $concurrency connections): mints/s $wrk_rps, p50 $wrk_p50, p99 $wrk_p99, non-2xx $wrk_bad"
+
+# CPU seconds (user + system) used so far by the processes given.
+cpu_seconds() {
+  local hz pid sum=0 t
+  hz=$(getconf CLK_TCK)
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    sum=$((sum + t))
+  done
+  awk -v t="$sum" -v hz="$hz" 'BEGIN {printf "%.3f", t / hz}'
+}
+
+# wrk_run NAME URL PATH TOKENS PID...: a warm-up, then the measured run; writes $work/NAME.txt
+# with wrk's output and `mints/s:`, `p99_ms:`, `cpu_us_per_mint:`, `non_2xx:` lines.
+wrk_run() {
+  local name="$1" target="$2" path="$3" tokens="$4"
+  shift 4
+  local before after
+  TOKENS_FILE="$tokens" MINT_PATH="$path" timeout 120 wrk -t1 -c"$concurrency" -d"${warmup}s" \
+    -s "$work/mint.lua" "$target" >/dev/null 2>&1 || true
+  before=$(cpu_seconds "$@")
+  TOKENS_FILE="$tokens" MINT_PATH="$path" timeout $((seconds + 120)) wrk -t1 -c"$concurrency" \
+    -d"${seconds}s" --latency -s "$work/mint.lua" "$target" >"$work/$name.txt"
+  after=$(cpu_seconds "$@")
+  awk -v b="$before" -v a="$after" -v s="$seconds" '
+    $1 == "wrk_requests:" {n = $2} $1 == "wrk_non_2xx_or_3xx:" {bad = $2} $1 == "wrk_p99_ms:" {p99 = $2}
+    END {printf "mints/s: %.0f\np99_ms: %.3f\ncpu_us_per_mint: %.1f\nnon_2xx: %d\n",
+      n / s, p99, (n > 0 ? (a - b) * 1e6 / n : 0), bad}' "$work/$name.txt" >>"$work/$name.txt"
+}
+field() { awk -v k="$2:" '$1 == k {print $2}' "$work/$1.txt"; }
+
+wrk_line=""
+if ((use_wrk || compare)); then
+  timeout 300 cargo bench -q -p agentkeys-broker --bench mint_load -- \
+    --url "$url" --masters "$masters" --tokens-out "$work/tokens" >/dev/null
+fi
+if ((use_wrk)); then
+  step "cross-check with wrk: $concurrency connections, $seconds s"
+  wrk_run wrk "$url" /v1/mint-oidc-jwt "$work/tokens" "${broker_pids[@]}"
+  cat "$work/wrk.txt"
+  wrk_bad=$(field wrk non_2xx)
+  wrk_line="wrk (1 thread, $concurrency connections): mints/s $(field wrk mints/s), p99 $(field wrk p99_ms) ms, server CPU $(field wrk cpu_us_per_mint) µs/mint, non-2xx $wrk_bad"
+fi
+
+compare_lines=()
+if ((compare)); then
+  # The ceiling's bearers are its own (sess-0 … sess-199); its database is a fresh file per run.
+  for i in $(seq 0 199); do echo "sess-$i"; done >"$work/ceiling-tokens"
+  for r in $(seq "$runs"); do
+    step "compare $r/$runs: the ceiling, then the broker, wrk $concurrency connections, $seconds s each"
+    mkdir -p "$work/ceiling-$r"
+    ceiling_port=""
+    for _ in $(seq 20); do
+      ceiling_port=$((20000 + RANDOM % 40000))
+      port_in_use "$ceiling_port" || break
+    done
+    PORT="$ceiling_port" WORKERS="$(nproc)" AUDIT=group AUDIT_SYNC=FULL AUDIT_DB="$work/ceiling-$r/refmint.db" \
+      "$refmint_bin" >"$work/ceiling-$r/log" 2>&1 &
+    ceiling_pid=$!
+    for _ in $(seq 100); do port_in_use "$ceiling_port" && break; sleep 0.1; done
+    port_in_use "$ceiling_port" || { cat "$work/ceiling-$r/log" >&2; die "the ceiling did not start"; }
+    wrk_run "ceiling-$r" "http://127.0.0.1:$ceiling_port" /mint "$work/ceiling-tokens" "$ceiling_pid"
+    kill -TERM "$ceiling_pid" 2>/dev/null || true
+    wait "$ceiling_pid" 2>/dev/null || true
+    wrk_run "broker-$r" "$url" /v1/mint-oidc-jwt "$work/tokens" "${broker_pids[@]}"
+    for who in ceiling broker; do
+      [[ "$(field "$who-$r" non_2xx)" == 0 ]] || die "wrk saw non-2xx answers from the $who"
+      echo "$who: mints/s $(field "$who-$r" mints/s)  p99_ms $(field "$who-$r" p99_ms)  server_cpu_us_per_mint $(field "$who-$r" cpu_us_per_mint)"
+    done
+  done
+  cmedian() { # cmedian WHO FIELD
+    for r in $(seq "$runs"); do field "$1-$r" "$2"; done | sort -g | awk '{v[NR] = $1} END {
+      if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  }
+  c_rps=$(cmedian ceiling mints/s) b_rps=$(cmedian broker mints/s)
+  c_p99=$(cmedian ceiling p99_ms) b_p99=$(cmedian broker p99_ms)
+  c_cpu=$(cmedian ceiling cpu_us_per_mint) b_cpu=$(cmedian broker cpu_us_per_mint)
+  compare_lines=(
+    "ceiling (refmint group, wrk c=$concurrency): mints/s $c_rps  p99_ms $c_p99  server_cpu_us_per_mint $c_cpu"
+    "broker (wrk c=$concurrency):                 mints/s $b_rps  p99_ms $b_p99  server_cpu_us_per_mint $b_cpu"
+    "$(awk -v br="$b_rps" -v cr="$c_rps" -v bp="$b_p99" -v cp="$c_p99" -v bc="$b_cpu" -v cc="$c_cpu" 'BEGIN {
+      printf "ratio to the ceiling: mints/s %.2f  p99 %.2f  server CPU per mint %.2f", br / cr, bp / cp, bc / cc }')"
+  )
 fi
 
 metrics="$(curl -fsS --max-time 10 "$url/metrics" || true)"
@@ -302,6 +397,7 @@ echo "median server_cpu_us_per_mint: $(median broker_cpu_us_per_mint)"
 echo "median loadgen_cpu_cores: $(median loadgen_cpu_cores)"
 echo "non_200 over all runs: $(for r in $(seq "$runs"); do awk '$1 == "non_200_total:" {print $2}' "$work/run-$r.txt"; done | awk '{s += $1} END {print s + 0}')"
 [[ -n "$wrk_line" ]] && echo "$wrk_line"
+for line in "${compare_lines[@]}"; do echo "$line"; done
 echo "$metrics" | grep -E '^agentkeys_(audit_writes|mints)_total' | sed 's/^/metric: /' || true
 echo "broker log ERROR lines: $errors"
 echo "audit: $verify_out"
