@@ -210,14 +210,14 @@ impl AgentKeysMcp {
 
 async fn whoami_call(
     client: crate::client::BrokerClient,
-    token: crate::config::SecretToken,
+    token: crate::secret::SecretString,
 ) -> Result<agentkeys_types::api::WhoAmI> {
     client.whoami(&token).await
 }
 
 async fn grants_call(
     client: crate::client::BrokerClient,
-    token: crate::config::SecretToken,
+    token: crate::secret::SecretString,
 ) -> Result<agentkeys_types::api::GrantList> {
     client.grants(&token).await
 }
@@ -589,14 +589,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretToken;
+    use crate::secret::SecretString;
 
     fn current() -> Current {
         Current {
             creds: aws::AwsCredentials {
                 access_key_id: "ASIAEXAMPLE".into(),
-                secret_access_key: SecretToken::new("s".into()),
-                session_token: SecretToken::new("t".into()),
+                secret_access_key: SecretString::from("s"),
+                session_token: SecretString::from("t"),
                 expiration: 0,
             },
             wallet: "0xabc".into(),
