@@ -12,7 +12,9 @@ use crate::fsutil;
 use crate::secret::{self, SecretString};
 
 pub const DEFAULT_BROKER_URL: &str = "http://127.0.0.1:8091";
-pub const DEFAULT_PROFILE: &str = "default";
+/// Re-exported here with the other defaults; defined at the crate root so that `error` needs
+/// no `config`.
+pub use crate::DEFAULT_PROFILE;
 const SESSION_FILE: &str = "session.json";
 const DEVICE_KEY_FILE: &str = "device.key";
 const PAIRED_FILE: &str = "paired.json";
