@@ -1715,6 +1715,100 @@ fn an_agent_asks_for_access_and_its_master_approves_or_denies() {
     );
 }
 
+/// `agentkeys mcp` spoken to as an MCP client does (newline-delimited JSON-RPC on stdio): an
+/// agent's `request_access` files an access request its master sees, and a bad ttl is refused
+/// before any call.
+#[test]
+fn mcp_request_access_files_a_request_the_master_sees() {
+    use std::io::BufRead;
+    let broker = Broker::start();
+    let (master, _, _) = signed_in_master(&broker);
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, &master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", "bot1"]);
+        true
+    })
+    .expect("paired");
+
+    // The server mints and trades the token for credentials once, before the handshake.
+    let sts = FakeSts::start(1);
+    let mut mcp = agent.spawn(&[
+        "mcp",
+        "--role-arn",
+        "arn:aws:iam:::role/agentkeys-data",
+        "--sts-endpoint",
+        &sts.url,
+        "--region",
+        "eu-west-1",
+        "--bucket",
+        "bkt",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+    ]);
+    let mut stdout = std::io::BufReader::new(
+        mcp.child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout piped"),
+    );
+    let mut answer = || -> serde_json::Value {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the server");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    mcp.type_line(
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "cli_e2e", "version": "0"}}})
+        .to_string(),
+    );
+    let init = answer();
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    mcp.type_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let call = |id: u32, arguments: serde_json::Value| {
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                           "params": {"name": "request_access", "arguments": arguments}})
+        .to_string()
+    };
+
+    mcp.type_line(&call(
+        2,
+        serde_json::json!({"scope": "inbox/", "ttl": "soon", "reason": "x"}),
+    ));
+    let refused = answer();
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    let text = refused["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(text.contains("nothing was sent"), "{refused}");
+
+    mcp.type_line(&call(
+        3,
+        serde_json::json!({"scope": "inbox/", "ttl": "1h", "uses": 2,
+                           "reason": "read today's invoices"}),
+    ));
+    let asked = answer();
+    assert_ne!(asked["result"]["isError"], true, "{asked}");
+    let info: serde_json::Value = serde_json::from_str(
+        asked["result"]["content"][0]["text"]
+            .as_str()
+            .expect("text content"),
+    )
+    .expect("the request as JSON");
+    assert_eq!(info["status"], "pending", "{info}");
+    assert_eq!(info["ttl_seconds"], 3600, "{info}");
+    let id = info["request_id"].as_str().expect("request_id");
+    drop(mcp);
+    assert_eq!(sts.bodies().len(), 1);
+
+    // The master sees it, with its terms, like one filed by `agentkeys grants request`.
+    let listed = master.ok(&["requests", "list"]);
+    for want in [id, "bot1", "inbox/", "2 uses", "read today's invoices"] {
+        assert!(listed.contains(want), "{want}: {listed}");
+    }
+}
+
 #[test]
 fn grants_create_use_exhaust_and_revoke() {
     let broker = Broker::start();
