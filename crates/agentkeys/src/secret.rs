@@ -1,5 +1,5 @@
 //! Bearer secrets (session tokens, AWS secret keys and session tokens, the credentials
-//! endpoint's token) are `secrecy::SecretString`: a redacted `Debug`, no `Display`, zeroed on
+//! endpoint's token, a pending sign-in's request id and PKCE verifier) are `secrecy::SecretString`: a redacted `Debug`, no `Display`, zeroed on
 //! drop, and read only through `expose_secret()` where the secret is sent or written on purpose.
 //!
 //! `secrecy` serializes no string secret by design; the few documents that must hold one (the

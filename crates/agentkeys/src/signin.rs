@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::keyfile::WalletKey;
 use crate::loopback::Loopback;
+use crate::secret::{ExposeSecret, SecretString};
 use crate::siwe_check::check_siwe_message;
 use clap::Args;
 
@@ -101,8 +102,10 @@ pub(crate) struct Pending {
     pub(crate) goal: Goal,
     /// The email address, or the provider's name.
     pub(crate) subject: String,
-    pub(crate) request_id: String,
-    pub(crate) code_verifier: String,
+    #[serde(with = "crate::secret::serde_str")]
+    pub(crate) request_id: SecretString,
+    #[serde(with = "crate::secret::serde_str")]
+    pub(crate) code_verifier: SecretString,
     pub(crate) expires_at: String,
 }
 
@@ -196,9 +199,9 @@ pub(crate) async fn collect(
 ) -> Result<LoginStatusResponse> {
     loop {
         let req = LoginCollectRequest {
-            request_id: pending.request_id.clone(),
+            request_id: pending.request_id.expose_secret().to_owned(),
             code: typed_code(pending.goal, &code)?,
-            code_verifier: pending.code_verifier.clone(),
+            code_verifier: pending.code_verifier.expose_secret().to_owned(),
         };
         match client.login_collect(method, &req).await {
             Err(Error::Broker {
@@ -498,8 +501,8 @@ impl<'a> Flow<'a> {
             method: method_name(self.method).to_owned(),
             goal: self.goal,
             subject: self.subject.to_owned(),
-            request_id: started.request_id.clone(),
-            code_verifier,
+            request_id: SecretString::from(started.request_id.as_str()),
+            code_verifier: SecretString::from(code_verifier),
             expires_at: sanitize(&started.expires_at, 64),
         };
         save_pending(self.profile, &pending)?;
