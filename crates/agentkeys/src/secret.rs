@@ -1,10 +1,12 @@
 //! Bearer secrets (session tokens, AWS secret keys and session tokens, the credentials
-//! endpoint's token, a pending sign-in's request id and PKCE verifier) are `secrecy::SecretString`: a redacted `Debug`, no `Display`, zeroed on
-//! drop, and read only through `expose_secret()` where the secret is sent or written on purpose.
+//! endpoint's token, a pending sign-in's request id and PKCE verifier) are
+//! `secrecy::SecretString`: a redacted `Debug`, no `Display`, zeroed on drop, and read only
+//! through `expose_secret()` where the secret is sent or written on purpose.
 //!
 //! `secrecy` serializes no string secret by design; the few documents that must hold one (the
-//! session file, the `credential_process` document and its cache) name [`serde_str`] on the
-//! field, so every place a secret is written is visible in a `#[serde(with = …)]`.
+//! session file, the pending sign-in, the `credential_process` document and its cache) name
+//! [`serde_str`] on the field, so every place a secret is written is visible in a
+//! `#[serde(with = …)]`.
 
 pub use secrecy::{ExposeSecret, SecretString};
 
