@@ -54,7 +54,8 @@ def http_get(url, headers=None, timeout=10):
         return e.code, e.read().decode(errors="replace")
 
 
-MCP_TOOLS = {"whoami", "grants", "storage_list", "storage_get", "storage_put", "storage_delete"}
+MCP_TOOLS = {"whoami", "grants", "request_access", "storage_list", "storage_get", "storage_put",
+             "storage_delete"}
 SECRET_SHAPES = [
     (re.compile(rb"eyJ[A-Za-z0-9_-]{10,}"), "a JWT or base64 JSON"),
     (re.compile(rb"(?<![A-Za-z0-9])[A-Z0-9]{20}(?![A-Za-z0-9])"), "an access key id"),
@@ -139,7 +140,7 @@ def mcp_checks(h, B, bot1, bot2, role, sts_args):
         if put and not {"key", "content"} <= set(put.input_schema.get("required", [])):
             problems.append(f"storage_put required {put.input_schema.get('required')}")
         return not problems, "; ".join(problems) or f"{len(tools)} tools with input schemas; session {secs:.1f} s"
-    h.check("`agentkeys mcp` (bot2) under the Python MCP SDK: tools/list has the six tools with input schemas",
+    h.check("`agentkeys mcp` (bot2) under the Python MCP SDK: tools/list has the seven tools with input schemas",
             mcp_tools)
     if "whoami" not in results:
         return

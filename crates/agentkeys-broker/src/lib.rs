@@ -242,7 +242,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         && state.settings.metrics_listen.is_none()
     {
         tracing::warn!(
-            "metrics.open: /metrics is served to anyone who reaches --listen; set BROKER_METRICS_TOKEN or BROKER_METRICS_LISTEN"
+            exposure = "/metrics is served to anyone who reaches --listen",
+            fix = "set BROKER_METRICS_TOKEN or BROKER_METRICS_LISTEN",
+            "metrics.open"
         );
     }
     let maintenance = spawn_maintenance(state.clone());

@@ -152,7 +152,8 @@ impl Mailer for LogMailer {
             code = mail.code,
             link = mail.browser_link,
             linking_to = mail.linking_to,
-            "email.dev_code (development mode: the code and link are credentials)"
+            note = "development mode: the code and link are credentials",
+            "email.dev_code"
         );
         Ok(())
     }

@@ -14,6 +14,7 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use secrecy::{ExposeSecret, SecretString};
 
 pub const MINTS: &str = "agentkeys_mints_total";
 pub const MINT_DENIALS: &str = "agentkeys_mint_denials_total";
@@ -50,9 +51,10 @@ pub fn mint_denied(reason: &crate::mint::DenyReason) {
     metrics::counter!(MINT_DENIALS, "reason" => reason.as_str()).increment(1);
 }
 
-/// The bearer token `/metrics` requires (`BROKER_METRICS_TOKEN`). Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MetricsToken(String);
+/// The bearer token `/metrics` requires (`BROKER_METRICS_TOKEN`), checked for length when parsed.
+/// Never printed: its `Debug` is `secrecy`'s redacted one.
+#[derive(Clone, Debug)]
+pub struct MetricsToken(SecretString);
 
 impl MetricsToken {
     /// The shortest token accepted: 128 bits as hex or base64 is longer than this.
@@ -66,22 +68,16 @@ impl MetricsToken {
                 Self::MIN_LEN
             ));
         }
-        Ok(Self(token.to_owned()))
+        Ok(Self(SecretString::from(token)))
     }
 
     /// Whether `presented` is the token, in time independent of where they differ: both sides
     /// are hashed first, so neither the content nor the length leaks through timing.
     pub fn matches(&self, presented: &str) -> bool {
         use sha2::{Digest, Sha256};
-        let a = Sha256::digest(self.0.as_bytes());
+        let a = Sha256::digest(self.0.expose_secret().as_bytes());
         let b = Sha256::digest(presented.as_bytes());
         aws_lc_rs::constant_time::verify_slices_are_equal(&a, &b).is_ok()
-    }
-}
-
-impl std::fmt::Debug for MetricsToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MetricsToken(…)")
     }
 }
 

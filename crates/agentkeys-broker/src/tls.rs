@@ -162,7 +162,11 @@ impl ReloadingConfig {
                 current.config = config;
             }
             Err(e) => {
-                tracing::error!(error = %e, "tls.reload_failed; still serving the previous certificate");
+                tracing::error!(
+                    error = %e,
+                    serving = "the previous certificate",
+                    "tls.reload_failed"
+                );
             }
         }
         current.config.clone()

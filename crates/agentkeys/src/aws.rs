@@ -17,8 +17,8 @@ use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::primitives::{DateTime, DateTimeFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::config::SecretToken;
 use crate::error::{Error, Result};
+use crate::secret::{self, ExposeSecret, SecretString};
 
 /// Region when neither `--region`, `AWS_REGION` nor `AWS_DEFAULT_REGION` names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -56,38 +56,47 @@ impl StsTarget {
     }
 }
 
-/// Temporary credentials from STS. `Debug` shows only the access key id.
-#[derive(Clone, PartialEq, Eq)]
+/// Temporary credentials from STS. `Debug` shows the access key id, not the secrets.
+#[derive(Debug, Clone)]
 pub struct AwsCredentials {
     pub access_key_id: String,
-    pub secret_access_key: SecretToken,
-    pub session_token: SecretToken,
+    pub secret_access_key: SecretString,
+    pub session_token: SecretString,
     /// Unix seconds.
     pub expiration: i64,
 }
 
-impl std::fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .field("expiration", &self.expiration)
-            .finish()
-    }
-}
-
 /// The AWS `credential_process` document (also `aws credentials --format json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ProcessCredentials {
     pub version: u8,
     pub access_key_id: String,
-    pub secret_access_key: SecretToken,
-    pub session_token: SecretToken,
+    #[serde(with = "crate::secret::serde_str")]
+    pub secret_access_key: SecretString,
+    #[serde(with = "crate::secret::serde_str")]
+    pub session_token: SecretString,
     /// RFC 3339.
     pub expiration: String,
 }
+
+impl PartialEq for AwsCredentials {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured, so a new field cannot be left out of the comparison.
+        let Self {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expiration,
+        } = self;
+        *access_key_id == other.access_key_id
+            && secret::same(secret_access_key, &other.secret_access_key)
+            && secret::same(session_token, &other.session_token)
+            && *expiration == other.expiration
+    }
+}
+
+impl Eq for AwsCredentials {}
 
 impl AwsCredentials {
     pub fn expiration_rfc3339(&self) -> String {
@@ -317,8 +326,8 @@ pub async fn assume_role_with_web_identity(
     })?;
     Ok(AwsCredentials {
         access_key_id: c.access_key_id().to_owned(),
-        secret_access_key: SecretToken::new(c.secret_access_key().to_owned()),
-        session_token: SecretToken::new(c.session_token().to_owned()),
+        secret_access_key: SecretString::from(c.secret_access_key()),
+        session_token: SecretString::from(c.session_token()),
         expiration: c.expiration().secs(),
     })
 }
@@ -414,9 +423,12 @@ pub fn env_vars(creds: &AwsCredentials, region: &str, wallet: &str) -> Vec<(&'st
         ("AWS_ACCESS_KEY_ID", creds.access_key_id.clone()),
         (
             "AWS_SECRET_ACCESS_KEY",
-            creds.secret_access_key.expose().to_owned(),
+            creds.secret_access_key.expose_secret().to_owned(),
         ),
-        ("AWS_SESSION_TOKEN", creds.session_token.expose().to_owned()),
+        (
+            "AWS_SESSION_TOKEN",
+            creds.session_token.expose_secret().to_owned(),
+        ),
         ("AWS_REGION", region.to_owned()),
         ("AWS_DEFAULT_REGION", region.to_owned()),
         ("AGENTKEYS_USER_WALLET", wallet.to_owned()),
@@ -447,8 +459,8 @@ mod tests {
     pub(crate) fn creds() -> AwsCredentials {
         AwsCredentials {
             access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: SecretToken::new("s3cr3t/key+it's".into()),
-            session_token: SecretToken::new("tok$en`x`\"y\"".into()),
+            secret_access_key: SecretString::from("s3cr3t/key+it's"),
+            session_token: SecretString::from("tok$en`x`\"y\""),
             expiration: 1_893_456_000, // 2030-01-01T00:00:00Z
         }
     }
@@ -631,8 +643,8 @@ mod tests {
             .await
             .expect("credentials");
         assert_eq!(c.access_key_id, "ASIAFAKE");
-        assert_eq!(c.secret_access_key.expose(), "fake-secret");
-        assert_eq!(c.session_token.expose(), "fake-token");
+        assert_eq!(c.secret_access_key.expose_secret(), "fake-secret");
+        assert_eq!(c.session_token.expose_secret(), "fake-token");
         assert_eq!(c.expiration_rfc3339(), "2030-01-01T00:00:00Z");
         let reqs = server.requests();
         assert_eq!(reqs.len(), 1);

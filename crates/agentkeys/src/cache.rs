@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::aws::{AwsCredentials, ProcessCredentials};
-use crate::config::SecretToken;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::secret::{ExposeSecret, SecretString};
 
 /// Cached credentials are refreshed this long before they expire.
 pub const REFRESH_MARGIN_SECS: i64 = 5 * 60;
@@ -60,8 +60,8 @@ impl CacheKey {
 }
 
 /// A hash of the saved session token: identifies the session without storing it.
-pub fn session_fingerprint(token: &SecretToken) -> String {
-    hex::encode(Sha256::digest(token.expose().as_bytes()))
+pub fn session_fingerprint(token: &SecretString) -> String {
+    hex::encode(Sha256::digest(token.expose_secret().as_bytes()))
 }
 
 /// Whether credentials expiring at `expiration` may still be handed out at `now` (both Unix
@@ -201,8 +201,8 @@ mod tests {
     fn creds(expiration: i64) -> AwsCredentials {
         AwsCredentials {
             access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: SecretToken::new("secret".into()),
-            session_token: SecretToken::new("token".into()),
+            secret_access_key: SecretString::from("secret"),
+            session_token: SecretString::from("token"),
             expiration,
         }
     }
@@ -352,7 +352,7 @@ mod tests {
 
     #[test]
     fn fingerprint_hides_the_token() {
-        let f = session_fingerprint(&SecretToken::new("abc".into()));
+        let f = session_fingerprint(&SecretString::from("abc"));
         assert_eq!(f.len(), 64);
         assert!(!f.contains("abc"));
     }

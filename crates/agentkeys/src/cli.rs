@@ -198,9 +198,9 @@ pub enum Command {
     #[command(subcommand)]
     Credentials(CredentialsCommand),
 
-    /// An MCP server on stdio for agents: tools whoami, grants, storage_list, storage_get,
-    /// storage_put and storage_delete on the bucket under the session's own prefix (or a
-    /// granted one). The server keeps the credentials; no tool result, error or log line
+    /// An MCP server on stdio for agents: tools whoami, grants, request_access (ask the master
+    /// for a grant), and storage_list, storage_get, storage_put and storage_delete on the bucket
+    /// under the session's own prefix (or a granted one). The server keeps the credentials; no tool result, error or log line
     /// carries a key, secret, token or session.
     ///
     /// Wire it into an MCP client as a command: `agentkeys mcp --role-arn ARN --bucket B`

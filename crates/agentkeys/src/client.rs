@@ -16,8 +16,8 @@ use agentkeys_types::{ErrorBody, OmniAccount};
 use reqwest::{Method, RequestBuilder, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use crate::config::SecretToken;
 use crate::error::{Error, Result, RetryAfter};
+use crate::secret::{ExposeSecret, SecretString};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -293,26 +293,26 @@ impl BrokerClient {
 
     pub async fn pairing_approve(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         req: &PairingApproveRequest,
     ) -> Result<AgentInfo> {
         let rb = self
             .request(Method::POST, "/v1/agents/pairing/approve")
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(req);
         self.send_json(rb, self.owner()).await
     }
 
-    pub async fn agents(&self, token: &SecretToken) -> Result<AgentList> {
+    pub async fn agents(&self, token: &SecretString) -> Result<AgentList> {
         let rb = self
             .request(Method::GET, "/v1/agents")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     pub async fn agent_action(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         agent: &OmniAccount,
         action: AgentAction,
     ) -> Result<AgentInfo> {
@@ -320,29 +320,29 @@ impl BrokerClient {
         // An omni is 64 hex digits: safe in a path as it is.
         let rb = self
             .request(method, &format!("/v1/agents/{agent}{suffix}"))
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
-    pub async fn sessions(&self, token: &SecretToken) -> Result<SessionList> {
+    pub async fn sessions(&self, token: &SecretString) -> Result<SessionList> {
         let rb = self
             .request(Method::GET, "/v1/sessions")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     /// `id` must be a session id as listed (checked by the caller: it goes into the path).
-    pub async fn revoke_session(&self, token: &SecretToken, id: &str) -> Result<()> {
+    pub async fn revoke_session(&self, token: &SecretString, id: &str) -> Result<()> {
         let rb = self
             .request(Method::POST, &format!("/v1/sessions/{id}/revoke"))
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send(rb, self.owner()).await.map(drop)
     }
 
-    pub async fn logout_all(&self, token: &SecretToken) -> Result<()> {
+    pub async fn logout_all(&self, token: &SecretString) -> Result<()> {
         let rb = self
             .request(Method::POST, "/v1/session/logout-all")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send(rb, self.owner()).await.map(drop)
     }
 
@@ -363,24 +363,24 @@ impl BrokerClient {
         self.send_json(rb, None).await
     }
 
-    pub async fn whoami(&self, token: &SecretToken) -> Result<WhoAmI> {
+    pub async fn whoami(&self, token: &SecretString) -> Result<WhoAmI> {
         let rb = self
             .request(Method::GET, "/v1/session")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
-    pub async fn logout(&self, token: &SecretToken) -> Result<()> {
+    pub async fn logout(&self, token: &SecretString) -> Result<()> {
         let rb = self
             .request(Method::POST, "/v1/session/logout")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send(rb, self.owner()).await.map(drop)
     }
 
-    pub async fn mint(&self, token: &SecretToken, req: &MintRequest) -> Result<MintResponse> {
+    pub async fn mint(&self, token: &SecretString, req: &MintRequest) -> Result<MintResponse> {
         let rb = self
             .request(Method::POST, "/v1/mint-oidc-jwt")
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(&mint_body(req));
         self.send_json(rb, self.owner()).await
     }
@@ -404,12 +404,12 @@ impl BrokerClient {
     /// Starts linking an email address to the signed-in wallet master.
     pub async fn link_email_start(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         req: &LinkEmailRequest,
     ) -> Result<LoginStartResponse> {
         let rb = self
             .request(Method::POST, &LoginMethod::Email.link_path())
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(req);
         self.send_json(rb, self.owner()).await
     }
@@ -417,12 +417,12 @@ impl BrokerClient {
     /// Starts linking an OIDC provider's account to the signed-in wallet master.
     pub async fn link_oidc_start(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         req: &LinkOidcRequest,
     ) -> Result<LoginStartResponse> {
         let rb = self
             .request(Method::POST, &LoginMethod::Oidc.link_path())
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(req);
         self.send_json(rb, self.owner()).await
     }
@@ -437,17 +437,17 @@ impl BrokerClient {
         self.send_json(rb, None).await
     }
 
-    pub async fn identities(&self, token: &SecretToken) -> Result<IdentityList> {
+    pub async fn identities(&self, token: &SecretString) -> Result<IdentityList> {
         let rb = self
             .request(Method::GET, "/v1/identities")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     /// One page of `GET /v1/audit`; `query` holds its parameters (after, limit, kind, …).
     pub async fn audit_page(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         query: &[(&str, String)],
     ) -> Result<agentkeys_types::api::AuditPage> {
         let params: Vec<String> = query
@@ -456,51 +456,51 @@ impl BrokerClient {
             .collect();
         let rb = self
             .request(Method::GET, &format!("/v1/audit?{}", params.join("&")))
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     /// `POST /v1/grants` (a master).
     pub async fn grant_create(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         req: &agentkeys_types::api::GrantCreateRequest,
     ) -> Result<agentkeys_types::api::GrantInfo> {
         let rb = self
             .request(Method::POST, "/v1/grants")
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(req);
         self.send_json(rb, self.owner()).await
     }
 
     /// `GET /v1/grants`: a master's grants, or an agent's own.
-    pub async fn grants(&self, token: &SecretToken) -> Result<agentkeys_types::api::GrantList> {
+    pub async fn grants(&self, token: &SecretString) -> Result<agentkeys_types::api::GrantList> {
         let rb = self
             .request(Method::GET, "/v1/grants")
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     /// `DELETE /v1/grants/{id}` (a master); the id is percent-encoded.
-    pub async fn grant_revoke(&self, token: &SecretToken, id: &str) -> Result<()> {
+    pub async fn grant_revoke(&self, token: &SecretString, id: &str) -> Result<()> {
         let rb = self
             .request(
                 Method::DELETE,
                 &format!("/v1/grants/{}", encode_path_segment(id)),
             )
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send(rb, self.owner()).await.map(drop)
     }
 
     /// `POST /v1/access-requests` (an agent): ask the master for a grant.
     pub async fn access_request(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         req: &agentkeys_types::api::AccessRequestCreate,
     ) -> Result<agentkeys_types::api::AccessRequestInfo> {
         let rb = self
             .request(Method::POST, "/v1/access-requests")
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(req);
         self.send_json(rb, self.owner()).await
     }
@@ -508,7 +508,7 @@ impl BrokerClient {
     /// `GET /v1/access-requests`: a master's (to all its agents), or an agent's own.
     pub async fn access_requests(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         pending_only: bool,
     ) -> Result<agentkeys_types::api::AccessRequestList> {
         let path = if pending_only {
@@ -516,32 +516,36 @@ impl BrokerClient {
         } else {
             "/v1/access-requests"
         };
-        let rb = self.request(Method::GET, path).bearer_auth(token.expose());
+        let rb = self
+            .request(Method::GET, path)
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     /// `GET /v1/access-requests/{id}`; the id is percent-encoded.
     pub async fn access_request_show(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         id: &str,
     ) -> Result<agentkeys_types::api::AccessRequestInfo> {
         let path = format!("/v1/access-requests/{}", encode_path_segment(id));
-        let rb = self.request(Method::GET, &path).bearer_auth(token.expose());
+        let rb = self
+            .request(Method::GET, &path)
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     /// `POST /v1/access-requests/{id}/approve` (a master).
     pub async fn access_approve(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         id: &str,
         req: &agentkeys_types::api::AccessApproveRequest,
     ) -> Result<agentkeys_types::api::AccessRequestInfo> {
         let path = format!("/v1/access-requests/{}/approve", encode_path_segment(id));
         let rb = self
             .request(Method::POST, &path)
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .json(req);
         self.send_json(rb, self.owner()).await
     }
@@ -549,19 +553,19 @@ impl BrokerClient {
     /// `POST /v1/access-requests/{id}/deny` (a master).
     pub async fn access_deny(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         id: &str,
     ) -> Result<agentkeys_types::api::AccessRequestInfo> {
         let path = format!("/v1/access-requests/{}/deny", encode_path_segment(id));
         let rb = self
             .request(Method::POST, &path)
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
     pub async fn unlink_identity(
         &self,
-        token: &SecretToken,
+        token: &SecretString,
         identity_type: &str,
         identity_value: &str,
     ) -> Result<UnlinkResult> {
@@ -572,7 +576,7 @@ impl BrokerClient {
         })?;
         let rb = self
             .request(Method::DELETE, &path)
-            .bearer_auth(token.expose());
+            .bearer_auth(token.expose_secret());
         self.send_json(rb, self.owner()).await
     }
 
@@ -1052,7 +1056,7 @@ mod tests {
         let base = format!("http://127.0.0.1:{port}");
         let c = BrokerClient::new(&base, "default").expect("client");
         let e = c
-            .whoami(&SecretToken::new("t".into()))
+            .whoami(&SecretString::from("t"))
             .await
             .expect_err("must fail");
         assert!(matches!(e, Error::BrokerUnreachable { .. }), "{e:?}");

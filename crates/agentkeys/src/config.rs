@@ -2,7 +2,6 @@
 //! agent, `device.key` and `paired.json` (0600, in 0700 directories). The config dir is `AGENTKEYS_CONFIG_DIR`,
 //! else `$XDG_CONFIG_HOME/agentkeys`, else `~/.config/agentkeys`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use agentkeys_types::api::{ActorKind, SessionIssued};
@@ -10,42 +9,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::secret::{self, SecretString};
 
 pub const DEFAULT_BROKER_URL: &str = "http://127.0.0.1:8091";
-pub const DEFAULT_PROFILE: &str = "default";
+/// Re-exported here with the other defaults; defined at the crate root so that `error` needs
+/// no `config`.
+pub use crate::DEFAULT_PROFILE;
 const SESSION_FILE: &str = "session.json";
 const DEVICE_KEY_FILE: &str = "device.key";
 const PAIRED_FILE: &str = "paired.json";
 
-/// A bearer secret. Its `Debug` is redacted and it has no `Display`, so it cannot end up in a
-/// log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretToken(String);
-
-impl SecretToken {
-    pub fn new(token: String) -> Self {
-        Self(token)
-    }
-
-    /// The token itself, for the `Authorization` header only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretToken(<redacted>)")
-    }
-}
-
 /// The session saved by `agentkeys login` (a master's) or `agentkeys agent pair` (an agent's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedSession {
     /// The broker that issued the session; the token is never sent to any other.
     pub broker_url: String,
-    pub session_token: SecretToken,
+    #[serde(with = "crate::secret::serde_str")]
+    pub session_token: SecretString,
     pub expires_at: String,
     pub omni_account: String,
     #[serde(default)]
@@ -62,12 +42,36 @@ fn master_kind() -> ActorKind {
     ActorKind::Master
 }
 
+impl PartialEq for SavedSession {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured, so a new field cannot be left out of the comparison.
+        let Self {
+            broker_url,
+            session_token,
+            expires_at,
+            omni_account,
+            wallet,
+            kind,
+            label,
+        } = self;
+        *broker_url == other.broker_url
+            && secret::same(session_token, &other.session_token)
+            && *expires_at == other.expires_at
+            && *omni_account == other.omni_account
+            && *wallet == other.wallet
+            && *kind == other.kind
+            && *label == other.label
+    }
+}
+
+impl Eq for SavedSession {}
+
 impl SavedSession {
     /// A master's session from a sign-in.
     pub fn from_issued(broker_url: &str, issued: SessionIssued) -> Self {
         Self {
             broker_url: broker_url.to_owned(),
-            session_token: SecretToken::new(issued.session_token),
+            session_token: SecretString::from(issued.session_token),
             expires_at: issued.expires_at,
             omni_account: issued.omni_account,
             wallet: issued.wallet,
@@ -269,7 +273,7 @@ mod tests {
     fn sample() -> SavedSession {
         SavedSession {
             broker_url: "http://127.0.0.1:8091".into(),
-            session_token: SecretToken::new("s3cr3t-token-value".into()),
+            session_token: "s3cr3t-token-value".into(),
             expires_at: "2030-01-01T00:00:00Z".into(),
             omni_account: "ab".repeat(32),
             wallet: Some("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266".into()),
@@ -404,7 +408,8 @@ mod tests {
         let s = sample();
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("s3cr3t"), "{dbg}");
-        assert!(dbg.contains("<redacted>"));
+        // secrecy's marker for a redacted value.
+        assert!(dbg.contains("[REDACTED]"), "{dbg}");
     }
 
     #[test]

@@ -160,7 +160,7 @@ mod tests {
     fn saved(url: &str) -> SavedSession {
         SavedSession {
             broker_url: url.into(),
-            session_token: config::SecretToken::new("t".into()),
+            session_token: crate::secret::SecretString::from("t"),
             expires_at: "e".into(),
             omni_account: "o".into(),
             wallet: None,

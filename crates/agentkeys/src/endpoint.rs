@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::SecretToken;
 use crate::error::{Error, Result};
 use crate::renew::Renewer;
+use crate::secret::{ExposeSecret, SecretString};
 
 /// The one path that serves credentials.
 pub const CREDENTIALS_PATH: &str = "/credentials";
@@ -37,7 +37,7 @@ pub const TOKEN_VAR: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
 /// with the runtime.
 pub struct Endpoint {
     pub url: String,
-    pub token: SecretToken,
+    pub token: SecretString,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -87,7 +87,7 @@ impl Endpoint {
         let token = new_token();
         let shared = Arc::new(Shared {
             renewer,
-            token_digest: digest(token.expose().as_bytes()),
+            token_digest: digest(token.expose_secret().as_bytes()),
         });
         let app = Router::new()
             .route(CREDENTIALS_PATH, get(serve_credentials))
@@ -113,7 +113,7 @@ impl Endpoint {
     pub fn env_vars(&self) -> [(&'static str, String); 2] {
         [
             (FULL_URI_VAR, self.url.clone()),
-            (TOKEN_VAR, self.token.expose().to_owned()),
+            (TOKEN_VAR, self.token.expose_secret().to_owned()),
         ]
     }
 
@@ -127,10 +127,10 @@ impl Endpoint {
 }
 
 /// 32 random bytes from the OS generator, hex: a new token for every run.
-fn new_token() -> SecretToken {
+fn new_token() -> SecretString {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    SecretToken::new(hex::encode(bytes))
+    SecretString::from(hex::encode(bytes))
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {
@@ -161,8 +161,8 @@ async fn serve_credentials(State(shared): State<Arc<Shared>>, headers: HeaderMap
         Ok(c) => {
             let body = ContainerCredentials {
                 access_key_id: &c.creds.access_key_id,
-                secret_access_key: c.creds.secret_access_key.expose(),
-                token: c.creds.session_token.expose(),
+                secret_access_key: c.creds.secret_access_key.expose_secret(),
+                token: c.creds.session_token.expose_secret(),
                 expiration: c.creds.expiration_rfc3339(),
                 role_arn: &shared.renewer.target().role_arn,
             };

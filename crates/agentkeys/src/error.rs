@@ -69,10 +69,7 @@ pub enum Error {
     /// The CLI refused to sign a sign-in message: it is not for the broker the CLI talks to,
     /// for this key and chain, or valid now (see [`crate::siwe_check`]).
     #[error("refusing to sign the sign-in message from the broker at {url}: {reason}")]
-    SiweRefused {
-        url: String,
-        reason: crate::siwe_check::SiweRefusal,
-    },
+    SiweRefused { url: String, reason: SiweRefusal },
 
     /// A broker URL that would carry bearer tokens in clear text over a network.
     #[error(
@@ -289,9 +286,44 @@ fn sts_hint(code: Option<&str>, message: Option<&str>) -> &'static str {
     }
 }
 
+/// Largest sign-in message this client agrees to sign (named in [`SiweRefusal::TooLong`]).
+pub(crate) const MAX_SIWE_MESSAGE: usize = 8 * 1024;
+
+/// Why a SIWE message was not signed (the checks are in `crate::siwe_check`). Each reason says what differs from what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SiweRefusal {
+    #[error("the message is longer than {MAX_SIWE_MESSAGE} bytes")]
+    TooLong,
+    #[error("it is not an EIP-4361 sign-in message ({0})")]
+    NotSiwe(String),
+    #[error("it is not laid out exactly as EIP-4361 writes it")]
+    NotCanonical,
+    #[error(
+        "it signs in to the domain {found}, not to {expected} (the host of the broker URL); the \
+         server at that URL may be relaying another broker's sign-in: use the broker's own URL"
+    )]
+    Domain { expected: String, found: String },
+    #[error("its URI {found} is not on the broker URL's origin {expected}")]
+    Uri { expected: String, found: String },
+    #[error("it is for chain id {found}, not {expected} (--chain-id)")]
+    ChainId { expected: u64, found: u64 },
+    #[error("it is for the address {found}, not this key's {expected}")]
+    Address { expected: String, found: String },
+    #[error("it was issued at {issued_at}, in the future; check this computer's clock")]
+    IssuedInFuture { issued_at: String },
+    #[error("it only becomes valid at {not_before}; check this computer's clock")]
+    NotYetValid { not_before: String },
+    #[error("it has no expiration time, so the signature would never expire")]
+    NoExpiration,
+    #[error("it expired at {expires_at}; check this computer's clock and sign in again")]
+    Expired { expires_at: String },
+    #[error("it stays valid until {expires_at}, more than an hour from now")]
+    TooLongLived { expires_at: String },
+}
+
 /// `--profile NAME ` unless it is the default profile.
 fn profile_flag(profile: &str) -> String {
-    if profile == crate::config::DEFAULT_PROFILE {
+    if profile == crate::DEFAULT_PROFILE {
         String::new()
     } else {
         format!("--profile {profile} ")
@@ -560,7 +592,7 @@ mod tests {
             Error::IsolationFailed("x".into()),
             Error::SiweRefused {
                 url: "u".into(),
-                reason: crate::siwe_check::SiweRefusal::Domain {
+                reason: SiweRefusal::Domain {
                     expected: "a".into(),
                     found: "b".into(),
                 },

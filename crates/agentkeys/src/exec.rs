@@ -97,7 +97,7 @@ pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::config::SecretToken;
+    use crate::secret::SecretString;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
 
@@ -108,8 +108,8 @@ mod tests {
     fn creds() -> AwsCredentials {
         AwsCredentials {
             access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: SecretToken::new("sec'ret".into()),
-            session_token: SecretToken::new("tok en".into()),
+            secret_access_key: SecretString::from("sec'ret"),
+            session_token: SecretString::from("tok en"),
             expiration: 1_893_456_000,
         }
     }

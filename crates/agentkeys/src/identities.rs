@@ -12,9 +12,8 @@ use crate::error::{Error, Result};
 use crate::keyfile;
 use crate::output::{emit, profile_flag, table, to_json};
 use crate::signin::*;
+use agentkeys_types::api::LoginStatusResponse;
 use agentkeys_types::api::{ChallengePurpose, LinkEmailRequest, LinkOidcRequest, WalletProof};
-use agentkeys_types::api::{LoginStatusResponse, WalletChallengeRequest};
-use agentkeys_types::login::challenge_statement;
 
 #[derive(Debug, Subcommand)]
 pub enum IdentitiesCommand {
@@ -175,34 +174,7 @@ pub(crate) async fn step_up(
             sanitize(wallet, 64)
         )));
     }
-    let challenge = client
-        .wallet_challenge(&WalletChallengeRequest {
-            address: address.to_string(),
-            chain_id: Some(args.chain_id),
-            purpose: Some(purpose.clone()),
-        })
-        .await?;
-    let message = crate::siwe_check::check_siwe_message(
-        &challenge.message,
-        &address,
-        client.base_url(),
-        args.chain_id,
-        time::OffsetDateTime::now_utc(),
-    )?;
-    let expected = challenge_statement(Some(&purpose));
-    if message.statement.as_deref() != Some(expected.as_str()) {
-        return Err(protocol(
-            client,
-            &format!("refusing to sign: the message does not say \"{expected}\""),
-        ));
-    }
-    let signature = signer
-        .sign_message(challenge.message.as_bytes())
-        .map_err(|e| Error::Signing(e.to_string()))?;
-    Ok(WalletProof {
-        challenge_id: challenge.challenge_id,
-        signature: signature.to_string(),
-    })
+    sign_wallet_challenge(client, &signer, &address, args.chain_id, Some(purpose)).await
 }
 
 async fn link_email(

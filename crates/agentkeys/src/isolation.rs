@@ -6,6 +6,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::aws::{self, AwsCredentials};
+use crate::secret::ExposeSecret;
 
 /// The prefix that must be denied unless `--other-prefix` names another.
 pub const DEFAULT_OTHER_PREFIX: &str = "0xdeadbeef/";
@@ -106,8 +107,8 @@ pub fn s3_client(
         .timeout_config(aws::timeouts())
         .credentials_provider(Credentials::new(
             creds.access_key_id.clone(),
-            creds.secret_access_key.expose().to_owned(),
-            Some(creds.session_token.expose().to_owned()),
+            creds.secret_access_key.expose_secret().to_owned(),
+            Some(creds.session_token.expose_secret().to_owned()),
             Some(expiry),
             "agentkeys",
         ));
@@ -215,8 +216,8 @@ mod tests {
     fn creds() -> AwsCredentials {
         AwsCredentials {
             access_key_id: "ASIAFAKE".into(),
-            secret_access_key: crate::config::SecretToken::new("s".into()),
-            session_token: crate::config::SecretToken::new("t".into()),
+            secret_access_key: crate::secret::SecretString::from("s"),
+            session_token: crate::secret::SecretString::from("t"),
             expiration: 1_893_456_000,
         }
     }

@@ -21,6 +21,7 @@ pub mod endpoint;
 pub mod error;
 pub mod exec;
 mod fsutil;
+pub mod grant_terms;
 pub mod grants;
 pub mod identities;
 pub mod isolation;
@@ -35,12 +36,16 @@ pub mod poll;
 pub mod refresh;
 pub mod renew;
 pub mod requests;
+pub mod secret;
 pub mod sessions;
 pub mod signin;
 pub mod siwe_check;
 #[cfg(test)]
 mod testutil;
 pub mod token;
+
+/// The profile used without `--profile`.
+pub const DEFAULT_PROFILE: &str = "default";
 
 pub use cli::Cli;
 pub use cli::run;

@@ -12,9 +12,8 @@ use crate::error::{Error, Result};
 use crate::keyfile;
 use crate::output::{emit, profile_flag, to_json};
 use crate::signin::*;
-use crate::siwe_check;
 use agentkeys_types::api::{EmailStartRequest, OidcStartRequest};
-use agentkeys_types::api::{LoginStatusResponse, WalletChallengeRequest, WalletVerifyRequest};
+use agentkeys_types::api::{LoginStatusResponse, WalletVerifyRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum LoginCommand {
@@ -109,36 +108,11 @@ async fn login_wallet(
     let profile = ctx.profile()?;
     let client = ctx.broker_for_login(&profile)?;
 
-    let challenge = client
-        .wallet_challenge(&WalletChallengeRequest {
-            address: address.to_string(),
-            chain_id: Some(chain_id),
-            purpose: None,
-        })
-        .await?;
-    // Only a message for the broker at this URL: a relay must not get a signature it can use
-    // at the broker it relays.
-    let message = siwe_check::check_siwe_message(
-        &challenge.message,
-        &address,
-        client.base_url(),
-        chain_id,
-        time::OffsetDateTime::now_utc(),
-    )?;
-    // And only a sign-in: a message for another purpose (linking) is not what was asked for.
-    if message.statement.as_deref() != Some(agentkeys_types::login::SIGN_IN_STATEMENT) {
-        return Err(Error::BrokerProtocol {
-            url: client.base_url().to_owned(),
-            detail: "refusing to sign: the message is not a sign-in".into(),
-        });
-    }
-    let signature = signer
-        .sign_message(challenge.message.as_bytes())
-        .map_err(|e| Error::Signing(e.to_string()))?;
+    let proof = sign_wallet_challenge(&client, &signer, &address, chain_id, None).await?;
     let issued = client
         .wallet_verify(&WalletVerifyRequest {
-            challenge_id: challenge.challenge_id,
-            signature: signature.to_string(),
+            challenge_id: proof.challenge_id,
+            signature: proof.signature,
         })
         .await?;
 

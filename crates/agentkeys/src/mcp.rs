@@ -1,6 +1,6 @@
 //! `agentkeys mcp`: an MCP server on stdio for agents (SPEC §8), built on `rmcp`.
 //!
-//! Tools: `whoami`, `grants`, and `storage_list` / `storage_get` / `storage_put` /
+//! Tools: `whoami`, `grants`, `request_access` (ask the master for a grant), and `storage_list` / `storage_get` / `storage_put` /
 //! `storage_delete` on S3 under the caller's own prefix (or another prefix it names, such as a
 //! grant's scope; the cloud's bucket policy decides what its credentials reach). Keys are
 //! relative to that prefix and checked before any call.
@@ -75,7 +75,7 @@ impl AgentKeysMcp {
     fn new(setup: Arc<Setup>) -> Self {
         Self {
             setup,
-            tool_router: Self::identity_tools() + Self::storage_tools(),
+            tool_router: Self::identity_tools() + Self::storage_tools() + Self::access_tools(),
         }
     }
 
@@ -163,6 +163,19 @@ pub struct PutArgs {
     pub content_type: Option<String>,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RequestAccessArgs {
+    /// A path under your master's prefix, e.g. `inbox/` (letters, digits, `._-` and `/`).
+    pub scope: String,
+    /// How long the grant would last once approved: a number with s, m, h, d or w (e.g. `1h`).
+    pub ttl: String,
+    /// Why you need it, in one line; your master reads it before deciding.
+    pub reason: String,
+    /// Mints the grant would allow (default: unlimited until it expires).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
 // ------------------------------------------------------------------------------ tools
 
 #[tool_router(router = identity_tools)]
@@ -210,16 +223,64 @@ impl AgentKeysMcp {
 
 async fn whoami_call(
     client: crate::client::BrokerClient,
-    token: crate::config::SecretToken,
+    token: crate::secret::SecretString,
 ) -> Result<agentkeys_types::api::WhoAmI> {
     client.whoami(&token).await
 }
 
 async fn grants_call(
     client: crate::client::BrokerClient,
-    token: crate::config::SecretToken,
+    token: crate::secret::SecretString,
 ) -> Result<agentkeys_types::api::GrantList> {
     client.grants(&token).await
+}
+
+// `agentkeys grants request --no-wait` as a tool: the request is filed and returned at once; the
+// master decides (`agentkeys requests approve|deny`), and the grant shows up in `grants`.
+#[tool_router(router = access_tools)]
+impl AgentKeysMcp {
+    #[tool(
+        description = "Ask this agent's master for access to a path under the master's prefix \
+                       (scope, e.g. inbox/), for a time (ttl, e.g. 1h) and optionally a number of \
+                       uses, with a one-line reason the master reads. Returns the pending request \
+                       (request_id, expires_at) at once; the master approves or denies it. Call \
+                       `grants` later: an approved request's grant is listed there (storage under \
+                       it needs this server started with --grant ID)."
+    )]
+    async fn request_access(&self, Parameters(a): Parameters<RequestAccessArgs>) -> ToolResult {
+        let Ok(ttl_seconds) = crate::grant_terms::parse_duration(&a.ttl) else {
+            return Ok(tool_error(format!(
+                "ttl {:?} is not a duration: give a number with s, m, h, d or w, e.g. 1h (at most \
+                 a year); nothing was sent",
+                crate::client::sanitize(&a.ttl, 40)
+            )));
+        };
+        if a.uses == Some(0) {
+            return Ok(tool_error(
+                "uses must be at least 1 (omit it for unlimited); nothing was sent".into(),
+            ));
+        }
+        let req = agentkeys_types::api::AccessRequestCreate {
+            scope: a.scope.trim().to_owned(),
+            max_uses: a.uses,
+            ttl_seconds,
+            reason: a.reason.trim().to_owned(),
+        };
+        let asked = self
+            .setup
+            .renewer
+            .with_session(|client, token| {
+                let req = req.clone();
+                async move { client.access_request(&token, &req).await }
+            })
+            .await;
+        match asked {
+            Ok(info) => Ok(json_result(&info)),
+            Err(e) => Ok(tool_error(format!(
+                "the broker did not take the access request: {e}"
+            ))),
+        }
+    }
 }
 
 #[tool_router(router = storage_tools)]
@@ -589,14 +650,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretToken;
+    use crate::secret::SecretString;
 
     fn current() -> Current {
         Current {
             creds: aws::AwsCredentials {
                 access_key_id: "ASIAEXAMPLE".into(),
-                secret_access_key: SecretToken::new("s".into()),
-                session_token: SecretToken::new("t".into()),
+                secret_access_key: SecretString::from("s"),
+                session_token: SecretString::from("t"),
                 expiration: 0,
             },
             wallet: "0xabc".into(),

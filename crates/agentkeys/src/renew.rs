@@ -16,9 +16,9 @@ use agentkeys_types::api::{MintRequest, MintResponse};
 use crate::agent;
 use crate::aws::{self, AwsCredentials, StsTarget};
 use crate::client::BrokerClient;
-use crate::config::SecretToken;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::secret::SecretString;
 
 /// Default margin: renew when fewer than this many seconds of the credentials' life remain.
 pub const DEFAULT_MARGIN: u32 = 300;
@@ -152,7 +152,7 @@ impl Renewer {
     /// proof once when the broker no longer accepts it.
     pub async fn with_session<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: Fn(BrokerClient, SecretToken) -> Fut,
+        F: Fn(BrokerClient, SecretString) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let profile = self.ctx.profile()?;

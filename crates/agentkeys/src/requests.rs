@@ -17,7 +17,7 @@ use crate::client::{BrokerClient, sanitize};
 use crate::config::SavedSession;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::grants::{created_text, parse_duration};
+use crate::grant_terms::{created_text, parse_duration};
 use crate::identities::{StepUpArgs, step_up};
 use crate::output::{emit, table, to_json};
 use crate::poll::poll_until;

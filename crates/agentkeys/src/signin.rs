@@ -28,11 +28,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use agentkeys_types::WalletAddress;
+use agentkeys_types::api::{ChallengePurpose, WalletChallengeRequest, WalletProof};
+use agentkeys_types::login::challenge_statement;
+
 use crate::client::{BrokerClient, LoginMethod, check_request_id, sanitize};
 use crate::config::Profile;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::keyfile::WalletKey;
 use crate::loopback::Loopback;
+use crate::secret::{ExposeSecret, SecretString};
+use crate::siwe_check::check_siwe_message;
 use clap::Args;
 
 /// The same bound for sign-in and link requests.
@@ -95,8 +102,10 @@ pub(crate) struct Pending {
     pub(crate) goal: Goal,
     /// The email address, or the provider's name.
     pub(crate) subject: String,
-    pub(crate) request_id: String,
-    pub(crate) code_verifier: String,
+    #[serde(with = "crate::secret::serde_str")]
+    pub(crate) request_id: SecretString,
+    #[serde(with = "crate::secret::serde_str")]
+    pub(crate) code_verifier: SecretString,
     pub(crate) expires_at: String,
 }
 
@@ -190,9 +199,9 @@ pub(crate) async fn collect(
 ) -> Result<LoginStatusResponse> {
     loop {
         let req = LoginCollectRequest {
-            request_id: pending.request_id.clone(),
+            request_id: pending.request_id.expose_secret().to_owned(),
             code: typed_code(pending.goal, &code)?,
-            code_verifier: pending.code_verifier.clone(),
+            code_verifier: pending.code_verifier.expose_secret().to_owned(),
         };
         match client.login_collect(method, &req).await {
             Err(Error::Broker {
@@ -223,6 +232,53 @@ pub(crate) async fn collect(
             other => return other,
         }
     }
+}
+
+/// Asks the broker for a wallet challenge for `purpose` (none: a sign-in) and signs it with
+/// `signer`, but only a SIWE message for the broker at this URL, this key and chain, valid now
+/// (a relay must not get a signature it can use at the broker it relays), whose statement says
+/// exactly what was asked for. The one place the CLI signs a wallet challenge: `login wallet`
+/// and every step-up.
+pub(crate) async fn sign_wallet_challenge(
+    client: &BrokerClient,
+    signer: &WalletKey,
+    address: &WalletAddress,
+    chain_id: u64,
+    purpose: Option<ChallengePurpose>,
+) -> Result<WalletProof> {
+    let expected = challenge_statement(purpose.as_ref());
+    let sign_in = purpose.is_none();
+    let challenge = client
+        .wallet_challenge(&WalletChallengeRequest {
+            address: address.to_string(),
+            chain_id: Some(chain_id),
+            purpose,
+        })
+        .await?;
+    let message = check_siwe_message(
+        &challenge.message,
+        address,
+        client.base_url(),
+        chain_id,
+        time::OffsetDateTime::now_utc(),
+    )?;
+    if message.statement.as_deref() != Some(expected.as_str()) {
+        return Err(protocol(
+            client,
+            &if sign_in {
+                "refusing to sign: the message is not a sign-in".to_owned()
+            } else {
+                format!("refusing to sign: the message does not say \"{expected}\"")
+            },
+        ));
+    }
+    let signature = signer
+        .sign_message(challenge.message.as_bytes())
+        .map_err(|e| Error::Signing(e.to_string()))?;
+    Ok(WalletProof {
+        challenge_id: challenge.challenge_id,
+        signature: signature.to_string(),
+    })
 }
 
 // ---- checks on what the broker says --------------------------------------------------------
@@ -445,8 +501,8 @@ impl<'a> Flow<'a> {
             method: method_name(self.method).to_owned(),
             goal: self.goal,
             subject: self.subject.to_owned(),
-            request_id: started.request_id.clone(),
-            code_verifier,
+            request_id: SecretString::from(started.request_id.as_str()),
+            code_verifier: SecretString::from(code_verifier),
             expires_at: sanitize(&started.expires_at, 64),
         };
         save_pending(self.profile, &pending)?;

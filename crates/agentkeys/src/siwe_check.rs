@@ -12,46 +12,12 @@ use agentkeys_types::WalletAddress;
 use reqwest::Url;
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MAX_SIWE_MESSAGE, Result, SiweRefusal};
 
-/// Largest sign-in message this client agrees to sign.
-pub(crate) const MAX_SIWE_MESSAGE: usize = 8 * 1024;
 /// How far the broker's clock may be ahead of this one.
 pub(crate) const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 /// Longest validity a message may claim: a signature is a bearer credential until it expires.
 pub(crate) const MAX_VALIDITY: time::Duration = time::Duration::hours(1);
-
-/// Why a message was not signed. Each reason says what differs from what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SiweRefusal {
-    #[error("the message is longer than {MAX_SIWE_MESSAGE} bytes")]
-    TooLong,
-    #[error("it is not an EIP-4361 sign-in message ({0})")]
-    NotSiwe(String),
-    #[error("it is not laid out exactly as EIP-4361 writes it")]
-    NotCanonical,
-    #[error(
-        "it signs in to the domain {found}, not to {expected} (the host of the broker URL); the \
-         server at that URL may be relaying another broker's sign-in: use the broker's own URL"
-    )]
-    Domain { expected: String, found: String },
-    #[error("its URI {found} is not on the broker URL's origin {expected}")]
-    Uri { expected: String, found: String },
-    #[error("it is for chain id {found}, not {expected} (--chain-id)")]
-    ChainId { expected: u64, found: u64 },
-    #[error("it is for the address {found}, not this key's {expected}")]
-    Address { expected: String, found: String },
-    #[error("it was issued at {issued_at}, in the future; check this computer's clock")]
-    IssuedInFuture { issued_at: String },
-    #[error("it only becomes valid at {not_before}; check this computer's clock")]
-    NotYetValid { not_before: String },
-    #[error("it has no expiration time, so the signature would never expire")]
-    NoExpiration,
-    #[error("it expired at {expires_at}; check this computer's clock and sign in again")]
-    Expired { expires_at: String },
-    #[error("it stays valid until {expires_at}, more than an hour from now")]
-    TooLongLived { expires_at: String },
-}
 
 /// Parses `message` and refuses it unless it is a SIWE message for `address` on `chain_id`,
 /// whose domain is the `host[:port]` of `broker_url` and whose URI is on that URL's origin,

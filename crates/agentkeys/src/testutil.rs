@@ -1,66 +1,73 @@
-//! Test helpers: a canned-answer HTTP server on loopback, standing in for STS or S3.
+//! Test helpers: a canned-answer HTTP server on loopback (axum), standing in for STS, S3 or the
+//! broker.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
-/// Serves one connection per canned `(status, body)` answer, in order, then stops. Joining the
-/// handle gives each request as text (request line, headers, body).
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+/// Answers each request with the next canned `(status, body)`, in order; a request past the
+/// last answer gets a 599 that no client mistakes for one of them. [`FakeServer::requests`]
+/// gives each request as text (request line, headers, body). Must be started inside a Tokio
+/// runtime (every user is a `#[tokio::test]`); the server ends with the test's runtime.
 pub struct FakeServer {
     pub url: String,
-    handle: JoinHandle<Vec<String>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    answers: Mutex<VecDeque<(u16, String)>>,
+    seen: Mutex<Vec<String>>,
 }
 
 impl FakeServer {
     pub fn start(answers: Vec<(u16, String)>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let handle = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for (status, body) in answers {
-                let Ok((stream, _)) = listener.accept() else {
-                    break;
-                };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut reader = BufReader::new(stream);
-                let mut request = String::new();
-                let mut content_length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        content_length = v.trim().parse().unwrap_or(0);
-                    }
-                    request.push_str(&line);
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body_in = vec![0u8; content_length];
-                let _ = reader.read_exact(&mut body_in);
-                request.push_str(&String::from_utf8_lossy(&body_in));
-                seen.push(request);
-                let mut stream = reader.into_inner();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\
-                     Connection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.flush();
-            }
-            seen
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let shared = Arc::new(Shared {
+            answers: Mutex::new(answers.into()),
+            seen: Mutex::new(Vec::new()),
         });
-        Self { url, handle }
+        let app = Router::new()
+            .fallback(answer)
+            .with_state(Arc::clone(&shared));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, shared }
     }
 
-    /// The requests served, once all answers are used.
+    /// The requests served so far, in order.
     pub fn requests(self) -> Vec<String> {
-        self.handle.join().expect("server thread")
+        self.shared.seen.lock().expect("seen").clone()
     }
+}
+
+async fn answer(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut request = format!("{method} {uri} HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        request.push_str(&format!(
+            "{name}: {}\r\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(&String::from_utf8_lossy(&body));
+    shared.seen.lock().expect("seen").push(request);
+    let next = shared.answers.lock().expect("answers").pop_front();
+    let (status, body) = next.unwrap_or((599, "no canned answer left".to_owned()));
+    let status = StatusCode::from_u16(status).expect("a valid status");
+    (status, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
 }

@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentkeys_types::{OmniAccount, WalletAddress};
@@ -154,20 +155,24 @@ impl Drop for Broker {
     }
 }
 
-/// Status code of a plain HTTP/1.1 GET, or None if there is no answer yet.
+/// Status code of a GET, or None if there is no answer yet.
 fn http_get_status(port: u16, path: &str) -> Option<u16> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let head = std::str::from_utf8(&buf[..n]).ok()?;
-    head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        let answer = client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .ok()?;
+        Some(answer.status().as_u16())
+    })
 }
 
 /// The `agentkeys` binary with an isolated config dir and home.
@@ -527,42 +532,38 @@ impl FakeSts {
 
     fn start(answers: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let handle = std::thread::spawn(move || {
-            let mut bodies = Vec::new();
-            for _ in 0..answers {
-                let Ok((stream, _)) = listener.accept() else {
-                    break;
-                };
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(10)))
-                    .expect("timeout");
-                let mut reader = std::io::BufReader::new(stream);
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    use std::io::BufRead;
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let bodies = Arc::new(Mutex::new(Vec::new()));
+                let done = Arc::new(tokio::sync::Notify::new());
+                let app = axum::Router::new().fallback({
+                    let (bodies, done) = (Arc::clone(&bodies), Arc::clone(&done));
+                    move |body: String| async move {
+                        let mut seen = bodies.lock().expect("bodies");
+                        seen.push(body);
+                        // The last answer stops the server: later calls find nothing listening.
+                        if seen.len() == answers {
+                            done.notify_one();
+                        }
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "text/xml")],
+                            Self::ANSWER,
+                        )
                     }
-                    if let Some((k, v)) = line.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                bodies.push(String::from_utf8_lossy(&body).into_owned());
-                let mut stream = reader.into_inner();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                    Self::ANSWER.len(),
-                    Self::ANSWER
-                );
-            }
-            bodies
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { done.notified().await })
+                    .await
+                    .expect("fake STS");
+                bodies.lock().expect("bodies").clone()
+            })
         });
         FakeSts { url, handle }
     }
@@ -1712,6 +1713,100 @@ fn an_agent_asks_for_access_and_its_master_approves_or_denies() {
             .ok(&["requests", "list"])
             .starts_with("No access requests are waiting")
     );
+}
+
+/// `agentkeys mcp` spoken to as an MCP client does (newline-delimited JSON-RPC on stdio): an
+/// agent's `request_access` files an access request its master sees, and a bad ttl is refused
+/// before any call.
+#[test]
+fn mcp_request_access_files_a_request_the_master_sees() {
+    use std::io::BufRead;
+    let broker = Broker::start();
+    let (master, _, _) = signed_in_master(&broker);
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, &master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", "bot1"]);
+        true
+    })
+    .expect("paired");
+
+    // The server mints and trades the token for credentials once, before the handshake.
+    let sts = FakeSts::start(1);
+    let mut mcp = agent.spawn(&[
+        "mcp",
+        "--role-arn",
+        "arn:aws:iam:::role/agentkeys-data",
+        "--sts-endpoint",
+        &sts.url,
+        "--region",
+        "eu-west-1",
+        "--bucket",
+        "bkt",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+    ]);
+    let mut stdout = std::io::BufReader::new(
+        mcp.child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout piped"),
+    );
+    let mut answer = || -> serde_json::Value {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the server");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    mcp.type_line(
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2024-11-05", "capabilities": {},
+            "clientInfo": {"name": "cli_e2e", "version": "0"}}})
+        .to_string(),
+    );
+    let init = answer();
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    mcp.type_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let call = |id: u32, arguments: serde_json::Value| {
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                           "params": {"name": "request_access", "arguments": arguments}})
+        .to_string()
+    };
+
+    mcp.type_line(&call(
+        2,
+        serde_json::json!({"scope": "inbox/", "ttl": "soon", "reason": "x"}),
+    ));
+    let refused = answer();
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    let text = refused["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(text.contains("nothing was sent"), "{refused}");
+
+    mcp.type_line(&call(
+        3,
+        serde_json::json!({"scope": "inbox/", "ttl": "1h", "uses": 2,
+                           "reason": "read today's invoices"}),
+    ));
+    let asked = answer();
+    assert_ne!(asked["result"]["isError"], true, "{asked}");
+    let info: serde_json::Value = serde_json::from_str(
+        asked["result"]["content"][0]["text"]
+            .as_str()
+            .expect("text content"),
+    )
+    .expect("the request as JSON");
+    assert_eq!(info["status"], "pending", "{info}");
+    assert_eq!(info["ttl_seconds"], 3600, "{info}");
+    let id = info["request_id"].as_str().expect("request_id");
+    drop(mcp);
+    assert_eq!(sts.bodies().len(), 1);
+
+    // The master sees it, with its terms, like one filed by `agentkeys grants request`.
+    let listed = master.ok(&["requests", "list"]);
+    for want in [id, "bot1", "inbox/", "2 uses", "read today's invoices"] {
+        assert!(listed.contains(want), "{want}: {listed}");
+    }
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The listener's own limits: a header-read timeout (a client trickling its request line and
 //! headers is disconnected), a request timeout (so is one trickling its body) and a cap on
 //! connections served at once (the rest wait).
+//!
+//! Raw sockets on purpose: an HTTP client cannot trickle a request, hold a connection idle or
+//! leave it half-written, which is what these limits are about.
 
 use std::time::{Duration, Instant};
 

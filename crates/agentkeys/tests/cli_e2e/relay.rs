@@ -21,6 +21,9 @@ struct Seen {
 
 /// An HTTP/1.1 relay on a loopback port: each request goes to the target broker unchanged
 /// (except `Host` and `Connection: close`) and the answer comes back unchanged.
+/// Raw sockets on purpose: the attack is a relay that passes the broker's bytes through as they
+/// are (the SIWE message, the discovery document); an HTTP client and server in between would
+/// rebuild them.
 struct Relay {
     url: String,
     port: u16,

@@ -116,7 +116,7 @@ impl From<DenyReason> for ApiError {
             // Fail closed with an answer a client can act on: a full disk or a lost database
             // is transient, and the operator finds the cause in the log.
             DenyReason::AuditFailed(e) => {
-                tracing::error!(error = %e, "mint.audit_failed; token withheld");
+                tracing::error!(error = %e, token_issued = false, "mint.audit_failed");
                 ApiError::Unavailable(
                     "no token was issued: its audit event could not be stored; retry later \
                      (the broker log has the cause)"
