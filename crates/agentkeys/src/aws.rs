@@ -31,8 +31,8 @@ pub const MAX_DURATION: u32 = 43_200;
 /// Longest STS role session name.
 pub const MAX_SESSION_NAME: usize = 64;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest text taken from a cloud error message.
 const MAX_DETAIL_CHARS: usize = 400;
 
@@ -281,7 +281,7 @@ fn sts_client(target: &StsTarget) -> aws_sdk_sts::Client {
     aws_sdk_sts::Client::from_conf(b.build())
 }
 
-pub(crate) fn timeouts() -> TimeoutConfig {
+fn timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)

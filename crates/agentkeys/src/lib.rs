@@ -35,6 +35,7 @@ pub mod poll;
 pub mod refresh;
 pub mod renew;
 pub mod requests;
+pub mod s3;
 pub mod sessions;
 pub mod signin;
 pub mod siwe_check;
