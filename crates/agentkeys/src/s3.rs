@@ -406,25 +406,19 @@ fn transport_error(e: reqwest::Error) -> S3Error {
     }
 }
 
-/// The error and its causes on one bounded line, without the URL.
+/// The causes of an error on one bounded line (reqwest's own line only repeats the URL).
 fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = String::new();
-    let mut cause: Option<&dyn std::error::Error> = Some(e);
-    if let Some(c) = cause {
-        // reqwest's own line names the URL; only its causes are useful here.
-        cause = c.source();
-        if cause.is_none() {
-            text = c.to_string();
-        }
-    }
+    use std::error::Error as _;
+    let mut parts = Vec::new();
+    let mut cause = e.source();
     while let Some(c) = cause {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&c.to_string());
+        parts.push(c.to_string());
         cause = c.source();
     }
-    aws::one_line(&text, 300)
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    aws::one_line(&parts.join(": "), 300)
 }
 
 /// An error answer: its status, and the code and message of its XML body when it has one.
@@ -523,10 +517,12 @@ mod tests {
     use crate::config::SecretToken;
     use crate::testutil::FakeServer;
 
+    const SECRET: &str = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY";
+
     fn creds() -> AwsCredentials {
         AwsCredentials {
             access_key_id: "ASIAFAKE".into(),
-            secret_access_key: SecretToken::new("s".into()),
+            secret_access_key: SecretToken::new(SECRET.into()),
             session_token: SecretToken::new("tok".into()),
             expiration: 1_893_456_000,
         }
@@ -683,6 +679,8 @@ mod tests {
             assert!(lower.contains("/eu-west-3/s3/aws4_request"), "{r}");
             assert!(lower.contains("x-amz-security-token: tok\r\n"), "{r}");
             assert!(lower.contains("x-amz-content-sha256: "), "{r}");
+            // Only the signature travels; the secret itself never does.
+            assert!(!r.contains(SECRET), "{r}");
         }
         let put = reqs[0].to_ascii_lowercase();
         assert!(put.contains("content-type: text/plain\r\n"), "{put}");
@@ -740,6 +738,6 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(!e.detail().contains("s3cr"), "{}", e.detail());
+        assert!(!e.detail().contains(SECRET), "{}", e.detail());
     }
 }
