@@ -274,7 +274,8 @@ fn sts_client(target: &StsTarget) -> aws_sdk_sts::Client {
     let mut b = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(target.region.clone()))
-        .timeout_config(timeouts());
+        .timeout_config(timeouts())
+        .http_client(crate::sts_http::client());
     if let Some(e) = &target.endpoint {
         b = b.endpoint_url(e.clone());
     }
@@ -651,6 +652,12 @@ mod tests {
             !r.to_ascii_lowercase().contains("\nauthorization:"),
             "the call must be unsigned: {r}"
         );
+        let lower = r.to_ascii_lowercase();
+        assert_eq!(lower.matches("\ncontent-length:").count(), 1, "{r}");
+        assert!(
+            lower.contains("\ncontent-type: application/x-www-form-urlencoded"),
+            "{r}"
+        );
     }
 
     #[tokio::test]
@@ -698,6 +705,7 @@ mod tests {
         assert!(matches!(e, Error::CloudUnreachable { .. }), "{e:?}");
         let s = e.to_string();
         assert!(s.contains(&url) && s.contains("--sts-endpoint"), "{s}");
+        assert!(s.contains("connection failed"), "{s}");
         assert_eq!(e.exit_code(), crate::error::EXIT_CLOUD);
     }
 

@@ -39,6 +39,7 @@ pub mod s3;
 pub mod sessions;
 pub mod signin;
 pub mod siwe_check;
+mod sts_http;
 #[cfg(test)]
 mod testutil;
 pub mod token;
