@@ -64,6 +64,11 @@ SECRET_SHAPES = [
 ]
 
 
+# Space, '+', '=', '&', '~', parentheses and a non-ASCII letter: each must be percent-encoded (or
+# not) exactly as S3 signs it.
+ODD_KEY = "mcp/odd name+ü=&~(1).txt"
+
+
 def mcp_checks(h, B, bot1, bot2, role, sts_args):
     """`agentkeys mcp` as bot2, driven by the official Python MCP SDK over stdio. The server runs
     behind `tee`, so every byte the client received is kept for the secret scan."""
@@ -102,6 +107,15 @@ def mcp_checks(h, B, bot1, bot2, role, sts_args):
                 results["get_b64"] = await call("storage_get", key="mcp/bin.dat", encoding="base64")
                 results["get_bin_as_text"] = await call("storage_get", key="mcp/bin.dat")
                 results["list"] = await call("storage_list", under="mcp/")
+                # A key the URL must encode (signed as sent), then two pages of two.
+                results["put_odd"] = await call("storage_put", key=ODD_KEY, content="odd")
+                results["bot2_sees_odd"] = h.s3_for(bot2_creds).get_object(
+                    Bucket=h.BUCKET, Key=f"{bot2.wallet}/{ODD_KEY}")["Body"].read()
+                results["get_odd"] = await call("storage_get", key=ODD_KEY)
+                results["page1"] = await call("storage_list", under="mcp/", max_keys=2)
+                results["page2"] = await call("storage_list", under="mcp/", max_keys=2,
+                                              start_after="mcp/note.txt")
+                await call("storage_delete", key=ODD_KEY)
                 results["delete"] = await call("storage_delete", key="mcp/note.txt")
                 await call("storage_delete", key="mcp/bin.dat")
                 results["list_after"] = await call("storage_list", under="mcp/")
@@ -184,6 +198,21 @@ def mcp_checks(h, B, bot1, bot2, role, sts_args):
             problems.append(f"get after delete: {results['get_missing']}")
         return not problems, "; ".join(problems) or "put text+base64, get, list, delete, 'no object' after delete"
     h.check("mcp: storage put/get/list/delete round trip under <bot2>/ (text and base64)", round_trip)
+
+    def odd_key_and_pages():
+        problems = []
+        ok_json("put_odd")
+        if results["bot2_sees_odd"] != b"odd" or ok_json("get_odd")["content"] != "odd":
+            problems.append(f"{ODD_KEY!r}: boto3 reads {results['bot2_sees_odd'][:20]!r}, get {results['get_odd']}")
+        for name, keys, truncated in (("page1", ["mcp/bin.dat", "mcp/note.txt"], True), ("page2", [ODD_KEY], False)):
+            page = ok_json(name)
+            got = [o["key"] for o in page["objects"]]
+            if got != keys or page["truncated"] != truncated:
+                problems.append(f"{name}: {got}, truncated {page['truncated']}")
+        return not problems, "; ".join(problems) or f"{ODD_KEY!r} lands where boto3 reads it and reads back; " \
+            "2 + 1 keys in two pages (truncated, then start_after)"
+    h.check("mcp: a key the URL must encode round-trips, and listings page with max_keys and start_after",
+            odd_key_and_pages)
 
     def refused_by_cloud():
         bad = {k: results[k] for k in ("master", "master_get", "other_agent", "other_put")

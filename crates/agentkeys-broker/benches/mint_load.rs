@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentkeys::keyfile::WalletKey;
+use agentkeys_wallet::WalletKey;
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 

@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_types::pairing::{ProofAction, proof_message};
+use agentkeys_wallet::WalletKey;
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 

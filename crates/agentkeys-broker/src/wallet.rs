@@ -98,7 +98,7 @@ pub fn nonce() -> String {
 mod properties {
     //! The SIWE message and its answer, by property (docs/reliability.md).
 
-    use agentkeys::keyfile::WalletKey;
+    use agentkeys_wallet::WalletKey;
     use proptest::prelude::*;
 
     use super::*;

@@ -31,8 +31,8 @@ pub const MAX_DURATION: u32 = 43_200;
 /// Longest STS role session name.
 pub const MAX_SESSION_NAME: usize = 64;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest text taken from a cloud error message.
 const MAX_DETAIL_CHARS: usize = 400;
 
@@ -283,14 +283,15 @@ fn sts_client(target: &StsTarget) -> aws_sdk_sts::Client {
     let mut b = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(target.region.clone()))
-        .timeout_config(timeouts());
+        .timeout_config(timeouts())
+        .http_client(crate::sts_http::client());
     if let Some(e) = &target.endpoint {
         b = b.endpoint_url(e.clone());
     }
     aws_sdk_sts::Client::from_conf(b.build())
 }
 
-pub(crate) fn timeouts() -> TimeoutConfig {
+fn timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)
@@ -663,6 +664,12 @@ mod tests {
             !r.to_ascii_lowercase().contains("\nauthorization:"),
             "the call must be unsigned: {r}"
         );
+        let lower = r.to_ascii_lowercase();
+        assert_eq!(lower.matches("\ncontent-length:").count(), 1, "{r}");
+        assert!(
+            lower.contains("\ncontent-type: application/x-www-form-urlencoded"),
+            "{r}"
+        );
     }
 
     #[tokio::test]
@@ -710,6 +717,7 @@ mod tests {
         assert!(matches!(e, Error::CloudUnreachable { .. }), "{e:?}");
         let s = e.to_string();
         assert!(s.contains(&url) && s.contains("--sts-endpoint"), "{s}");
+        assert!(s.contains("connection failed"), "{s}");
         assert_eq!(e.exit_code(), crate::error::EXIT_CLOUD);
     }
 

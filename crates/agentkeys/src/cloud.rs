@@ -434,7 +434,7 @@ pub(crate) async fn verify_isolation(
             "--other-prefix {other_prefix} is this session's own prefix; name someone else's"
         )));
     }
-    let s3 = isolation::s3_client(&creds, &target.region, s3_endpoint.as_deref());
+    let s3 = crate::s3::S3::new(&creds, &target.region, s3_endpoint.as_deref())?;
     step(
         out,
         &format!("3/4 list s3://{bucket}/{own_prefix} (own prefix, must succeed)"),

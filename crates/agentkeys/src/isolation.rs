@@ -2,11 +2,7 @@
 //! own credentials, listing its own prefix must succeed and listing another prefix must be
 //! denied.
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-
-use crate::aws::{self, AwsCredentials};
-use crate::secret::ExposeSecret;
+use crate::s3::{ListRequest, S3};
 
 /// The prefix that must be denied unless `--other-prefix` names another.
 pub const DEFAULT_OTHER_PREFIX: &str = "0xdeadbeef/";
@@ -92,63 +88,22 @@ pub fn verdict(own: &ListOutcome, other: &ListOutcome, bucket: &str) -> Verdict 
     }
 }
 
-/// An S3 client with the session's credentials; path-style addressing when an endpoint is
-/// given (S3-compatible clouds).
-pub fn s3_client(
-    creds: &AwsCredentials,
-    region: &str,
-    endpoint: Option<&str>,
-) -> aws_sdk_s3::Client {
-    let expiry = std::time::UNIX_EPOCH
-        + std::time::Duration::from_secs(u64::try_from(creds.expiration).unwrap_or(0));
-    let mut b = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region.to_owned()))
-        .timeout_config(aws::timeouts())
-        .credentials_provider(Credentials::new(
-            creds.access_key_id.clone(),
-            creds.secret_access_key.expose_secret().to_owned(),
-            Some(creds.session_token.expose_secret().to_owned()),
-            Some(expiry),
-            "agentkeys",
-        ));
-    if let Some(e) = endpoint {
-        b = b.endpoint_url(e).force_path_style(true);
-    }
-    aws_sdk_s3::Client::from_conf(b.build())
-}
-
-/// `ListObjectsV2 bucket prefix`.
-pub async fn list_prefix(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> ListOutcome {
-    match client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .max_keys(100)
-        .send()
-        .await
-    {
-        Ok(out) => ListOutcome::Allowed {
-            keys: out.contents().len(),
+/// `ListObjectsV2 bucket prefix` (the first 100 keys).
+pub async fn list_prefix(client: &S3, bucket: &str, prefix: &str) -> ListOutcome {
+    let req = ListRequest {
+        prefix,
+        start_after: None,
+        max_keys: 100,
+    };
+    match client.list_objects_v2(bucket, &req).await {
+        Ok(listing) => ListOutcome::Allowed {
+            keys: listing.objects.len(),
         },
-        Err(SdkError::ServiceError(ctx)) => {
-            let status = ctx.raw().status().as_u16();
-            let code = ctx.err().code().map(|c| aws::one_line(c, 64));
-            let message = ctx
-                .err()
-                .message()
-                .map(|m| aws::one_line(m, 300))
-                .filter(|m| !m.is_empty());
-            let detail = aws::status_detail(status, code.as_deref(), message.as_deref());
-            if status == 403 || code.as_deref() == Some("AccessDenied") {
-                ListOutcome::Denied { detail }
-            } else {
-                ListOutcome::Failed { detail }
-            }
+        // RGW and AWS say AccessDenied; a bare 403 is a refusal too.
+        Err(e) if e.status() == Some(403) || e.code() == Some("AccessDenied") => {
+            ListOutcome::Denied { detail: e.detail() }
         }
-        Err(e) => ListOutcome::Failed {
-            detail: aws::transport_detail(&e),
-        },
+        Err(e) => ListOutcome::Failed { detail: e.detail() },
     }
 }
 
@@ -213,8 +168,8 @@ mod tests {
         }
     }
 
-    fn creds() -> AwsCredentials {
-        AwsCredentials {
+    fn creds() -> crate::aws::AwsCredentials {
+        crate::aws::AwsCredentials {
             access_key_id: "ASIAFAKE".into(),
             secret_access_key: crate::secret::SecretString::from("s"),
             session_token: crate::secret::SecretString::from("t"),
@@ -232,7 +187,7 @@ mod tests {
             (403, denied.to_owned()),
             (404, missing.to_owned()),
         ]);
-        let s3 = s3_client(&creds(), "us-east-1", Some(&server.url));
+        let s3 = S3::new(&creds(), "us-east-1", Some(&server.url)).expect("client");
         assert_eq!(
             list_prefix(&s3, "bkt", "0xabc/").await,
             ListOutcome::Allowed { keys: 2 }

@@ -3,69 +3,10 @@
 use std::path::Path;
 
 use agentkeys_types::WalletAddress;
-use alloy_primitives::{Address, Signature};
-use k256::ecdsa::SigningKey;
+pub use agentkeys_wallet::WalletKey;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-
-/// A wallet's secp256k1 key: its address, and EIP-191 signatures (sign-in messages, device
-/// proofs). The secret is zeroed when dropped and never formatted.
-pub struct WalletKey {
-    key: SigningKey,
-    address: Address,
-}
-
-/// The address only: the secret never reaches a log or an error.
-impl std::fmt::Debug for WalletKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalletKey")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WalletKey {
-    /// A new key from the operating system's randomness.
-    pub fn random() -> Self {
-        use rand::RngCore;
-        loop {
-            let mut secret = [0u8; 32];
-            rand::rng().fill_bytes(&mut secret);
-            let key = Self::from_slice(&secret);
-            secret.fill(0);
-            // Zero or ≥ the group order: about one draw in 2^128.
-            if let Ok(key) = key {
-                return key;
-            }
-        }
-    }
-
-    /// The key whose 32-byte big-endian secret is `secret`.
-    pub fn from_slice(secret: &[u8]) -> std::result::Result<Self, k256::ecdsa::Error> {
-        let key = SigningKey::from_slice(secret)?;
-        let address = Address::from_private_key(&key);
-        Ok(Self { key, address })
-    }
-
-    /// The 32-byte secret, for the key file.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        self.key.to_bytes().into()
-    }
-
-    pub fn address(&self) -> Address {
-        self.address
-    }
-
-    /// The EIP-191 `personal_sign` signature of `message`: low-s, `v` = 27/28 on the wire.
-    pub fn sign_message(
-        &self,
-        message: &[u8],
-    ) -> std::result::Result<Signature, k256::ecdsa::Error> {
-        let hash = alloy_primitives::eip191_hash_message(message);
-        Ok(self.key.sign_prehash_recoverable(hash.as_slice())?.into())
-    }
-}
 
 /// Generates a new key and writes it to `path` (mode 0600). Refuses to replace an existing
 /// file unless `force`. Returns the signer of the new key.
@@ -188,23 +129,6 @@ mod tests {
             e.to_string()
                 .contains(&format!("chmod 600 {}", p.display())),
             "{e}"
-        );
-    }
-
-    #[test]
-    fn eip191_signature_recovers_to_the_key_address() {
-        let s = WalletKey::random();
-        let msg = "example.com wants you to sign in with your Ethereum account:\n0xabc";
-        let sig = s.sign_message(msg.as_bytes()).expect("sign");
-        let wire = sig.to_string();
-        assert!(wire.starts_with("0x") && wire.len() == 132, "{wire}");
-        assert!(
-            wire.ends_with("1b") || wire.ends_with("1c"),
-            "v is 27/28: {wire}"
-        );
-        assert_eq!(
-            sig.recover_address_from_msg(msg).expect("recover"),
-            s.address()
         );
     }
 

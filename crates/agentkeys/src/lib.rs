@@ -36,10 +36,12 @@ pub mod poll;
 pub mod refresh;
 pub mod renew;
 pub mod requests;
+pub mod s3;
 pub mod secret;
 pub mod sessions;
 pub mod signin;
 pub mod siwe_check;
+mod sts_http;
 #[cfg(test)]
 mod testutil;
 pub mod token;

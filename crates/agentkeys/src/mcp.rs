@@ -15,8 +15,6 @@
 
 use std::sync::Arc;
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -28,16 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws;
 use crate::error::{Error, Result};
-use crate::isolation;
 use crate::renew::{Current, Renewer};
+use crate::s3::{ListRequest, S3, S3Error};
 
 /// Largest object `storage_get` returns and `storage_put` writes (decoded bytes).
 pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
 /// Longest key, in bytes, after the prefix (S3 allows 1024 in all).
 pub const MAX_KEY_BYTES: usize = 900;
 /// Most keys one `storage_list` returns.
-pub const MAX_LIST_KEYS: i32 = 1000;
-const DEFAULT_LIST_KEYS: i32 = 100;
+pub const MAX_LIST_KEYS: u32 = 1000;
+const DEFAULT_LIST_KEYS: u32 = 100;
 
 type ToolResult = std::result::Result<CallToolResult, ErrorData>;
 
@@ -89,13 +87,14 @@ impl AgentKeysMcp {
         })
     }
 
-    async fn s3(&self) -> std::result::Result<(aws_sdk_s3::Client, Current), CallToolResult> {
+    async fn s3(&self) -> std::result::Result<(S3, Current), CallToolResult> {
         let c = self.current().await?;
-        let client = isolation::s3_client(
+        let client = S3::new(
             &c.creds,
             &self.setup.renewer.target().region,
             self.setup.s3_endpoint.as_deref(),
-        );
+        )
+        .map_err(|e| tool_error(format!("{e}; nothing was sent to storage")))?;
         Ok((client, c))
     }
 }
@@ -304,37 +303,43 @@ impl AgentKeysMcp {
             Some(Ok(u)) => u,
             None => String::new(),
         };
-        let max = a.max_keys.unwrap_or(DEFAULT_LIST_KEYS);
-        if !(1..=MAX_LIST_KEYS).contains(&max) {
-            return Ok(tool_error(format!(
-                "max_keys {max} is out of range: use 1 to {MAX_LIST_KEYS}"
-            )));
-        }
-        let mut req = s3
-            .list_objects_v2()
-            .bucket(&self.setup.bucket)
-            .prefix(format!("{root}{under}"))
-            .max_keys(max);
-        if let Some(after) = a.start_after.as_deref() {
-            match relative(after, "start_after", false) {
-                Ok(k) => req = req.start_after(format!("{root}{k}")),
-                Err(e) => return Ok(e),
+        let max = match a.max_keys.map(u32::try_from) {
+            None => DEFAULT_LIST_KEYS,
+            Some(Ok(n)) if (1..=MAX_LIST_KEYS).contains(&n) => n,
+            Some(_) => {
+                return Ok(tool_error(format!(
+                    "max_keys {} is out of range: use 1 to {MAX_LIST_KEYS}",
+                    a.max_keys.unwrap_or_default()
+                )));
             }
-        }
-        match req.send().await {
+        };
+        let start_after = match a.start_after.as_deref() {
+            Some(after) => match relative(after, "start_after", false) {
+                Ok(k) => Some(format!("{root}{k}")),
+                Err(e) => return Ok(e),
+            },
+            None => None,
+        };
+        let prefix = format!("{root}{under}");
+        let req = ListRequest {
+            prefix: &prefix,
+            start_after: start_after.as_deref(),
+            max_keys: max,
+        };
+        match s3.list_objects_v2(&self.setup.bucket, &req).await {
             Ok(out) => {
                 let objects: Vec<_> = out
-                    .contents()
+                    .objects
                     .iter()
                     .filter_map(|o| {
-                        let key = o.key()?.strip_prefix(root.as_str())?;
-                        Some(serde_json::json!({"key": key, "size": o.size().unwrap_or(0)}))
+                        let key = o.key.strip_prefix(root.as_str())?;
+                        Some(serde_json::json!({"key": key, "size": o.size}))
                     })
                     .collect();
                 Ok(json_result(&serde_json::json!({
                     "prefix": root,
                     "objects": objects,
-                    "truncated": out.is_truncated().unwrap_or(false),
+                    "truncated": out.truncated,
                 })))
             }
             Err(e) => Ok(cloud_error(
@@ -360,13 +365,25 @@ impl AgentKeysMcp {
         };
         let url = format!("s3://{}/{key}", self.setup.bucket);
         let out = match s3
-            .get_object()
-            .bucket(&self.setup.bucket)
-            .key(&key)
-            .send()
+            .get_object(&self.setup.bucket, &key, MAX_OBJECT_BYTES)
             .await
         {
             Ok(o) => o,
+            Err(S3Error::TooLarge { size: Some(size) }) => {
+                return Ok(tool_error(format!(
+                    "{url} has {size} bytes; storage_get returns at most {MAX_OBJECT_BYTES}"
+                )));
+            }
+            Err(S3Error::TooLarge { size: None }) => {
+                return Ok(tool_error(format!(
+                    "{url} has more than {MAX_OBJECT_BYTES} bytes; storage_get returns at most that"
+                )));
+            }
+            Err(S3Error::Interrupted { detail }) => {
+                return Ok(tool_error(format!(
+                    "reading {url} failed mid-way ({detail}); try again"
+                )));
+            }
             Err(e) => {
                 let own = a.at.prefix.as_deref().is_none_or(|p| p.trim().is_empty());
                 let mut r = cloud_error("read", &url, &e);
@@ -383,33 +400,12 @@ impl AgentKeysMcp {
                 return Ok(r);
             }
         };
-        let size = out
-            .content_length()
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(0);
-        if size > MAX_OBJECT_BYTES {
-            return Ok(tool_error(format!(
-                "{url} has {size} bytes; storage_get returns at most {MAX_OBJECT_BYTES}"
-            )));
-        }
-        let content_type = out.content_type().map(str::to_owned);
-        let bytes = match out.body.collect().await {
-            Ok(b) => b.into_bytes(),
-            Err(e) => {
-                return Ok(tool_error(format!(
-                    "reading {url} failed mid-way ({}); try again",
-                    aws::one_line(&e.to_string(), 200)
-                )));
-            }
-        };
-        if bytes.len() > MAX_OBJECT_BYTES {
-            return Ok(tool_error(format!(
-                "{url} has more than {MAX_OBJECT_BYTES} bytes; storage_get returns at most that"
-            )));
-        }
+        let content_type = out.content_type;
+        let bytes = out.bytes;
+        let size = bytes.len();
         let content = match a.encoding {
             Encoding::Base64 => B64.encode(&bytes),
-            Encoding::Text => match String::from_utf8(bytes.to_vec()) {
+            Encoding::Text => match String::from_utf8(bytes) {
                 Ok(s) => s,
                 Err(_) => {
                     return Ok(tool_error(format!(
@@ -420,7 +416,7 @@ impl AgentKeysMcp {
         };
         Ok(json_result(&serde_json::json!({
             "key": a.at.key,
-            "size": bytes.len(),
+            "size": size,
             "content_type": content_type,
             "encoding": a.encoding,
             "content": content,
@@ -468,12 +464,7 @@ impl AgentKeysMcp {
         let size = body.len();
         let url = format!("s3://{}/{key}", self.setup.bucket);
         match s3
-            .put_object()
-            .bucket(&self.setup.bucket)
-            .key(&key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
+            .put_object(&self.setup.bucket, &key, &content_type, body)
             .await
         {
             Ok(_) => Ok(json_result(&serde_json::json!({
@@ -499,13 +490,7 @@ impl AgentKeysMcp {
             Err(e) => return Ok(e),
         };
         let url = format!("s3://{}/{key}", self.setup.bucket);
-        match s3
-            .delete_object()
-            .bucket(&self.setup.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
+        match s3.delete_object(&self.setup.bucket, &key).await {
             Ok(_) => Ok(json_result(
                 &serde_json::json!({"key": a.key, "deleted": url}),
             )),
@@ -607,25 +592,27 @@ fn json_result<T: Serialize>(v: &T) -> CallToolResult {
     }
 }
 
-fn is_access_denied<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    matches!(e, SdkError::ServiceError(ctx) if matches!(ctx.err().code(), Some("AccessDenied" | "Forbidden")))
+/// The cloud refused the call: `AccessDenied` (or `Forbidden`), or a bare 403.
+fn is_access_denied(e: &S3Error) -> bool {
+    match e.code() {
+        Some(code) => matches!(code, "AccessDenied" | "Forbidden"),
+        None => e.status() == Some(403),
+    }
 }
 
 /// An S3 failure as a tool error: a refusal by the cloud says so; nothing of the request's
 /// signature or credentials is included.
-fn cloud_error<E, R>(action: &str, url: &str, e: &SdkError<E, R>) -> CallToolResult
-where
-    E: ProvideErrorMetadata,
-{
+fn cloud_error(action: &str, url: &str, e: &S3Error) -> CallToolResult {
     let text = match e {
-        SdkError::ServiceError(ctx) => {
-            let code = ctx.err().code().unwrap_or("no error code");
+        e if is_access_denied(e) => format!(
+            "the cloud refused to {action} {url} ({}): this agent's credentials do not \
+             reach it. Use keys under your own prefix (see whoami), or ask the agent's master \
+             for a grant covering it",
+            e.code().map_or("HTTP 403", |_| "AccessDenied")
+        ),
+        S3Error::Service { code, .. } => {
+            let code = code.as_deref().unwrap_or("no error code");
             match code {
-                "AccessDenied" | "Forbidden" => format!(
-                    "the cloud refused to {action} {url} (AccessDenied): this agent's credentials \
-                     do not reach it. Use keys under your own prefix (see whoami), or ask the \
-                     agent's master for a grant covering it"
-                ),
                 "NoSuchKey" | "NotFound" => {
                     format!("no object at {url} (NoSuchKey); storage_list shows which keys exist")
                 }

@@ -2,8 +2,8 @@
 //! the request's terms, an email master with its session) or denies, and the agent's poll gets
 //! the grant.
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::{Clock, rfc3339};
+use agentkeys_wallet::WalletKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,9 +1,9 @@
 //! Agent pairing, lifecycle and agent tokens.
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::Clock;
 use agentkeys_types::OmniAccount;
 use agentkeys_types::pairing::{ProofAction, proof_message};
+use agentkeys_wallet::WalletKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

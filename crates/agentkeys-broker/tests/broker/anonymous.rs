@@ -8,11 +8,11 @@
 
 use std::net::IpAddr;
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::Clock;
 use agentkeys_broker::http::client_ip::{TrustedProxies, parse_trusted_proxy};
 use agentkeys_broker::limiter::{Limits, Rate};
 use agentkeys_types::pairing::{ProofAction, proof_message};
+use agentkeys_wallet::WalletKey;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

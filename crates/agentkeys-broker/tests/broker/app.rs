@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::{Clock, ManualClock};
 use agentkeys_broker::config::{EmailLimits, Issuer, Settings};
 use agentkeys_broker::http::client_ip::TrustedProxies;
@@ -11,6 +10,7 @@ use agentkeys_broker::limiter::{Limits, Rate};
 use agentkeys_broker::state::AppState;
 use agentkeys_store::RateWindow;
 use agentkeys_types::api::{SessionIssued, WalletChallengeResponse};
+use agentkeys_wallet::WalletKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

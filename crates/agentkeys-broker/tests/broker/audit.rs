@@ -26,7 +26,7 @@ async fn every_sign_in_and_mint_is_one_audit_event() {
     }
     // A failed sign-in is audited as failed.
     let c = app.challenge(&wallet.address().to_string()).await;
-    let wrong = crate::app::sign(&agentkeys::keyfile::WalletKey::random(), &c.message);
+    let wrong = crate::app::sign(&agentkeys_wallet::WalletKey::random(), &c.message);
     assert_eq!(
         app.verify(&c.challenge_id, &wrong).await.status(),
         StatusCode::UNAUTHORIZED

@@ -1,9 +1,9 @@
 //! `GET /v1/audit` for masters, and the operator's export and signed checkpoints.
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_broker::clock::Clock;
 use agentkeys_store::audit::HashFormat;
 use agentkeys_types::pairing::{ProofAction, proof_message};
+use agentkeys_wallet::WalletKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

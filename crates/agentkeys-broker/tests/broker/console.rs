@@ -2,7 +2,7 @@
 //! CSRF token a cookie-authenticated change needs, logout, pairing lookup and denial, and the
 //! audit chain's status.
 
-use agentkeys::keyfile::WalletKey;
+use agentkeys_wallet::WalletKey;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, SET_COOKIE};
 use serde_json::{Value, json};

@@ -1,5 +1,5 @@
-use agentkeys::keyfile::WalletKey;
 use agentkeys_types::{OmniAccount, WalletAddress};
+use agentkeys_wallet::WalletKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

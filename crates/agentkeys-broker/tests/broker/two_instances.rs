@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentkeys::keyfile::WalletKey;
 use agentkeys_types::login::code_challenge;
 use agentkeys_types::pairing::{ProofAction, proof_message};
+use agentkeys_wallet::WalletKey;
 use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
