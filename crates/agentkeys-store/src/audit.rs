@@ -75,26 +75,50 @@ impl TryFrom<i64> for HashFormat {
 
 /// The canonical bytes of an event at position `seq`, in `format`.
 pub fn canonical(format: HashFormat, seq: u64, event: Hashed<'_>) -> String {
-    let value = serde_json::json!({
-        "seq": seq,
-        "time": event.time,
-        "kind": event.kind,
-        "actor": event.actor,
-        "master": event.master,
-        "outcome": event.outcome,
-        "details": event.details,
-    });
     match format {
         HashFormat::SortedKeys => {
+            let value = serde_json::json!({
+                "seq": seq,
+                "time": event.time,
+                "kind": event.kind,
+                "actor": event.actor,
+                "master": event.master,
+                "outcome": event.outcome,
+                "details": event.details,
+            });
             let mut out = String::with_capacity(256);
             write_sorted_keys(&value, &mut out);
             out
         }
-        // A `Value` always serializes; the fallback only keeps this function total.
+        // Serialized from borrowed fields: building a `Value` first would copy the details of
+        // every event the writer appends.
         HashFormat::Jcs => {
-            serde_json_canonicalizer::to_string(&value).unwrap_or_else(|_| value.to_string())
+            let fields = CanonicalFields {
+                seq,
+                time: event.time,
+                kind: event.kind,
+                actor: event.actor,
+                master: event.master,
+                outcome: event.outcome,
+                details: event.details,
+            };
+            // Strings, integers and a `Value` always serialize; the fallback keeps this total.
+            serde_json_canonicalizer::to_string(&fields)
+                .unwrap_or_else(|_| serde_json::to_string(&fields).unwrap_or_default())
         }
     }
+}
+
+/// The object [`HashFormat::Jcs`] hashes; the canonicalizer orders its members.
+#[derive(Serialize)]
+struct CanonicalFields<'a> {
+    seq: u64,
+    time: i64,
+    kind: &'a str,
+    actor: Option<&'a str>,
+    master: Option<&'a str>,
+    outcome: &'a str,
+    details: &'a Value,
 }
 
 pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
