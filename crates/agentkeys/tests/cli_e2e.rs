@@ -795,6 +795,18 @@ fn pair(
     Some(serde_json::from_str(&stdout).expect("pair --json prints JSON"))
 }
 
+/// A fresh agent profile (`agent init`), paired with `master`, which approves it as `label`.
+fn paired_agent(broker: &Broker, master: &Cli, label: &str) -> Cli {
+    let agent = Cli::new(&broker.url);
+    agent.ok(&["agent", "init"]);
+    pair(&agent, master, |m, code| {
+        m.ok(&["agents", "approve", code, "--label", label]);
+        true
+    })
+    .expect("paired");
+    agent
+}
+
 #[test]
 fn agent_pairing_and_lifecycle() {
     let broker = Broker::start();
@@ -1625,13 +1637,7 @@ fn an_agent_asks_for_access_and_its_master_approves_or_denies() {
         .ok(&["key", "address", "--key-file", &master_key])
         .trim()
         .to_lowercase();
-    let agent = Cli::new(&broker.url);
-    agent.ok(&["agent", "init"]);
-    pair(&agent, &master, |m, code| {
-        m.ok(&["agents", "approve", code, "--label", "bot1"]);
-        true
-    })
-    .expect("paired");
+    let agent = paired_agent(&broker, &master, "bot1");
 
     // The agent asks and waits; the master sees the terms and approves with its wallet.
     let mut running = agent.spawn(&[
@@ -1723,13 +1729,7 @@ fn mcp_request_access_files_a_request_the_master_sees() {
     use std::io::BufRead;
     let broker = Broker::start();
     let (master, _, _) = signed_in_master(&broker);
-    let agent = Cli::new(&broker.url);
-    agent.ok(&["agent", "init"]);
-    pair(&agent, &master, |m, code| {
-        m.ok(&["agents", "approve", code, "--label", "bot1"]);
-        true
-    })
-    .expect("paired");
+    let agent = paired_agent(&broker, &master, "bot1");
 
     // The server mints and trades the token for credentials once, before the handshake.
     let sts = FakeSts::start(1);
@@ -1817,13 +1817,7 @@ fn grants_create_use_exhaust_and_revoke() {
         .ok(&["key", "address", "--key-file", &master_key])
         .trim()
         .to_lowercase();
-    let agent = Cli::new(&broker.url);
-    agent.ok(&["agent", "init"]);
-    pair(&agent, &master, |m, code| {
-        m.ok(&["agents", "approve", code, "--label", "bot1"]);
-        true
-    })
-    .expect("paired");
+    let agent = paired_agent(&broker, &master, "bot1");
 
     // Create (by label), one use: the id, the scope tag and the exposure sentence are printed.
     let text = master.ok(&[
@@ -2003,13 +1997,7 @@ fn no_secret_reaches_the_log_or_the_store() {
     secrets.push(("email session", session_token(&alice).into_bytes()));
 
     // An agent: its device key, its session and a token.
-    let agent = Cli::new(&broker.url);
-    agent.ok(&["agent", "init"]);
-    pair(&agent, &master, |m, code| {
-        m.ok(&["agents", "approve", code, "--label", "bot"]);
-        true
-    })
-    .expect("paired");
+    let agent = paired_agent(&broker, &master, "bot");
     let device = fs::read_to_string(agent.config_dir().join("profiles/default/device.key"))
         .expect("device key");
     secrets.push((
@@ -2077,13 +2065,7 @@ fn a_master_reads_its_audit_trail() {
     for _ in 0..3 {
         master.ok(&["token"]);
     }
-    let agent = Cli::new(&broker.url);
-    agent.ok(&["agent", "init"]);
-    pair(&agent, &master, |m, code| {
-        m.ok(&["agents", "approve", code, "--label", "bot"]);
-        true
-    })
-    .expect("paired");
+    let agent = paired_agent(&broker, &master, "bot");
     agent.ok(&["token"]);
 
     let lines: Vec<serde_json::Value> = master
