@@ -180,6 +180,28 @@ impl Gate {
     }
 }
 
+impl LiveCheck {
+    /// Records `denied`, a refusal decided before the transaction (the mint's gate 3), if the
+    /// session is still live in it; else records, and returns, why it is not (gates 1 and 2
+    /// come first). Returns the event's seq.
+    pub async fn record_refusal(
+        self,
+        store: &dyn Store,
+        now: i64,
+        mut denied: NewAuditEvent,
+    ) -> Result<(Option<NotLive>, u64)> {
+        store
+            .transact(move |tx| {
+                let not_live = not_live(tx, &self, now)?;
+                if let Some(reason) = not_live {
+                    denied.details["reason"] = json!(reason.reason().as_str());
+                }
+                Ok((not_live, tx.append(&denied)?))
+            })
+            .await
+    }
+}
+
 /// Why `live` no longer holds at `now`, if it does not.
 fn not_live(tx: &mut dyn Tx, live: &LiveCheck, now: i64) -> Result<Option<NotLive>> {
     Ok(match tx.session(&live.session_token_hash)? {

@@ -21,6 +21,7 @@ pub mod mint;
 pub mod oidc_login;
 pub mod policy;
 pub mod session;
+pub mod session_cache;
 pub mod sign_in;
 pub mod state;
 pub mod tls;

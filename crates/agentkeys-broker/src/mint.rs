@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
 
-use crate::gate::{Gate, GateOutcome, GrantUse, LiveCheck, NotLive};
+use crate::gate::{Gate, GateOutcome, GrantUse, LiveCheck};
 use crate::keys::SigningKey;
 use crate::metrics::mint_denied;
 use crate::session::{random_id, session_ref};
@@ -195,20 +195,38 @@ fn master_of(s: &Session) -> String {
     s.master.to_string()
 }
 
-/// Records a refusal durably, then returns it. If even the audit write fails the caller gets
-/// the store's failure (a 500): a gate failure must not go unrecorded.
-pub async fn deny(state: &AppState, session: Option<&Session>, reason: DenyReason) -> MintError {
-    mint_denied(&reason);
+/// Records a refusal of `session`'s mint durably, then returns it. The session's liveness is
+/// checked in the same transaction first (gates 1 and 2 come before the rest): a session that
+/// is no longer live is refused as such, and forgotten by the mint's session cache, so a
+/// revoked bearer leaves one recorded refusal, not one per request. If even the audit write
+/// fails the caller gets the store's failure (a 500): a gate failure must not go unrecorded.
+pub async fn deny(state: &AppState, session: &Session, reason: DenyReason) -> MintError {
     let now = state.clock.now();
-    let details = json!({ "session": session.map(|s| session_ref(&s.token_hash).to_owned()) });
-    match state
-        .store
-        .append_audit(denied_event(now, session, reason.as_str(), details))
-        .await
-    {
-        Ok(_) => MintError::Denied(reason),
+    let details = json!({ "session": session_ref(&session.token_hash) });
+    let live = LiveCheck {
+        session_token_hash: session.token_hash.clone(),
+    };
+    let recorded = live
+        .record_refusal(
+            &*state.store,
+            now,
+            denied_event(now, Some(session), reason.as_str(), details),
+        )
+        .await;
+    match recorded {
+        Ok((None, _)) => refused(state, session, reason),
+        Ok((Some(not_live), _)) => refused(state, session, not_live.reason()),
         Err(e) => MintError::Store(e),
     }
+}
+
+/// A refusal already recorded: counted, and a session found not live is forgotten.
+fn refused(state: &AppState, session: &Session, reason: DenyReason) -> MintError {
+    if matches!(reason, DenyReason::Unauthenticated) {
+        state.mint_sessions.forget(&session.token_hash);
+    }
+    mint_denied(&reason);
+    MintError::Denied(reason)
 }
 
 /// A mint the pre-transaction gates (2 and 3) allowed: its claims, checked against AWS's tag
@@ -231,13 +249,10 @@ pub async fn authorize<'a>(
 ) -> Result<Result<Permit<'a>, DenyReason>, StoreError> {
     let settings = &state.settings;
 
-    // Gate 2: an agent must be active (suspension takes effect at its next mint), as read with
-    // the session. Checked here to refuse in the order of SPEC §6, and again (with gate 1)
-    // inside the gate's transaction in [`Permit::commit`], so a logout, suspension or removal
-    // that commits meanwhile still wins.
-    if let Some(not_live) = NotLive::of_session(session) {
-        return Ok(Err(not_live.reason()));
-    }
+    // Gates 1 and 2 (a live session; an agent must be active, so a suspension takes effect at
+    // its next mint) are decided inside the transaction that records the outcome, before
+    // anything decided here: `session` may be the mint's cached copy, whose revocation and
+    // agent status are not to be trusted (crate::session_cache).
 
     // Gate 3: intent.
     let audience = match request.audience.as_deref() {
@@ -408,15 +423,12 @@ pub async fn mint(
     let now = state.clock.now();
     let permit = match authorize(state, session, request, now).await? {
         Ok(permit) => permit,
-        Err(reason) => return Err(deny(state, Some(session), reason).await),
+        Err(reason) => return Err(deny(state, session, reason).await),
     };
     match permit.commit(state, now).await? {
         Ok(minted) => Ok(minted),
-        Err(reason) => {
-            // Already recorded by the gate's transaction (or, for an audit failure, not at all).
-            mint_denied(&reason);
-            Err(MintError::Denied(reason))
-        }
+        // Already recorded by the gate's transaction (or, for an audit failure, not at all).
+        Err(reason) => Err(refused(state, session, reason)),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::denials::Denials;
 use crate::keys::KeyRing;
 use crate::limiter::Limiter;
 use crate::mailer::Mailer;
+use crate::session_cache::SessionCache;
 
 /// Cheap to clone; everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -35,6 +36,8 @@ pub struct Inner {
     pub approve_limiter: Limiter,
     /// Refused anonymous requests, written to the audit log in aggregate.
     pub denials: Denials,
+    /// Sessions the mint has seen live (their unchanging facts only).
+    pub mint_sessions: SessionCache,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             anonymous_limiter,
             approve_limiter,
             denials: Denials::default(),
+            mint_sessions: SessionCache::default(),
         }))
     }
 }

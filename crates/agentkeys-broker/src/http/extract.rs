@@ -1,6 +1,8 @@
 //! Extractors: our JSON body (so bad JSON gets our error envelope) and the bearer session
 //! (handlers never parse headers).
 
+use std::sync::Arc;
+
 use agentkeys_store::Session;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
@@ -159,36 +161,71 @@ impl FromRequestParts<AppState> for AuthSession {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = match bearer(parts) {
-            Some(token) => token,
-            None => {
-                let token = session_cookie(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-                let safe = matches!(parts.method, Method::GET | Method::HEAD);
-                let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-                if !safe && sent.is_none_or(|s| !constant_time_eq(s, &csrf_token(token))) {
-                    return Err(ApiError::Forbidden {
-                        kind: agentkeys_types::ErrorKind::CsrfFailed,
-                        message: "a change made with the console's session cookie needs its \
-                                  X-CSRF-Token header; reload the console"
-                            .into(),
-                    });
-                }
-                token
+        let hash = presented_token_hash(parts)?;
+        Ok(AuthSession(live_session(state, &hash).await?))
+    }
+}
+
+/// The hash of the session token the request presents: the bearer token, or the console's
+/// cookie (with its CSRF token on a change). Shape-checked, not yet looked up.
+fn presented_token_hash(parts: &Parts) -> Result<String, ApiError> {
+    let token = match bearer(parts) {
+        Some(token) => token,
+        None => {
+            let token = session_cookie(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+            let safe = matches!(parts.method, Method::GET | Method::HEAD);
+            let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if !safe && sent.is_none_or(|s| !constant_time_eq(s, &csrf_token(token))) {
+                return Err(ApiError::Forbidden {
+                    kind: agentkeys_types::ErrorKind::CsrfFailed,
+                    message: "a change made with the console's session cookie needs its \
+                              X-CSRF-Token header; reload the console"
+                        .into(),
+                });
             }
-        };
-        if !crate::session::looks_like_token(token) {
-            return Err(ApiError::Unauthenticated);
+            token
         }
-        let session = state
-            .store
-            .session(&token_hash(token))
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
+    };
+    if !crate::session::looks_like_token(token) {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(token_hash(token))
+}
+
+/// The stored session with this hash, if it is unrevoked and unexpired now.
+async fn live_session(state: &AppState, hash: &str) -> Result<Session, ApiError> {
+    let session = state
+        .store
+        .session(hash)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if !session.is_live(state.clock.now()) {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(session)
+}
+
+/// The session of a mint: as [`AuthSession`], but a session this broker has already seen live
+/// comes from [`crate::session_cache`] without a store read. Only its unchanging facts may be
+/// used; the mint decides liveness (gates 1 and 2) inside its transaction.
+#[derive(Debug, Clone)]
+pub struct MintSession(pub Arc<Session>);
+
+impl FromRequestParts<AppState> for MintSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let hash = presented_token_hash(parts)?;
         let now = state.clock.now();
-        if session.revoked_at.is_some() || session.expires_at <= now {
-            return Err(ApiError::Unauthenticated);
+        if let Some(session) = state.mint_sessions.get(&hash, now) {
+            return Ok(MintSession(session));
         }
-        Ok(AuthSession(session))
+        let session = Arc::new(live_session(state, &hash).await?);
+        state.mint_sessions.insert(session.clone(), now);
+        Ok(MintSession(session))
     }
 }
 

@@ -387,6 +387,48 @@ async fn two_instances_on_one_database_behave_as_one_broker() {
         "collected once, on either instance"
     );
 
+    // Each instance keeps the sessions it has minted for in memory, but a mint's transaction
+    // decides liveness: a logout and a suspension made through A are seen by B's next mint,
+    // though B minted with both sessions a moment before.
+    let (_, leaving) = cluster.sign_in(a, b).await;
+    assert_eq!(
+        mint(http, &b.url, &leaving, json!({})).await.0,
+        StatusCode::OK
+    );
+    let r = cluster
+        .post(a, "/v1/session/logout", Some(&leaving), json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    for on in [&b.url, &b.url, &a.url] {
+        let (status, body) = mint(http, on, &leaving, json!({})).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+        );
+    }
+    let on_agent = |action: &str| format!("/v1/agents/{agent_omni}/{action}");
+    assert_eq!(
+        mint(http, &b.url, &agent_token, json!({})).await.0,
+        StatusCode::OK
+    );
+    let r = cluster
+        .post(a, &on_agent("suspend"), Some(&master_token), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, body) = mint(http, &b.url, &agent_token, json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("agent_suspended"))
+    );
+    let r = cluster
+        .post(a, &on_agent("resume"), Some(&master_token), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        mint(http, &b.url, &agent_token, json!({})).await.0,
+        StatusCode::OK
+    );
+
     // Rate limits add up: MINT_LIMIT per minute in total, whichever instance is asked.
     wait_for_fresh_minute().await;
     let (_, limited) = cluster.sign_in(b, a).await;

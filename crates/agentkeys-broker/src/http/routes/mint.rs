@@ -9,7 +9,7 @@ use crate::clock::rfc3339;
 use crate::denials::DenialKind;
 use crate::http::client_ip::ClientIp;
 use crate::http::error::ApiError;
-use crate::http::extract::{AuthSession, OptionalJson};
+use crate::http::extract::{MintSession, OptionalJson};
 use crate::http::limit;
 use crate::metrics::mint_denied;
 use crate::mint::{self, DenyReason, MintError};
@@ -29,7 +29,7 @@ use crate::state::AppState;
 pub async fn mint_oidc_jwt(
     State(state): State<AppState>,
     ip: ClientIp,
-    auth: Result<AuthSession, ApiError>,
+    auth: Result<MintSession, ApiError>,
     body: Result<OptionalJson<MintRequest>, ApiError>,
 ) -> Result<axum::Json<MintResponse>, ApiError> {
     let started = Instant::now();
@@ -37,7 +37,7 @@ pub async fn mint_oidc_jwt(
     // per client IP and audited in aggregate (one `anonymous.denied` per IP per window), not
     // one chained event per request.
     let session = match auth {
-        Ok(AuthSession(s)) => s,
+        Ok(MintSession(s)) => s,
         Err(e) => {
             limit::admit(&state, &state.anonymous_limiter, "anonymous", ip)?;
             mint_denied(&DenyReason::Unauthenticated);
@@ -51,9 +51,10 @@ pub async fn mint_oidc_jwt(
         Ok(OptionalJson(r)) => r,
         Err(e) => {
             return Err(
-                match mint::deny(&state, Some(&session), DenyReason::InvalidRequest).await {
-                    MintError::Denied(_) => e,
-                    failed => failed.into(),
+                match mint::deny(&state, &session, DenyReason::InvalidRequest).await {
+                    MintError::Denied(DenyReason::InvalidRequest) => e,
+                    // No longer live: refused as such (gates 1 and 2 come first).
+                    other => other.into(),
                 },
             );
         }
