@@ -235,7 +235,7 @@ url_args() {
   for u in "${urls[@]}"; do printf -- '--url %s ' "$u"; done
 }
 
-bench_timeout=$((warmup + seconds + 300))
+bench_timeout=$((warmup + seconds + 300 + masters * 3 / 1000))
 for r in $(seq "$runs"); do
   step "run $r/$runs: concurrency $concurrency, $seconds s (+${warmup} s warm-up), $masters masters"
   # shellcheck disable=SC2046  # the helpers print flag/value pairs to split
