@@ -4,7 +4,7 @@ use tokio_postgres::Row;
 
 use super::batch::{Batch, EventRow};
 use super::{col, no_nul, seq_param};
-use crate::audit::{HashFormat, canonical, chain_hash};
+use crate::audit::{HashFormat, canonical_text, chain_hash};
 use crate::{AuditEvent, NewAuditEvent, Result, StoreError};
 
 macro_rules! event_columns {
@@ -39,10 +39,8 @@ pub(super) fn append(batch: &mut Batch<'_>, event: &NewAuditEvent) -> Result<u64
         no_nul(text)?;
     }
     let seq = batch.head.seq + 1;
-    let hash = chain_hash(
-        &batch.head.hash,
-        &canonical(HashFormat::CURRENT, seq, event.hashed()),
-    );
+    let canonical = canonical_text(HashFormat::CURRENT, seq, event.hashed());
+    let hash = chain_hash(&batch.head.hash, &canonical.text);
     let prev_hash = std::mem::replace(&mut batch.head.hash, hash.clone());
     batch.head.seq = seq;
     batch.events.push(EventRow {
@@ -53,8 +51,10 @@ pub(super) fn append(batch: &mut Batch<'_>, event: &NewAuditEvent) -> Result<u64
         master: event.master.clone(),
         outcome: event.outcome.as_str(),
         // The JSON text as written: the hash covers its canonical form, which is recomputed
-        // from this text on verification.
-        details: event.details.to_string(),
+        // from this text on verification. Usually that form itself, already in the hashed text.
+        details: canonical
+            .details()
+            .map_or_else(|| event.details.to_string(), str::to_owned),
         prev_hash,
         hash,
     });

@@ -1,9 +1,11 @@
 //! The audit chain: its head, appends, and reads.
 
+use std::borrow::Cow;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::seq_param;
-use crate::audit::{GENESIS_HASH, HashFormat, canonical, chain_hash};
+use crate::audit::{GENESIS_HASH, HashFormat, canonical_text, chain_hash};
 use crate::{AuditEvent, AuditQuery, NewAuditEvent};
 
 /// The last event of the chain, as seen inside the current transaction.
@@ -41,7 +43,13 @@ pub(super) fn append(
     let seq_u64 =
         u64::try_from(seq).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
     let format = HashFormat::CURRENT;
-    let hash = chain_hash(&head.hash, &canonical(format, seq_u64, event.hashed()));
+    let canonical = canonical_text(format, seq_u64, event.hashed());
+    let hash = chain_hash(&head.hash, &canonical.text);
+    // The details' JSON is usually inside the canonical text already: no second serialization.
+    let details = match canonical.details() {
+        Some(json) => Cow::Borrowed(json),
+        None => Cow::Owned(event.details.to_string()),
+    };
     conn.prepare_cached(
         "INSERT INTO audit_events
              (seq, time, kind, actor, master, outcome, details, prev_hash, hash, hash_format)
@@ -54,7 +62,7 @@ pub(super) fn append(
         event.actor,
         event.master,
         event.outcome.as_str(),
-        event.details.to_string(),
+        details.as_ref(),
         head.hash,
         hash,
         i64::from(format)
