@@ -225,19 +225,46 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn window_counts(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<Vec<u64>> {
-        buckets
-            .iter()
-            .map(|(bucket, window)| {
+        let mut counts = vec![0; buckets.len()];
+        for (i, (key, _)) in buckets.iter().enumerate() {
+            if buckets[..i].iter().any(|(seen, _)| seen == key) {
+                continue;
+            }
+            let rows = limits::windows(self.conn, key)?;
+            for ((bucket, window), count) in buckets.iter().zip(counts.iter_mut()) {
+                if bucket != key {
+                    continue;
+                }
                 let start = window_start(*window, now)?;
-                Ok(limits::count(self.conn, bucket, *window, start)?)
-            })
-            .collect()
+                *count = rows
+                    .iter()
+                    .find(|(secs, row_start, _)| *secs == window.seconds && *row_start == start)
+                    .map_or(0, |(_, _, used)| *used);
+            }
+        }
+        Ok(counts)
     }
 
     fn count_uses(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<()> {
-        for (bucket, window) in buckets {
-            let start = window_start(*window, now)?;
-            limits::count_use(self.conn, bucket, *window, start)?;
+        let mut rest = buckets;
+        while let [(key, first), tail @ ..] = rest {
+            let start = window_start(*first, now)?;
+            match tail {
+                [(next, second), tail @ ..] if next == key && second.seconds != first.seconds => {
+                    let second_start = window_start(*second, now)?;
+                    limits::count_use_twice(
+                        self.conn,
+                        key,
+                        (*first, start),
+                        (*second, second_start),
+                    )?;
+                    rest = tail;
+                }
+                _ => {
+                    limits::count_use(self.conn, key, *first, start)?;
+                    rest = tail;
+                }
+            }
         }
         Ok(())
     }
