@@ -155,6 +155,16 @@ for v in $(compgen -e | grep '^BROKER_' || true); do unset "$v"; done
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Prints a loopback port nothing listens on now (it may be taken before it is used).
+free_port() {
+  local port
+  for _ in $(seq 20); do
+    port=$((20000 + RANDOM % 40000))
+    port_in_use "$port" || { echo "$port"; return 0; }
+  done
+  die "found no free port"
+}
+
 # The store every instance shares, and what the `keys` and `audit` commands need to reach it.
 store_env=()
 if [[ "$database" == postgres ]]; then
@@ -176,8 +186,7 @@ issuer=""
 start_broker() {
   local n="$1" port pid url
   for _ in $(seq 20); do
-    port=$((20000 + RANDOM % 40000))
-    port_in_use "$port" && continue
+    port="$(free_port)"
     [[ -n "$issuer" ]] || issuer="http://127.0.0.1:$port"
     # The load signs in its masters from one address: the anonymous limiter is opened too.
     env "${store_env[@]}" BROKER_MINT_RATE_PER_MINUTE=100000000 BROKER_MINT_RATE_PER_HOUR=100000000 \
@@ -315,11 +324,7 @@ if ((compare)); then
   for r in $(seq "$runs"); do
     step "compare $r/$runs: the ceiling, then the broker, wrk $concurrency connections, $seconds s each"
     mkdir -p "$work/ceiling-$r"
-    ceiling_port=""
-    for _ in $(seq 20); do
-      ceiling_port=$((20000 + RANDOM % 40000))
-      port_in_use "$ceiling_port" || break
-    done
+    ceiling_port="$(free_port)"
     PORT="$ceiling_port" WORKERS="$(nproc)" AUDIT=group AUDIT_SYNC=FULL AUDIT_DB="$work/ceiling-$r/refmint.db" \
       "$refmint_bin" >"$work/ceiling-$r/log" 2>&1 &
     ceiling_pid=$!

@@ -87,7 +87,13 @@ impl AgentKeysMcp {
         })
     }
 
-    async fn s3(&self) -> std::result::Result<(S3, Current), CallToolResult> {
+    /// What every storage tool starts with: an S3 client on the current credentials, and the
+    /// key (or area) `place` reads from the tool's arguments, checked. Credentials come first,
+    /// so a tool without them says so whatever its arguments.
+    async fn storage_at(
+        &self,
+        place: impl FnOnce(&Current) -> std::result::Result<String, CallToolResult>,
+    ) -> std::result::Result<(S3, String), CallToolResult> {
         let c = self.current().await?;
         let client = S3::new(
             &c.creds,
@@ -95,7 +101,7 @@ impl AgentKeysMcp {
             self.setup.s3_endpoint.as_deref(),
         )
         .map_err(|e| tool_error(format!("{e}; nothing was sent to storage")))?;
-        Ok((client, c))
+        Ok((client, place(&c)?))
     }
 }
 
@@ -290,12 +296,8 @@ impl AgentKeysMcp {
                        (call again with start_after = the last key)."
     )]
     async fn storage_list(&self, Parameters(a): Parameters<ListArgs>) -> ToolResult {
-        let (s3, c) = match self.s3().await {
+        let (s3, root) = match self.storage_at(|c| area(a.prefix.as_deref(), c)).await {
             Ok(v) => v,
-            Err(e) => return Ok(e),
-        };
-        let root = match area(a.prefix.as_deref(), &c) {
-            Ok(r) => r,
             Err(e) => return Ok(e),
         };
         let under = match a.under.as_deref().map(|u| relative(u, "under", true)) {
@@ -355,12 +357,8 @@ impl AgentKeysMcp {
                        text or base64; at most 1 MiB."
     )]
     async fn storage_get(&self, Parameters(a): Parameters<GetArgs>) -> ToolResult {
-        let (s3, c) = match self.s3().await {
+        let (s3, key) = match self.storage_at(|c| full_key(&a.at, c)).await {
             Ok(v) => v,
-            Err(e) => return Ok(e),
-        };
-        let key = match full_key(&a.at, &c) {
-            Ok(k) => k,
             Err(e) => return Ok(e),
         };
         let url = format!("s3://{}/{key}", self.setup.bucket);
@@ -446,12 +444,8 @@ impl AgentKeysMcp {
                 body.len()
             )));
         }
-        let (s3, c) = match self.s3().await {
+        let (s3, key) = match self.storage_at(|c| full_key(&a.at, c)).await {
             Ok(v) => v,
-            Err(e) => return Ok(e),
-        };
-        let key = match full_key(&a.at, &c) {
-            Ok(k) => k,
             Err(e) => return Ok(e),
         };
         let content_type = a.content_type.unwrap_or_else(|| {
@@ -481,12 +475,8 @@ impl AgentKeysMcp {
                        Deleting a key that does not exist succeeds."
     )]
     async fn storage_delete(&self, Parameters(a): Parameters<KeyArgs>) -> ToolResult {
-        let (s3, c) = match self.s3().await {
+        let (s3, key) = match self.storage_at(|c| full_key(&a, c)).await {
             Ok(v) => v,
-            Err(e) => return Ok(e),
-        };
-        let key = match full_key(&a, &c) {
-            Ok(k) => k,
             Err(e) => return Ok(e),
         };
         let url = format!("s3://{}/{key}", self.setup.bucket);

@@ -1721,81 +1721,105 @@ fn an_agent_asks_for_access_and_its_master_approves_or_denies() {
     );
 }
 
-/// `agentkeys mcp` spoken to as an MCP client does (newline-delimited JSON-RPC on stdio): an
-/// agent's `request_access` files an access request its master sees, and a bad ttl is refused
-/// before any call.
+/// `agentkeys mcp` for an agent, past the handshake, spoken to as an MCP client does
+/// (newline-delimited JSON-RPC on stdio). Its storage is a port where nothing listens, so a
+/// storage call that was sent comes back as "could not reach the storage service".
+struct Mcp {
+    server: Running,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    next_id: u32,
+}
+
+impl Mcp {
+    fn start(agent: &Cli, sts: &FakeSts) -> Self {
+        let mut server = agent.spawn(&[
+            "mcp",
+            "--role-arn",
+            "arn:aws:iam:::role/agentkeys-data",
+            "--sts-endpoint",
+            &sts.url,
+            "--region",
+            "eu-west-1",
+            "--bucket",
+            "bkt",
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+        ]);
+        let stdout = std::io::BufReader::new(
+            server
+                .child
+                .as_mut()
+                .and_then(|c| c.stdout.take())
+                .expect("stdout piped"),
+        );
+        let mut mcp = Mcp {
+            server,
+            stdout,
+            next_id: 1,
+        };
+        let init = mcp.request(
+            "initialize",
+            serde_json::json!({"protocolVersion": "2024-11-05", "capabilities": {},
+                               "clientInfo": {"name": "cli_e2e", "version": "0"}}),
+        );
+        assert!(init["result"]["serverInfo"].is_object(), "{init}");
+        mcp.server
+            .type_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        mcp
+    }
+
+    fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::BufRead;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.server.type_line(
+            &serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+                .to_string(),
+        );
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the server");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// Calls `tool`; returns whether it reported an error, and its text.
+    fn call(&mut self, tool: &str, arguments: serde_json::Value) -> (bool, String) {
+        let answer = self.request(
+            "tools/call",
+            serde_json::json!({"name": tool, "arguments": arguments}),
+        );
+        let text = answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no text content: {answer}"))
+            .to_owned();
+        (answer["result"]["isError"] == true, text)
+    }
+}
+
+/// An agent's `request_access` over MCP files an access request its master sees, and a bad ttl
+/// is refused before any call.
 #[test]
 fn mcp_request_access_files_a_request_the_master_sees() {
-    use std::io::BufRead;
     let broker = Broker::start();
     let (master, _, _) = signed_in_master(&broker);
     let agent = paired_agent(&broker, &master, "bot1");
 
     // The server mints and trades the token for credentials once, before the handshake.
     let sts = FakeSts::start(1);
-    let mut mcp = agent.spawn(&[
-        "mcp",
-        "--role-arn",
-        "arn:aws:iam:::role/agentkeys-data",
-        "--sts-endpoint",
-        &sts.url,
-        "--region",
-        "eu-west-1",
-        "--bucket",
-        "bkt",
-        "--s3-endpoint",
-        "http://127.0.0.1:9",
-    ]);
-    let mut stdout = std::io::BufReader::new(
-        mcp.child
-            .as_mut()
-            .and_then(|c| c.stdout.take())
-            .expect("stdout piped"),
-    );
-    let mut answer = || -> serde_json::Value {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the server");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    };
-    mcp.type_line(
-        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2024-11-05", "capabilities": {},
-            "clientInfo": {"name": "cli_e2e", "version": "0"}}})
-        .to_string(),
-    );
-    let init = answer();
-    assert!(init["result"]["serverInfo"].is_object(), "{init}");
-    mcp.type_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-    let call = |id: u32, arguments: serde_json::Value| {
-        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                           "params": {"name": "request_access", "arguments": arguments}})
-        .to_string()
-    };
+    let mut mcp = Mcp::start(&agent, &sts);
 
-    mcp.type_line(&call(
-        2,
+    let (failed, text) = mcp.call(
+        "request_access",
         serde_json::json!({"scope": "inbox/", "ttl": "soon", "reason": "x"}),
-    ));
-    let refused = answer();
-    assert_eq!(refused["result"]["isError"], true, "{refused}");
-    let text = refused["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or("");
-    assert!(text.contains("nothing was sent"), "{refused}");
+    );
+    assert!(failed && text.contains("nothing was sent"), "{text}");
 
-    mcp.type_line(&call(
-        3,
+    let (failed, text) = mcp.call(
+        "request_access",
         serde_json::json!({"scope": "inbox/", "ttl": "1h", "uses": 2,
                            "reason": "read today's invoices"}),
-    ));
-    let asked = answer();
-    assert_ne!(asked["result"]["isError"], true, "{asked}");
-    let info: serde_json::Value = serde_json::from_str(
-        asked["result"]["content"][0]["text"]
-            .as_str()
-            .expect("text content"),
-    )
-    .expect("the request as JSON");
+    );
+    assert!(!failed, "{text}");
+    let info: serde_json::Value = serde_json::from_str(&text).expect("the request as JSON");
     assert_eq!(info["status"], "pending", "{info}");
     assert_eq!(info["ttl_seconds"], 3600, "{info}");
     let id = info["request_id"].as_str().expect("request_id");
@@ -1807,6 +1831,77 @@ fn mcp_request_access_files_a_request_the_master_sees() {
     for want in [id, "bot1", "inbox/", "2 uses", "read today's invoices"] {
         assert!(listed.contains(want), "{want}: {listed}");
     }
+}
+
+/// Every storage tool checks the key or prefix it is given before any call to storage, and
+/// sends a good one as the full key under the agent's own prefix (or the prefix named).
+#[test]
+fn mcp_storage_tools_check_keys_before_any_call() {
+    let broker = Broker::start();
+    let (master, _, _) = signed_in_master(&broker);
+    let agent = paired_agent(&broker, &master, "bot1");
+    let sts = FakeSts::start(1);
+    let mut mcp = Mcp::start(&agent, &sts);
+
+    for (tool, arguments, says) in [
+        (
+            "storage_get",
+            serde_json::json!({"key": "../0xdef/seed.txt"}),
+            "'..' path segments are not allowed",
+        ),
+        (
+            "storage_put",
+            serde_json::json!({"key": "/0xdef/evil.txt", "content": "x"}),
+            "absolute keys are not allowed",
+        ),
+        (
+            "storage_delete",
+            serde_json::json!({"prefix": "0xdef/../0xabc/", "key": "a.txt"}),
+            "prefix \"0xdef/../0xabc/\" refused before any call",
+        ),
+        (
+            "storage_list",
+            serde_json::json!({"prefix": "0xdef"}),
+            "must name a folder ending in '/'",
+        ),
+    ] {
+        let (failed, text) = mcp.call(tool, arguments.clone());
+        assert!(failed && text.contains(says), "{tool} {arguments}: {text}");
+    }
+
+    let (_, who) = mcp.call("whoami", serde_json::json!({}));
+    let who: serde_json::Value = serde_json::from_str(&who).expect("whoami as JSON");
+    let own = who["own_prefix"].as_str().expect("own_prefix");
+    for (tool, arguments, sent) in [
+        (
+            "storage_get",
+            serde_json::json!({"key": "notes/a.txt"}),
+            format!("read s3://bkt/{own}notes/a.txt"),
+        ),
+        (
+            "storage_put",
+            serde_json::json!({"prefix": "0xdef/inbox/", "key": "a.txt", "content": "x"}),
+            "write s3://bkt/0xdef/inbox/a.txt".to_owned(),
+        ),
+        (
+            "storage_delete",
+            serde_json::json!({"key": "a.txt"}),
+            format!("delete s3://bkt/{own}a.txt"),
+        ),
+        (
+            "storage_list",
+            serde_json::json!({"prefix": "0xdef/inbox/"}),
+            "list s3://bkt/0xdef/inbox/".to_owned(),
+        ),
+    ] {
+        let (failed, text) = mcp.call(tool, arguments.clone());
+        assert!(
+            failed && text.contains(&format!("could not reach the storage service to {sent} ")),
+            "{tool} {arguments}: {text}"
+        );
+    }
+    drop(mcp);
+    assert_eq!(sts.bodies().len(), 1);
 }
 
 #[test]
