@@ -227,17 +227,21 @@ url="${urls[0]}"
 
 # The server processes whose CPU counts: every broker and, on postgres, every process of the
 # cluster (each connection is a process; the pools are open once the masters have signed in).
-server_pid_args() {
+server_pids() {
   local pid
-  for pid in "${broker_pids[@]}"; do printf -- '--server-pid %s ' "$pid"; done
+  for pid in "${broker_pids[@]}"; do echo "$pid"; done
   if [[ "$database" == postgres ]]; then
     # shellcheck disable=SC1090
     source "$pg_state"
     local postmaster
     postmaster="$(head -n 1 "$PG_DIR/data/postmaster.pid")"
-    printf -- '--server-pid %s ' "$postmaster"
-    for pid in $(pgrep -P "$postmaster"); do printf -- '--server-pid %s ' "$pid"; done
+    echo "$postmaster"
+    pgrep -P "$postmaster" || true
   fi
+}
+server_pid_args() {
+  local pid
+  for pid in $(server_pids); do printf -- '--server-pid %s ' "$pid"; done
 }
 url_args() {
   local u
@@ -311,7 +315,8 @@ if ((use_wrk || compare)); then
 fi
 if ((use_wrk)); then
   step "cross-check with wrk: $concurrency connections, $seconds s"
-  wrk_run wrk "$url" /v1/mint-oidc-jwt "$work/tokens" "${broker_pids[@]}"
+  # shellcheck disable=SC2046  # one pid a word
+  wrk_run wrk "$url" /v1/mint-oidc-jwt "$work/tokens" $(server_pids)
   cat "$work/wrk.txt"
   wrk_bad=$(field wrk non_2xx)
   wrk_line="wrk (1 thread, $concurrency connections): mints/s $(field wrk mints/s), p99 $(field wrk p99_ms) ms, server CPU $(field wrk cpu_us_per_mint) µs/mint, non-2xx $wrk_bad"
@@ -333,7 +338,8 @@ if ((compare)); then
     wrk_run "ceiling-$r" "http://127.0.0.1:$ceiling_port" /mint "$work/ceiling-tokens" "$ceiling_pid"
     kill -TERM "$ceiling_pid" 2>/dev/null || true
     wait "$ceiling_pid" 2>/dev/null || true
-    wrk_run "broker-$r" "$url" /v1/mint-oidc-jwt "$work/tokens" "${broker_pids[@]}"
+    # shellcheck disable=SC2046  # one pid a word
+    wrk_run "broker-$r" "$url" /v1/mint-oidc-jwt "$work/tokens" $(server_pids)
     for who in ceiling broker; do
       [[ "$(field "$who-$r" non_2xx)" == 0 ]] || die "wrk saw non-2xx answers from the $who"
       echo "$who: mints/s $(field "$who-$r" mints/s)  p99_ms $(field "$who-$r" p99_ms)  server_cpu_us_per_mint $(field "$who-$r" cpu_us_per_mint)"
