@@ -325,6 +325,16 @@ impl TestApp {
         serde_json::json!({"challenge_id": c.challenge_id, "signature": sign(wallet, &c.message)})
     }
 
+    /// `POST /v1/session/logout` with the bearer token.
+    pub async fn logout(&self, token: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/session/logout", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn mint(&self, token: &str, body: Option<Value>) -> reqwest::Response {
         let mut req = self
             .http

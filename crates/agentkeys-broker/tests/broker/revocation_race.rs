@@ -19,13 +19,7 @@ async fn a_mint_that_read_its_session_before_a_logout_is_refused_and_audited() {
     assert!(read.revoked_at.is_none());
 
     // The logout commits before the mint reaches its gate.
-    let r = app
-        .http
-        .post(format!("{}/v1/session/logout", app.url))
-        .bearer_auth(&signed_in.session_token)
-        .send()
-        .await
-        .unwrap();
+    let r = app.logout(&signed_in.session_token).await;
     assert!(r.status().is_success(), "{}", r.status());
 
     let minted = agentkeys_broker::mint::mint(&app.state, &read, &MintRequest::default()).await;
@@ -63,13 +57,7 @@ async fn a_logged_out_bearer_is_refused_at_its_next_mint_and_recorded_once() {
             app.mint(&s.session_token, None).await.status(),
             StatusCode::OK
         );
-        let r = app
-            .http
-            .post(format!("{}/v1/session/logout", app.url))
-            .bearer_auth(&s.session_token)
-            .send()
-            .await
-            .unwrap();
+        let r = app.logout(&s.session_token).await;
         assert!(r.status().is_success(), "{}", r.status());
         let recorded = app.audit().await.len();
 

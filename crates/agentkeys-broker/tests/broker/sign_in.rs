@@ -213,13 +213,7 @@ async fn sessions_end_at_logout_and_expiry() {
         whoami(s.session_token.clone()).await.status(),
         StatusCode::OK
     );
-    let r = app
-        .http
-        .post(format!("{}/v1/session/logout", app.url))
-        .bearer_auth(&s.session_token)
-        .send()
-        .await
-        .unwrap();
+    let r = app.logout(&s.session_token).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         error_of(whoami(s.session_token.clone()).await).await.0,
