@@ -9,6 +9,7 @@
 //! an argument: the store never reads a clock.
 
 pub mod audit;
+mod limits;
 mod model;
 mod postgres;
 mod sqlite;

@@ -2,7 +2,8 @@
 
 use super::tx::Db;
 use super::{col, no_nul};
-use crate::{RateWindow, Result, StoreError};
+use crate::limits::Use;
+use crate::{RateWindow, Result};
 
 // A gate's buckets usually share one key (a mint counts its actor per minute and per hour):
 // one statement reads every window of a key. Measured on PostgreSQL 15, a statement that
@@ -26,45 +27,20 @@ const BUMP: &str = bump!("($1, $2, $3, 1)");
 /// Two windows of one key (a mint's minute and hour) in one statement.
 const BUMP_TWO: &str = bump!("($1, $2, $3, 1), ($1, $4, $5, 1)");
 
-/// Start of the window of `window` holding `now`.
-fn window_start(window: RateWindow, now: i64) -> Result<i64> {
-    now.checked_rem_euclid(window.seconds)
-        .filter(|_| window.seconds > 0)
-        .map(|offset| now - offset)
-        .ok_or_else(|| {
-            StoreError::Database(format!(
-                "a rate window must be positive, not {} s",
-                window.seconds
-            ))
-        })
-}
-
 pub(super) fn window_counts(
     db: &mut Db<'_, '_>,
     buckets: &[(String, RateWindow)],
     now: i64,
 ) -> Result<Vec<u64>> {
-    let mut counts = vec![0; buckets.len()];
-    for (i, (key, _)) in buckets.iter().enumerate() {
-        if buckets[..i].iter().any(|(seen, _)| seen == key) {
-            continue;
-        }
-        let rows = db.query(WINDOWS, &[key])?;
-        for ((bucket, window), count) in buckets.iter().zip(counts.iter_mut()) {
-            if bucket != key {
-                continue;
-            }
-            let start = window_start(*window, now)?;
-            for row in &rows {
-                let (secs, row_start, used): (i64, i64, i64) =
-                    (col(row, 0)?, col(row, 1)?, col(row, 2)?);
-                if secs == window.seconds && row_start == start {
-                    *count = u64::try_from(used).unwrap_or(0);
-                }
-            }
-        }
-    }
-    Ok(counts)
+    crate::limits::counts(buckets, now, |key| {
+        db.query(WINDOWS, &[&key])?
+            .iter()
+            .map(|row| {
+                let used: i64 = col(row, 2)?;
+                Ok((col(row, 0)?, col(row, 1)?, u64::try_from(used).unwrap_or(0)))
+            })
+            .collect()
+    })
 }
 
 /// Deferred: nothing reads the result, so the counts travel with the next statement.
@@ -73,39 +49,32 @@ pub(super) fn count_uses(
     buckets: &[(String, RateWindow)],
     now: i64,
 ) -> Result<()> {
-    let mut rest = buckets;
-    while let [(key, first), tail @ ..] = rest {
+    crate::limits::count_uses(buckets, now, |write| match write {
         // A deferred write that fails takes its whole batch down, so what PostgreSQL would
         // refuse is refused here, for this work alone (keys can carry a client's input).
-        no_nul(key)?;
-        let start = window_start(*first, now)?;
-        match tail {
-            [(next, second), tail @ ..] if next == key && second.seconds != first.seconds => {
-                let second_start = window_start(*second, now)?;
-                db.defer(
-                    BUMP_TWO,
-                    vec![
-                        Box::new(key.clone()),
-                        Box::new(first.seconds),
-                        Box::new(start),
-                        Box::new(second.seconds),
-                        Box::new(second_start),
-                    ],
-                )?;
-                rest = tail;
-            }
-            _ => {
-                db.defer(
-                    BUMP,
-                    vec![
-                        Box::new(key.clone()),
-                        Box::new(first.seconds),
-                        Box::new(start),
-                    ],
-                )?;
-                rest = tail;
-            }
+        Use::One(key, (window, start)) => {
+            no_nul(key)?;
+            db.defer(
+                BUMP,
+                vec![
+                    Box::new(key.to_owned()),
+                    Box::new(window.seconds),
+                    Box::new(start),
+                ],
+            )
         }
-    }
-    Ok(())
+        Use::Two(key, (first, start), (second, second_start)) => {
+            no_nul(key)?;
+            db.defer(
+                BUMP_TWO,
+                vec![
+                    Box::new(key.to_owned()),
+                    Box::new(first.seconds),
+                    Box::new(start),
+                    Box::new(second.seconds),
+                    Box::new(second_start),
+                ],
+            )
+        }
+    })
 }

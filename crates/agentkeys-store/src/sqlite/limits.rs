@@ -1,24 +1,16 @@
 //! Fixed-window rate-limit counters, one row per (bucket, window length).
 //!
-//! A gate's buckets usually share one key (a mint counts its actor per minute and per hour):
-//! one statement reads every window of a key, and one counts a use in two windows of a key,
-//! as the PostgreSQL backend does. Each statement saved is ≈ 1.5 µs on the single writer.
+//! The SQL of `crate::limits`: one statement reads every window of a key, one counts a use in
+//! two windows of a key (a mint's minute and hour). Each statement saved is ≈ 1.5 µs on the
+//! single writer.
 
 use rusqlite::{Connection, params};
 
 use crate::RateWindow;
-
-/// The start of the window of `seconds` holding `now`; `None` for a window shorter than a
-/// second, which has no start.
-pub(super) fn window_start(now: i64, seconds: i64) -> Option<i64> {
-    if seconds <= 0 {
-        return None;
-    }
-    Some(now - now.rem_euclid(seconds))
-}
+use crate::limits::WindowRow;
 
 /// Every window row of `bucket`: (window length, window start, uses counted).
-pub(super) fn windows(conn: &Connection, bucket: &str) -> rusqlite::Result<Vec<(i64, i64, u64)>> {
+pub(super) fn windows(conn: &Connection, bucket: &str) -> rusqlite::Result<Vec<WindowRow>> {
     conn.prepare_cached(
         "SELECT window_secs, window_start, count FROM rate_limits WHERE actor = ?1",
     )?

@@ -639,15 +639,6 @@ mod tests {
     }
 
     #[test]
-    fn windows_start_on_multiples_of_their_length() {
-        assert_eq!(limits::window_start(179, 60), Some(120));
-        assert_eq!(limits::window_start(180, 60), Some(180));
-        assert_eq!(limits::window_start(-1, 60), Some(-60));
-        assert_eq!(limits::window_start(10, 0), None);
-        assert_eq!(limits::window_start(10, -60), None);
-    }
-
-    #[test]
     fn sqlite_urls_name_a_path() {
         assert_eq!(
             path_of("sqlite:///var/lib/a.db").unwrap(),

@@ -6,10 +6,11 @@ use rusqlite::Connection;
 
 use super::audit::Head;
 use super::{access, agents, audit, grants, keys, limits, logins, sessions};
+use crate::limits::Use;
 use crate::{
     AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
     LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
-    SessionFilter, SigningKeyRecord, StoreError, Tx,
+    SessionFilter, SigningKeyRecord, Tx,
 };
 
 pub(super) struct SqliteTx<'a> {
@@ -22,15 +23,6 @@ impl<'a> SqliteTx<'a> {
     pub(super) fn new(conn: &'a Connection, head: &'a mut Head) -> Self {
         Self { conn, head }
     }
-}
-
-fn window_start(window: RateWindow, now: i64) -> Result<i64> {
-    limits::window_start(now, window.seconds).ok_or_else(|| {
-        StoreError::Database(format!(
-            "a rate-limit window lasts at least one second, not {}",
-            window.seconds
-        ))
-    })
 }
 
 impl Tx for SqliteTx<'_> {
@@ -225,48 +217,19 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn window_counts(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<Vec<u64>> {
-        let mut counts = vec![0; buckets.len()];
-        for (i, (key, _)) in buckets.iter().enumerate() {
-            if buckets[..i].iter().any(|(seen, _)| seen == key) {
-                continue;
-            }
-            let rows = limits::windows(self.conn, key)?;
-            for ((bucket, window), count) in buckets.iter().zip(counts.iter_mut()) {
-                if bucket != key {
-                    continue;
-                }
-                let start = window_start(*window, now)?;
-                *count = rows
-                    .iter()
-                    .find(|(secs, row_start, _)| *secs == window.seconds && *row_start == start)
-                    .map_or(0, |(_, _, used)| *used);
-            }
-        }
-        Ok(counts)
+        crate::limits::counts(buckets, now, |key| Ok(limits::windows(self.conn, key)?))
     }
 
     fn count_uses(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<()> {
-        let mut rest = buckets;
-        while let [(key, first), tail @ ..] = rest {
-            let start = window_start(*first, now)?;
-            match tail {
-                [(next, second), tail @ ..] if next == key && second.seconds != first.seconds => {
-                    let second_start = window_start(*second, now)?;
-                    limits::count_use_twice(
-                        self.conn,
-                        key,
-                        (*first, start),
-                        (*second, second_start),
-                    )?;
-                    rest = tail;
-                }
-                _ => {
-                    limits::count_use(self.conn, key, *first, start)?;
-                    rest = tail;
+        crate::limits::count_uses(buckets, now, |write| {
+            match write {
+                Use::One(key, (window, start)) => limits::count_use(self.conn, key, window, start)?,
+                Use::Two(key, first, second) => {
+                    limits::count_use_twice(self.conn, key, first, second)?
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64> {
