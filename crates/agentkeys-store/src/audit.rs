@@ -94,6 +94,15 @@ impl CanonicalText {
     pub fn details(&self) -> Option<&str> {
         self.details.clone().and_then(|r| self.text.get(r))
     }
+
+    /// The JSON text a backend stores for `details` (the value this text was made from): the
+    /// part of [`Self::text`] that already is it, else `details` serialized.
+    pub fn details_json<'a>(&'a self, details: &Value) -> std::borrow::Cow<'a, str> {
+        match self.details() {
+            Some(json) => std::borrow::Cow::Borrowed(json),
+            None => std::borrow::Cow::Owned(details.to_string()),
+        }
+    }
 }
 
 /// [`canonical`], keeping the span of the details' JSON where there is one.

@@ -52,9 +52,7 @@ pub(super) fn append(batch: &mut Batch<'_>, event: &NewAuditEvent) -> Result<u64
         outcome: event.outcome.as_str(),
         // The JSON text as written: the hash covers its canonical form, which is recomputed
         // from this text on verification. Usually that form itself, already in the hashed text.
-        details: canonical
-            .details()
-            .map_or_else(|| event.details.to_string(), str::to_owned),
+        details: canonical.details_json(&event.details).into_owned(),
         prev_hash,
         hash,
     });

@@ -1,7 +1,5 @@
 //! The audit chain: its head, appends, and reads.
 
-use std::borrow::Cow;
-
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::seq_param;
@@ -45,11 +43,8 @@ pub(super) fn append(
     let format = HashFormat::CURRENT;
     let canonical = canonical_text(format, seq_u64, event.hashed());
     let hash = chain_hash(&head.hash, &canonical.text);
-    // The details' JSON is usually inside the canonical text already: no second serialization.
-    let details = match canonical.details() {
-        Some(json) => Cow::Borrowed(json),
-        None => Cow::Owned(event.details.to_string()),
-    };
+    // Usually inside the canonical text already: no second serialization.
+    let details = canonical.details_json(&event.details);
     conn.prepare_cached(
         "INSERT INTO audit_events
              (seq, time, kind, actor, master, outcome, details, prev_hash, hash, hash_format)
