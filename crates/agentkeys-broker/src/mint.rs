@@ -174,20 +174,15 @@ pub fn valid_role_arn(arn: &str) -> bool {
     partition_ok && account_ok && name_ok
 }
 
-fn denied_event(
-    now: i64,
-    session: Option<&Session>,
-    reason: &'static str,
-    mut details: serde_json::Value,
-) -> NewAuditEvent {
-    details["reason"] = json!(reason);
+/// A refused mint of `session`'s, for `reason`.
+fn denied_event(now: i64, session: &Session, reason: &'static str) -> NewAuditEvent {
     NewAuditEvent {
         time: now,
         kind: AuditKind::Mint,
-        actor: session.map(|s| s.omni.to_string()),
-        master: session.map(master_of),
+        actor: Some(session.omni.to_string()),
+        master: Some(master_of(session)),
         outcome: Outcome::Denied,
-        details,
+        details: json!({ "session": session_ref(&session.token_hash), "reason": reason }),
     }
 }
 
@@ -202,7 +197,6 @@ fn master_of(s: &Session) -> String {
 /// fails the caller gets the store's failure (a 500): a gate failure must not go unrecorded.
 pub async fn deny(state: &AppState, session: &Session, reason: DenyReason) -> MintError {
     let now = state.clock.now();
-    let details = json!({ "session": session_ref(&session.token_hash) });
     let live = LiveCheck {
         session_token_hash: session.token_hash.clone(),
     };
@@ -210,7 +204,7 @@ pub async fn deny(state: &AppState, session: &Session, reason: DenyReason) -> Mi
         .record_refusal(
             &*state.store,
             now,
-            denied_event(now, Some(session), reason.as_str(), details),
+            denied_event(now, session, reason.as_str()),
         )
         .await;
     match recorded {
@@ -229,7 +223,7 @@ fn refused(state: &AppState, session: &Session, reason: DenyReason) -> MintError
     MintError::Denied(reason)
 }
 
-/// A mint the pre-transaction gates (2 and 3) allowed: its claims, checked against AWS's tag
+/// A mint gate 3 allowed before the transaction: its claims, checked against AWS's tag
 /// contract, and the key that will sign them. Made only by [`authorize`]; signed only by
 /// [`Permit::commit`], after the gate's transaction has allowed it and recorded it.
 pub struct Permit<'a> {
@@ -239,7 +233,7 @@ pub struct Permit<'a> {
     grant: Option<LiveGrant>,
 }
 
-/// Gates 2 and 3 and the claims for an authenticated session, decided before anything is
+/// Gate 3 and the claims for an authenticated session, decided before anything is
 /// signed or counted: a permit, or why the mint is refused (not yet recorded).
 pub async fn authorize<'a>(
     state: &'a AppState,
@@ -339,7 +333,7 @@ pub async fn authorize<'a>(
 }
 
 impl Permit<'_> {
-    /// Gates 1, 2 (again), 4 and 5 in one transaction: liveness, the rate limits, the grant's
+    /// Gates 1, 2, 4 and 5 in one transaction: liveness, the rate limits, the grant's
     /// use and the durable audit event, which names the token's jti, exp and kid. Only if that
     /// transaction allowed the mint and committed is the token signed and released. The
     /// outer error is a signing failure after the commit (the token is withheld).
@@ -367,12 +361,7 @@ impl Permit<'_> {
             outcome: Outcome::Ok,
             details,
         };
-        let on_deny = denied_event(
-            now,
-            Some(session),
-            DenyReason::RATE_LIMITED,
-            json!({"session": session_ref(&session.token_hash)}),
-        );
+        let on_deny = denied_event(now, session, DenyReason::RATE_LIMITED);
         let live = LiveCheck {
             session_token_hash: session.token_hash.clone(),
         };
