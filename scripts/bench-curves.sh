@@ -64,8 +64,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-for v in $(compgen -e | grep '^BROKER_' || true); do unset "$v"; done
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
+unset_broker_env
 
 # point LABEL MASTERS EVENTS: one fresh broker, measured; prints the point's line.
 point() {
@@ -75,14 +76,9 @@ point() {
   if ((events > 0)); then
     timeout 3600 python3 "$repo/scripts/seed-audit.py" "$data/broker.db" "$events" >/dev/null
   fi
-  for _ in $(seq 20); do
-    port=$((20000 + RANDOM % 40000))
-    port_in_use "$port" || break
-  done
+  port="$(free_port)"
   url="http://127.0.0.1:$port"
-  BROKER_MINT_RATE_PER_MINUTE=100000000 BROKER_MINT_RATE_PER_HOUR=100000000 BROKER_LOG=warn \
-    BROKER_ANON_RATE_PER_IP_PER_MINUTE=1000000 BROKER_ANON_RATE_GLOBAL_PER_SECOND=1000000 \
-    "$broker_bin" serve --dev --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$url" \
+  env "${BENCH_BROKER_ENV[@]}" "$broker_bin" serve --dev --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$url" \
     >"$work/broker.log" 2>&1 &
   pid=$!
   for _ in $(seq 300); do curl -fsS --max-time 2 "$url/readyz" >/dev/null 2>&1 && break; sleep 0.1; done

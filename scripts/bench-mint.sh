@@ -150,20 +150,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Nothing from the caller's environment may redirect the broker (another database, issuer...).
-for v in $(compgen -e | grep '^BROKER_' || true); do unset "$v"; done
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Prints a loopback port nothing listens on now (it may be taken before it is used).
-free_port() {
-  local port
-  for _ in $(seq 20); do
-    port=$((20000 + RANDOM % 40000))
-    port_in_use "$port" || { echo "$port"; return 0; }
-  done
-  die "found no free port"
-}
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
+unset_broker_env
 
 # The store every instance shares, and what the `keys` and `audit` commands need to reach it.
 store_env=()
@@ -188,9 +177,7 @@ start_broker() {
   for _ in $(seq 20); do
     port="$(free_port)"
     [[ -n "$issuer" ]] || issuer="http://127.0.0.1:$port"
-    # The load signs in its masters from one address: the anonymous limiter is opened too.
-    env "${store_env[@]}" BROKER_MINT_RATE_PER_MINUTE=100000000 BROKER_MINT_RATE_PER_HOUR=100000000 \
-      BROKER_LOG=warn BROKER_ANON_RATE_PER_IP_PER_MINUTE=1000000 BROKER_ANON_RATE_GLOBAL_PER_SECOND=1000000 \
+    env "${store_env[@]}" "${BENCH_BROKER_ENV[@]}" \
       "$broker_bin" serve --dev --data-dir "$data-$n" --listen "127.0.0.1:$port" --issuer "$issuer" \
       >>"$work/broker.log" 2>&1 &
     pid=$!
