@@ -1632,6 +1632,94 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
     );
 }
 
+/// A listing over a log of thousands of events, where masters differ in how their events are
+/// spread: one every few hundred events, one on most events, one only in a burst in the middle,
+/// one only either side of a multiple of 1,024.
+/// Paged with small limits, with and without a filter, each master gets exactly its events,
+/// in seq order, from any cursor (SQLite finds them through a coarse per-block index).
+#[tokio::test]
+async fn a_masters_listing_pages_through_a_long_log_whatever_its_spread() {
+    let f = Fixture::new().await;
+    let s = f.store.as_ref();
+    const EVENTS: u64 = 4_500;
+    // Seq n + 1 is the plan's event n; "edges" has the seqs either side of 1,024 and 3,072.
+    let master_of = |n: u64| -> Option<&'static str> {
+        if [1_022, 1_023, 1_024, 3_070, 3_071].contains(&n) {
+            Some("edges")
+        } else if n % 677 == 5 {
+            Some("sparse")
+        } else if (2_000..2_100).contains(&n) {
+            Some("burst")
+        } else if n % 10 == 3 {
+            None
+        } else {
+            Some("dense")
+        }
+    };
+    let plan: Vec<NewAuditEvent> = (0..EVENTS)
+        .map(|n| NewAuditEvent {
+            time: 1_000 + n as i64,
+            kind: if n % 3 == 0 {
+                AuditKind::SignInWallet
+            } else {
+                AuditKind::Mint
+            },
+            actor: Some("a".into()),
+            master: master_of(n).map(str::to_owned),
+            outcome: Outcome::Ok,
+            details: json!({ "n": n }),
+        })
+        .collect();
+    for chunk in plan.chunks(750) {
+        let chunk = chunk.to_vec();
+        tx(&f.store, move |t| {
+            for e in &chunk {
+                t.append(e)?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+    let expected = |master: &str, kind: Option<AuditKind>, after: u64| -> Vec<u64> {
+        (0..EVENTS)
+            .filter(|&n| master_of(n) == Some(master))
+            .filter(|&n| kind.is_none_or(|k| plan[n as usize].kind == k))
+            .map(|n| n + 1)
+            .filter(|&seq| seq > after)
+            .collect()
+    };
+    for master in ["sparse", "dense", "burst", "edges", "nobody"] {
+        for kind in [None, Some(AuditKind::SignInWallet)] {
+            for (start, limit) in [(0, 7), (0, 1_000), (1_023, 1), (2_050, 3), (4_400, 50)] {
+                let mut listed = Vec::new();
+                let mut after = start;
+                loop {
+                    let query = AuditQuery {
+                        after_seq: after,
+                        limit,
+                        kind: kind.map(|k| k.as_str().to_owned()),
+                        ..Default::default()
+                    };
+                    let page = s.audit_for_master(master, query).await.unwrap();
+                    assert!(page.len() <= limit as usize);
+                    assert!(page.iter().all(|e| e.master.as_deref() == Some(master)));
+                    let Some(last) = page.last() else { break };
+                    after = last.seq;
+                    listed.extend(page.iter().map(|e| e.seq));
+                    if listed.len() > EVENTS as usize {
+                        panic!("{master}: the listing does not end");
+                    }
+                }
+                assert_eq!(
+                    listed,
+                    expected(master, kind, start),
+                    "{master}, kind {kind:?}, from {start} by {limit}"
+                );
+            }
+        }
+    }
+}
+
 // ---- transactions ---------------------------------------------------------------------------
 
 #[tokio::test]

@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_sealed_keys.sql"),
     include_str!("../../migrations/sqlite/0008_audit_hash_format.sql"),
     include_str!("../../migrations/sqlite/0009_access_requests.sql"),
+    include_str!("../../migrations/sqlite/0010_audit_master_blocks.sql"),
 ];
 
 pub struct SqliteStore {
@@ -614,6 +615,55 @@ mod tests {
             StoreError::Database(m) => assert!(m.contains("I/O"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A database written before the per-block index (migration 0010) gets one entry per master
+    /// and block of the events it already holds, so its masters' listings find them.
+    #[test]
+    fn the_per_block_index_is_built_from_the_events_already_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("t.db"), true).unwrap();
+        let before = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .unwrap();
+        for (seq, master) in [
+            (1, Some("m1")),
+            (2, None),
+            (1_023, Some("m2")),
+            (1_024, Some("m1")),
+            (1_025, Some("m1")),
+            (5_000, Some("m2")),
+        ] {
+            conn.execute(
+                "INSERT INTO audit_events (seq, time, kind, actor, master, outcome, details,
+                     prev_hash, hash) VALUES (?1, 0, 'mint', 'a', ?2, 'ok', '{}', '', '')",
+                rusqlite::params![seq, master],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let blocks: Vec<(String, i64)> = conn
+            .prepare("SELECT master, block FROM audit_master_blocks ORDER BY master, block")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let expected = [("m1", 0), ("m1", 1), ("m2", 0), ("m2", 4)];
+        assert_eq!(blocks, expected.map(|(m, b)| (m.to_owned(), b)));
+        let query = AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        let seqs: Vec<u64> = audit::for_master(&conn, "m1", &query)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 1_024, 1_025]);
     }
 
     /// Each cached statement is planned once: reading sessions by different tokens (the mint's
