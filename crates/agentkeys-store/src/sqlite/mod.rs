@@ -51,6 +51,11 @@ const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 8192;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
+/// How often the checkpointer copies the WAL's new frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+/// WAL pages after which the writer checkpoints itself, should the checkpointer fall behind
+/// (≈ 40 MB): SQLite's default is 1,000, run on the committing thread.
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
@@ -70,6 +75,8 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     writer: mpsc::Sender<Box<dyn Work>>,
     audit: Arc<crate::AuditCounter>,
+    /// Dropped with the store, which ends the checkpointer.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -81,6 +88,9 @@ impl SqliteStore {
             create_private(&path_for_setup)?;
             let mut conn = connect(&path_for_setup, true)?;
             migrate(&mut conn)?;
+            // The checkpointer thread copies the WAL into the database; the writer's commits
+            // only append to it (see run_checkpointer).
+            conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
             // The WAL and shared-memory files exist now; older ones may predate 0600.
             for sidecar in ["-wal", "-shm", "-journal"] {
                 let mut p = path_for_setup.clone().into_os_string();
@@ -100,6 +110,12 @@ impl SqliteStore {
                 move || run_writer(writer_conn, rx, audit)
             })
             .map_err(|e| StoreError::Migrate(format!("starting the writer thread: {e}")))?;
+        let (checkpointer, stop) = std::sync::mpsc::channel();
+        let checkpoint_conn = connect(&path, true)?;
+        std::thread::Builder::new()
+            .name("agentkeys-store-checkpointer".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, stop))
+            .map_err(|e| StoreError::Migrate(format!("starting the checkpointer thread: {e}")))?;
         Ok(Self {
             readers: Arc::new(Readers {
                 path,
@@ -107,6 +123,7 @@ impl SqliteStore {
             }),
             writer: tx,
             audit,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -283,6 +300,21 @@ impl Readers {
 }
 
 // ---- the writer ---------------------------------------------------------------------------
+
+/// Copies the WAL's committed frames into the database file every [`CHECKPOINT_EVERY`], until
+/// the store is dropped. Left to SQLite, the checkpoint runs on the committing thread every
+/// 1,000 pages: one batch in ≈ 100 then waits for ≈ 1,000 page writes and an fsync of the
+/// database, and every mint queued behind it waits too. A PASSIVE checkpoint runs beside the
+/// writer (it never blocks it, nor waits for it or for readers); once it has copied every
+/// frame, the writer's next commit starts the WAL over from its beginning.
+fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store.checkpoint_failed");
+        }
+    }
+}
 
 fn run_writer(
     mut conn: Connection,
@@ -615,6 +647,56 @@ mod tests {
             StoreError::Database(m) => assert!(m.contains("I/O"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Committed pages reach the database file while the store runs, well before the writer's
+    /// own checkpoint threshold: the checkpointer thread copies them from the WAL.
+    #[test]
+    fn the_checkpointer_copies_commits_into_the_database_file() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let url = format!("sqlite://{}", path.display());
+        rt.block_on(async {
+            let opened = SqliteStore::open(&url).await.unwrap();
+            let store: &dyn Store = &opened;
+            let empty = std::fs::metadata(&path).unwrap().len();
+            // ≈ 2 MB of events: ≈ 500 pages, far below WRITER_CHECKPOINT_PAGES.
+            let details = serde_json::json!({ "pad": "x".repeat(2_000) });
+            store
+                .transact(move |tx| {
+                    for n in 0..1_000 {
+                        tx.append(&crate::NewAuditEvent {
+                            time: n,
+                            kind: agentkeys_types::audit::AuditKind::Mint,
+                            actor: None,
+                            master: None,
+                            outcome: agentkeys_types::audit::Outcome::Ok,
+                            details: details.clone(),
+                        })?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            // Bounded wait (the checkpointer runs every 50 ms); no timing is asserted.
+            let mut size = empty;
+            for _ in 0..200 {
+                size = std::fs::metadata(&path).unwrap().len();
+                if size > empty + 1_000_000 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(
+                size > empty + 1_000_000,
+                "the database file stayed at {size} bytes (from {empty}) while the store ran"
+            );
+            drop(opened);
+        });
     }
 
     /// A database written before the per-block index (migration 0010) gets one entry per master
