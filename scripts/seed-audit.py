@@ -7,7 +7,9 @@ For benchmarks only (scripts/bench-curves.sh): it makes a log of millions of eve
 where minting them through the broker would take hours on a small machine. The broker must not
 be running. Each event is shaped like a real mint's (actor and master one of M synthetic
 masters, the details a mint writes) and hashed as the broker hashes (RFC 8785 canonical form,
-`hash_format` 2), so `agentkeys-broker audit verify` still passes afterwards.
+`hash_format` 2), so `agentkeys-broker audit verify` still passes afterwards. Each master's
+blocks of 1,024 seqs go into the per-master listing's index (`audit_master_blocks`), as the
+broker's appends do.
 """
 
 import argparse
@@ -63,6 +65,10 @@ def main():
             db.executemany(sql, rows)
             rows.clear()
     db.executemany(sql, rows)
+    # The listing's index, as crate::sqlite::audit::BLOCK_SHIFT defines it.
+    db.execute("INSERT OR IGNORE INTO audit_master_blocks (master, block) "
+               "SELECT DISTINCT master, seq >> 10 FROM audit_events WHERE seq > ?",
+               (seq - a.events,))
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     print(f"seeded {a.events} events; head seq {seq}")

@@ -126,36 +126,43 @@ fn index_master(conn: &Connection, master: &str, seq: i64) -> rusqlite::Result<(
     Ok(())
 }
 
-pub(super) fn for_master(
-    conn: &Connection,
-    master: &str,
-    query: &AuditQuery,
-) -> rusqlite::Result<Vec<AuditEvent>> {
-    // The master's blocks from the cursor's on, each scanned by seq: the nested loop yields
-    // rows in seq order, so LIMIT stops the walk early (no sort of the whole range).
-    conn.prepare_cached(&format!(
+/// A master's listing: its blocks from the cursor's on, each scanned by seq. Each block's scan
+/// starts at the later of the block's start and the cursor, as one bound: with the two as
+/// separate conditions SQLite may start every block's scan at the cursor, reading the whole log
+/// from it for each block. The nested loop yields rows in seq order, so LIMIT stops the walk
+/// early (no sort of the whole range).
+pub(super) fn for_master_sql() -> String {
+    format!(
         "SELECT {COLUMNS} FROM audit_master_blocks b
          JOIN audit_events e
-           ON e.seq >= b.block << {BLOCK_SHIFT} AND e.seq < (b.block + 1) << {BLOCK_SHIFT}
-         WHERE b.master = ?1 AND b.block >= ?2 >> {BLOCK_SHIFT}
-           AND e.master = ?1 AND e.seq > ?2
+           ON e.seq >= max(b.block << {BLOCK_SHIFT}, ?2 + 1)
+          AND e.seq < (b.block + 1) << {BLOCK_SHIFT}
+         WHERE b.master = ?1 AND b.block >= ?2 >> {BLOCK_SHIFT} AND e.master = ?1
            AND (?3 IS NULL OR e.kind = ?3)
            AND (?4 IS NULL OR e.actor = ?4)
            AND (?5 IS NULL OR e.time >= ?5)
            AND (?6 IS NULL OR e.time < ?6)
          ORDER BY b.block, e.seq LIMIT ?7"
-    ))?
-    .query_map(
-        params![
-            master,
-            seq_param(query.after_seq),
-            query.kind,
-            query.actor,
-            query.since,
-            query.until,
-            query.limit
-        ],
-        row,
-    )?
-    .collect()
+    )
+}
+
+pub(super) fn for_master(
+    conn: &Connection,
+    master: &str,
+    query: &AuditQuery,
+) -> rusqlite::Result<Vec<AuditEvent>> {
+    conn.prepare_cached(&for_master_sql())?
+        .query_map(
+            params![
+                master,
+                seq_param(query.after_seq),
+                query.kind,
+                query.actor,
+                query.since,
+                query.until,
+                query.limit
+            ],
+            row,
+        )?
+        .collect()
 }
