@@ -730,7 +730,7 @@ mod tests {
             };
             let listed = audit::for_master(&conn, "sparse", &query).unwrap();
             assert_eq!(listed.len(), limit as usize);
-            let mut statement = conn.prepare_cached(&audit::for_master_sql()).unwrap();
+            let statement = conn.prepare_cached(&audit::for_master_sql()).unwrap();
             let steps = statement.get_status(rusqlite::StatementStatus::VmStep);
             statement.reset_status(rusqlite::StatementStatus::VmStep);
             steps
