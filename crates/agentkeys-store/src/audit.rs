@@ -348,7 +348,7 @@ fn write_sorted_keys(value: &Value, out: &mut String) {
 /// Which of a master's events to read ([`crate::Store::audit_for_master`]).
 ///
 /// Pages run oldest first: events with `seq > after_seq`, in seq order, at most `limit`; the
-/// next page starts after the last seq returned. Filters combine with AND: `kind` and `actor`
+/// next page starts after the last seq returned, or after [`AuditListing::searched_to`]. Filters combine with AND: `kind` and `actor`
 /// match exactly, and `since <= time < until` (unix seconds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -358,6 +358,17 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
+}
+
+/// A page of a master's events ([`crate::Store::audit_for_master`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditListing {
+    /// Oldest first, at most the query's `limit`.
+    pub events: Vec<AuditEvent>,
+    /// Set when the backend stopped searching before the log's end with fewer than `limit`
+    /// events, to bound one page's work: every event up to this seq was considered, and the
+    /// next page starts after it. Always after the query's `after_seq`.
+    pub searched_to: Option<u64>,
 }
 
 /// Where a chain stops being valid.

@@ -15,7 +15,7 @@ mod postgres;
 mod sqlite;
 mod work;
 
-pub use audit::AuditQuery;
+pub use audit::{AuditListing, AuditQuery};
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -292,7 +292,7 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_events(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>>;
     /// The events whose `master` is `master` (its own and its agents'), oldest first, filtered
     /// and paged as [`AuditQuery`] says.
-    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<Vec<AuditEvent>>;
+    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<AuditListing>;
 }
 
 impl dyn Store {

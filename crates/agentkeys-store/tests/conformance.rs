@@ -1557,35 +1557,46 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
     };
     let seqs = |events: Vec<AuditEvent>| -> Vec<u64> { events.iter().map(|e| e.seq).collect() };
 
-    let all = s.audit_for_master("m1", q(0, 100)).await.unwrap();
+    let all = s.audit_for_master("m1", q(0, 100)).await.unwrap().events;
     assert!(all.iter().all(|e| e.master.as_deref() == Some("m1")));
     assert_eq!(seqs(all), [1, 3, 4, 6, 8], "oldest first, only m1's");
     assert_eq!(
-        seqs(s.audit_for_master("m2", q(0, 100)).await.unwrap()),
+        seqs(s.audit_for_master("m2", q(0, 100)).await.unwrap().events),
         [2, 7]
     );
     assert!(
         s.audit_for_master("nobody", q(0, 100))
             .await
             .unwrap()
+            .events
             .is_empty()
     );
 
     // Paging by seq cursor.
     assert_eq!(
-        seqs(s.audit_for_master("m1", q(0, 2)).await.unwrap()),
+        seqs(s.audit_for_master("m1", q(0, 2)).await.unwrap().events),
         [1, 3]
     );
     assert_eq!(
-        seqs(s.audit_for_master("m1", q(3, 2)).await.unwrap()),
+        seqs(s.audit_for_master("m1", q(3, 2)).await.unwrap().events),
         [4, 6]
     );
-    assert_eq!(seqs(s.audit_for_master("m1", q(6, 2)).await.unwrap()), [8]);
-    assert!(s.audit_for_master("m1", q(8, 2)).await.unwrap().is_empty());
+    assert_eq!(
+        seqs(s.audit_for_master("m1", q(6, 2)).await.unwrap().events),
+        [8]
+    );
+    assert!(
+        s.audit_for_master("m1", q(8, 2))
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
     assert!(
         s.audit_for_master("m1", q(u64::MAX, 2))
             .await
             .unwrap()
+            .events
             .is_empty()
     );
 
@@ -1603,6 +1614,7 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
             s.audit_for_master("m1", filtered(Some("mint"), None, None, None))
                 .await
                 .unwrap()
+                .events
         ),
         [3, 4, 6]
     );
@@ -1611,6 +1623,7 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
             s.audit_for_master("m1", filtered(Some("mint"), Some("a1"), None, None))
                 .await
                 .unwrap()
+                .events
         ),
         [3, 6]
     );
@@ -1620,6 +1633,7 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
             s.audit_for_master("m1", filtered(None, None, Some(1_003), Some(1_007)))
                 .await
                 .unwrap()
+                .events
         ),
         [4, 6]
     );
@@ -1628,6 +1642,7 @@ async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
         s.audit_for_master("m2", filtered(None, Some("a1"), None, None))
             .await
             .unwrap()
+            .events
             .is_empty()
     );
 }
@@ -1701,11 +1716,18 @@ async fn a_masters_listing_pages_through_a_long_log_whatever_its_spread() {
                         ..Default::default()
                     };
                     let page = s.audit_for_master(master, query).await.unwrap();
-                    assert!(page.len() <= limit as usize);
-                    assert!(page.iter().all(|e| e.master.as_deref() == Some(master)));
-                    let Some(last) = page.last() else { break };
-                    after = last.seq;
-                    listed.extend(page.iter().map(|e| e.seq));
+                    let events = &page.events;
+                    assert!(events.len() <= limit as usize);
+                    assert!(events.iter().all(|e| e.master.as_deref() == Some(master)));
+                    listed.extend(events.iter().map(|e| e.seq));
+                    // Where the store bounded its search, or after the last event listed.
+                    let next = match (page.searched_to, events.last()) {
+                        (Some(to), _) => to,
+                        (None, Some(last)) => last.seq,
+                        (None, None) => break,
+                    };
+                    assert!(next > after, "{master}: the cursor stays at {after}");
+                    after = next;
                     if listed.len() > EVENTS as usize {
                         panic!("{master}: the listing does not end");
                     }

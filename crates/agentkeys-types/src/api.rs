@@ -512,7 +512,9 @@ pub struct AuditChainStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEventInfo>,
-    /// Pass as `after` for the next page; `null` when this page is the last.
+    /// Pass as `after` for the next page; `null` when this page is the last. A page may hold
+    /// fewer events than `limit` (even none) and still have a `next`: the broker bounds how much
+    /// of a long log one page searches.
     pub next: Option<u64>,
 }
 

@@ -44,8 +44,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::{
-    AccessRequest, Agent, AuditEvent, AuditQuery, Grant, Identity, LoginKey, LoginRequest,
-    PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError, Work,
+    AccessRequest, Agent, AuditEvent, AuditListing, AuditQuery, Grant, Identity, LoginKey,
+    LoginRequest, PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError, Work,
 };
 use agentkeys_types::OmniAccount;
 use batch::{Batch, Conn};
@@ -555,7 +555,7 @@ impl Store for PostgresStore {
         all(rows, audit::event_row)
     }
 
-    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<Vec<AuditEvent>> {
+    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<AuditListing> {
         let rows = self
             .query(
                 audit::SELECT_FOR_MASTER,
@@ -570,6 +570,10 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        all(rows, audit::event_row)
+        // The (master, seq) index finds exactly the master's rows: a page never stops short.
+        Ok(AuditListing {
+            events: all(rows, audit::event_row)?,
+            searched_to: None,
+        })
     }
 }

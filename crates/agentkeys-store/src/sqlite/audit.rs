@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::seq_param;
 use crate::audit::{GENESIS_HASH, HashFormat, canonical_text, chain_hash};
-use crate::{AuditEvent, AuditQuery, NewAuditEvent};
+use crate::{AuditEvent, AuditListing, AuditQuery, NewAuditEvent};
 
 /// The last event of the chain, as seen inside the current transaction.
 #[derive(Debug, Clone)]
@@ -126,18 +126,24 @@ fn index_master(conn: &Connection, master: &str, seq: i64) -> rusqlite::Result<(
     Ok(())
 }
 
-/// A master's listing: its blocks from the cursor's on, each scanned by seq. Each block's scan
-/// starts at the later of the block's start and the cursor, as one bound: with the two as
-/// separate conditions SQLite may start every block's scan at the cursor, reading the whole log
-/// from it for each block. The nested loop yields rows in seq order, so LIMIT stops the walk
-/// early (no sort of the whole range).
+/// At most this many of a master's blocks are scanned for one page (≈ 262,000 rows). A master
+/// whose events are one per block, listed with a filter that matches none of them, would
+/// otherwise have one page read the whole log.
+pub(super) const MAX_BLOCKS_PER_PAGE: i64 = 256;
+
+/// A master's listing: its blocks from the cursor's on, up to the last block the page may scan
+/// (`?8`), each scanned by seq. Each block's scan starts at the later of the block's start and
+/// the cursor, as one bound: with the two as separate conditions SQLite may start every block's
+/// scan at the cursor, reading the whole log from it for each block. The nested loop yields
+/// rows in seq order, so LIMIT stops the walk early (no sort of the whole range).
 pub(super) fn for_master_sql() -> String {
     format!(
         "SELECT {COLUMNS} FROM audit_master_blocks b
          JOIN audit_events e
            ON e.seq >= max(b.block << {BLOCK_SHIFT}, ?2 + 1)
           AND e.seq < (b.block + 1) << {BLOCK_SHIFT}
-         WHERE b.master = ?1 AND b.block >= ?2 >> {BLOCK_SHIFT} AND e.master = ?1
+         WHERE b.master = ?1 AND b.block >= (?2 + 1) >> {BLOCK_SHIFT} AND b.block <= ?8
+           AND e.master = ?1
            AND (?3 IS NULL OR e.kind = ?3)
            AND (?4 IS NULL OR e.actor = ?4)
            AND (?5 IS NULL OR e.time >= ?5)
@@ -146,23 +152,56 @@ pub(super) fn for_master_sql() -> String {
     )
 }
 
+/// A page of `master`'s events, scanning at most `max_blocks` of its blocks.
 pub(super) fn for_master(
     conn: &Connection,
     master: &str,
     query: &AuditQuery,
-) -> rusqlite::Result<Vec<AuditEvent>> {
-    conn.prepare_cached(&for_master_sql())?
+    max_blocks: i64,
+) -> rusqlite::Result<AuditListing> {
+    let after = seq_param(query.after_seq);
+    // The master's blocks from the cursor's on, one more than the page may scan: whether the
+    // page has to stop short.
+    let blocks: Vec<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT block FROM audit_master_blocks
+             WHERE master = ?1 AND block >= (?2 + 1) >> {BLOCK_SHIFT} ORDER BY block LIMIT ?3"
+        ))?
+        .query_map(params![master, after, max_blocks + 1], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let cut = blocks.len() > usize::try_from(max_blocks).unwrap_or(usize::MAX);
+    let scanned = if cut {
+        &blocks[..blocks.len() - 1]
+    } else {
+        &blocks[..]
+    };
+    let Some(&last) = scanned.last() else {
+        return Ok(AuditListing::default());
+    };
+    let events: Vec<AuditEvent> = conn
+        .prepare_cached(&for_master_sql())?
         .query_map(
             params![
                 master,
-                seq_param(query.after_seq),
+                after,
                 query.kind,
                 query.actor,
                 query.since,
                 query.until,
-                query.limit
+                query.limit,
+                last
             ],
             row,
         )?
-        .collect()
+        .collect::<rusqlite::Result<_>>()?;
+    let full = events.len() >= usize::try_from(query.limit).unwrap_or(usize::MAX);
+    // The last seq of the last block scanned: every block scanned holds seqs after the cursor,
+    // so the cursor moves on.
+    let searched_to = (cut && !full)
+        .then(|| u64::try_from(((last + 1) << BLOCK_SHIFT) - 1).ok())
+        .flatten();
+    Ok(AuditListing {
+        events,
+        searched_to,
+    })
 }

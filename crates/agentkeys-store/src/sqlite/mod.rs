@@ -41,9 +41,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Row, TransactionBehavior};
 use tokio::sync::mpsc;
 
 use crate::{
-    AccessRequest, ActorKind, Agent, AgentStatus, AuditEvent, AuditQuery, Grant, Identity,
-    LoginKey, LoginRequest, PairingRequest, Result, Session, SigningKeyRecord, Store, StoreError,
-    Work,
+    AccessRequest, ActorKind, Agent, AgentStatus, AuditEvent, AuditListing, AuditQuery, Grant,
+    Identity, LoginKey, LoginRequest, PairingRequest, Result, Session, SigningKeyRecord, Store,
+    StoreError, Work,
 };
 
 /// Most works one commit carries; bounds the latency a large burst adds to its first caller.
@@ -602,9 +602,9 @@ impl Store for SqliteStore {
         self.scan(move |c| audit::events(c, after, limit)).await
     }
 
-    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<Vec<AuditEvent>> {
+    async fn audit_for_master(&self, master: &str, query: AuditQuery) -> Result<AuditListing> {
         let master = master.to_owned();
-        self.scan(move |c| audit::for_master(c, &master, &query))
+        self.scan(move |c| audit::for_master(c, &master, &query, audit::MAX_BLOCKS_PER_PAGE))
             .await
     }
 }
@@ -728,7 +728,9 @@ mod tests {
                 limit,
                 ..AuditQuery::default()
             };
-            let listed = audit::for_master(&conn, "sparse", &query).unwrap();
+            let listed = audit::for_master(&conn, "sparse", &query, 40)
+                .unwrap()
+                .events;
             assert_eq!(listed.len(), limit as usize);
             let statement = conn.prepare_cached(&audit::for_master_sql()).unwrap();
             let steps = statement.get_status(rusqlite::StatementStatus::VmStep);
@@ -739,6 +741,67 @@ mod tests {
         assert!(
             thirty < 4 * ten,
             "listing 30 took {thirty} steps, listing 10 took {ten}"
+        );
+    }
+
+    /// A page scans at most so many of the master's blocks: a filter that matches nothing, on a
+    /// master with a few events spread over a long log, ends the page at the last block scanned
+    /// (`searched_to`) instead of reading on to the log's end; following it lists everything.
+    #[test]
+    fn a_page_stops_after_its_blocks_and_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("t.db"), true).unwrap();
+        migrate(&mut conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut head = audit::head(&tx).unwrap();
+        // "sparse" has one event in each of blocks 0, 3, 7 and 11 of a 12-block log.
+        let sparse = [5, 3 * 1024 + 2, 7 * 1024, 11 * 1024 + 1_000];
+        for seq in 1..=12 * 1024_i64 {
+            let event = crate::NewAuditEvent {
+                time: seq,
+                kind: agentkeys_types::audit::AuditKind::Mint,
+                actor: None,
+                master: Some(
+                    if sparse.contains(&seq) {
+                        "sparse"
+                    } else {
+                        "dense"
+                    }
+                    .to_owned(),
+                ),
+                outcome: agentkeys_types::audit::Outcome::Ok,
+                details: serde_json::json!({}),
+            };
+            audit::append(&tx, &mut head, &event).unwrap();
+        }
+        tx.commit().unwrap();
+        let page = |after: u64, kind: Option<&str>| {
+            let query = AuditQuery {
+                after_seq: after,
+                limit: 10,
+                kind: kind.map(str::to_owned),
+                ..AuditQuery::default()
+            };
+            let listing = audit::for_master(&conn, "sparse", &query, 2).unwrap();
+            let seqs: Vec<u64> = listing.events.iter().map(|e| e.seq).collect();
+            (seqs, listing.searched_to)
+        };
+        // Nothing matches: two blocks per page, then the end.
+        assert_eq!(
+            page(0, Some("sign_in.wallet")),
+            (vec![], Some(4 * 1024 - 1))
+        );
+        assert_eq!(page(4 * 1024 - 1, Some("sign_in.wallet")), (vec![], None));
+        // Everything matches: the same pages, with their events.
+        assert_eq!(page(0, None), (vec![5, 3 * 1024 + 2], Some(4 * 1024 - 1)));
+        assert_eq!(
+            page(4 * 1024 - 1, None),
+            (vec![7 * 1024, 11 * 1024 + 1_000], None)
+        );
+        // A cursor on a block's last seq starts the page at the next block.
+        assert_eq!(
+            page(1_023, None),
+            (vec![3 * 1024 + 2, 7 * 1024], Some(8 * 1024 - 1))
         );
     }
 
@@ -783,8 +846,9 @@ mod tests {
             limit: 10,
             ..AuditQuery::default()
         };
-        let seqs: Vec<u64> = audit::for_master(&conn, "m1", &query)
+        let seqs: Vec<u64> = audit::for_master(&conn, "m1", &query, 10)
             .unwrap()
+            .events
             .iter()
             .map(|e| e.seq)
             .collect();

@@ -355,7 +355,7 @@ async fn two_instances_write_one_gapless_chain() {
         .await
         .unwrap();
     assert_eq!(
-        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [11, 12, 13, 14, 15]
     );
 }

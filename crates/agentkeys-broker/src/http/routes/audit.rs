@@ -36,7 +36,7 @@ pub async fn list(
     let query = parse(&params)?;
     let limit = query.limit;
     // One extra row tells whether another page follows.
-    let mut events = state
+    let listing = state
         .store
         .audit_for_master(
             master.omni.as_str(),
@@ -46,12 +46,15 @@ pub async fn list(
             },
         )
         .await?;
+    let mut events = listing.events;
     let more = events.len() > limit as usize;
     events.truncate(limit as usize);
+    // A page may also stop short where the store bounded its search (SQLite, a master with
+    // few events spread over a long log): the next one goes on from there.
     let next = if more {
         events.last().map(|e| e.seq)
     } else {
-        None
+        listing.searched_to
     };
     Ok(axum::Json(AuditPage {
         events: events.into_iter().map(info).collect(),
