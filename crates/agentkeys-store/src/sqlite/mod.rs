@@ -699,30 +699,37 @@ mod tests {
         });
     }
 
-    /// A listing's work grows with the blocks it lists, not with the log before them: for a
-    /// master with one event at the end of every block of a 40-block log, listing 30 events
-    /// reads about three times what listing 10 does (starting each block's scan at the cursor
-    /// instead would read 465 blocks against 55).
-    #[test]
-    fn a_listing_reads_only_the_blocks_it_lists() {
+    /// A migrated database holding `events` mint events, seq 1 on, each of master "sparse"
+    /// where `sparse(seq)` says so, else of master "dense".
+    fn log_of(events: i64, sparse: impl Fn(i64) -> bool) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = connect(&dir.path().join("t.db"), true).unwrap();
         migrate(&mut conn).unwrap();
         let tx = conn.transaction().unwrap();
         let mut head = audit::head(&tx).unwrap();
-        for seq in 1..=40 * 1024_i64 {
-            let last_of_block = seq % 1024 == 1023;
+        for seq in 1..=events {
+            let master = if sparse(seq) { "sparse" } else { "dense" };
             let event = crate::NewAuditEvent {
                 time: seq,
                 kind: agentkeys_types::audit::AuditKind::Mint,
                 actor: None,
-                master: Some(if last_of_block { "sparse" } else { "dense" }.to_owned()),
+                master: Some(master.to_owned()),
                 outcome: agentkeys_types::audit::Outcome::Ok,
                 details: serde_json::json!({}),
             };
             audit::append(&tx, &mut head, &event).unwrap();
         }
         tx.commit().unwrap();
+        (dir, conn)
+    }
+
+    /// A listing's work grows with the blocks it lists, not with the log before them: for a
+    /// master with one event at the end of every block of a 40-block log, listing 30 events
+    /// reads about three times what listing 10 does (starting each block's scan at the cursor
+    /// instead would read 465 blocks against 55).
+    #[test]
+    fn a_listing_reads_only_the_blocks_it_lists() {
+        let (_dir, conn) = log_of(40 * 1024, |seq| seq % 1024 == 1023);
         let steps = |limit: u32| {
             let query = AuditQuery {
                 limit,
@@ -749,32 +756,9 @@ mod tests {
     /// (`searched_to`) instead of reading on to the log's end; following it lists everything.
     #[test]
     fn a_page_stops_after_its_blocks_and_says_where() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = connect(&dir.path().join("t.db"), true).unwrap();
-        migrate(&mut conn).unwrap();
-        let tx = conn.transaction().unwrap();
-        let mut head = audit::head(&tx).unwrap();
         // "sparse" has one event in each of blocks 0, 3, 7 and 11 of a 12-block log.
         let sparse = [5, 3 * 1024 + 2, 7 * 1024, 11 * 1024 + 1_000];
-        for seq in 1..=12 * 1024_i64 {
-            let event = crate::NewAuditEvent {
-                time: seq,
-                kind: agentkeys_types::audit::AuditKind::Mint,
-                actor: None,
-                master: Some(
-                    if sparse.contains(&seq) {
-                        "sparse"
-                    } else {
-                        "dense"
-                    }
-                    .to_owned(),
-                ),
-                outcome: agentkeys_types::audit::Outcome::Ok,
-                details: serde_json::json!({}),
-            };
-            audit::append(&tx, &mut head, &event).unwrap();
-        }
-        tx.commit().unwrap();
+        let (_dir, conn) = log_of(12 * 1024, |seq| sparse.contains(&seq));
         let page = |after: u64, kind: Option<&str>| {
             let query = AuditQuery {
                 after_seq: after,
