@@ -348,8 +348,9 @@ fn write_sorted_keys(value: &Value, out: &mut String) {
 /// Which of a master's events to read ([`crate::Store::audit_for_master`]).
 ///
 /// Pages run oldest first: events with `seq > after_seq`, in seq order, at most `limit`; the
-/// next page starts after the last seq returned, or after [`AuditListing::searched_to`]. Filters combine with AND: `kind` and `actor`
-/// match exactly, and `since <= time < until` (unix seconds).
+/// next page starts after the last seq returned, or after [`AuditListing::searched_to`].
+/// Filters combine with AND: `kind` and `actor` match exactly, and `since <= time < until`
+/// (unix seconds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
     pub after_seq: u64,

@@ -169,15 +169,11 @@ pub(super) fn for_master(
         ))?
         .query_map(params![master, after, max_blocks + 1], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let cut = blocks.len() > usize::try_from(max_blocks).unwrap_or(usize::MAX);
-    let scanned = if cut {
-        &blocks[..blocks.len() - 1]
-    } else {
-        &blocks[..]
-    };
-    let Some(&last) = scanned.last() else {
+    let max_blocks_len = usize::try_from(max_blocks).unwrap_or(usize::MAX);
+    let Some(&last) = blocks[..blocks.len().min(max_blocks_len)].last() else {
         return Ok(AuditListing::default());
     };
+    let cut = blocks.len() > max_blocks_len;
     let events: Vec<AuditEvent> = conn
         .prepare_cached(&for_master_sql())?
         .query_map(
