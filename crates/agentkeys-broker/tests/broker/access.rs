@@ -19,15 +19,6 @@ fn inbox(reason: &str) -> Value {
     json!({"scope": "inbox/", "max_uses": 2, "ttl_seconds": 3600, "reason": reason})
 }
 
-async fn get_as(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}{path}", app.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The `approve_access` purpose a wallet signs for `request` (as the master lists it).
 fn approval(request: &Value, expires_at: &str) -> Value {
     json!({"approve_access": {
@@ -62,7 +53,8 @@ async fn a_wallet_master_approves_with_a_signature_over_the_terms_and_the_agent_
     let id = asked["request_id"].as_str().unwrap().to_owned();
 
     // The master sees who asks for what, why, and the worst case.
-    let list: Value = get_as(&app, m, "/v1/access-requests?status=pending")
+    let list: Value = app
+        .get_as(m, "/v1/access-requests?status=pending")
         .await
         .json()
         .await
@@ -139,7 +131,8 @@ async fn a_wallet_master_approves_with_a_signature_over_the_terms_and_the_agent_
     );
 
     // The agent's poll receives the grant and uses it at once.
-    let polled: Value = get_as(&app, &agent, &format!("/v1/access-requests/{id}"))
+    let polled: Value = app
+        .get_as(&agent, &format!("/v1/access-requests/{id}"))
         .await
         .json()
         .await
@@ -201,7 +194,8 @@ async fn a_denied_or_expired_request_gives_nothing() {
         .post_json_as(m, &format!("/v1/access-requests/{denied}/deny"), json!({}))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let polled: Value = get_as(&app, &agent, &format!("/v1/access-requests/{denied}"))
+    let polled: Value = app
+        .get_as(&agent, &format!("/v1/access-requests/{denied}"))
         .await
         .json()
         .await
@@ -211,7 +205,8 @@ async fn a_denied_or_expired_request_gives_nothing() {
         (Some("denied"), &Value::Null)
     );
     let expires_at = rfc3339(app.clock.now() + 60);
-    let list: Value = get_as(&app, m, "/v1/access-requests")
+    let list: Value = app
+        .get_as(m, "/v1/access-requests")
         .await
         .json()
         .await
@@ -228,7 +223,8 @@ async fn a_denied_or_expired_request_gives_nothing() {
 
     // Past the request's own lifetime (15 minutes here) nobody can decide it.
     app.clock.advance(901);
-    let polled: Value = get_as(&app, &agent, &format!("/v1/access-requests/{expiring}"))
+    let polled: Value = app
+        .get_as(&agent, &format!("/v1/access-requests/{expiring}"))
         .await
         .json()
         .await
@@ -242,7 +238,8 @@ async fn a_denied_or_expired_request_gives_nothing() {
         )
         .await;
     assert_eq!(error_of(r).await.0, StatusCode::CONFLICT);
-    let pending: Value = get_as(&app, m, "/v1/access-requests?status=pending")
+    let pending: Value = app
+        .get_as(m, "/v1/access-requests?status=pending")
         .await
         .json()
         .await
@@ -319,7 +316,7 @@ async fn requests_are_limited_checked_and_kept_between_an_agent_and_its_master()
     // Nobody else sees or decides it; the agent cannot decide its own.
     let path = format!("/v1/access-requests/{id}");
     assert_eq!(
-        get_as(&app, &stranger.session_token, &path).await.status(),
+        app.get_as(&stranger.session_token, &path).await.status(),
         StatusCode::NOT_FOUND
     );
     let r = app
@@ -335,7 +332,8 @@ async fn requests_are_limited_checked_and_kept_between_an_agent_and_its_master()
         (status, kind.as_str()),
         (StatusCode::FORBIDDEN, "masters_only")
     );
-    let list: Value = get_as(&app, &stranger.session_token, "/v1/access-requests")
+    let list: Value = app
+        .get_as(&stranger.session_token, "/v1/access-requests")
         .await
         .json()
         .await

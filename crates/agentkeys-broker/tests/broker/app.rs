@@ -325,6 +325,16 @@ impl TestApp {
         serde_json::json!({"challenge_id": c.challenge_id, "signature": sign(wallet, &c.message)})
     }
 
+    /// `GET path` with the bearer token.
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `POST /v1/session/logout` with the bearer token.
     pub async fn logout(&self, token: &str) -> reqwest::Response {
         self.http

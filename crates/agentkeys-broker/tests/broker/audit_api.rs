@@ -10,12 +10,7 @@ use serde_json::{Value, json};
 use crate::app::{TestApp, error_of, sign};
 
 async fn audit(app: &TestApp, token: &str, query: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}/v1/audit{query}", app.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    app.get_as(token, &format!("/v1/audit{query}")).await
 }
 
 async fn page(app: &TestApp, token: &str, query: &str) -> Value {

@@ -200,14 +200,7 @@ async fn sessions_end_at_logout_and_expiry() {
     let (_, s) = app.sign_in().await;
     let whoami = |token: String| {
         let app = &app;
-        async move {
-            app.http
-                .get(format!("{}/v1/session", app.url))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { app.get_as(&token, "/v1/session").await }
     };
     assert_eq!(
         whoami(s.session_token.clone()).await.status(),
