@@ -2,7 +2,7 @@
 //! same store transaction as the audit event that records the decision (SPEC §6, gates 1, 2,
 //! 4 and 5). The mint, email sign-in starts and pairing approvals all pass through here.
 
-use agentkeys_store::{AgentStatus, NewAuditEvent, RateWindow, Result, Store, Tx};
+use agentkeys_store::{AgentStatus, NewAuditEvent, RateWindow, Result, SessionStanding, Store, Tx};
 use agentkeys_types::OmniAccount;
 
 use crate::mint::{DenyReason, LiveGrant};
@@ -68,10 +68,10 @@ impl NotLive {
         }
     }
 
-    /// Why `session`'s agent (for an agent's session) is not live; `None` for a master's.
-    pub fn of_session(session: &agentkeys_store::Session) -> Option<NotLive> {
-        if session.is_agent() {
-            NotLive::of_agent(session.agent_status)
+    /// Why the session's agent (for an agent's session) is not live; `None` for a master's.
+    pub fn of_standing(standing: &SessionStanding) -> Option<NotLive> {
+        if standing.is_agent() {
+            NotLive::of_agent(standing.agent_status)
         } else {
             None
         }
@@ -204,8 +204,8 @@ impl LiveCheck {
 
 /// Why `live` no longer holds at `now`, if it does not.
 fn not_live(tx: &mut dyn Tx, live: &LiveCheck, now: i64) -> Result<Option<NotLive>> {
-    Ok(match tx.session(&live.session_token_hash)? {
-        Some(session) if session.is_live(now) => NotLive::of_session(&session),
+    Ok(match tx.session_standing(&live.session_token_hash)? {
+        Some(standing) if standing.is_live(now) => NotLive::of_standing(&standing),
         _ => Some(NotLive::Session),
     })
 }

@@ -66,7 +66,8 @@ pub trait Tx {
 
     // -- sessions --
     fn insert_session(&mut self, session: &Session) -> Result<()>;
-    fn session(&mut self, token_hash: &str) -> Result<Option<Session>>;
+    /// The standing of the session, as this transaction sees it.
+    fn session_standing(&mut self, token_hash: &str) -> Result<Option<SessionStanding>>;
     /// Revokes the session if it is live at `now`; whether it was.
     fn revoke_session(&mut self, token_hash: &str, now: i64) -> Result<bool>;
     /// Revokes the live sessions of `omni` that `which` selects; how many.

@@ -43,6 +43,39 @@ impl Session {
 
     /// Unrevoked and unexpired at `now`.
     pub fn is_live(&self, now: i64) -> bool {
+        self.standing().is_live(now)
+    }
+
+    /// What of the session decides whether it may still act.
+    pub fn standing(&self) -> SessionStanding {
+        SessionStanding {
+            kind: self.kind,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            agent_status: self.agent_status,
+        }
+    }
+}
+
+/// The part of a [`Session`] that can change after the session was read (revocation, its agent's
+/// status) and decides whether it may still act: all that a gate's transaction re-reads, in one
+/// statement that builds no strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStanding {
+    pub kind: ActorKind,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    /// As [`Session::agent_status`].
+    pub agent_status: Option<AgentStatus>,
+}
+
+impl SessionStanding {
+    pub fn is_agent(&self) -> bool {
+        self.kind == ActorKind::Agent
+    }
+
+    /// Unrevoked and unexpired at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
     }
 }

@@ -404,10 +404,10 @@ async fn sessions_read_back_as_written() {
         t.insert_session(&ms)?;
         t.insert_session(&ags)?;
         // A transaction sees its own writes.
-        t.session("h1")
+        t.session_standing("h1")
     })
     .await;
-    assert_eq!(inside, Some(master_session.clone()));
+    assert_eq!(inside, Some(master_session.standing()));
     assert_eq!(
         f.store.session("h1").await.unwrap(),
         Some(master_session.clone())
@@ -424,7 +424,7 @@ async fn sessions_read_back_as_written() {
     let agent_omni = a.omni.clone();
     let suspended = tx(&f.store, move |t| {
         t.set_agent_status(&agent_omni, AgentStatus::Suspended, 10)?;
-        t.session("h2")
+        t.session_standing("h2")
     })
     .await;
     assert_eq!(
@@ -432,7 +432,7 @@ async fn sessions_read_back_as_written() {
         Some(AgentStatus::Suspended)
     );
     assert_eq!(f.store.session("none").await.unwrap(), None);
-    assert_eq!(tx(&f.store, |t| t.session("none")).await, None);
+    assert_eq!(tx(&f.store, |t| t.session_standing("none")).await, None);
 }
 
 #[tokio::test]
@@ -2078,15 +2078,22 @@ async fn a_stored_value_that_does_not_parse_is_an_error_not_a_panic() {
     let m = omni("m");
     tx(&f.store, move |t| t.insert_session(&session("h", &m, 100))).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
+    // Past the CHECK on `kind`, as a damaged file or another writer could be.
+    conn.pragma_update(None, "ignore_check_constraints", true)
+        .unwrap();
     conn.execute(
-        "UPDATE sessions SET omni = 'not an omni' WHERE token_hash = 'h'",
+        "UPDATE sessions SET omni = 'not an omni', kind = 'alien' WHERE token_hash = 'h'",
         [],
     )
     .unwrap();
     drop(conn);
     let err = f.store.session("h").await.unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
-    let err = f.store.transact(|t| t.session("h")).await.unwrap_err();
+    let err = f
+        .store
+        .transact(|t| t.session_standing("h"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     // The writer is still there.
     tx(&f.store, |t| t.append(&event(AuditKind::GrantCreated, 1))).await;

@@ -4,7 +4,9 @@ use tokio_postgres::Row;
 
 use super::tx::Db;
 use super::{col, omni};
-use crate::{ActorKind, Challenge, IdentityRef, Result, Session, SessionFilter, StoreError};
+use crate::{
+    ActorKind, Challenge, IdentityRef, Result, Session, SessionFilter, SessionStanding, StoreError,
+};
 use agentkeys_types::OmniAccount;
 
 const INSERT_CHALLENGE: &str =
@@ -38,6 +40,9 @@ macro_rules! select_joined {
     };
 }
 pub(super) const SELECT: &str = select_joined!("WHERE s.token_hash = $1");
+const SELECT_STANDING: &str = "SELECT s.kind, s.expires_at, s.revoked_at, a.status
+     FROM sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni
+     WHERE s.token_hash = $1";
 pub(super) const SELECT_LIVE_OF: &str = select_joined!(
     "WHERE s.omni = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
      ORDER BY s.created_at, s.token_hash"
@@ -95,10 +100,17 @@ pub(super) fn insert_session(db: &mut Db<'_, '_>, s: &Session) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn session(db: &mut Db<'_, '_>, token_hash: &str) -> Result<Option<Session>> {
-    db.query_opt(SELECT, &[&token_hash])?
-        .as_ref()
-        .map(session_row)
+pub(super) fn standing(db: &mut Db<'_, '_>, token_hash: &str) -> Result<Option<SessionStanding>> {
+    db.query_opt(SELECT_STANDING, &[&token_hash])?
+        .map(|row| {
+            let kind: String = col(&row, 0)?;
+            Ok(SessionStanding {
+                kind: kind_of(&kind)?,
+                expires_at: col(&row, 1)?,
+                revoked_at: col(&row, 2)?,
+                agent_status: agent_status(&row, 3)?,
+            })
+        })
         .transpose()
 }
 
@@ -164,9 +176,13 @@ pub(super) fn session_row(row: &Row) -> Result<Session> {
                 identity_type,
                 identity_value,
             }),
-        agent_status: col::<Option<String>>(row, 10)?
-            .as_deref()
-            .map(super::agents::status_of)
-            .transpose()?,
+        agent_status: agent_status(row, 10)?,
     })
+}
+
+fn agent_status(row: &Row, column: usize) -> Result<Option<crate::AgentStatus>> {
+    col::<Option<String>>(row, column)?
+        .as_deref()
+        .map(super::agents::status_of)
+        .transpose()
 }

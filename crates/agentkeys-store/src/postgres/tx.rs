@@ -9,7 +9,7 @@ use super::{Params, access, agents, audit, grants, keys, limits, logins, session
 use crate::{
     AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
     LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
-    SessionFilter, SigningKeyRecord, Tx,
+    SessionFilter, SessionStanding, SigningKeyRecord, Tx,
 };
 use agentkeys_types::OmniAccount;
 
@@ -83,8 +83,8 @@ impl Tx for PgTx<'_, '_> {
         sessions::insert_session(&mut self.db, session)
     }
 
-    fn session(&mut self, token_hash: &str) -> Result<Option<Session>> {
-        sessions::session(&mut self.db, token_hash)
+    fn session_standing(&mut self, token_hash: &str) -> Result<Option<SessionStanding>> {
+        sessions::standing(&mut self.db, token_hash)
     }
 
     fn revoke_session(&mut self, token_hash: &str, now: i64) -> Result<bool> {

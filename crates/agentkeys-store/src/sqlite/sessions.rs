@@ -4,7 +4,7 @@ use agentkeys_types::OmniAccount;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{actor_kind, agent_status, kind_str, omni};
-use crate::{Challenge, IdentityRef, Session, SessionFilter};
+use crate::{AgentStatus, Challenge, IdentityRef, Session, SessionFilter, SessionStanding};
 
 /// A session and, for an agent's, its agent's status (`FROM` [`JOINED`]).
 const COLUMNS: &str = "s.token_hash, s.kind, s.omni, s.wallet, s.master, s.created_at, \
@@ -30,11 +30,15 @@ fn row(r: &Row<'_>) -> rusqlite::Result<Session> {
             }),
             _ => None,
         },
-        agent_status: match r.get_ref(10)? {
-            rusqlite::types::ValueRef::Null => None,
-            _ => Some(agent_status(r, 10)?),
-        },
+        agent_status: optional_agent_status(r, 10)?,
     })
+}
+
+fn optional_agent_status(r: &Row<'_>, column: usize) -> rusqlite::Result<Option<AgentStatus>> {
+    match r.get_ref(column)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => agent_status(r, column).map(Some),
+    }
 }
 
 pub(super) fn insert(conn: &Connection, s: &Session) -> rusqlite::Result<()> {
@@ -66,6 +70,25 @@ pub(super) fn get(conn: &Connection, token_hash: &str) -> rusqlite::Result<Optio
     conn.prepare_cached(&get_sql())?
         .query_row([token_hash], row)
         .optional()
+}
+
+pub(super) fn standing(
+    conn: &Connection,
+    token_hash: &str,
+) -> rusqlite::Result<Option<SessionStanding>> {
+    conn.prepare_cached(
+        "SELECT s.kind, s.expires_at, s.revoked_at, a.status FROM sessions s
+         LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni WHERE s.token_hash = ?1",
+    )?
+    .query_row([token_hash], |r| {
+        Ok(SessionStanding {
+            kind: actor_kind(r, 0)?,
+            expires_at: r.get(1)?,
+            revoked_at: r.get(2)?,
+            agent_status: optional_agent_status(r, 3)?,
+        })
+    })
+    .optional()
 }
 
 pub(super) fn live_of(

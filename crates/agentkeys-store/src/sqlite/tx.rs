@@ -10,7 +10,7 @@ use crate::limits::Use;
 use crate::{
     AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
     LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
-    SessionFilter, SigningKeyRecord, Tx,
+    SessionFilter, SessionStanding, SigningKeyRecord, Tx,
 };
 
 pub(super) struct SqliteTx<'a> {
@@ -42,8 +42,8 @@ impl Tx for SqliteTx<'_> {
         Ok(sessions::insert(self.conn, session)?)
     }
 
-    fn session(&mut self, token_hash: &str) -> Result<Option<Session>> {
-        Ok(sessions::get(self.conn, token_hash)?)
+    fn session_standing(&mut self, token_hash: &str) -> Result<Option<SessionStanding>> {
+        Ok(sessions::standing(self.conn, token_hash)?)
     }
 
     fn revoke_session(&mut self, token_hash: &str, now: i64) -> Result<bool> {
