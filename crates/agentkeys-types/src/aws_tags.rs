@@ -63,10 +63,30 @@ pub fn check_source_identity(value: &str) -> Result<(), TagError> {
 
 /// `\p{L}` and `\p{N}` (approximated by Unicode alphanumerics), `\p{Z}` and `_ . : / = + - @`.
 fn allowed_char(c: char) -> bool {
-    c.is_alphanumeric()
-        || is_separator(c)
-        || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+    // Every mint checks its tags, which are ASCII (hex, wallet addresses, scopes): one table
+    // lookup each instead of the Unicode classes' branches.
+    if let Ok(b) = u8::try_from(c)
+        && b.is_ascii()
+    {
+        return ALLOWED_ASCII[usize::from(b)];
+    }
+    c.is_alphanumeric() || is_separator(c)
 }
+
+/// [`allowed_char`] of each ASCII character.
+const ALLOWED_ASCII: [bool; 128] = {
+    let mut allowed = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        allowed[b] = matches!(b as u8, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b' ')
+            || matches!(
+                b as u8,
+                b'_' | b'.' | b':' | b'/' | b'=' | b'+' | b'-' | b'@'
+            );
+        b += 1;
+    }
+    allowed
+};
 
 /// Unicode category Z (space, line and paragraph separators). Tabs and newlines are not in it.
 fn is_separator(c: char) -> bool {
@@ -206,6 +226,23 @@ mod tests {
         assert!(AwsSessionTags::new(fifty).is_ok());
         let all = keys.iter().map(|k| (k.as_str(), "v"));
         assert_eq!(AwsSessionTags::new(all).unwrap_err(), TagError::TooMany(51));
+    }
+
+    /// The ASCII table says what the Unicode classes say, for every character.
+    #[test]
+    fn the_ascii_table_agrees_with_the_character_classes() {
+        let by_class = |c: char| {
+            c.is_alphanumeric()
+                || super::is_separator(c)
+                || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+        };
+        let mut allowed_ascii = 0;
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            assert_eq!(super::allowed_char(c), by_class(c), "{c:?}");
+            allowed_ascii += usize::from(c.is_ascii() && by_class(c));
+        }
+        // 62 letters and digits, the space and `_ . : / = + - @`.
+        assert_eq!(allowed_ascii, 71);
     }
 
     proptest! {
