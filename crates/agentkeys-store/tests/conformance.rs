@@ -1356,6 +1356,42 @@ async fn uses_are_counted_per_fixed_window() {
     assert_eq!(later, [1, 0, 1, 0]);
 }
 
+/// A key's two windows counted together, as a mint counts them, whether both rows exist, one
+/// (the key was counted in one window before) or none, and across a new minute.
+#[tokio::test]
+async fn a_keys_two_windows_are_counted_whichever_rows_exist() {
+    let f = Fixture::new().await;
+    let minute = RateWindow {
+        seconds: 60,
+        limit: 10,
+    };
+    let hour = RateWindow {
+        seconds: 3600,
+        limit: 100,
+    };
+    let pair = move |key: &str| vec![(key.to_owned(), minute), (key.to_owned(), hour)];
+    let counts = tx(&f.store, move |t| {
+        // Only the minute row of b, only the hour row of c, before their pairs.
+        t.count_uses(&pair("b")[..1], 120)?;
+        t.count_uses(&pair("c")[1..], 120)?;
+        for key in ["a", "b", "c"] {
+            t.count_uses(&pair(key), 130)?;
+        }
+        let same_minute = [
+            t.window_counts(&pair("a"), 130)?,
+            t.window_counts(&pair("b"), 130)?,
+            t.window_counts(&pair("c"), 130)?,
+        ];
+        // A new minute restarts the minute row and goes on counting the hour row.
+        t.count_uses(&pair("a"), 190)?;
+        t.count_uses(&pair("a"), 191)?;
+        Ok((same_minute, t.window_counts(&pair("a"), 191)?))
+    })
+    .await;
+    assert_eq!(counts.0, [vec![1, 1], vec![2, 1], vec![1, 2]]);
+    assert_eq!(counts.1, [2, 3]);
+}
+
 #[tokio::test]
 async fn several_buckets_are_counted_and_read_in_one_call_in_order() {
     let f = Fixture::new().await;
