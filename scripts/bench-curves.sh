@@ -51,10 +51,9 @@ in_range "$seconds" 1 600 || die "--seconds is 1..600"
 command -v python3 >/dev/null || die "python3 is required (to seed the audit log)"
 command -v curl >/dev/null || die "curl is required"
 
-echo "==> cargo build --release -p agentkeys-broker (and the mint_load bench)"
-timeout 1800 cargo build --release -p agentkeys-broker
-timeout 1800 cargo bench -p agentkeys-broker --bench mint_load --no-run
-broker_bin="$CARGO_TARGET_DIR/release/agentkeys-broker"
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
+build_broker
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentkeys-curves.XXXXXX")"
 pid=""
@@ -64,8 +63,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# shellcheck source=scripts/lib/bench.sh
-source "$repo/scripts/lib/bench.sh"
 unset_broker_env
 
 # point LABEL MASTERS EVENTS: one fresh broker, measured; prints the point's line.

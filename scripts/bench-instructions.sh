@@ -47,18 +47,13 @@ done
 for tool in valgrind callgrind_control wrk curl; do
   command -v "$tool" >/dev/null || die "$tool is required (apt-get install -y valgrind wrk curl)"
 done
-if ((compare)); then
-  [[ -f "$perflab/refmint/Cargo.toml" ]] ||
-    die "--compare needs the perf lab's refmint at $perflab/refmint (set PERFLAB_DIR)"
-fi
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
+((compare == 0)) || need_ceiling "$perflab"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "cargo build --release -p agentkeys-broker (and the mint_load bench)"
-timeout 1800 cargo build --release -p agentkeys-broker
-timeout 1800 cargo bench -p agentkeys-broker --bench mint_load --no-run
-broker_bin="$CARGO_TARGET_DIR/release/agentkeys-broker"
-
+build_broker
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentkeys-instructions.XXXXXX")"
 server_pid=""
 cleanup() {
@@ -73,18 +68,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=scripts/lib/bench.sh
-source "$repo/scripts/lib/bench.sh"
 unset_broker_env
-
-if ((compare)); then
-  step "cargo build --release the ceiling (refmint) from $perflab/refmint"
-  cp -r "$perflab/refmint" "$work/refmint"
-  rm -rf "$work/refmint/target"
-  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/refmint" timeout 1800 \
-    cargo build --release --manifest-path "$work/refmint/Cargo.toml"
-  refmint_bin="$CARGO_TARGET_DIR/refmint/release/refmint"
-fi
+((compare == 0)) || build_ceiling "$perflab" "$work"
 
 cat >"$work/mint.lua" <<'LUA'
 local tokens = {}

@@ -86,30 +86,15 @@ command -v curl >/dev/null || die "curl is required"
 if ((use_wrk || compare)); then
   command -v wrk >/dev/null || die "--wrk and --compare need wrk (apt-get install -y wrk)"
 fi
-if ((compare)); then
-  [[ -f "$perflab/refmint/Cargo.toml" ]] ||
-    die "--compare needs the perf lab's refmint at $perflab/refmint (set PERFLAB_DIR to the perf-lab directory)"
-fi
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
+((compare == 0)) || need_ceiling "$perflab"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "cargo build --release -p agentkeys-broker (and the mint_load bench)"
-timeout 1800 cargo build --release -p agentkeys-broker
-timeout 1800 cargo bench -p agentkeys-broker --bench mint_load --no-run
-broker_bin="$CARGO_TARGET_DIR/release/agentkeys-broker"
-[[ -x "$broker_bin" ]] || die "no broker binary at $broker_bin"
-
+build_broker
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentkeys-bench.XXXXXX")"
-if ((compare)); then
-  # Built from a copy, so nothing (its Cargo.lock) is written into the perf lab's directory.
-  step "cargo build --release the ceiling (refmint) from $perflab/refmint"
-  cp -r "$perflab/refmint" "$work/refmint"
-  rm -rf "$work/refmint/target"
-  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/refmint" timeout 1800 \
-    cargo build --release --manifest-path "$work/refmint/Cargo.toml"
-  refmint_bin="$CARGO_TARGET_DIR/refmint/release/refmint"
-  [[ -x "$refmint_bin" ]] || die "no refmint binary at $refmint_bin"
-fi
+((compare == 0)) || build_ceiling "$perflab" "$work"
 data="$work/data"
 pg_state="$work/pg.env"
 broker_pids=()
@@ -150,8 +135,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=scripts/lib/bench.sh
-source "$repo/scripts/lib/bench.sh"
 unset_broker_env
 
 # The store every instance shares, and what the `keys` and `audit` commands need to reach it.

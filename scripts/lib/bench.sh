@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Sourced by bench-mint.sh and bench-curves.sh: what their brokers have in common. The sourcing
-# script defines `die`.
+# Sourced by the bench-*.sh scripts: what their brokers have in common. The sourcing script
+# defines `die` and exports CARGO_TARGET_DIR.
 
 # Rate limits out of the way (their rows are still read and written on every mint), and the
 # anonymous limiter opened: the load signs in its masters from one address.
@@ -26,4 +26,32 @@ free_port() {
     port_in_use "$port" || { echo "$port"; return 0; }
   done
   die "found no free port"
+}
+
+# Builds the broker and the mint_load bench in release; sets broker_bin.
+build_broker() {
+  printf '\n==> %s\n' "cargo build --release -p agentkeys-broker (and the mint_load bench)"
+  timeout 1800 cargo build --release -p agentkeys-broker
+  timeout 1800 cargo bench -p agentkeys-broker --bench mint_load --no-run
+  broker_bin="$CARGO_TARGET_DIR/release/agentkeys-broker"
+  [[ -x "$broker_bin" ]] || die "no broker binary at $broker_bin"
+}
+
+# The ceiling: the perf lab's refmint (PERFLAB is its directory, ../shared/perf-lab beside the
+# repository unless PERFLAB_DIR says otherwise).
+need_ceiling() {
+  [[ -f "$1/refmint/Cargo.toml" ]] ||
+    die "the ceiling needs the perf lab's refmint at $1/refmint (set PERFLAB_DIR to the perf-lab directory)"
+}
+
+# build_ceiling PERFLAB WORK: builds refmint in release from a copy in WORK, so nothing (its
+# Cargo.lock) is written into the perf lab's directory; sets refmint_bin.
+build_ceiling() {
+  printf '\n==> %s\n' "cargo build --release the ceiling (refmint) from $1/refmint"
+  cp -r "$1/refmint" "$2/refmint"
+  rm -rf "$2/refmint/target"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/refmint" timeout 1800 \
+    cargo build --release --manifest-path "$2/refmint/Cargo.toml"
+  refmint_bin="$CARGO_TARGET_DIR/refmint/release/refmint"
+  [[ -x "$refmint_bin" ]] || die "no refmint binary at $refmint_bin"
 }

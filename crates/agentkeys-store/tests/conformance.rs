@@ -1311,17 +1311,16 @@ async fn signing_keys_are_stored_retired_and_resealed() {
 
 // ---- rate limits ----------------------------------------------------------------------------
 
+/// A mint's two windows: 10 a minute, 100 an hour.
+fn minute_and_hour() -> (RateWindow, RateWindow) {
+    let window = |seconds, limit| RateWindow { seconds, limit };
+    (window(60, 10), window(3600, 100))
+}
+
 #[tokio::test]
 async fn uses_are_counted_per_fixed_window() {
     let f = Fixture::new().await;
-    let minute = RateWindow {
-        seconds: 60,
-        limit: 10,
-    };
-    let hour = RateWindow {
-        seconds: 3600,
-        limit: 100,
-    };
+    let (minute, hour) = minute_and_hour();
     let counts = tx(&f.store, move |t| {
         let empty = t.window_count("a", minute, 120)?;
         for now in [120, 150, 179] {
@@ -1361,14 +1360,7 @@ async fn uses_are_counted_per_fixed_window() {
 #[tokio::test]
 async fn a_keys_two_windows_are_counted_whichever_rows_exist() {
     let f = Fixture::new().await;
-    let minute = RateWindow {
-        seconds: 60,
-        limit: 10,
-    };
-    let hour = RateWindow {
-        seconds: 3600,
-        limit: 100,
-    };
+    let (minute, hour) = minute_and_hour();
     let pair = move |key: &str| vec![(key.to_owned(), minute), (key.to_owned(), hour)];
     let counts = tx(&f.store, move |t| {
         // Only the minute row of b, only the hour row of c, before their pairs.
@@ -1395,14 +1387,7 @@ async fn a_keys_two_windows_are_counted_whichever_rows_exist() {
 #[tokio::test]
 async fn several_buckets_are_counted_and_read_in_one_call_in_order() {
     let f = Fixture::new().await;
-    let minute = RateWindow {
-        seconds: 60,
-        limit: 10,
-    };
-    let hour = RateWindow {
-        seconds: 3600,
-        limit: 100,
-    };
+    let (minute, hour) = minute_and_hour();
     let buckets = vec![
         ("email:x".to_owned(), minute),
         ("ip:1".to_owned(), minute),
