@@ -71,19 +71,7 @@ trap 'exit 130' INT TERM
 unset_broker_env
 ((compare == 0)) || build_ceiling "$perflab" "$work"
 
-cat >"$work/mint.lua" <<'LUA'
-local tokens = {}
-for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
-local path = os.getenv("MINT_PATH")
-local i = 0
-function request()
-  i = i % #tokens + 1
-  return wrk.format("POST", path, { ["Authorization"] = "Bearer " .. tokens[i], ["Content-Length"] = "0" })
-end
-function done(summary, latency, requests)
-  io.write(string.format("wrk_requests: %d\nwrk_non_2xx_or_3xx: %d\n", summary.requests, summary.errors.status))
-end
-LUA
+write_mint_lua "$work/mint.lua"
 
 # count NAME URL PATH TOKENS: zero the counters of $server_pid, load it, dump; prints
 # instructions per mint and leaves the counts in $work/NAME.counted.

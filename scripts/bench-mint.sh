@@ -230,23 +230,7 @@ for r in $(seq "$runs"); do
   fi
 done
 
-# POST $MINT_PATH round-robin over the bearer tokens in $TOKENS_FILE (one a line).
-cat >"$work/mint.lua" <<'LUA'
-local tokens = {}
-for line in io.lines(os.getenv("TOKENS_FILE")) do tokens[#tokens + 1] = line end
-local path = os.getenv("MINT_PATH")
-local i = 0
-function request()
-  i = i % #tokens + 1
-  return wrk.format("POST", path, { ["Authorization"] = "Bearer " .. tokens[i], ["Content-Length"] = "0" })
-end
-function done(summary, latency, requests)
-  io.write(string.format("wrk_requests: %d\nwrk_non_2xx_or_3xx: %d\nwrk_socket_errors: %d\nwrk_p99_ms: %.3f\n",
-    summary.requests, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(99) / 1000))
-end
-LUA
+write_mint_lua "$work/mint.lua"
 
 # CPU seconds (user + system) used so far by the processes given.
 cpu_seconds() {
