@@ -397,7 +397,9 @@
       el("td", { class: "mono details", text: JSON.stringify(e.details) }), el("td", { class: "mono", title: e.hash, text: short(e.hash, 8) })));
     page.append(pageData.events.length
       ? table(["Seq", "Time", "Kind", "Actor", "Outcome", "Details", "Hash"], rows)
-      : el("p", { class: "muted", text: "No events match." }));
+      // A page that searched its share of a long log and found nothing still has a `next`.
+      : el("p", { class: "muted", text: pageData.next === null ? "No events match."
+        : "No events match up to seq " + pageData.next + ". Next page searches further." }));
     const prev = el("button", { class: "secondary", type: "button", id: "audit-prev", disabled: auditState.after.length === 0,
       onclick: () => { auditState.after.pop(); render(); } }, "Previous page");
     const next = el("button", { class: "secondary", type: "button", id: "audit-next", disabled: pageData.next === null,
