@@ -28,21 +28,30 @@ const INSERT: &str = concat!(
     session_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
+/// Sessions (`s`) and, for an agent's, its agent (`a`).
+macro_rules! joined {
+    () => {
+        "sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni"
+    };
+}
 /// A session and, for an agent's, its agent's status.
 macro_rules! select_joined {
     ($where:literal) => {
         concat!(
             "SELECT s.token_hash, s.kind, s.omni, s.wallet, s.master, s.created_at, s.expires_at,
-                    s.revoked_at, s.via_type, s.via_value, a.status
-             FROM sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni ",
+                    s.revoked_at, s.via_type, s.via_value, a.status FROM ",
+            joined!(),
+            " ",
             $where
         )
     };
 }
 pub(super) const SELECT: &str = select_joined!("WHERE s.token_hash = $1");
-const SELECT_STANDING: &str = "SELECT s.kind, s.expires_at, s.revoked_at, a.status
-     FROM sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni
-     WHERE s.token_hash = $1";
+const SELECT_STANDING: &str = concat!(
+    "SELECT s.kind, s.expires_at, s.revoked_at, a.status FROM ",
+    joined!(),
+    " WHERE s.token_hash = $1"
+);
 pub(super) const SELECT_LIVE_OF: &str = select_joined!(
     "WHERE s.omni = $1 AND s.revoked_at IS NULL AND s.expires_at > $2
      ORDER BY s.created_at, s.token_hash"

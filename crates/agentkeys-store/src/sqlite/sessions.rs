@@ -9,7 +9,13 @@ use crate::{AgentStatus, Challenge, IdentityRef, Session, SessionFilter, Session
 /// A session and, for an agent's, its agent's status (`FROM` [`JOINED`]).
 const COLUMNS: &str = "s.token_hash, s.kind, s.omni, s.wallet, s.master, s.created_at, \
      s.expires_at, s.revoked_at, s.via_type, s.via_value, a.status";
-const JOINED: &str = "sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni";
+/// Sessions (`s`) and, for an agent's, its agent (`a`).
+macro_rules! joined {
+    () => {
+        "sessions s LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni"
+    };
+}
+const JOINED: &str = joined!();
 
 fn row(r: &Row<'_>) -> rusqlite::Result<Session> {
     let via_type: Option<String> = r.get(8)?;
@@ -76,10 +82,11 @@ pub(super) fn standing(
     conn: &Connection,
     token_hash: &str,
 ) -> rusqlite::Result<Option<SessionStanding>> {
-    conn.prepare_cached(
-        "SELECT s.kind, s.expires_at, s.revoked_at, a.status FROM sessions s
-         LEFT JOIN agents a ON s.kind = 'agent' AND a.omni = s.omni WHERE s.token_hash = ?1",
-    )?
+    conn.prepare_cached(concat!(
+        "SELECT s.kind, s.expires_at, s.revoked_at, a.status FROM ",
+        joined!(),
+        " WHERE s.token_hash = ?1"
+    ))?
     .query_row([token_hash], |r| {
         Ok(SessionStanding {
             kind: actor_kind(r, 0)?,

@@ -79,14 +79,15 @@ pub struct MintBody {
 impl MintBody {
     fn of(minted: mint::Minted) -> Result<Self, ApiError> {
         // Checked, not assumed: the parse refuses what would break the string (a quote, a
-        // control byte), and a backslash, the one byte that could parse yet read back otherwise,
-        // is looked for first (a vectorized search).
-        let jwt = (!minted.jwt.contains('\\'))
-            .then(|| RawValue::from_string(format!("\"{}\"", minted.jwt)).ok())
-            .flatten()
-            .ok_or_else(|| {
-                ApiError::internal(anyhow::anyhow!("the signed token is not JSON-safe"))
-            })?;
+        // control byte); a backslash, the one byte that could parse yet read back otherwise, is
+        // looked for first (a vectorized search).
+        let unsafe_token =
+            || ApiError::internal(anyhow::anyhow!("the signed token is not JSON-safe"));
+        if minted.jwt.contains('\\') {
+            return Err(unsafe_token());
+        }
+        let jwt =
+            RawValue::from_string(format!("\"{}\"", minted.jwt)).map_err(|_| unsafe_token())?;
         Ok(Self {
             jwt,
             expiration: rfc3339(minted.expires_at),
