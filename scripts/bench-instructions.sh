@@ -56,12 +56,17 @@ step() { printf '\n==> %s\n' "$*"; }
 build_broker
 work="$(mktemp -d "${TMPDIR:-/tmp}/agentkeys-instructions.XXXXXX")"
 server_pid=""
-cleanup() {
-  local rc=$?
+# Stops the server under valgrind (it writes its last counts as it exits), if one runs.
+stop_server() {
   if [[ -n "$server_pid" ]]; then
     kill -TERM "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
+    server_pid=""
   fi
+}
+cleanup() {
+  local rc=$?
+  stop_server
   if ((keep)); then echo "kept: $work"; else rm -rf "$work"; fi
   exit "$rc"
 }
@@ -117,9 +122,7 @@ ready "http://127.0.0.1:$port/readyz"
 timeout 600 cargo bench -q -p agentkeys-broker --bench mint_load -- \
   --url "http://127.0.0.1:$port" --masters "$masters" --tokens-out "$work/tokens" >/dev/null
 count broker "http://127.0.0.1:$port" /v1/mint-oidc-jwt "$work/tokens"
-kill -TERM "$server_pid"
-wait "$server_pid" 2>/dev/null || true
-server_pid=""
+stop_server
 
 if ((compare)); then
   step "the ceiling under callgrind, $seconds s of wrk (32 connections)"
@@ -131,9 +134,7 @@ if ((compare)); then
   server_pid=$!
   ready "http://127.0.0.1:$port/mint"
   count ceiling "http://127.0.0.1:$port" /mint "$work/ceiling-tokens"
-  kill -TERM "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
+  stop_server
   awk -v b="$(cat "$work/broker.per-mint")" -v c="$(cat "$work/ceiling.per-mint")" \
     'BEGIN {printf "\ninstructions per mint: broker %d, ceiling %d, ratio %.2f\n", b, c, b / c}'
 fi
