@@ -1419,6 +1419,106 @@ async fn several_buckets_are_counted_and_read_in_one_call_in_order() {
     assert!(tx(&f.store, |t| t.window_counts(&[], 0)).await.is_empty());
 }
 
+/// Counts in many commits (more than SQLite's journal holds before it folds the windows into
+/// their rows), some in works that fail, some in a fresh window: after a reopen each window
+/// holds exactly the uses of the works that committed.
+#[tokio::test]
+async fn counted_uses_survive_reopens_and_failed_works_count_none() {
+    let mut f = Fixture::new().await;
+    let (minute, hour) = minute_and_hour();
+    let pair = move |key: &str| vec![(key.to_owned(), minute), (key.to_owned(), hour)];
+    let failing = || StoreError::Database("the work fails after counting".into());
+    for i in 0..300_i64 {
+        let (a, b) = (pair("a"), pair(&format!("b{}", i % 7)));
+        // 0..120 in the first minute, 120..300 in the next one.
+        let now = if i < 120 { 60 } else { 120 };
+        // c only once, early: its count must outlive the journal row that held it.
+        let c = if i == 5 { pair("c") } else { vec![] };
+        tx(&f.store, move |t| {
+            t.count_uses(&a, now)?;
+            t.count_uses(&b, now)?;
+            t.count_uses(&c, now)
+        })
+        .await;
+        if i % 50 == 0 {
+            let a = pair("a");
+            let failed = f
+                .store
+                .transact(move |t| {
+                    t.count_uses(&a, now)?;
+                    Err::<(), _>(failing())
+                })
+                .await;
+            assert!(failed.is_err());
+        }
+    }
+    // Concurrent works share batches: the failing ones among them count nothing either.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = f.store.clone();
+        let a = pair("a");
+        tasks.push(tokio::spawn(async move {
+            store
+                .transact(move |t| {
+                    t.count_uses(&a, 150)?;
+                    if i % 4 == 0 { Err(failing()) } else { Ok(()) }
+                })
+                .await
+                .is_ok()
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += u64::from(task.await.unwrap());
+    }
+    assert_eq!(committed, 48);
+    let read = |store: Arc<dyn Store>, key: &str| {
+        let keys = pair(key);
+        async move { tx(&store, move |t| t.window_counts(&keys, 150)).await }
+    };
+    let before = [
+        read(f.store.clone(), "a").await,
+        read(f.store.clone(), "b3").await,
+        read(f.store.clone(), "c").await,
+    ];
+    assert_eq!(before[0], [180 + 48, 300 + 48]);
+    assert_eq!(before[1], [26, 43], "b3: i = 3, 10, .. below 300");
+    assert_eq!(before[2], [0, 1], "c: in the hour, not in this minute");
+    let url = f.url.clone();
+    f.store = agentkeys_store::open(&url).await.unwrap();
+    let after = [
+        read(f.store.clone(), "a").await,
+        read(f.store.clone(), "b3").await,
+        read(f.store.clone(), "c").await,
+    ];
+    assert_eq!(after, before, "after a reopen");
+}
+
+/// Two stores on one database, as two broker processes on one file or one PostgreSQL: each
+/// window counts the uses of both, whichever counted last.
+#[tokio::test]
+async fn two_stores_on_one_database_count_together() {
+    let f = Fixture::new().await;
+    let other = agentkeys_store::open(&f.url).await.unwrap();
+    let (minute, _) = minute_and_hour();
+    let bucket = vec![("shared".to_owned(), minute)];
+    for (i, store) in [&f.store, &other, &other, &f.store, &other]
+        .into_iter()
+        .enumerate()
+    {
+        let b = bucket.clone();
+        let counts = tx(store, move |t| {
+            let before = t.window_counts(&b, 60)?;
+            t.count_uses(&b, 60)?;
+            Ok(before)
+        })
+        .await;
+        assert_eq!(counts, [i as u64], "use {i} sees every use before it");
+    }
+    let b = bucket.clone();
+    assert_eq!(tx(&f.store, move |t| t.window_counts(&b, 60)).await, [5]);
+}
+
 // ---- housekeeping ---------------------------------------------------------------------------
 
 #[tokio::test]

@@ -559,6 +559,46 @@ async fn two_instances_on_one_database_behave_as_one_broker() {
     );
 }
 
+/// An instance killed with SIGKILL right after counting mints, then restarted on the same
+/// database, still counts them: the limit holds across a crash (on SQLite, the counts of the
+/// last commits are in the journal the restart replays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uses_counted_before_a_sigkill_still_count_after_the_restart() {
+    let mut cluster = Cluster::start().await;
+    let (_, token) = cluster.sign_in(&cluster.a, &cluster.a).await;
+    wait_for_fresh_minute().await;
+    let before = 10;
+    for _ in 0..before {
+        let (status, _) = mint(&cluster.http, &cluster.a.url, &token, json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let status = Command::new("kill")
+        .args(["-9", &cluster.a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = cluster.a.child.wait();
+    let data_dir = cluster.a.data_dir.clone();
+    cluster.a = Broker::start(
+        &cluster.issuer,
+        &cluster.database_url,
+        &cluster.kek,
+        data_dir,
+    );
+    let mut allowed = 0;
+    for _ in 0..MINT_LIMIT {
+        match mint(&cluster.http, &cluster.a.url, &token, json!({}))
+            .await
+            .0
+        {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(allowed, MINT_LIMIT - before, "the restart forgot no use");
+}
+
 /// Mints at 8 concurrent clients on each instance, SIGKILLs A in the middle, and keeps minting
 /// on B: B must keep serving. Returns the jti of every JWT a client received.
 async fn kill_a_under_load(cluster: &Cluster) -> Vec<String> {

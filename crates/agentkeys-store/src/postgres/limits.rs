@@ -1,8 +1,8 @@
-//! Fixed-window rate-limit counters.
+//! Fixed-window rate-limit counters: one row per (bucket, window length), read and counted by
+//! every instance sharing the database (SQLite counts in the writer's memory instead).
 
 use super::tx::Db;
 use super::{col, no_nul};
-use crate::limits::Use;
 use crate::{RateWindow, Result};
 
 // A gate's buckets usually share one key (a mint counts its actor per minute and per hour):
@@ -32,7 +32,7 @@ pub(super) fn window_counts(
     buckets: &[(String, RateWindow)],
     now: i64,
 ) -> Result<Vec<u64>> {
-    crate::limits::counts(buckets, now, |key| {
+    counts(buckets, now, |key| {
         db.query(WINDOWS, &[&key])?
             .iter()
             .map(|row| {
@@ -49,7 +49,7 @@ pub(super) fn count_uses(
     buckets: &[(String, RateWindow)],
     now: i64,
 ) -> Result<()> {
-    crate::limits::count_uses(buckets, now, |write| match write {
+    count_uses_by(buckets, now, |write| match write {
         // A deferred write that fails takes its whole batch down, so what PostgreSQL would
         // refuse is refused here, for this work alone (keys can carry a client's input).
         Use::One(key, (window, start)) => {
@@ -77,4 +77,65 @@ pub(super) fn count_uses(
             )
         }
     })
+}
+
+/// Every window row of one bucket key: (window length, window start, uses counted).
+type WindowRow = (i64, i64, u64);
+
+/// The uses counted in each bucket's current window, in order; `windows_of` reads every window
+/// row of one key, once per distinct key. A row left from an earlier window counts 0.
+fn counts(
+    buckets: &[(String, RateWindow)],
+    now: i64,
+    mut windows_of: impl FnMut(&str) -> Result<Vec<WindowRow>>,
+) -> Result<Vec<u64>> {
+    let mut counts = vec![0; buckets.len()];
+    for (i, (key, _)) in buckets.iter().enumerate() {
+        if buckets[..i].iter().any(|(seen, _)| seen == key) {
+            continue;
+        }
+        let rows = windows_of(key)?;
+        for ((bucket, window), count) in buckets.iter().zip(counts.iter_mut()) {
+            if bucket != key {
+                continue;
+            }
+            let start = window.start(now)?;
+            *count = rows
+                .iter()
+                .find(|(secs, row_start, _)| *secs == window.seconds && *row_start == start)
+                .map_or(0, |(_, _, used)| *used);
+        }
+    }
+    Ok(counts)
+}
+
+/// One write that counts a use: a window (its length and current start) of a key, or two
+/// windows of different lengths of one key.
+enum Use<'a> {
+    One(&'a str, (RateWindow, i64)),
+    Two(&'a str, (RateWindow, i64), (RateWindow, i64)),
+}
+
+/// Counts one use in each bucket's current window through `write`, pairing two adjacent
+/// windows of one key into one write.
+fn count_uses_by(
+    buckets: &[(String, RateWindow)],
+    now: i64,
+    mut write: impl FnMut(Use<'_>) -> Result<()>,
+) -> Result<()> {
+    let mut rest = buckets;
+    while let [(key, first), tail @ ..] = rest {
+        let first_at = (*first, first.start(now)?);
+        rest = match tail {
+            [(next, second), tail @ ..] if next == key && second.seconds != first.seconds => {
+                write(Use::Two(key, first_at, (*second, second.start(now)?)))?;
+                tail
+            }
+            _ => {
+                write(Use::One(key, first_at))?;
+                tail
+            }
+        };
+    }
+    Ok(())
 }

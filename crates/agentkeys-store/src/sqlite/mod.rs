@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_audit_hash_format.sql"),
     include_str!("../../migrations/sqlite/0009_access_requests.sql"),
     include_str!("../../migrations/sqlite/0010_audit_master_blocks.sql"),
+    include_str!("../../migrations/sqlite/0011_rate_journal.sql"),
 ];
 
 pub struct SqliteStore {
@@ -322,6 +323,7 @@ fn run_writer(
     audit: Arc<crate::AuditCounter>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut limits = limits::Limits::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -331,7 +333,7 @@ fn run_writer(
             }
         }
         let mut appended = 0;
-        let committed = run_batch(&mut conn, &mut batch, &mut appended).map_err(|e| {
+        let committed = run_batch(&mut conn, &mut batch, &mut appended, &mut limits).map_err(|e| {
             tracing::error!(error = %e, works = batch.len(), "store.commit_failed");
             e.to_string()
         });
@@ -349,31 +351,42 @@ fn run_batch(
     conn: &mut Connection,
     batch: &mut [Box<dyn Work>],
     appended: &mut u64,
-) -> rusqlite::Result<()> {
+    limits: &mut limits::Limits,
+) -> Result<()> {
     // IMMEDIATE takes the write lock up front: another process (the `keys` command) may write
-    // too, and the chain head must be read under that lock.
+    // too, and the chain head and the rate-limit counts must be read under that lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = audit::head(&tx)?;
+    limits.refresh(&tx)?;
     let start = head.seq;
+    let mut counts = limits::BatchCounts::default();
     for work in batch.iter_mut() {
         // Prepared once and reused: rusqlite's `Transaction::savepoint` parses its SQL anew
         // each time, which cost a mint more than all its own statements together.
         tx.prepare_cached("SAVEPOINT work")?.execute([])?;
-        // A work rolled back must not advance the head: it runs on a copy.
+        // A work rolled back must not advance the head nor count a use: it runs on copies.
         let mut work_head = head.clone();
-        let ran = {
-            let mut stx = tx::SqliteTx::new(&tx, &mut work_head);
-            work.run(&mut stx)
+        let (ran, work_counts) = {
+            let mut stx = tx::SqliteTx::new(
+                &tx,
+                &mut work_head,
+                limits::WorkCounts::new(limits, &counts),
+            );
+            (work.run(&mut stx), stx.into_limits().into_changes())
         };
         if ran.is_ok() {
             head = work_head;
+            counts.absorb(work_counts);
         } else {
             tx.prepare_cached("ROLLBACK TO work")?.execute([])?;
         }
         tx.prepare_cached("RELEASE work")?.execute([])?;
     }
     *appended = u64::try_from(head.seq - start).unwrap_or(0);
-    tx.commit()
+    let written = limits.write(&tx, &counts);
+    let committed = written.and_then(|written| Ok(tx.commit().map(|()| written)?));
+    limits.committed(counts, committed.as_ref().ok().copied());
+    committed.map(|_| ())
 }
 
 /// Deletes expired requests and sessions; audit events stay.
@@ -795,7 +808,10 @@ mod tests {
     fn the_per_block_index_is_built_from_the_events_already_stored() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = connect(&dir.path().join("t.db"), true).unwrap();
-        let before = MIGRATIONS.len() - 1;
+        let before = MIGRATIONS
+            .iter()
+            .position(|sql| sql.contains("CREATE TABLE audit_master_blocks"))
+            .unwrap();
         for sql in &MIGRATIONS[..before] {
             conn.execute_batch(sql).unwrap();
         }

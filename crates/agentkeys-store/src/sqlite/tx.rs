@@ -5,8 +5,8 @@ use agentkeys_types::OmniAccount;
 use rusqlite::Connection;
 
 use super::audit::Head;
-use super::{access, agents, audit, grants, keys, limits, logins, sessions};
-use crate::limits::Use;
+use super::limits::WorkCounts;
+use super::{access, agents, audit, grants, keys, logins, sessions};
 use crate::{
     AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
     LoginKey, LoginRequest, NewAuditEvent, PairingRequest, RateWindow, Result, Session,
@@ -17,11 +17,18 @@ pub(super) struct SqliteTx<'a> {
     conn: &'a Connection,
     /// The chain head as this work sees it; the writer keeps it only if the work commits.
     head: &'a mut Head,
+    /// The rate-limit windows as this work sees them; likewise kept only if it commits.
+    limits: WorkCounts<'a>,
 }
 
 impl<'a> SqliteTx<'a> {
-    pub(super) fn new(conn: &'a Connection, head: &'a mut Head) -> Self {
-        Self { conn, head }
+    pub(super) fn new(conn: &'a Connection, head: &'a mut Head, limits: WorkCounts<'a>) -> Self {
+        Self { conn, head, limits }
+    }
+
+    /// The windows this work changed, for its batch to keep should it succeed.
+    pub(super) fn into_limits(self) -> WorkCounts<'a> {
+        self.limits
     }
 }
 
@@ -217,19 +224,16 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn window_counts(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<Vec<u64>> {
-        crate::limits::counts(buckets, now, |key| Ok(limits::windows(self.conn, key)?))
+        buckets
+            .iter()
+            .map(|(bucket, window)| self.limits.used(bucket, *window, now))
+            .collect()
     }
 
     fn count_uses(&mut self, buckets: &[(String, RateWindow)], now: i64) -> Result<()> {
-        crate::limits::count_uses(buckets, now, |write| {
-            match write {
-                Use::One(key, (window, start)) => limits::count_use(self.conn, key, window, start)?,
-                Use::Two(key, first, second) => {
-                    limits::count_use_twice(self.conn, key, first, second)?
-                }
-            }
-            Ok(())
-        })
+        buckets
+            .iter()
+            .try_for_each(|(bucket, window)| self.limits.count(bucket, *window, now))
     }
 
     fn purge_expired(&mut self, requests_before: i64, sessions_before: i64) -> Result<u64> {
