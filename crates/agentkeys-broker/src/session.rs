@@ -50,7 +50,7 @@ pub fn looks_like_secret(s: &str) -> bool {
 }
 
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    agentkeys_types::lower_hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// Cheap shape check before touching the store.
@@ -69,7 +69,7 @@ pub fn session_ref(hash: &str) -> &str {
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    agentkeys_types::lower_hex(&bytes)
 }
 
 /// A new session token's hash and lifetime, before anyone owns it.

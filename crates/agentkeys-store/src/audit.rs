@@ -309,7 +309,7 @@ pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(canonical.as_bytes());
-    hex::encode(h.finalize())
+    agentkeys_types::lower_hex(&h.finalize())
 }
 
 /// [`HashFormat::SortedKeys`], written by hand because it is no standard: kept only so that

@@ -25,7 +25,7 @@ impl OmniAccount {
         h.update(b"agentkeys");
         h.update(identity_type.as_bytes());
         h.update(identity_value.as_bytes());
-        Self(hex::encode(h.finalize()))
+        Self(crate::lower_hex(&h.finalize()))
     }
 
     /// The master omni of a wallet sign-in.
@@ -40,7 +40,7 @@ impl OmniAccount {
         h.update(master.0.as_bytes());
         h.update(b"//");
         h.update(label.as_bytes());
-        Self(hex::encode(h.finalize()))
+        Self(crate::lower_hex(&h.finalize()))
     }
 
     pub fn as_str(&self) -> &str {

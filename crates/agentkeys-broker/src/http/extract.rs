@@ -143,7 +143,7 @@ pub fn csrf_token(session_token: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"agentkeys-console-csrf\0");
     h.update(session_token.as_bytes());
-    hex::encode(h.finalize())
+    agentkeys_types::lower_hex(&h.finalize())
 }
 
 /// A live session: the bearer token (or, for the console, the session cookie) names a stored
