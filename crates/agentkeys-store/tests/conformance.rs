@@ -18,8 +18,8 @@ use agentkeys_store::audit::ChainVerifier;
 use agentkeys_store::{
     AccessDecision, AccessRequest, ActorKind, Agent, AgentStatus, AuditEvent, AuditKind,
     AuditQuery, Challenge, Grant, Identity, IdentityRef, LoginKey, LoginRequest, NewAuditEvent,
-    Outcome, PairingRequest, RateWindow, Result, Session, SessionFilter, SigningKeyRecord, Store,
-    StoreError, Tx,
+    Outcome, PairingRequest, RateWindow, Result, Session, SessionFilter, SessionStanding,
+    SigningKeyRecord, Store, StoreError, Tx,
 };
 use agentkeys_types::OmniAccount;
 use serde_json::json;
@@ -433,6 +433,94 @@ async fn sessions_read_back_as_written() {
     );
     assert_eq!(f.store.session("none").await.unwrap(), None);
     assert_eq!(tx(&f.store, |t| t.session_standing("none")).await, None);
+}
+
+/// A standing read once and read again after each kind of change sees the change: in the
+/// next transaction, in the same one, after another store on the database changed it, and not
+/// after a work that changed it failed (SQLite's writer keeps the standings it read).
+#[tokio::test]
+async fn a_standing_read_again_sees_every_change_and_no_undone_one() {
+    let f = Fixture::new().await;
+    let other = agentkeys_store::open(&f.url).await.unwrap();
+    let m = omni("m");
+    let a = agent(&m, "bot");
+    let agent_session = Session {
+        kind: ActorKind::Agent,
+        omni: a.omni.clone(),
+        wallet: None,
+        ..session("agent", &m, 100)
+    };
+    let rows = (a.clone(), agent_session);
+    tx(&f.store, move |t| {
+        t.insert_agent(&rows.0)?;
+        t.insert_session(&rows.1)?;
+        for hash in ["next", "same", "undone", "elsewhere", "expired"] {
+            let expires_at = if hash == "expired" { 5 } else { 100 };
+            t.insert_session(&session(hash, &omni("m"), expires_at))?;
+        }
+        Ok(())
+    })
+    .await;
+    let standing = |store: &Arc<dyn Store>, hash: &'static str| {
+        let store = store.clone();
+        async move { tx(&store, move |t| t.session_standing(hash)).await }
+    };
+    let revoked = |s: Option<SessionStanding>| s.and_then(|s| s.revoked_at).is_some();
+    // Each is read (and so kept) just before its change: any change clears what is kept.
+    let read_once = |hash| {
+        let kept = standing(&f.store, hash);
+        async move { assert!(!revoked(kept.await), "{hash} read once") }
+    };
+    // The next transaction.
+    read_once("next").await;
+    tx(&f.store, |t| t.revoke_session("next", 10)).await;
+    assert!(revoked(standing(&f.store, "next").await));
+    let agent_omni = a.omni.clone();
+    read_once("agent").await;
+    tx(&f.store, move |t| {
+        t.set_agent_status(&agent_omni, AgentStatus::Suspended, 10)
+    })
+    .await;
+    assert_eq!(
+        standing(&f.store, "agent")
+            .await
+            .and_then(|s| s.agent_status),
+        Some(AgentStatus::Suspended)
+    );
+    // The same transaction.
+    let same = tx(&f.store, |t| {
+        let before = t.session_standing("same")?;
+        t.revoke_session("same", 10)?;
+        Ok((before, t.session_standing("same")?))
+    })
+    .await;
+    assert!(!revoked(same.0) && revoked(same.1));
+    // A work that revoked, read, then failed: nothing of it is seen after.
+    read_once("undone").await;
+    let failed = f
+        .store
+        .transact(|t| {
+            t.revoke_session("undone", 10)?;
+            assert!(
+                t.session_standing("undone")?
+                    .is_some_and(|s| s.revoked_at.is_some())
+            );
+            t.insert_session(&session("never", &omni("m"), 100))?;
+            t.session_standing("never")?;
+            Err::<(), _>(StoreError::Database("the work fails".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert!(!revoked(standing(&f.store, "undone").await));
+    assert_eq!(standing(&f.store, "never").await, None);
+    // Another store on the same database.
+    read_once("elsewhere").await;
+    tx(&other, |t| t.revoke_session("elsewhere", 10)).await;
+    assert!(revoked(standing(&f.store, "elsewhere").await));
+    // Purged.
+    read_once("expired").await;
+    tx(&f.store, |t| t.purge_expired(0, 50)).await;
+    assert_eq!(standing(&f.store, "expired").await, None);
 }
 
 #[tokio::test]

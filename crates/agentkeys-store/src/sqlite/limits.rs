@@ -108,8 +108,9 @@ impl Limits {
     }
 
     /// Brings the counts up to date with the file, inside the batch's write transaction: loads
-    /// them if this is the first batch or another connection committed since the last one.
-    pub(super) fn refresh(&mut self, conn: &Connection) -> Result<()> {
+    /// them if this is the first batch, a commit failed, or another connection committed since
+    /// the last one; whether it did.
+    pub(super) fn refresh(&mut self, conn: &Connection) -> Result<bool> {
         let version: i64 = conn
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
@@ -118,8 +119,9 @@ impl Limits {
             self.version = None;
             self.load(conn)?;
             self.version = Some(version);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn load(&mut self, conn: &Connection) -> Result<()> {
@@ -210,13 +212,14 @@ impl Limits {
         Ok(Written::Fold)
     }
 
-    /// Follows a batch whose commit succeeded (`Some(written)`) or failed (`None`: the file's
-    /// state is reloaded before the next batch).
-    pub(super) fn committed(&mut self, batch: BatchCounts, written: Option<Written>) {
-        let Some(written) = written else {
-            self.version = None;
-            return;
-        };
+    /// After a batch that failed anywhere (its commit or before): the file's state is loaded
+    /// again before the next batch.
+    pub(super) fn forget(&mut self) {
+        self.version = None;
+    }
+
+    /// Follows a batch whose commit succeeded, having written `written`.
+    pub(super) fn committed(&mut self, batch: BatchCounts, written: Written) {
         for (bucket, windows) in batch.changed {
             let mine = self.committed.entry(bucket.clone()).or_default();
             for c in windows {

@@ -27,6 +27,7 @@ mod keys;
 mod limits;
 mod logins;
 mod sessions;
+mod standings;
 mod tx;
 
 use std::path::{Path, PathBuf};
@@ -324,6 +325,17 @@ fn run_writer(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut limits = limits::Limits::new();
+    let mut standings = match standings::Standings::watch(&mut conn) {
+        Ok(standings) => standings,
+        Err(e) => {
+            // Every work is answered with the failure, as a failed commit would be.
+            tracing::error!(error = %e, "store.writer_failed");
+            while let Some(work) = rx.blocking_recv() {
+                work.finish(Err(StoreError::Commit(e.to_string())));
+            }
+            return;
+        }
+    };
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -333,8 +345,12 @@ fn run_writer(
             }
         }
         let mut appended = 0;
-        let committed = run_batch(&mut conn, &mut batch, &mut appended, &mut limits).map_err(|e| {
+        let memory = (&mut limits, &mut standings);
+        let committed = run_batch(&mut conn, &mut batch, &mut appended, memory).map_err(|e| {
             tracing::error!(error = %e, works = batch.len(), "store.commit_failed");
+            // What the writer kept may include writes the failed transaction undid.
+            limits.forget();
+            standings.forget();
             e.to_string()
         });
         audit.record(appended, committed.is_ok());
@@ -351,13 +367,15 @@ fn run_batch(
     conn: &mut Connection,
     batch: &mut [Box<dyn Work>],
     appended: &mut u64,
-    limits: &mut limits::Limits,
+    (limits, standings): (&mut limits::Limits, &mut standings::Standings),
 ) -> Result<()> {
     // IMMEDIATE takes the write lock up front: another process (the `keys` command) may write
     // too, and the chain head and the rate-limit counts must be read under that lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = audit::head(&tx)?;
-    limits.refresh(&tx)?;
+    if limits.refresh(&tx)? {
+        standings.forget();
+    }
     let start = head.seq;
     let mut counts = limits::BatchCounts::default();
     for work in batch.iter_mut() {
@@ -367,11 +385,8 @@ fn run_batch(
         // A work rolled back must not advance the head nor count a use: it runs on copies.
         let mut work_head = head.clone();
         let (ran, work_counts) = {
-            let mut stx = tx::SqliteTx::new(
-                &tx,
-                &mut work_head,
-                limits::WorkCounts::new(limits, &counts),
-            );
+            let work_counts = limits::WorkCounts::new(limits, &counts);
+            let mut stx = tx::SqliteTx::new(&tx, &mut work_head, work_counts, standings);
             (work.run(&mut stx), stx.into_limits().into_changes())
         };
         if ran.is_ok() {
@@ -379,14 +394,15 @@ fn run_batch(
             counts.absorb(work_counts);
         } else {
             tx.prepare_cached("ROLLBACK TO work")?.execute([])?;
+            standings.forget();
         }
         tx.prepare_cached("RELEASE work")?.execute([])?;
     }
     *appended = u64::try_from(head.seq - start).unwrap_or(0);
-    let written = limits.write(&tx, &counts);
-    let committed = written.and_then(|written| Ok(tx.commit().map(|()| written)?));
-    limits.committed(counts, committed.as_ref().ok().copied());
-    committed.map(|_| ())
+    let written = limits.write(&tx, &counts)?;
+    tx.commit()?;
+    limits.committed(counts, written);
+    Ok(())
 }
 
 /// Deletes expired requests and sessions; audit events stay.

@@ -6,6 +6,7 @@ use rusqlite::Connection;
 
 use super::audit::Head;
 use super::limits::WorkCounts;
+use super::standings::Standings;
 use super::{access, agents, audit, grants, keys, logins, sessions};
 use crate::{
     AccessDecision, AccessRequest, Agent, AgentStatus, Challenge, Grant, Identity, IdentityRef,
@@ -19,11 +20,22 @@ pub(super) struct SqliteTx<'a> {
     head: &'a mut Head,
     /// The rate-limit windows as this work sees them; likewise kept only if it commits.
     limits: WorkCounts<'a>,
+    standings: &'a mut Standings,
 }
 
 impl<'a> SqliteTx<'a> {
-    pub(super) fn new(conn: &'a Connection, head: &'a mut Head, limits: WorkCounts<'a>) -> Self {
-        Self { conn, head, limits }
+    pub(super) fn new(
+        conn: &'a Connection,
+        head: &'a mut Head,
+        limits: WorkCounts<'a>,
+        standings: &'a mut Standings,
+    ) -> Self {
+        Self {
+            conn,
+            head,
+            limits,
+            standings,
+        }
     }
 
     /// The windows this work changed, for its batch to keep should it succeed.
@@ -50,7 +62,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn session_standing(&mut self, token_hash: &str) -> Result<Option<SessionStanding>> {
-        Ok(sessions::standing(self.conn, token_hash)?)
+        Ok(self.standings.get(self.conn, token_hash)?)
     }
 
     fn revoke_session(&mut self, token_hash: &str, now: i64) -> Result<bool> {
