@@ -26,7 +26,7 @@ use rusqlite::{Connection, params};
 
 use crate::{RateWindow, Result, StoreError};
 
-/// How often the windows changed since the last fold are written to `rate_limits`.
+/// How long after a fold finished the next one starts, at the latest.
 const FOLD_EVERY: Duration = Duration::from_secs(1);
 /// Journal rows after which the windows are folded sooner: bounds the replay at start.
 pub(super) const FOLD_AFTER_ROWS: usize = 256;
