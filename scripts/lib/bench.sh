@@ -2,7 +2,7 @@
 # Sourced by the bench-*.sh scripts: what their brokers have in common. The sourcing script
 # defines `die` and exports CARGO_TARGET_DIR.
 
-# Rate limits out of the way (their rows are still read and written on every mint), and the
+# Rate limits out of the way (they are still counted on every mint), and the
 # anonymous limiter opened: the load signs in its masters from one address.
 # shellcheck disable=SC2034  # read by the sourcing scripts
 BENCH_BROKER_ENV=(

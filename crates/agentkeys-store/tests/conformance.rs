@@ -1741,6 +1741,38 @@ async fn audit_details_of_every_shape_read_back_and_verify() {
     assert_eq!(verify_chain(f.store.as_ref()).await, shapes.len() as u64);
 }
 
+/// A master's first event in a stretch of the log, appended by a work that then fails, takes
+/// its index entry with it; the master's next event there must write the entry again, or the
+/// listing would miss it (SQLite's writer remembers which masters it has recorded).
+#[tokio::test]
+async fn a_masters_event_after_a_rolled_back_one_is_listed() {
+    let f = Fixture::new().await;
+    let s = f.store.as_ref();
+    let mastered = |master: &str, n| NewAuditEvent {
+        master: Some(master.into()),
+        ..event(AuditKind::Mint, n)
+    };
+    let (first, kept, later) = (mastered("m", 1), mastered("m", 2), mastered("m", 3));
+    let failed = f
+        .store
+        .transact(move |t| {
+            t.append(&first)?;
+            Err::<(), _>(StoreError::Database("the work fails".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    // Another master's event in between, so the log is not empty.
+    s.append_audit(mastered("other", 4)).await.unwrap();
+    s.append_audit(kept).await.unwrap();
+    s.append_audit(later).await.unwrap();
+    let all = || AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    assert_eq!(listed(s, "m", all()).await, [2, 3]);
+    assert_eq!(listed(s, "other", all()).await, [1]);
+}
+
 #[tokio::test]
 async fn a_masters_audit_is_its_own_events_filtered_and_paged_oldest_first() {
     let f = Fixture::new().await;

@@ -26,6 +26,7 @@ mod grants;
 mod keys;
 mod limits;
 mod logins;
+mod memory;
 mod sessions;
 mod standings;
 mod tx;
@@ -324,9 +325,8 @@ fn run_writer(
     audit: Arc<crate::AuditCounter>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut limits = limits::Limits::new();
-    let mut standings = match standings::Standings::watch(&mut conn) {
-        Ok(standings) => standings,
+    let mut memory = match memory::Memory::new(&mut conn) {
+        Ok(memory) => memory,
         Err(e) => {
             // Every work is answered with the failure, as a failed commit would be.
             tracing::error!(error = %e, "store.writer_failed");
@@ -345,12 +345,9 @@ fn run_writer(
             }
         }
         let mut appended = 0;
-        let memory = (&mut limits, &mut standings);
-        let committed = run_batch(&mut conn, &mut batch, &mut appended, memory).map_err(|e| {
+        let committed = run_batch(&mut conn, &mut batch, &mut appended, &mut memory).map_err(|e| {
             tracing::error!(error = %e, works = batch.len(), "store.commit_failed");
-            // What the writer kept may include writes the failed transaction undid.
-            limits.forget();
-            standings.forget();
+            memory.batch_failed();
             e.to_string()
         });
         audit.record(appended, committed.is_ok());
@@ -367,15 +364,13 @@ fn run_batch(
     conn: &mut Connection,
     batch: &mut [Box<dyn Work>],
     appended: &mut u64,
-    (limits, standings): (&mut limits::Limits, &mut standings::Standings),
+    memory: &mut memory::Memory,
 ) -> Result<()> {
     // IMMEDIATE takes the write lock up front: another process (the `keys` command) may write
     // too, and the chain head and the rate-limit counts must be read under that lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = audit::head(&tx)?;
-    if limits.refresh(&tx)? {
-        standings.forget();
-    }
+    memory.refresh(&tx)?;
     let start = head.seq;
     let mut counts = limits::BatchCounts::default();
     for work in batch.iter_mut() {
@@ -385,8 +380,14 @@ fn run_batch(
         // A work rolled back must not advance the head nor count a use: it runs on copies.
         let mut work_head = head.clone();
         let (ran, work_counts) = {
-            let work_counts = limits::WorkCounts::new(limits, &counts);
-            let mut stx = tx::SqliteTx::new(&tx, &mut work_head, work_counts, standings);
+            let work_counts = limits::WorkCounts::new(&memory.limits, &counts);
+            let mut stx = tx::SqliteTx::new(
+                &tx,
+                &mut work_head,
+                work_counts,
+                &mut memory.standings,
+                &mut memory.blocks,
+            );
             (work.run(&mut stx), stx.into_limits().into_changes())
         };
         if ran.is_ok() {
@@ -394,14 +395,14 @@ fn run_batch(
             counts.absorb(work_counts);
         } else {
             tx.prepare_cached("ROLLBACK TO work")?.execute([])?;
-            standings.forget();
+            memory.work_rolled_back();
         }
         tx.prepare_cached("RELEASE work")?.execute([])?;
     }
     *appended = u64::try_from(head.seq - start).unwrap_or(0);
-    let written = limits.write(&tx, &counts)?;
+    let written = memory.limits.write(&tx, &counts)?;
     tx.commit()?;
-    limits.committed(counts, written);
+    memory.limits.committed(counts, written);
     Ok(())
 }
 
@@ -736,6 +737,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let tx = conn.transaction().unwrap();
         let mut head = audit::head(&tx).unwrap();
+        let mut known = audit::KnownBlocks::default();
         for seq in 1..=events {
             let master = if sparse(seq) { "sparse" } else { "dense" };
             let event = crate::NewAuditEvent {
@@ -746,7 +748,7 @@ mod tests {
                 outcome: agentkeys_types::audit::Outcome::Ok,
                 details: serde_json::json!({}),
             };
-            audit::append(&tx, &mut head, &event).unwrap();
+            audit::append(&tx, &mut head, &mut known, &event).unwrap();
         }
         tx.commit().unwrap();
         (dir, conn)

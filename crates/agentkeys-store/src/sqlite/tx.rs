@@ -4,7 +4,7 @@
 use agentkeys_types::OmniAccount;
 use rusqlite::Connection;
 
-use super::audit::Head;
+use super::audit::{Head, KnownBlocks};
 use super::limits::WorkCounts;
 use super::standings::Standings;
 use super::{access, agents, audit, grants, keys, logins, sessions};
@@ -21,6 +21,7 @@ pub(super) struct SqliteTx<'a> {
     /// The rate-limit windows as this work sees them; likewise kept only if it commits.
     limits: WorkCounts<'a>,
     standings: &'a mut Standings,
+    blocks: &'a mut KnownBlocks,
 }
 
 impl<'a> SqliteTx<'a> {
@@ -29,12 +30,14 @@ impl<'a> SqliteTx<'a> {
         head: &'a mut Head,
         limits: WorkCounts<'a>,
         standings: &'a mut Standings,
+        blocks: &'a mut KnownBlocks,
     ) -> Self {
         Self {
             conn,
             head,
             limits,
             standings,
+            blocks,
         }
     }
 
@@ -46,7 +49,7 @@ impl<'a> SqliteTx<'a> {
 
 impl Tx for SqliteTx<'_> {
     fn append(&mut self, event: &NewAuditEvent) -> Result<u64> {
-        Ok(audit::append(self.conn, self.head, event)?)
+        Ok(audit::append(self.conn, self.head, self.blocks, event)?)
     }
 
     fn insert_challenge(&mut self, challenge: &Challenge) -> Result<()> {
