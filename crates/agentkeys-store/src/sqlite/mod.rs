@@ -5,7 +5,9 @@
 //! one transaction (group commit): works that arrive while a commit is being fsynced share the
 //! next fsync instead of each paying for their own. Each work runs inside its own savepoint, so
 //! one failing work fails alone. A caller is answered only after the commit that holds its
-//! write is durable.
+//! write is durable. Between batches the writer keeps some of the file's state in memory
+//! (`memory.rs`: rate-limit counts, session standings, the masters recorded in the current
+//! audit block), each forgotten or reloaded whenever it may no longer be the file's.
 //!
 //! Why not sqlx here: its SQLite driver runs each connection on a worker thread and every
 //! statement is a message there and back (≈ 70 µs of wall time on these machines); a mint's

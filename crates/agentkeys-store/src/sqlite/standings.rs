@@ -2,12 +2,11 @@
 //! (which re-reads its session's standing in its transaction) does not run a statement each
 //! time (≈ 2.8 µs of the writer's ≈ 35 µs a mint; docs/performance.md).
 //!
-//! A kept standing is exactly what the statement would return, because it is forgotten:
-//! - when a row of `sessions` is updated or deleted, or a row of `agents` changed at all, on the
-//!   writer's connection: SQLite's update hook says so as the statement runs, before the next
-//!   read (a new session's insert changes no other session's standing);
-//! - when a work is rolled back or a commit fails: what was read may include writes undone;
-//! - when another connection committed (`PRAGMA data_version`, checked before every batch).
+//! A kept standing is exactly what the statement would return: it is forgotten as soon as a
+//! row of `sessions` is updated or deleted, or a row of `agents` changed at all, on the writer's
+//! connection (SQLite's update hook says so as the statement runs, before the next read, so a
+//! write added later cannot forget to; a new session's insert changes no other's standing), and
+//! on the events every kept piece of the writer's memory is forgotten on (`memory.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
